@@ -1,0 +1,215 @@
+//! The command line: clap definitions (per-run settings only; the experiment itself
+//! lives in the scenario file) and the commands they dispatch to.
+//!
+//! Each command returns an exit code from [`crate::exit`]; only `main` exits.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::data::{Generator, Schema};
+use crate::exit;
+use crate::report::json::JsonReporter;
+use crate::report::terminal::TerminalReporter;
+use crate::report::{Event, Reporter};
+use crate::scenario::{self, Diagnostics};
+
+/// Rehearse a release stage under chaos and gate on the verdict.
+#[derive(Debug, Parser)]
+#[command(name = "stagegate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario and print the verdict (exit 0 PROMOTE, 1 ROLLBACK, 3 INCONCLUSIVE).
+    Run {
+        /// The scenario file.
+        file: PathBuf,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Folder that receives one sub-folder per run.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+        /// No per-second progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check scenario files without running anything (exit 0 valid, 2 invalid).
+    Validate {
+        /// Scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print synthetic records from a schema as JSON lines.
+    Data {
+        /// The record schema (`synthetic-data/*.yaml`).
+        schema: PathBuf,
+        /// How many records.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// The seed: same seed, same records.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn execute(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run {
+            file,
+            seed,
+            report_dir,
+            quiet,
+        } => run(&file, seed, &report_dir, quiet),
+        Command::Validate { files } => validate(&files),
+        Command::Data {
+            schema,
+            count,
+            seed,
+        } => data(&schema, count, seed),
+    }
+}
+
+fn print_diagnostics(d: &Diagnostics) {
+    let mut err = std::io::stderr().lock();
+    for diag in &d.0 {
+        let _ = writeln!(err, "error: {diag}");
+    }
+    let n = d.0.len();
+    let _ = writeln!(
+        err,
+        "{n} error{} found; nothing was run",
+        if n == 1 { "" } else { "s" }
+    );
+}
+
+fn validate(files: &[PathBuf]) -> i32 {
+    let mut code = exit::PROMOTE;
+    for file in files {
+        match scenario::load(file, None) {
+            Ok(plan) => {
+                for w in &plan.warnings {
+                    eprintln!("warning: {}: {w}", file.display());
+                }
+                println!(
+                    "{}: valid ({} stages, {} criteria)",
+                    file.display(),
+                    plan.stages.len(),
+                    plan.criteria.len()
+                );
+            }
+            Err(d) => {
+                print_diagnostics(&d);
+                code = exit::INVALID_INPUT;
+            }
+        }
+    }
+    code
+}
+
+fn data(schema: &Path, count: u64, seed: u64) -> i32 {
+    let schema = match Schema::load(schema) {
+        Ok(s) => Arc::new(s),
+        Err(d) => {
+            print_diagnostics(&d);
+            return exit::INVALID_INPUT;
+        }
+    };
+    let mut generator = Generator::new(schema, seed);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..count {
+        let line = serde_json::Value::Object(generator.next_record()).to_string();
+        if writeln!(out, "{line}").is_err() {
+            return exit::PROMOTE; // a closed pipe (`| head`) is not an error
+        }
+    }
+    let _ = out.flush();
+    exit::PROMOTE
+}
+
+fn run(file: &Path, seed: Option<u64>, report_root: &Path, quiet: bool) -> i32 {
+    let plan = match scenario::load(file, seed) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d);
+            return exit::INVALID_INPUT;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::RUN_BROKEN;
+        }
+    };
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let report_dir = report_root.join(format!("{}-{stamp}", plan.name));
+    runtime.block_on(async move {
+        let cancel = CancellationToken::new();
+        tokio::spawn(watch_signals(cancel.clone()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let runner = {
+            let plan = plan.clone();
+            let dir = report_dir.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { crate::runner::run(&plan, Some(dir), cancel, tx).await })
+        };
+        let mut terminal = TerminalReporter { progress: !quiet };
+        let mut json = JsonReporter::new(report_dir);
+        while let Some(event) = rx.recv().await {
+            // The JSON file first, so that the summary can say it was written.
+            json.event(&event);
+            terminal.event(&event);
+        }
+        let report = match runner.await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: the run failed unexpectedly: {e}");
+                return exit::RUN_BROKEN;
+            }
+        };
+        if let Some(Err(e)) = &json.written {
+            eprintln!("error: {e}");
+        }
+        if report.error.is_some() {
+            exit::RUN_BROKEN
+        } else if report.interrupted {
+            exit::INTERRUPTED
+        } else {
+            match report.verdict {
+                Some(crate::verdict::Verdict::Promote) => exit::PROMOTE,
+                Some(crate::verdict::Verdict::Rollback) => exit::ROLLBACK,
+                Some(crate::verdict::Verdict::Inconclusive) => exit::INCONCLUSIVE,
+                None => exit::RUN_BROKEN,
+            }
+        }
+    })
+}
+
+/// Cancels the run on Ctrl-C (SIGINT) or SIGTERM.
+async fn watch_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let name = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("stagegate: {name} received; lifting faults and stopping (partial report follows)");
+    cancel.cancel();
+}

@@ -1,0 +1,447 @@
+//! The record schema: raw YAML form (`SchemaSpec`) and its checked form ([`Schema`]).
+//!
+//! A schema names the key field and, per field, one generator: a `type` (uuid, int,
+//! decimal, timestamp, ...), a `fake` generator by name, or `one_of` a list of values
+//! with optional weights. Every mistake is reported with file, line and key path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::scenario::diag::{Diagnostic, Diagnostics, nearest};
+use crate::scenario::units::parse_duration;
+use crate::scenario::yaml::{self, Locations, join_key};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaSpec {
+    name: String,
+    key: String,
+    fields: indexmap_like::OrderedFields,
+}
+
+/// Field order matters (records print in a stable order), and YAML maps keep it.
+mod indexmap_like {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+
+    use super::FieldSpec;
+
+    #[derive(Debug)]
+    pub struct OrderedFields(pub Vec<(String, FieldSpec)>);
+
+    impl<'de> serde::Deserialize<'de> for OrderedFields {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OrderedFields;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map of field name to field generator")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<String, FieldSpec>()? {
+                        out.push((k, v));
+                    }
+                    Ok(OrderedFields(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}
+
+/// One field as written in the schema file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FieldSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    fake: Option<String>,
+    one_of: Option<Vec<Value>>,
+    weights: Option<Vec<f64>>,
+    min: Option<f64>,
+    max: Option<f64>,
+    distribution: Option<String>,
+    exponent: Option<f64>,
+    scale: Option<u32>,
+    start: Option<String>,
+    step: Option<String>,
+    #[serde(default)]
+    pii: bool,
+}
+
+/// A checked schema.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub name: String,
+    /// The field whose value identifies a record (unique per record).
+    pub key: String,
+    pub fields: Vec<Field>,
+}
+
+/// One field of a record.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub kind: FieldKind,
+    /// Personal data: must never appear unmasked in the output when checked.
+    pub pii: bool,
+}
+
+/// How a field's value is made.
+#[derive(Debug, Clone)]
+pub enum FieldKind {
+    Uuid,
+    /// Uniform integers in `min..=max`.
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// Zipf-distributed integers in `min..=max` (rank 1 is `min`, the most frequent).
+    Zipf {
+        min: i64,
+        max: i64,
+        exponent: f64,
+    },
+    /// Decimal numbers with `scale` digits after the point, uniform in `min..=max`.
+    Decimal {
+        min: f64,
+        max: f64,
+        scale: u32,
+    },
+    /// Event time: `start` plus `step` per record, with jitter inside the step.
+    Timestamp {
+        start: DateTime<Utc>,
+        step_micros: u64,
+    },
+    /// One of the listed values, by weight.
+    OneOf {
+        values: Vec<Value>,
+        cumulative: Vec<f64>,
+    },
+    /// A generator of the `fake` crate.
+    Fake(FakeKind),
+    Bool,
+}
+
+/// The `fake:` generators a schema can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeKind {
+    Name,
+    FirstName,
+    LastName,
+    SafeEmail,
+    FreeEmail,
+    Username,
+    City,
+    Country,
+    StreetName,
+    ZipCode,
+    PhoneNumber,
+    CompanyName,
+    Word,
+    Sentence,
+    Ipv4,
+    UserAgent,
+    CurrencyCode,
+}
+
+const FAKES: [(&str, FakeKind); 17] = [
+    ("name", FakeKind::Name),
+    ("first_name", FakeKind::FirstName),
+    ("last_name", FakeKind::LastName),
+    ("safe_email", FakeKind::SafeEmail),
+    ("free_email", FakeKind::FreeEmail),
+    ("username", FakeKind::Username),
+    ("city", FakeKind::City),
+    ("country", FakeKind::Country),
+    ("street_name", FakeKind::StreetName),
+    ("zip_code", FakeKind::ZipCode),
+    ("phone_number", FakeKind::PhoneNumber),
+    ("company_name", FakeKind::CompanyName),
+    ("word", FakeKind::Word),
+    ("sentence", FakeKind::Sentence),
+    ("ipv4", FakeKind::Ipv4),
+    ("user_agent", FakeKind::UserAgent),
+    ("currency_code", FakeKind::CurrencyCode),
+];
+
+const TYPES: [&str; 6] = ["uuid", "int", "decimal", "timestamp", "bool", "string"];
+
+/// The default first event time: a fixed instant, so records do not depend on the clock.
+const DEFAULT_START: &str = "2026-01-01T00:00:00Z";
+
+struct Ctx<'a> {
+    file: &'a Path,
+    loc: &'a Locations,
+    errors: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        let pos = self.loc.value(path);
+        self.errors.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+            hint: None,
+        });
+    }
+}
+
+impl Schema {
+    /// Reads and checks the schema file at `path`.
+    pub fn load(path: &Path) -> Result<Schema, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: format!("cannot read the data schema: {e}"),
+                hint: None,
+            }])
+        })?;
+        Schema::parse(path, &text)
+    }
+
+    /// Checks a schema given as text; `path` is used in messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Schema, Diagnostics> {
+        let (spec, loc) = yaml::parse::<SchemaSpec>(path, text)?;
+        let mut ctx = Ctx {
+            file: path,
+            loc: &loc,
+            errors: Vec::new(),
+        };
+        let mut fields = Vec::new();
+        let mut names = BTreeMap::new();
+        let declared: Vec<String> = spec.fields.0.iter().map(|(n, _)| n.clone()).collect();
+        for (name, f) in spec.fields.0 {
+            let at = join_key("fields", &name);
+            if names.insert(name.clone(), ()).is_some() {
+                ctx.error(&at, format!("field `{name}` is defined twice"));
+            }
+            if let Some(kind) = compile_field(&mut ctx, &at, &f) {
+                fields.push(Field {
+                    name,
+                    kind,
+                    pii: f.pii,
+                });
+            }
+        }
+        if !declared.contains(&spec.key) {
+            let hint = nearest(&spec.key, declared.iter().map(String::as_str))
+                .map(|b| format!(" (did you mean `{b}`?)"))
+                .unwrap_or_default();
+            ctx.error(
+                "key",
+                format!(
+                    "the key field `{}` is not one of the fields{hint}",
+                    spec.key
+                ),
+            );
+        }
+        if declared.is_empty() {
+            ctx.error("fields", "a schema needs at least one field");
+        }
+        if ctx.errors.is_empty() {
+            Ok(Schema {
+                name: spec.name,
+                key: spec.key,
+                fields,
+            })
+        } else {
+            Err(Diagnostics(ctx.errors).sorted())
+        }
+    }
+}
+
+fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
+    let chosen = [f.kind.is_some(), f.fake.is_some(), f.one_of.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if chosen != 1 {
+        ctx.error(
+            at,
+            "a field needs exactly one of `type`, `fake` or `one_of`",
+        );
+        return None;
+    }
+    if let Some(name) = &f.fake {
+        return match FAKES.iter().find(|(n, _)| n == name) {
+            Some((_, k)) => Some(FieldKind::Fake(*k)),
+            None => {
+                let names: Vec<&str> = FAKES.iter().map(|(n, _)| *n).collect();
+                let hint = nearest(name, names.iter().copied())
+                    .map_or(format!("known generators: {}", names.join(", ")), |b| {
+                        format!("did you mean `{b}`?")
+                    });
+                ctx.error(
+                    &join_key(at, "fake"),
+                    format!("unknown fake generator `{name}`; {hint}"),
+                );
+                None
+            }
+        };
+    }
+    if let Some(values) = &f.one_of {
+        if values.is_empty() {
+            ctx.error(&join_key(at, "one_of"), "`one_of` needs at least one value");
+            return None;
+        }
+        let weights = f.weights.clone().unwrap_or_else(|| vec![1.0; values.len()]);
+        if weights.len() != values.len() {
+            ctx.error(
+                &join_key(at, "weights"),
+                format!(
+                    "{} weights for {} values; give one weight per value",
+                    weights.len(),
+                    values.len()
+                ),
+            );
+            return None;
+        }
+        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || weights.iter().sum::<f64>() <= 0.0
+        {
+            ctx.error(
+                &join_key(at, "weights"),
+                "weights must be non-negative and not all zero",
+            );
+            return None;
+        }
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cumulative = weights.iter().map(|w| {
+            acc += w / total;
+            acc
+        });
+        return Some(FieldKind::OneOf {
+            values: values.clone(),
+            cumulative: cumulative.collect(),
+        });
+    }
+    let kind = f.kind.as_deref().unwrap_or_default();
+    let range = |ctx: &mut Ctx, default: (f64, f64)| -> Option<(f64, f64)> {
+        let (min, max) = (f.min.unwrap_or(default.0), f.max.unwrap_or(default.1));
+        if min > max {
+            ctx.error(
+                &join_key(at, "min"),
+                format!("`min` ({min}) is above `max` ({max})"),
+            );
+            return None;
+        }
+        Some((min, max))
+    };
+    match kind {
+        "uuid" => Some(FieldKind::Uuid),
+        "bool" => Some(FieldKind::Bool),
+        "string" => Some(FieldKind::Fake(FakeKind::Word)),
+        "int" => {
+            let (min, max) = range(ctx, (0.0, 1_000_000.0))?;
+            let (min, max) = (min as i64, max as i64);
+            match f.distribution.as_deref() {
+                None | Some("uniform") => Some(FieldKind::Int { min, max }),
+                Some("zipf") => {
+                    let exponent = f.exponent.unwrap_or(1.0);
+                    if !(exponent > 0.0 && exponent.is_finite()) {
+                        ctx.error(&join_key(at, "exponent"), "a zipf exponent must be above 0");
+                        return None;
+                    }
+                    Some(FieldKind::Zipf { min, max, exponent })
+                }
+                Some(other) => {
+                    ctx.error(
+                        &join_key(at, "distribution"),
+                        format!("unknown distribution `{other}`; expected `uniform` or `zipf`"),
+                    );
+                    None
+                }
+            }
+        }
+        "decimal" => {
+            let (min, max) = range(ctx, (0.0, 1000.0))?;
+            let scale = f.scale.unwrap_or(2);
+            if scale > 9 {
+                ctx.error(
+                    &join_key(at, "scale"),
+                    "a decimal scale above 9 digits is not supported",
+                );
+                return None;
+            }
+            Some(FieldKind::Decimal { min, max, scale })
+        }
+        "timestamp" => {
+            let start_text = f.start.as_deref().unwrap_or(DEFAULT_START);
+            let start = match DateTime::parse_from_rfc3339(start_text) {
+                Ok(t) => t.with_timezone(&Utc),
+                Err(_) => {
+                    ctx.error(
+                        &join_key(at, "start"),
+                        format!(
+                            "expected an RFC 3339 time like `{DEFAULT_START}`, got `{start_text}`"
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let step = match parse_duration(f.step.as_deref().unwrap_or("100ms")) {
+                Ok(d) => d,
+                Err(hint) => {
+                    ctx.error(&join_key(at, "step"), hint);
+                    return None;
+                }
+            };
+            Some(FieldKind::Timestamp {
+                start,
+                step_micros: step.as_micros() as u64,
+            })
+        }
+        other => {
+            let hint = nearest(other, TYPES)
+                .map_or(format!("types are {}", TYPES.join(", ")), |b| {
+                    format!("did you mean `{b}`?")
+                });
+            ctx.error(
+                &join_key(at, "type"),
+                format!("unknown type `{other}`; {hint}"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_bad_field_with_its_line() {
+        let text = "name: t\nkey: id\nfields:\n  id: { type: uuidd }\n  n: { fake: nmae }\n  c: { one_of: [a, b], weights: [1] }\n";
+        let err = Schema::parse(Path::new("t.yaml"), text).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|d| (d.line, d.path.as_str())).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (4, "fields.id.type"),
+                (5, "fields.n.fake"),
+                (6, "fields.c.weights")
+            ]
+        );
+        assert!(err.0[0].message.contains("did you mean `uuid`?"));
+        assert!(err.0[1].message.contains("did you mean `name`?"));
+    }
+
+    #[test]
+    fn the_key_must_be_a_field() {
+        let text = "name: t\nkey: order_id\nfields:\n  orderid: { type: uuid }\n";
+        let err = Schema::parse(Path::new("t.yaml"), text).unwrap_err();
+        assert_eq!(err.0[0].path, "key");
+        assert!(err.0[0].message.contains("did you mean `orderid`?"));
+    }
+}

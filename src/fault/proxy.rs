@@ -1,0 +1,479 @@
+//! The TCP fault proxy that stands in front of a dependency.
+//!
+//! The system under test connects to the proxy's loopback port; the proxy connects on to
+//! the real dependency and pumps bytes both ways. Each direction is a reader and a writer
+//! joined by a channel: the reader stamps every chunk with its arrival time, the writer
+//! applies the active faults to it (hold it, drop it, reset the connection) and passes it
+//! on. Stamping at arrival keeps a latency fault from compounding when chunks queue up.
+//!
+//! The active faults arrive through a `watch` channel ([`Proxy::set_active`]); an empty
+//! set is a clean pass-through. [`Proxy::stop`] ends the listener and every connection.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Activation, Direction, FaultKind, unit};
+
+type ActiveSet = Arc<Vec<Activation>>;
+
+/// A running fault proxy.
+pub struct Proxy {
+    name: String,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    active: watch::Sender<ActiveSet>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Counters a proxy keeps, for reports and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections a fault reset or closed.
+    pub cut: AtomicU64,
+    /// Chunks a fault held back or dropped.
+    pub chunks_faulted: AtomicU64,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port, forwarding to `upstream`.
+    pub async fn start(name: &str, upstream: SocketAddr) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listen = listener.local_addr()?;
+        let (active, rx) = watch::channel(Arc::new(Vec::new()));
+        let cancel = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(serve(
+            listener,
+            listen,
+            upstream,
+            rx,
+            cancel.clone(),
+            stats.clone(),
+        ));
+        debug!(proxy = name, %listen, %upstream, "fault proxy listening");
+        Ok(Proxy {
+            name: name.to_string(),
+            listen,
+            upstream,
+            active,
+            stats,
+            cancel,
+            task,
+        })
+    }
+
+    /// The address the system under test is given.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The real dependency's address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// The dependency's name in the scenario.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counters since the proxy started.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Replaces the set of active faults (an empty set removes every fault).
+    pub fn set_active(&self, faults: Vec<Activation>) {
+        self.active.send_replace(Arc::new(faults));
+    }
+
+    /// Whether any fault is active now.
+    pub fn is_faulted(&self) -> bool {
+        !self.active.borrow().is_empty()
+    }
+
+    /// Removes every fault, closes the listener and every connection, and waits.
+    pub async fn stop(self) {
+        self.set_active(Vec::new());
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn refusing(set: &ActiveSet) -> bool {
+    set.iter()
+        .any(|a| matches!(a.fault.kind, FaultKind::Refuse) && a.fault.probability >= 1.0)
+}
+
+/// Whether activation `a` hits connection `conn` (decided once, from the seed).
+fn hits(a: &Activation, conn: u64) -> bool {
+    a.fault.probability >= 1.0 || unit(a.seed, conn) < a.fault.probability
+}
+
+async fn serve(
+    listener: TcpListener,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    mut active: watch::Receiver<ActiveSet>,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+) {
+    let mut listener = Some(listener);
+    loop {
+        // A refuse fault on every connection closes the port itself, so that clients see
+        // "connection refused" exactly as they would with the dependency down.
+        let refuse = refusing(&active.borrow_and_update());
+        if refuse && listener.is_some() {
+            listener = None;
+            debug!(%listen, "refusing connections");
+        }
+        if !refuse && listener.is_none() {
+            match TcpListener::bind(listen).await {
+                Ok(l) => listener = Some(l),
+                Err(e) => {
+                    warn!(%listen, error = %e, "cannot listen again after a refuse fault; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = active.changed() => if changed.is_err() { return },
+            accepted = async { listener.as_ref().expect("listening when not refusing").accept().await }, if listener.is_some() => {
+                if let Ok((client, _)) = accepted {
+                    let id = stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let conn = Connection { id, reset: Default::default(), active: active.clone(), cancel: cancel.child_token(), stats: stats.clone() };
+                    tokio::spawn(conn.run(client, upstream));
+                }
+            }
+        }
+    }
+}
+
+struct Connection {
+    id: u64,
+    /// Set when a reset fault cut this connection: the halves then close without FIN.
+    reset: std::sync::atomic::AtomicBool,
+    active: watch::Receiver<ActiveSet>,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+}
+
+enum Chunk {
+    Data(Bytes, Instant),
+    Eof,
+}
+
+/// Sets SO_LINGER to zero so that closing the socket sends RST instead of FIN.
+fn arm_reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// [`arm_reset`] for a socket known by its descriptor.
+fn arm_reset_fd(fd: RawFd) {
+    // SAFETY: the descriptor belongs to a socket of this connection, whose halves are
+    // alive for as long as the pump that calls this runs.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&borrowed).set_linger(Some(Duration::ZERO));
+}
+
+impl Connection {
+    async fn run(self, client: TcpStream, upstream: SocketAddr) {
+        let set = self.active.borrow().clone();
+        if set
+            .iter()
+            .any(|a| matches!(a.fault.kind, FaultKind::Refuse) && hits(a, self.id))
+        {
+            self.stats.cut.fetch_add(1, Ordering::Relaxed);
+            arm_reset(&client);
+            return;
+        }
+        let server = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(upstream)) => s,
+        };
+        let Ok(Ok(server)) = server else {
+            debug!(conn = self.id, %upstream, "dependency unreachable; closing the client");
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let fds = [client.as_raw_fd(), server.as_raw_fd()];
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        let watcher = self.watch_for_refuse();
+        let up = self.pump(Direction::Upstream, client_read, server_write, fds);
+        let down = self.pump(Direction::Downstream, server_read, client_write, fds);
+        tokio::join!(up, down, watcher);
+    }
+
+    /// Closes this connection when a refuse fault that hits it starts.
+    async fn watch_for_refuse(&self) {
+        let mut active = self.active.clone();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                changed = active.changed() => {
+                    if changed.is_err() { return; }
+                    let set = active.borrow_and_update().clone();
+                    if set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && hits(a, self.id)) {
+                        self.stats.cut.fetch_add(1, Ordering::Relaxed);
+                        self.cancel.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves bytes one way; `fds` are the client's and the server's sockets, both reset
+    /// together when a reset fault fires.
+    async fn pump(
+        &self,
+        flow: Direction,
+        mut from: OwnedReadHalf,
+        mut to: OwnedWriteHalf,
+        fds: [RawFd; 2],
+    ) {
+        let (tx, mut rx) = mpsc::channel::<Chunk>(64);
+        let reader = async {
+            let mut buf = BytesMut::with_capacity(32 * 1024);
+            loop {
+                if buf.capacity() < 4096 {
+                    buf.reserve(32 * 1024);
+                }
+                let read = tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    r = from.read_buf(&mut buf) => r,
+                };
+                let chunk = match read {
+                    Ok(0) | Err(_) => Chunk::Eof,
+                    Ok(_) => Chunk::Data(buf.split().freeze(), Instant::now()),
+                };
+                let eof = matches!(chunk, Chunk::Eof);
+                if tx.send(chunk).await.is_err() || eof {
+                    return;
+                }
+            }
+        };
+        let writer = async {
+            let mut passed: u64 = 0;
+            let mut chunks: u64 = 0;
+            let mut last_release = Instant::now();
+            loop {
+                let chunk = tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    c = rx.recv() => c,
+                };
+                let (mut data, arrived) = match chunk {
+                    Some(Chunk::Data(d, t)) => (d, t),
+                    Some(Chunk::Eof) | None => {
+                        let _ = to.shutdown().await;
+                        return;
+                    }
+                };
+                chunks += 1;
+                let set = self.active.borrow().clone();
+                let mut release = arrived;
+                let mut drop_chunk = false;
+                let mut reset_at: Option<u64> = None;
+                for a in set
+                    .iter()
+                    .filter(|a| a.fault.direction.covers(flow) && hits(a, self.id))
+                {
+                    match &a.fault.kind {
+                        FaultKind::Latency { delay, jitter } => {
+                            let mut d = *delay;
+                            if !jitter.is_zero() {
+                                let u =
+                                    unit(a.seed ^ self.id.rotate_left(29) ^ flow as u64, chunks);
+                                let j = jitter.as_secs_f64() * (2.0 * u - 1.0);
+                                d = Duration::from_secs_f64((delay.as_secs_f64() + j).max(0.0));
+                            }
+                            release = release.max(arrived + d);
+                        }
+                        FaultKind::Blackhole => drop_chunk = true,
+                        FaultKind::Reset { after } => {
+                            let limit = after.unwrap_or(0);
+                            reset_at = Some(reset_at.map_or(limit, |r| r.min(limit)));
+                        }
+                        FaultKind::Refuse => {}
+                    }
+                }
+                if let Some(limit) = reset_at {
+                    let room = limit.saturating_sub(passed) as usize;
+                    if room < data.len() {
+                        // Pass what fits under the limit, then cut the connection with RST.
+                        if room > 0 {
+                            let _ = to.write_all(&data[..room]).await;
+                        }
+                        fds.iter().for_each(|fd| arm_reset_fd(*fd));
+                        self.reset.store(true, Ordering::Relaxed);
+                        self.stats.cut.fetch_add(1, Ordering::Relaxed);
+                        self.cancel.cancel();
+                        return;
+                    }
+                }
+                if drop_chunk {
+                    self.stats.chunks_faulted.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if release > arrived {
+                    self.stats.chunks_faulted.fetch_add(1, Ordering::Relaxed);
+                    // Chunks keep their order: never release before the previous one.
+                    release = release.max(last_release);
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(release) => {}
+                    }
+                }
+                last_release = release;
+                passed += data.len() as u64;
+                if to.write_all(&data).await.is_err() {
+                    self.cancel.cancel();
+                    return;
+                }
+                data.clear();
+            }
+        };
+        tokio::join!(reader, writer);
+        if self.reset.load(Ordering::Relaxed) {
+            // Dropping a write half sends FIN first; a reset connection must only RST.
+            to.forget();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{Fault, Place, Schedule};
+
+    async fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn activation(kind: FaultKind, probability: f64) -> Activation {
+        Activation {
+            index: 0,
+            seed: 11,
+            fault: Fault {
+                kind,
+                at: Place::Dependency("echo".into()),
+                schedule: Schedule {
+                    from: Duration::ZERO,
+                    length: None,
+                    every: None,
+                },
+                probability,
+                direction: Direction::Both,
+            },
+        }
+    }
+
+    async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(payload).await?;
+        let mut out = vec![0; payload.len()];
+        s.read_exact(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn passes_bytes_unchanged_without_faults() {
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(round_trip(proxy.addr(), &payload).await.unwrap(), payload);
+        proxy.stop().await;
+    }
+
+    #[tokio::test]
+    async fn latency_holds_each_direction() {
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        proxy.set_active(vec![activation(
+            FaultKind::Latency {
+                delay: Duration::from_millis(30),
+                jitter: Duration::ZERO,
+            },
+            1.0,
+        )]);
+        let t = std::time::Instant::now();
+        round_trip(proxy.addr(), b"ping").await.unwrap();
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(60), "{took:?}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        proxy.stop().await;
+    }
+
+    #[tokio::test]
+    async fn refuse_closes_the_port_and_repair_reopens_it() {
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        proxy.set_active(vec![activation(FaultKind::Refuse, 1.0)]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = TcpStream::connect(proxy.addr()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        proxy.set_active(vec![]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(round_trip(proxy.addr(), b"back").await.unwrap(), b"back");
+        proxy.stop().await;
+    }
+
+    #[tokio::test]
+    async fn reset_sends_rst() {
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        proxy.set_active(vec![activation(FaultKind::Reset { after: None }, 1.0)]);
+        let err = round_trip(proxy.addr(), b"hello").await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err:?}");
+        proxy.stop().await;
+    }
+
+    #[tokio::test]
+    async fn blackhole_forwards_nothing() {
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        proxy.set_active(vec![activation(FaultKind::Blackhole, 1.0)]);
+        let r =
+            tokio::time::timeout(Duration::from_millis(200), round_trip(proxy.addr(), b"x")).await;
+        assert!(
+            r.is_err(),
+            "a blackholed connection must time out, got {r:?}"
+        );
+        proxy.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stop_closes_the_listener() {
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        let addr = proxy.addr();
+        proxy.stop().await;
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}

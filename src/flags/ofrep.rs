@@ -1,0 +1,197 @@
+//! An OFREP (OpenFeature Remote Evaluation Protocol) server on loopback.
+//!
+//! The system under test evaluates its flags here, one at a time
+//! (`POST /ofrep/v1/evaluate/flags/{key}`) or all at once (`POST /ofrep/v1/evaluate/flags`,
+//! with an `ETag` so that polling clients get `304 Not Modified` while nothing changed).
+//! The runner calls [`OfrepServer::set`] at each stage boundary and may wait, with
+//! [`OfrepServer::picked_up`], until a bulk poll has seen the new state.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Flags {
+    values: BTreeMap<String, Value>,
+    generation: u64,
+}
+
+#[derive(Clone)]
+struct Shared {
+    flags: Arc<Mutex<Flags>>,
+    served: Arc<watch::Sender<u64>>,
+}
+
+/// A running OFREP endpoint.
+pub struct OfrepServer {
+    addr: SocketAddr,
+    shared: Shared,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OfrepServer {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> std::io::Result<OfrepServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared {
+            flags: Arc::new(Mutex::new(Flags::default())),
+            served: Arc::new(watch::channel(0).0),
+        };
+        let app = Router::new()
+            .route("/ofrep/v1/evaluate/flags", post(bulk))
+            .route("/ofrep/v1/evaluate/flags/{key}", post(single))
+            .with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        });
+        Ok(OfrepServer {
+            addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    /// The base URL a client is configured with (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces every flag's value; returns the new generation.
+    pub fn set(&self, values: BTreeMap<String, Value>) -> u64 {
+        let mut flags = self.shared.flags.lock().unwrap_or_else(|p| p.into_inner());
+        flags.values = values;
+        flags.generation += 1;
+        flags.generation
+    }
+
+    /// Waits until a bulk evaluation has served `generation` (or later), up to `limit`.
+    /// Returns whether it did.
+    pub async fn picked_up(&self, generation: u64, limit: Duration) -> bool {
+        let mut rx = self.shared.served.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops serving and waits for the server task to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn evaluation(key: &str, value: &Value) -> Value {
+    let variant = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    json!({ "key": key, "value": value, "reason": "STATIC", "variant": variant, "metadata": {} })
+}
+
+async fn single(State(s): State<Shared>, Path(key): Path<String>) -> Response {
+    let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
+    match flags.values.get(&key) {
+        Some(v) => Json(evaluation(&key, v)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": "no such flag in this scenario" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn bulk(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let (body, generation) = {
+        let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
+        let list: Vec<Value> = flags.values.iter().map(|(k, v)| evaluation(k, v)).collect();
+        (json!({ "flags": list }), flags.generation)
+    };
+    s.served.send_if_modified(|g| {
+        let newer = generation > *g;
+        if newer {
+            *g = generation;
+        }
+        newer
+    });
+    let etag = format!("\"{generation}\"");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let mut response = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_single_and_bulk_with_etag() {
+        let server = OfrepServer::start().await.unwrap();
+        let g = server.set(BTreeMap::from([("new-enricher".to_string(), json!(true))]));
+        let client = reqwest::Client::new();
+        let one: Value = client
+            .post(format!(
+                "{}/ofrep/v1/evaluate/flags/new-enricher",
+                server.url()
+            ))
+            .json(&json!({"context": {}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(one["value"], json!(true));
+        let missing = client
+            .post(format!("{}/ofrep/v1/evaluate/flags/nope", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        let all = client
+            .post(format!("{}/ofrep/v1/evaluate/flags", server.url()))
+            .send()
+            .await
+            .unwrap();
+        let etag = all.headers()["etag"].to_str().unwrap().to_string();
+        let body: Value = all.json().await.unwrap();
+        assert_eq!(body["flags"][0]["key"], "new-enricher");
+        assert!(server.picked_up(g, Duration::from_millis(10)).await);
+        let again = client
+            .post(format!("{}/ofrep/v1/evaluate/flags", server.url()))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304);
+        let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), json!(false))]));
+        assert!(!server.picked_up(g2, Duration::from_millis(20)).await);
+        server.stop().await;
+    }
+}

@@ -1,0 +1,137 @@
+//! Reports: the events a run emits, the final [`RunReport`], and the reporters that turn
+//! them into terminal output and files.
+//!
+//! The runner only ever sends [`Event`]s; each reporter ([`terminal`], [`json`])
+//! listens to the same stream, so adding a format never touches the runner.
+
+pub mod json;
+pub mod terminal;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::measure::StageMetrics;
+use crate::verdict::{Assessment, Verdict};
+
+/// Something that happened during a run, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The plan is checked and the run begins.
+    Started {
+        name: String,
+        file: PathBuf,
+        seed: u64,
+        stages: usize,
+        warnings: Vec<String>,
+    },
+    /// Everything is up: the target, each dependency behind its proxy, the flag endpoint.
+    Provisioned {
+        target: String,
+        dependencies: Vec<(String, String, String)>,
+        flags: String,
+    },
+    /// A stage begins with this flag state.
+    StageStarted {
+        index: usize,
+        name: String,
+        flags: BTreeMap<String, Value>,
+    },
+    /// About once a second during a stage.
+    Progress {
+        stage: String,
+        elapsed_secs: u64,
+        sent: u64,
+        acked: u64,
+        failed: u64,
+    },
+    /// A fault became active or was lifted.
+    Fault(FaultRecord),
+    /// A stage ended, was observed and judged.
+    StageFinished {
+        report: StageReport,
+        assessments: Vec<Assessment>,
+    },
+    /// The run is over (whatever the reason); the report is final.
+    Finished(Box<RunReport>),
+}
+
+/// One fault's life inside a stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultRecord {
+    pub stage: String,
+    /// Position in the stage's `faults` list.
+    pub index: usize,
+    pub kind: String,
+    pub at: String,
+    /// Offset into the stage when it became active, in seconds.
+    pub started_secs: f64,
+    /// Offset when it was lifted; `None` while active.
+    pub ended_secs: Option<f64>,
+    /// Whether the proxy confirmed it carries no fault any more.
+    pub removed: bool,
+}
+
+/// What one stage did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub name: String,
+    pub flags: BTreeMap<String, Value>,
+    /// Whether the stage ran its whole duration.
+    pub completed: bool,
+    pub metrics: StageMetrics,
+}
+
+/// The full account of a run, written as JSON and summarised on the terminal.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub stagegate_version: String,
+    pub scenario: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub seed: u64,
+    pub started_at: String,
+    pub finished_at: String,
+    /// Set when Ctrl-C or SIGTERM stopped the run before its end.
+    pub interrupted: bool,
+    /// Why the run itself broke, if it did (not a judgement on the candidate).
+    pub error: Option<String>,
+    /// `None` when the run broke before it could judge.
+    pub verdict: Option<Verdict>,
+    /// The assessments that decided the verdict, in words.
+    pub reasons: Vec<String>,
+    pub warnings: Vec<String>,
+    pub stages: Vec<StageReport>,
+    pub assessments: Vec<Assessment>,
+    pub faults: Vec<FaultRecord>,
+    /// Where the report files were written.
+    pub report_dir: Option<PathBuf>,
+}
+
+/// Something that consumes the run's events.
+pub trait Reporter {
+    fn event(&mut self, event: &Event);
+}
+
+/// Durations in reports are written as a scenario would write them (`250ms`).
+pub mod serde_duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::scenario::units::format_duration(*d))
+    }
+}
+
+/// [`serde_duration`] for optional durations.
+pub mod serde_opt_duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&crate::scenario::units::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The builtin reference pipeline (`target: { builtin: orders-pipeline }`).
+//!
+//! An HTTP service that accepts orders (`POST /orders`), validates them, enriches them
+//! along one of two code paths chosen by the flag `new-enricher`, and appends them to
+//! its store over TCP, through stagegate's fault proxy. It reads its flags from the
+//! OFREP endpoint, polling with an ETag, as an OpenFeature client would.
+//!
+//! The two paths differ the way a real candidate might: the current one (`v1`) writes
+//! with an idempotency token, so its retries are safe; the new one (`v2`) retries
+//! without a token, so when the store applies a write but the answer is lost (a reset
+//! connection), the retry stores the order twice. A fault on the store reveals it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::sync::CancellationToken;
+
+/// The flag that picks the enrichment path.
+pub const FLAG: &str = "new-enricher";
+
+/// How long one store call may take before the pipeline gives up on it.
+const STORE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Store calls per order, the first included.
+const ATTEMPTS: u32 = 4;
+/// A pooled store connection is retired after this many calls, as connection pools with
+/// a maximum lifetime do; new connections keep arriving at the store's proxy.
+const CALLS_PER_CONNECTION: u32 = 20;
+const CURRENCIES: [(&str, &str); 3] = [("USD", "us"), ("EUR", "eu"), ("GBP", "uk")];
+
+struct Conn {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+    calls: u32,
+}
+
+/// A pooled client of the builtin store.
+struct StoreClient {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl StoreClient {
+    /// Sends one request line and reads the answer line, plus the `N <count>` lines
+    /// that follow it when the answer announces them.
+    async fn call(&self, line: &str) -> Result<Vec<String>, String> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let attempt = async {
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let s = TcpStream::connect(self.addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = s.set_nodelay(true);
+                    let (r, w) = s.into_split();
+                    Conn {
+                        lines: BufReader::new(r).lines(),
+                        write: w,
+                        calls: 0,
+                    }
+                }
+            };
+            conn.write
+                .write_all(line.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut answer = Vec::new();
+            let mut expected = 1;
+            while answer.len() < expected {
+                match conn.lines.next_line().await {
+                    Ok(Some(l)) => {
+                        if answer.is_empty()
+                            && let Some(n) =
+                                l.strip_prefix("N ").and_then(|n| n.parse::<usize>().ok())
+                        {
+                            expected += n;
+                        }
+                        answer.push(l);
+                    }
+                    Ok(None) => return Err("store closed the connection".to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok((answer, conn))
+        };
+        match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
+            Ok(Ok((answer, mut conn))) => {
+                conn.calls += 1;
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < 64 && conn.calls < CALLS_PER_CONNECTION {
+                    idle.push(conn);
+                }
+                Ok(answer)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("store call timed out".into()),
+        }
+    }
+
+    /// Appends with retries; `token` makes the retries idempotent.
+    async fn append(&self, key: &str, token: Option<&str>, json: &str) -> Result<(), String> {
+        let line = format!("APPEND {key} {} {json}\n", token.unwrap_or("-"));
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+            }
+            match self.call(&line).await {
+                Ok(answer) if answer[0].starts_with("OK ") => return Ok(()),
+                Ok(answer) => last = answer.join(" "),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    store: Arc<StoreClient>,
+    new_enricher: Arc<AtomicBool>,
+}
+
+/// A running builtin pipeline.
+pub struct Pipeline {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts the pipeline on a free loopback port, writing to `store` and reading its
+    /// flags from the OFREP endpoint at `ofrep_url`.
+    pub async fn start(store: SocketAddr, ofrep_url: String) -> std::io::Result<Pipeline> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = App {
+            store: Arc::new(StoreClient {
+                addr: store,
+                idle: Mutex::new(Vec::new()),
+            }),
+            new_enricher: Arc::new(AtomicBool::new(false)),
+        };
+        let router = Router::new()
+            .route("/orders", post(create))
+            .route("/orders/{key}", get(read))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(app.clone());
+        let cancel = CancellationToken::new();
+        let shutdown = cancel.clone().cancelled_owned();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        });
+        let poller = tokio::spawn(poll_flags(
+            ofrep_url,
+            app.new_enricher.clone(),
+            cancel.clone(),
+        ));
+        Ok(Pipeline {
+            addr,
+            cancel,
+            tasks: vec![server, poller],
+        })
+    }
+
+    /// The pipeline's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and polling.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Polls the bulk OFREP endpoint every 50 ms, as an OpenFeature provider would.
+async fn poll_flags(url: String, flag: Arc<AtomicBool>, cancel: CancellationToken) {
+    let client = reqwest::Client::new();
+    let mut etag: Option<String> = None;
+    loop {
+        let mut request = client
+            .post(format!("{url}/ofrep/v1/evaluate/flags"))
+            .json(&json!({"context": {}}));
+        if let Some(tag) = &etag {
+            request = request.header("if-none-match", tag);
+        }
+        if let Ok(response) = request.send().await
+            && response.status().is_success()
+        {
+            etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            if let Ok(body) = response.json::<Value>().await
+                && let Some(list) = body["flags"].as_array()
+                && let Some(f) = list.iter().find(|f| f["key"] == FLAG)
+            {
+                flag.store(f["value"].as_bool().unwrap_or(false), Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// Checks an order; the error is the reason given to the client.
+fn validate(order: &Map<String, Value>) -> Result<(), String> {
+    let text = |k: &str| {
+        order
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    text("order_id").ok_or("order_id must be a non-empty string")?;
+    text("customer").ok_or("customer must be a non-empty string")?;
+    let currency = text("currency").ok_or("currency must be a string")?;
+    if !CURRENCIES.iter().any(|(c, _)| *c == currency) {
+        return Err(format!("unsupported currency {currency}"));
+    }
+    let amount = order
+        .get("amount")
+        .and_then(Value::as_f64)
+        .ok_or("amount must be a number")?;
+    if amount <= 0.0 {
+        return Err("amount must be positive".into());
+    }
+    let items = order
+        .get("items")
+        .and_then(Value::as_i64)
+        .ok_or("items must be an integer")?;
+    if items < 1 {
+        return Err("items must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Adds the derived fields; `new` picks the candidate path.
+fn enrich(mut order: Map<String, Value>, new: bool) -> Map<String, Value> {
+    let amount = order.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
+    let currency = order.get("currency").and_then(Value::as_str).unwrap_or("");
+    let region = CURRENCIES
+        .iter()
+        .find(|(c, _)| *c == currency)
+        .map_or("other", |(_, r)| r);
+    order.insert("region".into(), json!(region));
+    order.insert(
+        "amount_cents".into(),
+        json!((amount * 100.0).round() as i64),
+    );
+    if new {
+        let band = if amount < 50.0 {
+            "small"
+        } else if amount < 250.0 {
+            "medium"
+        } else {
+            "large"
+        };
+        order.insert("band".into(), json!(band));
+        order.insert("enricher".into(), json!("v2"));
+    } else {
+        order.insert("enricher".into(), json!("v1"));
+    }
+    order
+}
+
+async fn create(State(app): State<App>, body: Bytes) -> Response {
+    let order = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return (StatusCode::BAD_REQUEST, "an order is a JSON object").into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")).into_response(),
+    };
+    if let Err(reason) = validate(&order) {
+        return (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response();
+    }
+    let new = app.new_enricher.load(Ordering::Relaxed);
+    let key = order["order_id"].as_str().unwrap_or_default().to_string();
+    let enriched = Value::Object(enrich(order, new)).to_string();
+    // v1 passes the order id as idempotency token; v2 forgot to.
+    let token = (!new).then_some(key.as_str());
+    match app.store.append(&key, token, &enriched).await {
+        Ok(()) => (StatusCode::CREATED, axum::Json(json!({ "order_id": key }))).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn read(State(app): State<App>, Path(key): Path<String>) -> Response {
+    if key.contains(char::is_whitespace) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    match app.store.call(&format!("GET {key}\n")).await {
+        Ok(answer) if answer.len() == 1 => StatusCode::NOT_FOUND.into_response(),
+        Ok(answer) => {
+            // Every stored copy, so that a reader sees duplicates too.
+            let copies: Vec<Value> = answer[1..]
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            axum::Json(Value::Array(copies)).into_response()
+        }
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let ok =
+            json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": 1.5, "items": 2});
+        assert!(validate(ok.as_object().unwrap()).is_ok());
+        let bad = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": "1.5", "items": 2});
+        assert_eq!(
+            validate(bad.as_object().unwrap()).unwrap_err(),
+            "amount must be a number"
+        );
+    }
+
+    #[test]
+    fn both_paths_keep_every_sent_field() {
+        let order = json!({"order_id": "a", "customer": "c", "currency": "EUR", "amount": 12.34, "items": 2});
+        for new in [false, true] {
+            let out = enrich(order.as_object().unwrap().clone(), new);
+            for (k, v) in order.as_object().unwrap() {
+                assert_eq!(&out[k], v);
+            }
+            assert_eq!(out["amount_cents"], 1234);
+        }
+    }
+}

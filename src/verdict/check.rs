@@ -1,0 +1,377 @@
+//! The text form of a check, `METRIC OP VALUE`, and the metrics it can name.
+//!
+//! [`parse_check`] turns `latency.p99 < 250ms` into a [`Check`] whose limit is in the
+//! metric's own unit (milliseconds for latency, a fraction for rates, a count for
+//! counts). Errors are plain strings: the scenario loader adds file, line and path.
+
+use serde::Serialize;
+
+use crate::measure::StageMetrics;
+use crate::scenario::units;
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+}
+
+impl Op {
+    /// Whether `measured OP limit` holds.
+    pub fn holds(self, measured: f64, limit: f64) -> bool {
+        match self {
+            Op::Lt => measured < limit,
+            Op::Le => measured <= limit,
+            Op::Gt => measured > limit,
+            Op::Ge => measured >= limit,
+            Op::Eq => (measured - limit).abs() < 1e-9,
+            Op::Ne => (measured - limit).abs() >= 1e-9,
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+        })
+    }
+}
+
+/// A metric a criterion can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum Metric {
+    Latency(Quantile),
+    ErrorsRate,
+    ErrorsCount,
+    Throughput,
+    Data(DataField),
+    DataRate(DataField),
+}
+
+/// A latency statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantile {
+    P50,
+    P90,
+    P95,
+    P99,
+    P999,
+    Max,
+    Mean,
+}
+
+/// A data-quality count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataField {
+    Sent,
+    Acked,
+    Lost,
+    Duplicated,
+    Corrupted,
+    RejectedValid,
+}
+
+const QUANTILES: [(&str, Quantile); 7] = [
+    ("p50", Quantile::P50),
+    ("p90", Quantile::P90),
+    ("p95", Quantile::P95),
+    ("p99", Quantile::P99),
+    ("p999", Quantile::P999),
+    ("max", Quantile::Max),
+    ("mean", Quantile::Mean),
+];
+
+const DATA_FIELDS: [(&str, DataField); 6] = [
+    ("sent", DataField::Sent),
+    ("acked", DataField::Acked),
+    ("lost", DataField::Lost),
+    ("duplicated", DataField::Duplicated),
+    ("corrupted", DataField::Corrupted),
+    ("rejected_valid", DataField::RejectedValid),
+];
+
+impl Metric {
+    /// Every metric name a check may use, for error hints.
+    pub fn names() -> Vec<String> {
+        let mut out: Vec<String> = QUANTILES
+            .iter()
+            .map(|(n, _)| format!("latency.{n}"))
+            .collect();
+        out.extend(["errors.rate", "errors.count", "throughput"].map(String::from));
+        for (n, _) in DATA_FIELDS {
+            out.push(format!("data.{n}"));
+            if !matches!(n, "sent" | "acked") {
+                out.push(format!("data.{n}_rate"));
+            }
+        }
+        out
+    }
+
+    /// Parses a metric name such as `latency.p99` or `data.lost_rate`.
+    pub fn parse(name: &str) -> Option<Metric> {
+        if let Some(q) = name.strip_prefix("latency.") {
+            return QUANTILES
+                .iter()
+                .find(|(n, _)| *n == q)
+                .map(|(_, q)| Metric::Latency(*q));
+        }
+        if let Some(d) = name.strip_prefix("data.") {
+            if let Some(base) = d.strip_suffix("_rate") {
+                return DATA_FIELDS
+                    .iter()
+                    .find(|(n, _)| *n == base && !matches!(*n, "sent" | "acked"))
+                    .map(|(_, f)| Metric::DataRate(*f));
+            }
+            return DATA_FIELDS
+                .iter()
+                .find(|(n, _)| *n == d)
+                .map(|(_, f)| Metric::Data(*f));
+        }
+        match name {
+            "errors.rate" => Some(Metric::ErrorsRate),
+            "errors.count" => Some(Metric::ErrorsCount),
+            "throughput" => Some(Metric::Throughput),
+            _ => None,
+        }
+    }
+
+    /// The measured value, in the metric's unit; `None` when nothing was measured.
+    pub fn value(self, m: &StageMetrics) -> Option<f64> {
+        let count = |f: DataField| {
+            let d = &m.data;
+            (match f {
+                DataField::Sent => d.sent,
+                DataField::Acked => d.acked,
+                DataField::Lost => d.lost,
+                DataField::Duplicated => d.duplicated,
+                DataField::Corrupted => d.corrupted,
+                DataField::RejectedValid => d.rejected_valid,
+            }) as f64
+        };
+        match self {
+            Metric::Latency(q) => match q {
+                Quantile::P50 => m.latency.p50,
+                Quantile::P90 => m.latency.p90,
+                Quantile::P95 => m.latency.p95,
+                Quantile::P99 => m.latency.p99,
+                Quantile::P999 => m.latency.p999,
+                Quantile::Max => m.latency.max,
+                Quantile::Mean => m.latency.mean,
+            },
+            Metric::ErrorsRate => (m.requests > 0).then(|| m.error_rate()),
+            Metric::ErrorsCount => Some(m.errors as f64),
+            Metric::Throughput => Some(m.throughput),
+            Metric::Data(f) => Some(count(f)),
+            Metric::DataRate(f) => (m.data.acked > 0).then(|| count(f) / m.data.acked as f64),
+        }
+    }
+
+    /// How many samples stand behind the value, for `min_samples`.
+    pub fn samples(self, m: &StageMetrics) -> u64 {
+        match self {
+            Metric::Data(_) | Metric::DataRate(_) => m.data.sent,
+            _ => m.requests,
+        }
+    }
+
+    /// Parses a limit written for this metric (`250ms`, `1%`, `0`, `150/s`).
+    pub fn parse_limit(self, text: &str) -> Result<f64, String> {
+        match self {
+            Metric::Latency(_) => units::parse_duration(text).map(|d| d.as_secs_f64() * 1000.0),
+            Metric::ErrorsRate | Metric::DataRate(_) => units::parse_fraction(text),
+            Metric::Throughput => {
+                if text.contains('/') {
+                    units::parse_rate(text)
+                } else {
+                    text.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("expected a rate like `150/s`, got `{}`", text.trim()))
+                }
+            }
+            Metric::ErrorsCount | Metric::Data(_) => match text.trim().parse::<u64>() {
+                Ok(n) => Ok(n as f64),
+                Err(_) => Err(format!(
+                    "expected a whole number of records, got `{}`",
+                    text.trim()
+                )),
+            },
+        }
+    }
+
+    /// Renders a value of this metric for a person.
+    pub fn render(self, v: f64) -> String {
+        match self {
+            Metric::Latency(_) => {
+                if v >= 1000.0 {
+                    format!("{:.2}s", v / 1000.0)
+                } else {
+                    format!("{v:.1}ms")
+                }
+            }
+            Metric::ErrorsRate | Metric::DataRate(_) => format!("{:.2}%", v * 100.0),
+            Metric::Throughput => format!("{v:.1}/s"),
+            Metric::ErrorsCount | Metric::Data(_) => format!("{v:.0}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Metric::Latency(q) => {
+                let name = QUANTILES
+                    .iter()
+                    .find(|(_, x)| x == q)
+                    .map_or("?", |(n, _)| n);
+                write!(f, "latency.{name}")
+            }
+            Metric::ErrorsRate => f.write_str("errors.rate"),
+            Metric::ErrorsCount => f.write_str("errors.count"),
+            Metric::Throughput => f.write_str("throughput"),
+            Metric::Data(d) | Metric::DataRate(d) => {
+                let name = DATA_FIELDS
+                    .iter()
+                    .find(|(_, x)| x == d)
+                    .map_or("?", |(n, _)| n);
+                let suffix = if matches!(self, Metric::DataRate(_)) {
+                    "_rate"
+                } else {
+                    ""
+                };
+                write!(f, "data.{name}{suffix}")
+            }
+        }
+    }
+}
+
+impl From<Metric> for String {
+    fn from(m: Metric) -> String {
+        m.to_string()
+    }
+}
+
+/// A parsed `METRIC OP VALUE`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub metric: Metric,
+    pub op: Op,
+    /// The limit in the metric's unit.
+    pub limit: f64,
+    /// The check as the user wrote it.
+    pub text: String,
+}
+
+/// Parses `METRIC OP VALUE`, e.g. `latency.p99 < 250ms`.
+pub fn parse_check(text: &str) -> Result<Check, String> {
+    let ops = [
+        ("<=", Op::Le),
+        (">=", Op::Ge),
+        ("==", Op::Eq),
+        ("!=", Op::Ne),
+        ("<", Op::Lt),
+        (">", Op::Gt),
+    ];
+    let (at, sym, op) = ops
+        .iter()
+        .filter_map(|(sym, op)| text.find(sym).map(|at| (at, *sym, *op)))
+        .min_by_key(|(at, sym, _)| (*at, usize::MAX - sym.len()))
+        .ok_or_else(|| {
+            format!("expected `METRIC OP VALUE` like `latency.p99 < 250ms`, got `{text}`")
+        })?;
+    let name = text[..at].trim();
+    let limit_text = text[at + sym.len()..].trim();
+    let metric = Metric::parse(name).ok_or_else(|| {
+        let names = Metric::names();
+        match crate::scenario::diag::nearest(name, names.iter().map(String::as_str)) {
+            Some(best) => format!("unknown metric `{name}`; did you mean `{best}`?"),
+            None => format!("unknown metric `{name}`; metrics are {}", names.join(", ")),
+        }
+    })?;
+    if limit_text.is_empty() {
+        return Err(format!("`{text}` has no value after `{sym}`"));
+    }
+    let limit = metric.parse_limit(limit_text)?;
+    Ok(Check {
+        metric,
+        op,
+        limit,
+        text: text.trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_unit() {
+        let c = parse_check("latency.p99 < 250ms").unwrap();
+        assert_eq!(
+            (c.metric, c.op, c.limit),
+            (Metric::Latency(Quantile::P99), Op::Lt, 250.0)
+        );
+        let c = parse_check("errors.rate<1%").unwrap();
+        assert_eq!(
+            (c.metric, c.op, c.limit),
+            (Metric::ErrorsRate, Op::Lt, 0.01)
+        );
+        let c = parse_check("data.lost == 0").unwrap();
+        assert_eq!((c.metric, c.op), (Metric::Data(DataField::Lost), Op::Eq));
+        let c = parse_check("latency.p50 <= 1s").unwrap();
+        assert_eq!((c.op, c.limit), (Op::Le, 1000.0));
+        let c = parse_check("data.lost_rate != 0.5%").unwrap();
+        assert_eq!(
+            (c.metric, c.op, c.limit),
+            (Metric::DataRate(DataField::Lost), Op::Ne, 0.005)
+        );
+    }
+
+    #[test]
+    fn explains_mistakes() {
+        assert!(
+            parse_check("latency.pp99 < 1s")
+                .unwrap_err()
+                .contains("did you mean `latency.p99`")
+        );
+        assert!(
+            parse_check("latency.p99 < 250")
+                .unwrap_err()
+                .contains("`250ms`")
+        );
+        assert!(
+            parse_check("latency.p99 250ms")
+                .unwrap_err()
+                .contains("METRIC OP VALUE")
+        );
+        assert!(
+            parse_check("data.lost == 0.5")
+                .unwrap_err()
+                .contains("whole number")
+        );
+    }
+
+    #[test]
+    fn every_listed_name_parses() {
+        for name in Metric::names() {
+            let m = Metric::parse(&name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(m.to_string(), name);
+        }
+    }
+}

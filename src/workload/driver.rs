@@ -1,0 +1,141 @@
+//! The HTTP driver: sends each record to the system under test at its intended time and
+//! reports how it went.
+//!
+//! One loop paces the sends (see [`super::pacing`]); each request runs in its own task
+//! and reports a [`Sample`] back over a channel, so a slow answer never delays the next
+//! send. Latency runs from the intended send time. The loop stops at the stage's end or
+//! when cancelled; requests still in flight then get a bounded grace period to finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Workload, pacing};
+use crate::data::Generator;
+use crate::measure::Outcome;
+use crate::quality::key_of;
+
+/// Requests in flight at most; past this the driver waits (and latency still counts
+/// from the intended time, so the wait shows).
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// How one request went.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Intended send time, as an offset from the stage start.
+    pub offset: Duration,
+    /// From the intended send time to the answer.
+    pub latency: Duration,
+    pub outcome: Outcome,
+    pub key: String,
+}
+
+/// What the driver tells its caller while it runs.
+pub trait Sink {
+    /// A record is about to be sent.
+    fn sent(&mut self, key: &str, record: &Map<String, Value>);
+    /// A request has ended.
+    fn sample(&mut self, sample: Sample);
+    /// Called about once a second with the elapsed stage time.
+    fn tick(&mut self, elapsed: Duration);
+}
+
+/// Where and how records are written.
+pub struct HttpWrite {
+    pub client: reqwest::Client,
+    /// Full URL records are POSTed to.
+    pub url: String,
+}
+
+/// Drives one stage. Returns `false` if it was cancelled before the end.
+pub async fn drive(
+    write: &HttpWrite,
+    workload: &Workload,
+    data_seed: u64,
+    cancel: &CancellationToken,
+    sink: &mut (dyn Sink + Send),
+) -> bool {
+    let mut generator = Generator::new(workload.schema.clone(), data_seed);
+    let key_field = workload.schema.key.clone();
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    let mut next_tick = start + Duration::from_secs(1);
+    let mut completed = true;
+
+    for offset in pacing::schedule(workload.arrival, workload.duration) {
+        let intended = start + offset;
+        // Wait for the send time, handling answers and ticks meanwhile.
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => { completed = false; break; }
+                Some(sample) = rx.recv() => sink.sample(sample),
+                _ = tokio::time::sleep_until(next_tick) => {
+                    sink.tick(next_tick - start);
+                    next_tick += Duration::from_secs(1);
+                }
+                _ = tokio::time::sleep_until(intended) => break,
+            }
+        }
+        if !completed {
+            break;
+        }
+        let record = generator.next_record();
+        let key = key_of(&record, &key_field).unwrap_or_default();
+        sink.sent(&key, &record);
+        let body = Value::Object(record).to_string();
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => { completed = false; break; }
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let request = write
+            .client
+            .post(&write.url)
+            .header("content-type", "application/json")
+            .timeout(workload.timeout)
+            .body(body);
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            let outcome = match request.send().await {
+                Ok(r) if r.status().is_success() => Outcome::Acked,
+                Ok(r) if r.status().is_client_error() => Outcome::Rejected,
+                _ => Outcome::Failed,
+            };
+            let latency = Instant::now().saturating_duration_since(intended);
+            let _ = tx.send(Sample {
+                offset,
+                latency,
+                outcome,
+                key,
+            });
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow with the stage.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(tx);
+    if !completed {
+        tasks.abort_all();
+    }
+    // Let requests in flight finish, within their timeout plus a margin.
+    let deadline = Instant::now() + workload.timeout + Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled(), if completed => { completed = false; tasks.abort_all(); }
+            s = rx.recv() => match s {
+                Some(sample) => sink.sample(sample),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => { tasks.abort_all(); break; }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    completed
+}
