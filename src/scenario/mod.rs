@@ -124,10 +124,15 @@ impl Ctx<'_> {
 
     /// Reports `name` as unknown among `valid`, with the nearest as a hint.
     fn unknown(&mut self, path: &str, what: &str, name: &str, valid: &[&str]) {
+        let listed = valid
+            .iter()
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let hint = match diag::nearest(name, valid.iter().copied()) {
-            Some(best) => format!("did you mean `{best}`? {what}s here: {}", valid.join(", ")),
-            None if valid.is_empty() => format!("no {what}s are defined"),
-            None => format!("{what}s here: {}", valid.join(", ")),
+            Some(best) => format!("did you mean `{best}`? (known: {listed})"),
+            None if valid.is_empty() => "none is defined".to_string(),
+            None => format!("known: {listed}"),
         };
         self.error(path, format!("unknown {what} `{name}`")).hint = Some(hint);
     }

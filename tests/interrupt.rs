@@ -1,0 +1,111 @@
+//! Interrupting a run in the middle of a fault, with SIGINT and with SIGTERM: the run
+//! stops promptly, lifts the fault, closes every listener, and still writes a report
+//! marked interrupted.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn addresses(line: &str) -> Vec<String> {
+    line.split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_start_matches("http://"))
+        .filter(|w| w.starts_with("127.0.0.1:"))
+        .map(String::from)
+        .collect()
+}
+
+fn interrupt_mid_fault(signal: Signal) {
+    let reports = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::bin())
+        .args([
+            "run",
+            "tests/scenarios/long-fault.yaml",
+            "--report-dir",
+            reports.path().to_str().unwrap(),
+        ])
+        .current_dir(common::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut listeners = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the fault never started");
+        if line.trim_start().starts_with("target ") || line.trim_start().starts_with("dependency ")
+        {
+            listeners.extend(addresses(&line));
+        }
+        if line.contains("fault latency at store started") {
+            break;
+        }
+    }
+    assert_eq!(
+        listeners.len(),
+        4,
+        "target, flags, store and its proxy: {listeners:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr after the signal: {rest:#?}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+
+    let report = common::only_report(reports.path());
+    assert_eq!(report["interrupted"], true);
+    assert_eq!(report["verdict"], serde_json::Value::Null);
+    let faults = report["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(faults[0]["removed"], true, "{faults:?}");
+    assert!(faults[0]["ended_secs"].as_f64().is_some());
+    assert_eq!(
+        report["stages"].as_array().unwrap().len(),
+        1,
+        "the second stage never starts"
+    );
+    assert_eq!(report["stages"][0]["completed"], false);
+    for addr in &listeners {
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "{addr} still accepts connections"
+        );
+    }
+}
+
+#[test]
+fn sigint_mid_fault_lifts_it_and_writes_an_interrupted_report() {
+    interrupt_mid_fault(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_mid_fault_lifts_it_and_writes_an_interrupted_report() {
+    interrupt_mid_fault(Signal::SIGTERM);
+}
