@@ -25,15 +25,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Per-run settings shared by the commands that read a scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenarioArgs {
+    /// Override a scenario key for this run, e.g. `--set workload.arrival.rate=50/s`
+    /// or `--set stages[2].faults[0].delay=300ms` (repeatable; checked like the file).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Treat warnings (an expired flag, say) as errors.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a scenario and print the verdict (exit 0 PROMOTE, 1 ROLLBACK, 3 INCONCLUSIVE).
+    /// Run a scenario and print the verdict.
+    ///
+    /// Exit codes: 0 PROMOTE, 1 ROLLBACK, 2 invalid scenario or arguments (nothing run),
+    /// 3 INCONCLUSIVE, 4 the run itself broke, 130 interrupted (faults lifted, partial
+    /// report written).
     Run {
         /// The scenario file.
         file: PathBuf,
-        /// Override the scenario's seed.
-        #[arg(long)]
-        seed: Option<u64>,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
         /// Folder that receives one sub-folder per run.
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
@@ -46,15 +64,27 @@ pub enum Command {
         /// Scenario files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
     },
+    /// Print the rollout plan as Markdown: stages, flag states, fault timelines,
+    /// expected load, the criteria of each stage and what each verdict triggers.
+    Plan {
+        /// The scenario file.
+        file: PathBuf,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    },
+    /// Print the JSON Schema of the scenario format (for editors).
+    Schema,
     /// Print synthetic records from a schema as JSON lines.
     Data {
         /// The record schema (`synthetic-data/*.yaml`).
         schema: PathBuf,
-        /// How many records.
+        /// How many records (default 10).
         #[arg(long, default_value_t = 10)]
         count: u64,
-        /// The seed: same seed, same records.
+        /// The seed: same seed, same records (default 0).
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -63,63 +93,88 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run {
-            file,
-            seed,
-            report_dir,
-            quiet,
-        } => run(&file, seed, &report_dir, quiet),
-        Command::Validate { files } => validate(&files),
-        Command::Data {
-            schema,
-            count,
-            seed,
-        } => data(&schema, count, seed),
+        Command::Run { file, scenario, report_dir, quiet } => run(&file, &scenario, &report_dir, quiet),
+        Command::Validate { files, scenario } => validate(&files, &scenario),
+        Command::Plan { file, scenario } => plan(&file, &scenario),
+        Command::Schema => {
+            let text = serde_json::to_string_pretty(&scenario::schema::json_schema()).unwrap_or_default();
+            println!("{text}");
+            exit::PROMOTE
+        }
+        Command::Data { schema, count, seed } => data(&schema, count, seed),
     }
 }
 
-fn print_diagnostics(d: &Diagnostics) {
+/// Loads a scenario with the command line's settings; prints what is wrong if it fails.
+fn load(file: &Path, args: &ScenarioArgs, what: &str) -> Result<scenario::Plan, i32> {
+    let mut overrides = Vec::new();
+    for arg in &args.set {
+        match scenario::overrides::parse(arg) {
+            Ok(o) => overrides.push(o),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(exit::INVALID_INPUT);
+            }
+        }
+    }
+    let options = scenario::LoadOptions { seed: args.seed, overrides, ..Default::default() };
+    let plan = match scenario::load(file, &options) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d, what);
+            return Err(exit::INVALID_INPUT);
+        }
+    };
+    for w in &plan.warnings {
+        eprintln!("{}: {w}", if args.deny_warnings { "error" } else { "warning" });
+    }
+    if args.deny_warnings && !plan.warnings.is_empty() {
+        eprintln!("{} warning(s) denied by --deny-warnings; {what}", plan.warnings.len());
+        return Err(exit::INVALID_INPUT);
+    }
+    Ok(plan)
+}
+
+fn print_diagnostics(d: &Diagnostics, what: &str) {
     let mut err = std::io::stderr().lock();
     for diag in &d.0 {
         let _ = writeln!(err, "error: {diag}");
     }
     let n = d.0.len();
-    let _ = writeln!(
-        err,
-        "{n} error{} found; nothing was run",
-        if n == 1 { "" } else { "s" }
-    );
+    let _ = writeln!(err, "{n} error{} found; {what}", if n == 1 { "" } else { "s" });
 }
 
-fn validate(files: &[PathBuf]) -> i32 {
+fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
     let mut code = exit::PROMOTE;
     for file in files {
-        match scenario::load(file, None) {
+        match load(file, args, "the scenario is not valid") {
             Ok(plan) => {
-                for w in &plan.warnings {
-                    eprintln!("warning: {}: {w}", file.display());
+                println!("{}: valid ({} stages, {} criteria)", file.display(), plan.stages.len(), plan.criteria.len());
+                for u in plan.unsupported() {
+                    println!("  note: this build cannot run {u} yet; `stagegate run` will refuse it");
                 }
-                println!(
-                    "{}: valid ({} stages, {} criteria)",
-                    file.display(),
-                    plan.stages.len(),
-                    plan.criteria.len()
-                );
             }
-            Err(d) => {
-                print_diagnostics(&d);
-                code = exit::INVALID_INPUT;
-            }
+            Err(c) => code = c,
         }
     }
     code
+}
+
+fn plan(file: &Path, args: &ScenarioArgs) -> i32 {
+    match load(file, args, "no plan printed") {
+        Ok(plan) => {
+            print!("{}", crate::report::plan::markdown(&plan));
+            exit::PROMOTE
+        }
+        Err(c) => c,
+    }
 }
 
 fn data(schema: &Path, count: u64, seed: u64) -> i32 {
     let schema = match Schema::load(schema) {
         Ok(s) => Arc::new(s),
         Err(d) => {
-            print_diagnostics(&d);
+            print_diagnostics(&d, "no records printed");
             return exit::INVALID_INPUT;
         }
     };
@@ -135,18 +190,20 @@ fn data(schema: &Path, count: u64, seed: u64) -> i32 {
     exit::PROMOTE
 }
 
-fn run(file: &Path, seed: Option<u64>, report_root: &Path, quiet: bool) -> i32 {
-    let plan = match scenario::load(file, seed) {
+fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32 {
+    let plan = match load(file, args, "nothing was run") {
         Ok(p) => p,
-        Err(d) => {
-            print_diagnostics(&d);
-            return exit::INVALID_INPUT;
-        }
+        Err(c) => return c,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let unsupported = plan.unsupported();
+    if !unsupported.is_empty() {
+        for u in &unsupported {
+            eprintln!("error: {}: this build cannot run {u} yet", file.display());
+        }
+        eprintln!("{} error(s) found; nothing was run", unsupported.len());
+        return exit::INVALID_INPUT;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -165,8 +222,8 @@ fn run(file: &Path, seed: Option<u64>, report_root: &Path, quiet: bool) -> i32 {
             let cancel = cancel.clone();
             tokio::spawn(async move { crate::runner::run(&plan, Some(dir), cancel, tx).await })
         };
-        let mut terminal = TerminalReporter { progress: !quiet };
-        let mut json = JsonReporter::new(report_dir);
+        let mut terminal = TerminalReporter { progress: !quiet, secrets: plan.secrets.clone() };
+        let mut json = JsonReporter::new(report_dir, plan.secrets.clone());
         while let Some(event) = rx.recv().await {
             // The JSON file first, so that the summary can say it was written.
             json.event(&event);
@@ -200,10 +257,7 @@ fn run(file: &Path, seed: Option<u64>, report_root: &Path, quiet: bool) -> i32 {
 /// Cancels the run on Ctrl-C (SIGINT) or SIGTERM.
 async fn watch_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return;
     };
     let name = tokio::select! {

@@ -5,8 +5,9 @@
 //! one marked `interrupted`. Teardown (faults lifted, proxies, target and flag endpoint
 //! stopped) happens on every path before the final event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -17,15 +18,16 @@ use tracing::warn;
 
 use crate::deps::{self, Running};
 use crate::fault::{self, Activation, Place};
+use crate::flags::FlagState;
 use crate::flags::ofrep::OfrepServer;
-use crate::measure::{Outcome, Recorder};
-use crate::quality::Ledger;
-use crate::report::{Event, FaultRecord, RunReport, StageReport};
+use crate::measure::{Outcome, Recorder, Slice};
+use crate::quality::{Judgement, Ledger, Tags};
+use crate::report::{ActionReport, Event, FaultRecord, RunReport, StageReport};
 use crate::scenario::{Plan, Stage};
 use crate::seed;
 use crate::sut::pipeline::Pipeline;
 use crate::sut::{BuiltinTarget, Target, store};
-use crate::verdict::{self, Assessment, Outcome as Judged, Verdict};
+use crate::verdict::{self, Assessment, Outcome as Judged, Rule, Sides, Verdict};
 use crate::workload::driver::{self, HttpWrite, Sample, Sink};
 
 /// Everything a run started, so that teardown can stop it.
@@ -60,7 +62,6 @@ pub async fn run(
     let emit = |e: Event| {
         let _ = events.send(e);
     };
-    let started_at = chrono::Utc::now();
     emit(Event::Started {
         name: plan.name.clone(),
         file: plan.file.clone(),
@@ -74,9 +75,12 @@ pub async fn run(
         file: plan.file.clone(),
         description: plan.description.clone(),
         seed: plan.seed,
-        started_at: started_at.to_rfc3339(),
+        seed_source: plan.seed_source.clone(),
+        overrides: plan.overrides.clone(),
+        started_at: chrono::Utc::now().to_rfc3339(),
         finished_at: String::new(),
         interrupted: false,
+        aborted: None,
         error: None,
         verdict: None,
         reasons: Vec::new(),
@@ -84,9 +88,11 @@ pub async fn run(
         stages: Vec::new(),
         assessments: Vec::new(),
         faults: Vec::new(),
-        report_dir,
+        report_dir: report_dir.clone(),
+        on_verdict: None,
     };
     let mut infra = Infra::default();
+    let mut samples = HashMap::new();
     match provision(plan, &mut infra).await {
         Err(e) => report.error = Some(e),
         Ok(target_url) => {
@@ -95,17 +101,11 @@ pub async fn run(
                 dependencies: infra
                     .deps
                     .iter()
-                    .map(|d| {
-                        (
-                            d.name.clone(),
-                            d.real_address().to_string(),
-                            d.address().to_string(),
-                        )
-                    })
+                    .map(|d| (d.name.clone(), d.real_address().to_string(), d.address().to_string()))
                     .collect(),
                 flags: infra.flags.as_ref().map(|f| f.url()).unwrap_or_default(),
             });
-            run_stages(plan, &infra, &target_url, &cancel, &events, &mut report).await;
+            samples = run_stages(plan, &infra, &target_url, &cancel, &events, &mut report).await;
         }
     }
     // Lift every fault before anything else stops, then stop everything.
@@ -114,7 +114,11 @@ pub async fn run(
     }
     infra.teardown().await;
     report.interrupted = report.interrupted || cancel.is_cancelled();
+    compare_stages(plan, &samples, &mut report);
     conclude(&mut report);
+    if let Some(v) = report.verdict {
+        report.on_verdict = on_verdict(plan, v, report_dir.as_deref()).await;
+    }
     report.finished_at = chrono::Utc::now().to_rfc3339();
     emit(Event::Finished(Box::new(report.clone())));
     report
@@ -122,25 +126,18 @@ pub async fn run(
 
 /// Starts the flag endpoint, the dependencies and the target. Returns the target URL.
 async fn provision(plan: &Plan, infra: &mut Infra) -> Result<String, String> {
-    let flags = OfrepServer::start()
-        .await
-        .map_err(|e| format!("the OFREP flag endpoint could not listen: {e}"))?;
+    let flags = OfrepServer::start().await.map_err(|e| format!("the OFREP flag endpoint could not listen: {e}"))?;
     if let Some(first) = plan.stages.first() {
-        flags.set(first.flags.clone());
+        flags.set(first.flags.clone(), seed::derive(plan.seed, "flags", 0));
     }
     let flags_url = flags.url();
     infra.flags = Some(flags);
     for dep in &plan.dependencies {
-        infra
-            .deps
-            .push(deps::provision(dep).await.map_err(|e| e.to_string())?);
+        infra.deps.push(deps::provision(dep).await.map_err(|e| e.to_string())?);
     }
-    match plan.target {
+    match &plan.target {
         Target::Builtin(BuiltinTarget::OrdersPipeline) => {
-            let store = infra
-                .deps
-                .first()
-                .ok_or("the builtin pipeline has no store")?;
+            let store = infra.deps.first().ok_or("the builtin pipeline has no store")?;
             let pipeline = Pipeline::start(store.address(), flags_url)
                 .await
                 .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
@@ -148,23 +145,54 @@ async fn provision(plan: &Plan, infra: &mut Infra) -> Result<String, String> {
             infra.pipeline = Some(pipeline);
             Ok(url)
         }
+        Target::Http(_) => Err("http targets are not run by this build".into()),
     }
 }
 
-/// Feeds the driver's samples into the stage's ledger, recorder and progress events.
+/// The flag variant a record sees in a stage with fractional exposure, as a label like
+/// `new-enricher=true`; `None` when no flag of the stage is split.
+fn variant_of(flags: &BTreeMap<String, FlagState>, key: &str, seed: u64) -> Option<String> {
+    let parts: Vec<String> = flags
+        .iter()
+        .filter(|(_, s)| matches!(s, FlagState::Split { .. }))
+        .map(|(name, s)| format!("{name}={}", s.value_for(name, Some(key), seed)))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+/// Feeds the driver's samples into the stage's ledger, recorder and progress events,
+/// and watches the `abort_on_fail` criteria.
 struct StageSink<'a> {
-    stage: &'a str,
+    plan: &'a Plan,
+    stage: &'a Stage,
+    flag_seed: u64,
     ledger: Ledger,
     recorder: Recorder,
+    variants: HashMap<String, Arc<str>>,
+    keys: HashMap<String, Option<Arc<str>>>,
     sent: u64,
     acked: u64,
     failed: u64,
     events: &'a UnboundedSender<Event>,
+    stop: CancellationToken,
+    aborted: Option<Assessment>,
 }
 
 impl Sink for StageSink<'_> {
-    fn sent(&mut self, key: &str, record: &Map<String, Value>) {
-        self.ledger.sent(key, record);
+    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>) {
+        let variant = variant_of(&self.stage.flags, key, self.flag_seed)
+            .map(|v| self.variants.entry(v.clone()).or_insert_with(|| Arc::from(v.as_str())).clone());
+        let warmup = offset < self.plan.workload.warmup;
+        let tags = Tags {
+            phase: (!warmup).then(|| self.recorder.phase(offset)),
+            variant: variant.clone(),
+            invalid: false,
+            warmup,
+        };
+        self.ledger.sent(key, record, tags);
+        if variant.is_some() {
+            self.keys.insert(key.to_string(), variant);
+        }
         self.sent += 1;
     }
 
@@ -177,19 +205,30 @@ impl Sink for StageSink<'_> {
             Outcome::Rejected => self.ledger.rejected(&s.key),
             Outcome::Failed => self.failed += 1,
         }
-        self.recorder.record(s.offset, s.latency, s.outcome);
+        let variant = self.keys.remove(&s.key).flatten();
+        self.recorder.record(s.offset, s.latency, s.outcome, variant.as_deref());
     }
 
     fn tick(&mut self, elapsed: Duration) {
         let _ = self.events.send(Event::Progress {
-            stage: self.stage.to_string(),
+            stage: self.stage.name.clone(),
             elapsed_secs: elapsed.as_secs(),
             sent: self.sent,
             acked: self.acked,
             failed: self.failed,
         });
+        if self.aborted.is_none() && self.plan.criteria.iter().any(|c| c.abort_on_fail) {
+            let so_far = self.recorder.finish(elapsed, &Judgement::default());
+            if let Some(a) = verdict::abort_reason(&self.plan.criteria, &self.stage.name, &so_far) {
+                self.aborted = Some(a);
+                self.stop.cancel();
+            }
+        }
     }
 }
+
+/// The judged samples of a finished stage, for comparisons.
+type StageSamples = HashMap<String, Slice>;
 
 async fn run_stages(
     plan: &Plan,
@@ -198,52 +237,51 @@ async fn run_stages(
     cancel: &CancellationToken,
     events: &UnboundedSender<Event>,
     report: &mut RunReport,
-) {
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()
-    {
+) -> StageSamples {
+    let mut samples = StageSamples::new();
+    let client = match reqwest::Client::builder().pool_max_idle_per_host(1024).build() {
         Ok(c) => c,
         Err(e) => {
             report.error = Some(format!("cannot build the HTTP client: {e}"));
-            return;
+            return samples;
         }
     };
-    let write = HttpWrite {
-        client,
-        url: format!("{target_url}/orders"),
-    };
+    let write = HttpWrite { client, url: format!("{target_url}/orders") };
     let flags = infra.flags.as_ref().expect("provisioned");
+    let flag_seed = seed::derive(plan.seed, "flags", 0);
     let store_addr = infra.deps.first().map(|d| d.real_address());
     let mut scan_from = 0usize;
     for (index, stage) in plan.stages.iter().enumerate() {
         if cancel.is_cancelled() {
             break;
         }
-        let generation = flags.set(stage.flags.clone());
+        let generation = flags.set(stage.flags.clone(), flag_seed);
         if !flags.picked_up(generation, Duration::from_secs(3)).await {
             warn!(stage = %stage.name, "the target did not fetch the new flag state within 3s");
         }
-        let _ = events.send(Event::StageStarted {
-            index,
-            name: stage.name.clone(),
-            flags: stage.flags.clone(),
-        });
+        let _ = events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });
+        let stop = cancel.child_token();
+        let windows = fault::windows(&stage.faults, plan.workload.duration);
         let mut sink = StageSink {
-            stage: &stage.name,
+            plan,
+            stage,
+            flag_seed,
             ledger: Ledger::new(&plan.workload.schema.key),
-            recorder: Recorder::new(plan.workload.warmup),
+            recorder: Recorder::new(plan.workload.warmup, plan.workload.duration, windows),
+            variants: HashMap::new(),
+            keys: HashMap::new(),
             sent: 0,
             acked: 0,
             failed: 0,
             events,
+            stop: stop.clone(),
+            aborted: None,
         };
         let start = Instant::now();
-        let stage_over = cancel.child_token();
+        let stage_over = stop.child_token();
         let data_seed = seed::derive(plan.seed, "data", index as u64);
         let drive = async {
-            let completed =
-                driver::drive(&write, &plan.workload, data_seed, cancel, &mut sink).await;
+            let completed = driver::drive(&write, &plan.workload, data_seed, &stop, &mut sink).await;
             stage_over.cancel();
             completed
         };
@@ -269,35 +307,68 @@ async fn run_stages(
                 Err(e) => warn!(error = %e, "cannot read the store's output"),
             }
         }
-        let counts = sink.ledger.judge(observed.iter());
-        let judged_for = if completed {
-            plan.workload.duration
-        } else {
-            elapsed
+        let judgement = sink.ledger.judge(observed.iter());
+        let ran = if completed { plan.workload.duration } else { elapsed };
+        let metrics = sink.recorder.finish(ran, &judgement);
+        let aborted = sink.aborted.take();
+        let mut assessments: Vec<Assessment> = Vec::new();
+        if completed || aborted.is_some() {
+            assessments = verdict::assess(&plan.criteria, &stage.name, &metrics);
         }
-        .saturating_sub(plan.workload.warmup);
-        let metrics = sink.recorder.finish(judged_for, counts);
-        let assessments: Vec<Assessment> = if completed {
-            verdict::assess(&plan.criteria, &stage.name, &metrics)
-        } else {
-            Vec::new()
-        };
-        let stage_report = StageReport {
-            name: stage.name.clone(),
-            flags: stage.flags.clone(),
-            completed,
-            metrics,
-        };
-        let _ = events.send(Event::StageFinished {
-            report: stage_report.clone(),
-            assessments: assessments.clone(),
-        });
+        if let Some(a) = &aborted {
+            // The failing check, judged at the moment the run stopped.
+            assessments.retain(|x| x.criterion != a.criterion);
+            assessments.push(a.clone());
+        }
+        let after_stage_abort = plan
+            .criteria
+            .iter()
+            .filter(|c| c.abort_on_fail && c.level == verdict::Level::Enforce)
+            .find_map(|c| assessments.iter().find(|a| a.criterion == c.text && a.outcome == Judged::Fail).cloned());
+        samples.insert(stage.name.clone(), sink.recorder.judged.clone());
+        let stage_report = StageReport { name: stage.name.clone(), flags: stage.flags.clone(), completed, metrics };
+        let _ = events
+            .send(Event::StageFinished { report: Box::new(stage_report.clone()), assessments: assessments.clone() });
         report.stages.push(stage_report);
         report.assessments.extend(assessments);
+        if let Some(a) = aborted.or(after_stage_abort) {
+            let reason = format!(
+                "`{}` failed in stage `{}` (measured {}, limit {}); abort_on_fail stopped the run",
+                a.criterion, a.stage, a.measured_text, a.limit_text
+            );
+            let _ = events.send(Event::Aborted { stage: stage.name.clone(), reason: reason.clone() });
+            report.aborted = Some(reason);
+            break;
+        }
         if !completed {
             report.interrupted = true;
             break;
         }
+    }
+    samples
+}
+
+/// Judges every comparison whose two stages both ran to the end.
+fn compare_stages(plan: &Plan, samples: &StageSamples, report: &mut RunReport) {
+    for c in &plan.criteria {
+        let Rule::Compare(cmp) = &c.rule else { continue };
+        let done = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
+        let (Some(cand), Some(base)) = (samples.get(&cmp.stage), samples.get(&cmp.baseline)) else {
+            if report.error.is_none() && !report.interrupted && report.aborted.is_none() {
+                warn!(criterion = %c.text, "a compared stage did not run");
+            }
+            continue;
+        };
+        if !(done(&cmp.stage) && done(&cmp.baseline)) {
+            continue;
+        }
+        let sides = Sides {
+            candidate: &cand.histogram,
+            baseline: &base.histogram,
+            candidate_errors: cand.errors,
+            baseline_errors: base.errors,
+        };
+        report.assessments.push(verdict::assess_compare(c, cmp, &sides));
     }
 }
 
@@ -326,10 +397,7 @@ async fn timeline(
             dep.proxy.set_active(set);
         }
     };
-    for (n, t) in fault::timeline(&stage.faults, plan.workload.duration)
-        .into_iter()
-        .enumerate()
-    {
+    for (n, t) in fault::timeline(&stage.faults, plan.workload.duration).into_iter().enumerate() {
         tokio::select! {
             _ = over.cancelled() => break,
             _ = tokio::time::sleep_until(start + t.offset) => {}
@@ -338,11 +406,8 @@ async fn timeline(
         let at_secs = start.elapsed().as_secs_f64();
         if t.start {
             let stream = (stage_index as u64) << 32 | n as u64;
-            active[t.index] = Some(Activation {
-                index: t.index,
-                fault: f.clone(),
-                seed: seed::derive(plan.seed, "fault", stream),
-            });
+            active[t.index] =
+                Some(Activation { index: t.index, fault: f.clone(), seed: seed::derive(plan.seed, "fault", stream) });
             open.insert(t.index, records.len());
             records.push(FaultRecord {
                 stage: stage.name.clone(),
@@ -366,15 +431,12 @@ async fn timeline(
         }
     }
     // The stage is over (or the run was cancelled): lift whatever is still active.
-    for a in active.iter_mut() {
-        *a = None;
-    }
+    active.iter_mut().for_each(|a| *a = None);
     apply(&active);
     let at_secs = start.elapsed().as_secs_f64();
     for (_, i) in open.drain() {
-        let lifted = proxies.values().all(|d| !d.proxy.is_faulted());
         records[i].ended_secs = Some(at_secs);
-        records[i].removed = lifted;
+        records[i].removed = proxies.values().all(|d| !d.proxy.is_faulted());
         let _ = events.send(Event::Fault(records[i].clone()));
     }
     records
@@ -387,49 +449,58 @@ fn conclude(report: &mut RunReport) {
         return;
     }
     if report.interrupted {
-        let stage = report
-            .stages
-            .last()
-            .map_or("before the first stage".to_string(), |s| {
-                format!("during stage `{}`", s.name)
-            });
-        report
-            .reasons
-            .push(format!("interrupted {stage}; no verdict"));
+        let stage =
+            report.stages.last().map_or("before the first stage".to_string(), |s| format!("during stage `{}`", s.name));
+        report.reasons.push(format!("interrupted {stage}; no verdict"));
         return;
     }
-    let v = verdict::fold(&report.assessments);
+    let mut v = verdict::fold(&report.assessments);
+    if let Some(reason) = &report.aborted {
+        v = Verdict::Rollback;
+        report.reasons.push(format!("aborted: {reason}"));
+    }
     report.verdict = Some(v);
     let wanted = match v {
         Verdict::Rollback => Judged::Fail,
         Verdict::Inconclusive => Judged::Inconclusive,
-        Verdict::Promote => {
-            return report
-                .reasons
-                .push("every criterion held in every stage".into());
-        }
+        Verdict::Promote => return report.reasons.push("every criterion held in every stage".into()),
     };
-    for a in report
-        .assessments
-        .iter()
-        .filter(|a| a.outcome == wanted && a.level == verdict::Level::Enforce)
-    {
-        let note = a
-            .note
-            .as_ref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
+    for a in report.assessments.iter().filter(|a| a.outcome == wanted && a.level == verdict::Level::Enforce) {
+        let note = a.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
         report.reasons.push(format!(
             "stage `{}`: `{}` {}: measured {}, limit {}{note}",
             a.stage,
             a.criterion,
-            if wanted == Judged::Fail {
-                "failed"
-            } else {
-                "inconclusive"
-            },
+            if wanted == Judged::Fail { "failed" } else { "inconclusive" },
             a.measured_text,
             a.limit_text
         ));
     }
+}
+
+/// Runs the scenario's `on_verdict` command for `verdict`, if it has one.
+async fn on_verdict(plan: &Plan, verdict: Verdict, report_dir: Option<&std::path::Path>) -> Option<ActionReport> {
+    let command = match verdict {
+        Verdict::Promote => plan.on_verdict.promote.clone(),
+        Verdict::Rollback => plan.on_verdict.rollback.clone(),
+        Verdict::Inconclusive => plan.on_verdict.inconclusive.clone(),
+    }?;
+    let dir = plan.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).current_dir(dir).env("STAGEGATE_VERDICT", verdict.to_string()).kill_on_drop(true);
+    if let Some(r) = report_dir {
+        cmd.env("STAGEGATE_REPORT", r.join("report.json"));
+    }
+    let result = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await;
+    let (exit_code, output) = match result {
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            (out.status.code(), text)
+        }
+        Ok(Err(e)) => (None, format!("could not start: {e}")),
+        Err(_) => (None, "did not finish within 60s; stopped".to_string()),
+    };
+    let tail = output.char_indices().rev().nth(4095).map_or(output.as_str(), |(i, _)| &output[i..]).to_string();
+    Some(ActionReport { command, exit_code, output: crate::scenario::mask(&tail, &plan.secrets) })
 }

@@ -24,12 +24,7 @@ fn addresses(line: &str) -> Vec<String> {
 fn interrupt_mid_fault(signal: Signal) {
     let reports = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::bin())
-        .args([
-            "run",
-            "tests/scenarios/long-fault.yaml",
-            "--report-dir",
-            reports.path().to_str().unwrap(),
-        ])
+        .args(["run", "tests/scenarios/long-fault.yaml", "--report-dir", reports.path().to_str().unwrap()])
         .current_dir(common::root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,37 +40,23 @@ fn interrupt_mid_fault(signal: Signal) {
     let mut listeners = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the fault never started");
-        if line.trim_start().starts_with("target ") || line.trim_start().starts_with("dependency ")
-        {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the fault never started");
+        if line.trim_start().starts_with("target ") || line.trim_start().starts_with("dependency ") {
             listeners.extend(addresses(&line));
         }
         if line.contains("fault latency at store started") {
             break;
         }
     }
-    assert_eq!(
-        listeners.len(),
-        4,
-        "target, flags, store and its proxy: {listeners:?}"
-    );
+    assert_eq!(listeners.len(), 4, "target, flags, store and its proxy: {listeners:?}");
     std::thread::sleep(Duration::from_millis(500));
     kill(Pid::from_raw(child.id() as i32), signal).unwrap();
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?} to stop",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?} to stop", started.elapsed());
     let rest: Vec<String> = rx.try_iter().collect();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "stderr after the signal: {rest:#?}"
-    );
+    assert_eq!(out.status.code(), Some(130), "stderr after the signal: {rest:#?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("INTERRUPTED"), "{stdout}");
 
@@ -86,17 +67,10 @@ fn interrupt_mid_fault(signal: Signal) {
     assert_eq!(faults.len(), 1);
     assert_eq!(faults[0]["removed"], true, "{faults:?}");
     assert!(faults[0]["ended_secs"].as_f64().is_some());
-    assert_eq!(
-        report["stages"].as_array().unwrap().len(),
-        1,
-        "the second stage never starts"
-    );
+    assert_eq!(report["stages"].as_array().unwrap().len(), 1, "the second stage never starts");
     assert_eq!(report["stages"][0]["completed"], false);
     for addr in &listeners {
-        assert!(
-            TcpStream::connect(addr).is_err(),
-            "{addr} still accepts connections"
-        );
+        assert!(TcpStream::connect(addr).is_err(), "{addr} still accepts connections");
     }
 }
 

@@ -23,25 +23,13 @@ fn each_invalid_scenario_exits_2_with_a_located_message() {
         let (stdout, stderr) = text(&validate);
         assert_eq!(validate.status.code(), Some(2), "{name}: {stdout}{stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
-        assert!(
-            stderr.starts_with(&format!("error: {rel}:")),
-            "{name} does not name its file first: {stderr}"
-        );
+        assert!(stderr.starts_with(&format!("error: {rel}:")), "{name} does not name its file first: {stderr}");
         insta::assert_snapshot!(name.clone(), stderr);
 
         let reports = tempfile::tempdir().unwrap();
-        let run = stagegate(&[
-            "run",
-            &rel,
-            "--report-dir",
-            reports.path().to_str().unwrap(),
-        ]);
+        let run = stagegate(&["run", &rel, "--report-dir", reports.path().to_str().unwrap()]);
         assert_eq!(run.status.code(), Some(2), "{name}");
-        assert_eq!(
-            std::fs::read_dir(reports.path()).unwrap().count(),
-            0,
-            "{name}: a refused run wrote a report"
-        );
+        assert_eq!(std::fs::read_dir(reports.path()).unwrap().count(), 0, "{name}: a refused run wrote a report");
     }
 }
 
@@ -49,11 +37,8 @@ fn each_invalid_scenario_exits_2_with_a_located_message() {
 fn a_bad_schema_is_reported_in_its_own_file() {
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("bad.yaml");
-    std::fs::write(
-        &schema,
-        "name: t\nkey: id\nfields:\n  id: { type: uuid }\n  n: { type: int, min: 5, max: 1 }\n",
-    )
-    .unwrap();
+    std::fs::write(&schema, "name: t\nkey: id\nfields:\n  id: { type: uuid }\n  n: { type: int, min: 5, max: 1 }\n")
+        .unwrap();
     let out = stagegate(&["data", schema.to_str().unwrap()]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));

@@ -8,19 +8,9 @@ use common::{only_report, stagegate, text};
 #[test]
 fn quickstart_promotes_and_writes_a_json_report() {
     let reports = tempfile::tempdir().unwrap();
-    let out = stagegate(&[
-        "run",
-        "-q",
-        "scenarios/quickstart.yaml",
-        "--report-dir",
-        reports.path().to_str().unwrap(),
-    ]);
+    let out = stagegate(&["run", "-q", "scenarios/quickstart.yaml", "--report-dir", reports.path().to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("verdict: PROMOTE  (seed 42)"), "{stdout}");
     let report = only_report(reports.path());
     assert_eq!(report["verdict"], "PROMOTE");
@@ -29,11 +19,13 @@ fn quickstart_promotes_and_writes_a_json_report() {
     let stages = report["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 3);
     for stage in stages {
+        // 8 s at 200/s: the first second is warm-up, counted apart from the judged 7 s.
         let data = &stage["metrics"]["data"];
-        assert_eq!(data["sent"], 1600, "{stage}");
-        assert_eq!(data["acked"], 1600, "{stage}");
+        assert_eq!(data["sent"], 1400, "{stage}");
+        assert_eq!(data["acked"], 1400, "{stage}");
         assert_eq!(data["lost"], 0);
         assert_eq!(data["duplicated"], 0);
+        assert_eq!(stage["metrics"]["warmup_data"]["sent"], 200, "{stage}");
     }
     // The latency fault shows in the stage that has it, and only there.
     let p50 = |i: usize| stages[i]["metrics"]["latency"]["p50"].as_f64().unwrap();
@@ -47,71 +39,28 @@ fn quickstart_promotes_and_writes_a_json_report() {
 #[test]
 fn rollback_demo_names_stage_criterion_and_value() {
     let reports = tempfile::tempdir().unwrap();
-    let out = stagegate(&[
-        "run",
-        "-q",
-        "scenarios/rollback-demo.yaml",
-        "--report-dir",
-        reports.path().to_str().unwrap(),
-    ]);
+    let out =
+        stagegate(&["run", "-q", "scenarios/rollback-demo.yaml", "--report-dir", reports.path().to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let reason = stdout
-        .lines()
-        .find(|l| l.contains("failed: measured"))
-        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let reason = stdout.lines().find(|l| l.contains("failed: measured")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(reason.contains("stage `candidate-resets`"), "{reason}");
     assert!(reason.contains("`data.duplicated == 0`"), "{reason}");
     assert!(stdout.contains("verdict: ROLLBACK"), "{stdout}");
     let report = only_report(reports.path());
     assert_eq!(report["verdict"], "ROLLBACK");
-    let dup = |i: usize| {
-        report["stages"][i]["metrics"]["data"]["duplicated"]
-            .as_u64()
-            .unwrap()
-    };
+    let dup = |i: usize| report["stages"][i]["metrics"]["data"]["duplicated"].as_u64().unwrap();
     // The idempotent path survives the resets; the candidate path duplicates.
     assert_eq!(dup(0), 0);
     assert!(dup(1) > 0);
-    assert!(
-        report["faults"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["removed"] == true)
-    );
+    assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true));
 }
 
 #[test]
 fn data_is_byte_identical_for_a_seed() {
-    let a = stagegate(&[
-        "data",
-        "synthetic-data/orders.yaml",
-        "--count",
-        "500",
-        "--seed",
-        "9",
-    ]);
-    let b = stagegate(&[
-        "data",
-        "synthetic-data/orders.yaml",
-        "--count",
-        "500",
-        "--seed",
-        "9",
-    ]);
-    let c = stagegate(&[
-        "data",
-        "synthetic-data/orders.yaml",
-        "--count",
-        "500",
-        "--seed",
-        "10",
-    ]);
+    let a = stagegate(&["data", "synthetic-data/orders.yaml", "--count", "500", "--seed", "9"]);
+    let b = stagegate(&["data", "synthetic-data/orders.yaml", "--count", "500", "--seed", "9"]);
+    let c = stagegate(&["data", "synthetic-data/orders.yaml", "--count", "500", "--seed", "10"]);
     assert_eq!(a.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&a.stdout).lines().count(), 500);
     assert_eq!(a.stdout, b.stdout);

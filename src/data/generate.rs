@@ -37,18 +37,11 @@ impl Generator {
             .fields
             .iter()
             .map(|f| match f.kind {
-                FieldKind::Zipf { min, max, exponent } => {
-                    Zipf::new((max - min + 1).max(1) as f64, exponent).ok()
-                }
+                FieldKind::Zipf { min, max, exponent } => Zipf::new((max - min + 1).max(1) as f64, exponent).ok(),
                 _ => None,
             })
             .collect();
-        Generator {
-            schema,
-            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
-            zipfs,
-            index: 0,
-        }
+        Generator { schema, rng: Xoshiro256PlusPlus::seed_from_u64(seed), zipfs, index: 0 }
     }
 
     /// The schema this generator follows.
@@ -73,11 +66,7 @@ impl Generator {
         match kind {
             FieldKind::Uuid => {
                 let bytes: [u8; 16] = rng.random();
-                Value::String(
-                    uuid::Builder::from_random_bytes(bytes)
-                        .into_uuid()
-                        .to_string(),
-                )
+                Value::String(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
             }
             FieldKind::Bool => Value::Bool(rng.random()),
             FieldKind::Int { min, max } => Value::from(rng.random_range(*min..=*max)),
@@ -92,32 +81,18 @@ impl Generator {
                 let factor = 10f64.powi(*scale as i32);
                 let lo = (min * factor).ceil() as i64;
                 let hi = (max * factor).floor() as i64;
-                let units = if lo <= hi {
-                    rng.random_range(lo..=hi)
-                } else {
-                    lo
-                };
+                let units = if lo <= hi { rng.random_range(lo..=hi) } else { lo };
                 Number::from_f64(units as f64 / factor).map_or(Value::Null, Value::Number)
             }
             FieldKind::Timestamp { start, step_micros } => {
-                let jitter = if *step_micros > 0 {
-                    rng.random_range(0..*step_micros)
-                } else {
-                    0
-                };
-                let micros = self
-                    .index
-                    .saturating_mul(*step_micros)
-                    .saturating_add(jitter);
+                let jitter = if *step_micros > 0 { rng.random_range(0..*step_micros) } else { 0 };
+                let micros = self.index.saturating_mul(*step_micros).saturating_add(jitter);
                 let t = *start + TimeDelta::microseconds(micros as i64);
                 Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))
             }
             FieldKind::OneOf { values, cumulative } => {
                 let u: f64 = rng.random();
-                let i = cumulative
-                    .iter()
-                    .position(|c| u < *c)
-                    .unwrap_or(values.len() - 1);
+                let i = cumulative.iter().position(|c| u < *c).unwrap_or(values.len() - 1);
                 values[i].clone()
             }
             FieldKind::Fake(f) => Value::String(fake(*f, rng)),
@@ -157,9 +132,7 @@ mod tests {
     fn records(seed: u64, n: usize) -> Vec<String> {
         let schema = Arc::new(Schema::parse(Path::new("orders.yaml"), ORDERS).unwrap());
         let mut g = Generator::new(schema, seed);
-        (0..n)
-            .map(|_| Value::Object(g.next_record()).to_string())
-            .collect()
+        (0..n).map(|_| Value::Object(g.next_record()).to_string()).collect()
     }
 
     #[test]
@@ -195,13 +168,8 @@ mod tests {
     fn zipf_favours_low_ranks() {
         let schema = Arc::new(Schema::parse(Path::new("orders.yaml"), ORDERS).unwrap());
         let mut g = Generator::new(schema, 3);
-        let ones = (0..2000)
-            .filter(|_| g.next_record()["customer_id"] == 1)
-            .count();
-        assert!(
-            ones > 100,
-            "rank 1 should be the most common, got {ones}/2000"
-        );
+        let ones = (0..2000).filter(|_| g.next_record()["customer_id"] == 1).count();
+        assert!(ones > 100, "rank 1 should be the most common, got {ones}/2000");
     }
 
     #[test]

@@ -213,11 +213,7 @@ impl Schema {
     /// Checks a schema given as text; `path` is used in messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Schema, Diagnostics> {
         let (spec, loc) = yaml::parse::<SchemaSpec>(path, text)?;
-        let mut ctx = Ctx {
-            file: path,
-            loc: &loc,
-            errors: Vec::new(),
-        };
+        let mut ctx = Ctx { file: path, loc: &loc, errors: Vec::new() };
         let mut fields = Vec::new();
         let mut names = BTreeMap::new();
         let declared: Vec<String> = spec.fields.0.iter().map(|(n, _)| n.clone()).collect();
@@ -227,34 +223,20 @@ impl Schema {
                 ctx.error(&at, format!("field `{name}` is defined twice"));
             }
             if let Some(kind) = compile_field(&mut ctx, &at, &f) {
-                fields.push(Field {
-                    name,
-                    kind,
-                    pii: f.pii,
-                });
+                fields.push(Field { name, kind, pii: f.pii });
             }
         }
         if !declared.contains(&spec.key) {
             let hint = nearest(&spec.key, declared.iter().map(String::as_str))
                 .map(|b| format!(" (did you mean `{b}`?)"))
                 .unwrap_or_default();
-            ctx.error(
-                "key",
-                format!(
-                    "the key field `{}` is not one of the fields{hint}",
-                    spec.key
-                ),
-            );
+            ctx.error("key", format!("the key field `{}` is not one of the fields{hint}", spec.key));
         }
         if declared.is_empty() {
             ctx.error("fields", "a schema needs at least one field");
         }
         if ctx.errors.is_empty() {
-            Ok(Schema {
-                name: spec.name,
-                key: spec.key,
-                fields,
-            })
+            Ok(Schema { name: spec.name, key: spec.key, fields })
         } else {
             Err(Diagnostics(ctx.errors).sorted())
         }
@@ -262,15 +244,9 @@ impl Schema {
 }
 
 fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
-    let chosen = [f.kind.is_some(), f.fake.is_some(), f.one_of.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let chosen = [f.kind.is_some(), f.fake.is_some(), f.one_of.is_some()].iter().filter(|x| **x).count();
     if chosen != 1 {
-        ctx.error(
-            at,
-            "a field needs exactly one of `type`, `fake` or `one_of`",
-        );
+        ctx.error(at, "a field needs exactly one of `type`, `fake` or `one_of`");
         return None;
     }
     if let Some(name) = &f.fake {
@@ -279,13 +255,8 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
             None => {
                 let names: Vec<&str> = FAKES.iter().map(|(n, _)| *n).collect();
                 let hint = nearest(name, names.iter().copied())
-                    .map_or(format!("known generators: {}", names.join(", ")), |b| {
-                        format!("did you mean `{b}`?")
-                    });
-                ctx.error(
-                    &join_key(at, "fake"),
-                    format!("unknown fake generator `{name}`; {hint}"),
-                );
+                    .map_or(format!("known generators: {}", names.join(", ")), |b| format!("did you mean `{b}`?"));
+                ctx.error(&join_key(at, "fake"), format!("unknown fake generator `{name}`; {hint}"));
                 None
             }
         };
@@ -299,20 +270,12 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
         if weights.len() != values.len() {
             ctx.error(
                 &join_key(at, "weights"),
-                format!(
-                    "{} weights for {} values; give one weight per value",
-                    weights.len(),
-                    values.len()
-                ),
+                format!("{} weights for {} values; give one weight per value", weights.len(), values.len()),
             );
             return None;
         }
-        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || weights.iter().sum::<f64>() <= 0.0
-        {
-            ctx.error(
-                &join_key(at, "weights"),
-                "weights must be non-negative and not all zero",
-            );
+        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || weights.iter().sum::<f64>() <= 0.0 {
+            ctx.error(&join_key(at, "weights"), "weights must be non-negative and not all zero");
             return None;
         }
         let total: f64 = weights.iter().sum();
@@ -321,19 +284,13 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
             acc += w / total;
             acc
         });
-        return Some(FieldKind::OneOf {
-            values: values.clone(),
-            cumulative: cumulative.collect(),
-        });
+        return Some(FieldKind::OneOf { values: values.clone(), cumulative: cumulative.collect() });
     }
     let kind = f.kind.as_deref().unwrap_or_default();
     let range = |ctx: &mut Ctx, default: (f64, f64)| -> Option<(f64, f64)> {
         let (min, max) = (f.min.unwrap_or(default.0), f.max.unwrap_or(default.1));
         if min > max {
-            ctx.error(
-                &join_key(at, "min"),
-                format!("`min` ({min}) is above `max` ({max})"),
-            );
+            ctx.error(&join_key(at, "min"), format!("`min` ({min}) is above `max` ({max})"));
             return None;
         }
         Some((min, max))
@@ -368,10 +325,7 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
             let (min, max) = range(ctx, (0.0, 1000.0))?;
             let scale = f.scale.unwrap_or(2);
             if scale > 9 {
-                ctx.error(
-                    &join_key(at, "scale"),
-                    "a decimal scale above 9 digits is not supported",
-                );
+                ctx.error(&join_key(at, "scale"), "a decimal scale above 9 digits is not supported");
                 return None;
             }
             Some(FieldKind::Decimal { min, max, scale })
@@ -383,9 +337,7 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
                 Err(_) => {
                     ctx.error(
                         &join_key(at, "start"),
-                        format!(
-                            "expected an RFC 3339 time like `{DEFAULT_START}`, got `{start_text}`"
-                        ),
+                        format!("expected an RFC 3339 time like `{DEFAULT_START}`, got `{start_text}`"),
                     );
                     return None;
                 }
@@ -397,20 +349,12 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
                     return None;
                 }
             };
-            Some(FieldKind::Timestamp {
-                start,
-                step_micros: step.as_micros() as u64,
-            })
+            Some(FieldKind::Timestamp { start, step_micros: step.as_micros() as u64 })
         }
         other => {
             let hint = nearest(other, TYPES)
-                .map_or(format!("types are {}", TYPES.join(", ")), |b| {
-                    format!("did you mean `{b}`?")
-                });
-            ctx.error(
-                &join_key(at, "type"),
-                format!("unknown type `{other}`; {hint}"),
-            );
+                .map_or(format!("types are {}", TYPES.join(", ")), |b| format!("did you mean `{b}`?"));
+            ctx.error(&join_key(at, "type"), format!("unknown type `{other}`; {hint}"));
             None
         }
     }
@@ -425,14 +369,7 @@ mod tests {
         let text = "name: t\nkey: id\nfields:\n  id: { type: uuidd }\n  n: { fake: nmae }\n  c: { one_of: [a, b], weights: [1] }\n";
         let err = Schema::parse(Path::new("t.yaml"), text).unwrap_err();
         let lines: Vec<_> = err.0.iter().map(|d| (d.line, d.path.as_str())).collect();
-        assert_eq!(
-            lines,
-            vec![
-                (4, "fields.id.type"),
-                (5, "fields.n.fake"),
-                (6, "fields.c.weights")
-            ]
-        );
+        assert_eq!(lines, vec![(4, "fields.id.type"), (5, "fields.n.fake"), (6, "fields.c.weights")]);
         assert!(err.0[0].message.contains("did you mean `uuid`?"));
         assert!(err.0[1].message.contains("did you mean `name`?"));
     }

@@ -23,8 +23,7 @@ pub enum BuiltinDependency {
 
 impl BuiltinDependency {
     /// Every builtin dependency with its scenario name.
-    pub const ALL: [(&'static str, BuiltinDependency); 1] =
-        [("kv-store", BuiltinDependency::KvStore)];
+    pub const ALL: [(&'static str, BuiltinDependency); 1] = [("kv-store", BuiltinDependency::KvStore)];
 }
 
 /// How a dependency comes to exist.
@@ -33,6 +32,35 @@ impl BuiltinDependency {
 pub enum Provision {
     /// Started inside stagegate.
     Builtin(BuiltinDependency),
+    /// Already serving at this `host:port`.
+    External(String),
+    /// A server stagegate starts and stops.
+    Process(ProcessDef),
+    /// A container stagegate starts from a local image.
+    Container(ContainerDef),
+}
+
+/// A process stagegate starts (a dependency, or the target).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessDef {
+    /// Program and arguments, with `{{ ... }}` placeholders still in.
+    pub command: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory (the scenario's folder unless set).
+    pub cwd: std::path::PathBuf,
+    /// An HTTP path that answers 2xx when ready; `None`: the port accepts TCP.
+    pub ready_http: Option<String>,
+    #[serde(with = "crate::report::serde_duration")]
+    pub ready_timeout: std::time::Duration,
+}
+
+/// A container dependency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerDef {
+    pub image: String,
+    pub port: u16,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub command: Option<Vec<String>>,
 }
 
 /// One checked dependency.
@@ -46,15 +74,11 @@ pub struct Dependency {
 #[derive(Debug, thiserror::Error)]
 pub enum DepError {
     #[error("dependency `{name}` could not start: {source}")]
-    Start {
-        name: String,
-        source: std::io::Error,
-    },
+    Start { name: String, source: std::io::Error },
     #[error("the fault proxy for dependency `{name}` could not listen: {source}")]
-    Proxy {
-        name: String,
-        source: std::io::Error,
-    },
+    Proxy { name: String, source: std::io::Error },
+    #[error("dependency `{name}`: `{kind}` dependencies are not provisioned by this build")]
+    Unsupported { name: String, kind: &'static str },
 }
 
 /// A provisioned dependency with its fault proxy.
@@ -86,27 +110,35 @@ impl Running {
 
 /// Starts `dep` and a fault proxy in front of it.
 pub async fn provision(dep: &Dependency) -> Result<Running, DepError> {
-    match dep.provision {
+    match &dep.provision {
         Provision::Builtin(BuiltinDependency::KvStore) => {
-            let store = KvStore::start().await.map_err(|source| DepError::Start {
-                name: dep.name.clone(),
-                source,
-            })?;
+            let store = KvStore::start().await.map_err(|source| DepError::Start { name: dep.name.clone(), source })?;
             let proxy = match Proxy::start(&dep.name, store.addr()).await {
                 Ok(p) => p,
                 Err(source) => {
                     store.stop().await;
-                    return Err(DepError::Proxy {
-                        name: dep.name.clone(),
-                        source,
-                    });
+                    return Err(DepError::Proxy { name: dep.name.clone(), source });
                 }
             };
-            Ok(Running {
-                name: dep.name.clone(),
-                proxy,
-                store: Some(store),
-            })
+            Ok(Running { name: dep.name.clone(), proxy, store: Some(store) })
         }
+        other => Err(DepError::Unsupported { name: dep.name.clone(), kind: other.kind() }),
+    }
+}
+
+impl Provision {
+    /// The form's name in scenario files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provision::Builtin(_) => "builtin",
+            Provision::External(_) => "external",
+            Provision::Process(_) => "process",
+            Provision::Container(_) => "container",
+        }
+    }
+
+    /// Whether this build can provision the form.
+    pub fn runnable(&self) -> bool {
+        matches!(self, Provision::Builtin(_))
     }
 }

@@ -14,14 +14,20 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Place {
-    /// The fault proxy in front of the named dependency.
+    /// The fault proxy in front of the named dependency (or the dependency's process).
     Dependency(String),
+    /// The system under test: a proxy in front of it, or its process.
+    Target,
+    /// The records the workload sends.
+    Workload,
 }
 
 impl std::fmt::Display for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Place::Dependency(name) => write!(f, "{name}"),
+            Place::Target => f.write_str("target"),
+            Place::Workload => f.write_str("workload"),
         }
     }
 }
@@ -46,6 +52,15 @@ impl Direction {
     }
 }
 
+/// Which HTTP requests an HTTP fault applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct HttpMatch {
+    pub method: Option<String>,
+    pub path_prefix: Option<String>,
+    /// Only the first N matching requests of each activation.
+    pub first: Option<u64>,
+}
+
 /// What a fault does, with its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -57,12 +72,51 @@ pub enum FaultKind {
         #[serde(with = "crate::report::serde_duration")]
         jitter: Duration,
     },
+    /// Throughput capped at this many bytes per second.
+    Bandwidth { bytes_per_sec: u64 },
     /// New connections are refused and open ones closed.
     Refuse,
     /// Connections are accepted but nothing is forwarded either way.
     Blackhole,
     /// Connections are reset (RST), optionally once `after` bytes have passed.
     Reset { after: Option<u64> },
+    /// A close is held back this long.
+    SlowClose {
+        #[serde(with = "crate::report::serde_duration")]
+        delay: Duration,
+    },
+    /// Data is cut into slices of `size ± size_variation` bytes, `delay` apart.
+    Slicer {
+        size: u64,
+        size_variation: u64,
+        #[serde(with = "crate::report::serde_duration")]
+        delay: Duration,
+    },
+    /// The connection is closed after this many bytes.
+    LimitData { bytes: u64 },
+    /// Random bits flipped in this share of bytes.
+    Corrupt { rate: f64 },
+    /// HTTP requests answered with this status and body.
+    HttpError { status: u16, body: String },
+    /// The process or container is killed with `signal`, restarted after a delay if set.
+    Kill {
+        signal: String,
+        #[serde(with = "crate::report::serde_opt_duration")]
+        restart_after: Option<Duration>,
+    },
+    /// The process or container is frozen until the fault's end.
+    Pause,
+    /// Records sent invalid: broken JSON, wrong types, missing required fields.
+    Malformed,
+    /// Records sent twice.
+    Duplicate,
+    /// Records sent out of order within a window.
+    OutOfOrder { window: u32 },
+    /// Records' event time set this far in the past.
+    Late {
+        #[serde(with = "crate::report::serde_duration")]
+        delay: Duration,
+    },
 }
 
 impl FaultKind {
@@ -70,10 +124,27 @@ impl FaultKind {
     pub fn name(&self) -> &'static str {
         match self {
             FaultKind::Latency { .. } => "latency",
+            FaultKind::Bandwidth { .. } => "bandwidth",
             FaultKind::Refuse => "refuse",
             FaultKind::Blackhole => "blackhole",
             FaultKind::Reset { .. } => "reset",
+            FaultKind::SlowClose { .. } => "slow_close",
+            FaultKind::Slicer { .. } => "slicer",
+            FaultKind::LimitData { .. } => "limit_data",
+            FaultKind::Corrupt { .. } => "corrupt",
+            FaultKind::HttpError { .. } => "http_error",
+            FaultKind::Kill { .. } => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Malformed => "malformed",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::OutOfOrder { .. } => "out_of_order",
+            FaultKind::Late { .. } => "late",
         }
+    }
+
+    /// Whether the TCP proxy of this build applies this kind.
+    pub fn runs_in_proxy(&self) -> bool {
+        matches!(self, FaultKind::Latency { .. } | FaultKind::Refuse | FaultKind::Blackhole | FaultKind::Reset { .. })
     }
 }
 
@@ -123,9 +194,11 @@ pub struct Fault {
     pub kind: FaultKind,
     pub at: Place,
     pub schedule: Schedule,
-    /// Share of connections affected, decided once per connection.
+    /// Share of connections, requests or records affected.
     pub probability: f64,
     pub direction: Direction,
+    /// HTTP faults: which requests.
+    pub predicate: Option<HttpMatch>,
 }
 
 /// A fault's activation, as the timeline announces it.
@@ -152,20 +225,17 @@ pub fn timeline(faults: &[Fault], stage: Duration) -> Vec<Transition> {
     let mut out = Vec::new();
     for (index, fault) in faults.iter().enumerate() {
         for (s, e) in fault.schedule.windows(stage) {
-            out.push(Transition {
-                offset: s,
-                index,
-                start: true,
-            });
-            out.push(Transition {
-                offset: e,
-                index,
-                start: false,
-            });
+            out.push(Transition { offset: s, index, start: true });
+            out.push(Transition { offset: e, index, start: false });
         }
     }
     out.sort_by_key(|t| (t.offset, t.start, t.index));
     out
+}
+
+/// Every active window of every fault of a stage.
+pub fn windows(faults: &[Fault], stage: Duration) -> Vec<(Duration, Duration)> {
+    faults.iter().flat_map(|f| f.schedule.windows(stage)).collect()
 }
 
 /// A deterministic choice in `[0, 1)` for item `n` of a random stream named by `seed`
@@ -189,11 +259,7 @@ mod tests {
 
     #[test]
     fn a_window_is_cut_at_the_stage_end() {
-        let sched = Schedule {
-            from: s(5000),
-            length: Some(s(15000)),
-            every: None,
-        };
+        let sched = Schedule { from: s(5000), length: Some(s(15000)), every: None };
         assert_eq!(sched.windows(s(10000)), vec![(s(5000), s(10000))]);
         assert!(!sched.active_at(s(4999), s(10000)));
         assert!(sched.active_at(s(5000), s(10000)));
@@ -202,34 +268,19 @@ mod tests {
 
     #[test]
     fn no_length_means_to_the_end() {
-        let sched = Schedule {
-            from: s(0),
-            length: None,
-            every: None,
-        };
+        let sched = Schedule { from: s(0), length: None, every: None };
         assert_eq!(sched.windows(s(3000)), vec![(s(0), s(3000))]);
     }
 
     #[test]
     fn every_makes_it_flap() {
-        let sched = Schedule {
-            from: s(1000),
-            length: Some(s(500)),
-            every: Some(s(2000)),
-        };
-        assert_eq!(
-            sched.windows(s(6000)),
-            vec![(s(1000), s(1500)), (s(3000), s(3500)), (s(5000), s(5500))]
-        );
+        let sched = Schedule { from: s(1000), length: Some(s(500)), every: Some(s(2000)) };
+        assert_eq!(sched.windows(s(6000)), vec![(s(1000), s(1500)), (s(3000), s(3500)), (s(5000), s(5500))]);
     }
 
     #[test]
     fn a_fault_starting_after_the_stage_never_runs() {
-        let sched = Schedule {
-            from: s(9000),
-            length: None,
-            every: None,
-        };
+        let sched = Schedule { from: s(9000), length: None, every: None };
         assert!(sched.windows(s(5000)).is_empty());
     }
 
@@ -238,28 +289,14 @@ mod tests {
         let f = |from, len| Fault {
             kind: FaultKind::Refuse,
             at: Place::Dependency("store".into()),
-            schedule: Schedule {
-                from: s(from),
-                length: Some(s(len)),
-                every: None,
-            },
+            schedule: Schedule { from: s(from), length: Some(s(len)), every: None },
             probability: 1.0,
             direction: Direction::Both,
+            predicate: None,
         };
         let t = timeline(&[f(0, 1000), f(1000, 1000)], s(5000));
-        let got: Vec<_> = t
-            .iter()
-            .map(|t| (t.offset.as_millis(), t.index, t.start))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (0, 0, true),
-                (1000, 0, false),
-                (1000, 1, true),
-                (2000, 1, false)
-            ]
-        );
+        let got: Vec<_> = t.iter().map(|t| (t.offset.as_millis(), t.index, t.start)).collect();
+        assert_eq!(got, vec![(0, 0, true), (1000, 0, false), (1000, 1, true), (2000, 1, false)]);
     }
 
     #[test]

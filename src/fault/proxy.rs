@@ -58,24 +58,9 @@ impl Proxy {
         let (active, rx) = watch::channel(Arc::new(Vec::new()));
         let cancel = CancellationToken::new();
         let stats = Arc::new(Stats::default());
-        let task = tokio::spawn(serve(
-            listener,
-            listen,
-            upstream,
-            rx,
-            cancel.clone(),
-            stats.clone(),
-        ));
+        let task = tokio::spawn(serve(listener, listen, upstream, rx, cancel.clone(), stats.clone()));
         debug!(proxy = name, %listen, %upstream, "fault proxy listening");
-        Ok(Proxy {
-            name: name.to_string(),
-            listen,
-            upstream,
-            active,
-            stats,
-            cancel,
-            task,
-        })
+        Ok(Proxy { name: name.to_string(), listen, upstream, active, stats, cancel, task })
     }
 
     /// The address the system under test is given.
@@ -117,8 +102,7 @@ impl Proxy {
 }
 
 fn refusing(set: &ActiveSet) -> bool {
-    set.iter()
-        .any(|a| matches!(a.fault.kind, FaultKind::Refuse) && a.fault.probability >= 1.0)
+    set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && a.fault.probability >= 1.0)
 }
 
 /// Whether activation `a` hits connection `conn` (decided once, from the seed).
@@ -199,10 +183,7 @@ fn arm_reset_fd(fd: RawFd) {
 impl Connection {
     async fn run(self, client: TcpStream, upstream: SocketAddr) {
         let set = self.active.borrow().clone();
-        if set
-            .iter()
-            .any(|a| matches!(a.fault.kind, FaultKind::Refuse) && hits(a, self.id))
-        {
+        if set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && hits(a, self.id)) {
             self.stats.cut.fetch_add(1, Ordering::Relaxed);
             arm_reset(&client);
             return;
@@ -247,13 +228,7 @@ impl Connection {
 
     /// Moves bytes one way; `fds` are the client's and the server's sockets, both reset
     /// together when a reset fault fires.
-    async fn pump(
-        &self,
-        flow: Direction,
-        mut from: OwnedReadHalf,
-        mut to: OwnedWriteHalf,
-        fds: [RawFd; 2],
-    ) {
+    async fn pump(&self, flow: Direction, mut from: OwnedReadHalf, mut to: OwnedWriteHalf, fds: [RawFd; 2]) {
         let (tx, mut rx) = mpsc::channel::<Chunk>(64);
         let reader = async {
             let mut buf = BytesMut::with_capacity(32 * 1024);
@@ -296,16 +271,12 @@ impl Connection {
                 let mut release = arrived;
                 let mut drop_chunk = false;
                 let mut reset_at: Option<u64> = None;
-                for a in set
-                    .iter()
-                    .filter(|a| a.fault.direction.covers(flow) && hits(a, self.id))
-                {
+                for a in set.iter().filter(|a| a.fault.direction.covers(flow) && hits(a, self.id)) {
                     match &a.fault.kind {
                         FaultKind::Latency { delay, jitter } => {
                             let mut d = *delay;
                             if !jitter.is_zero() {
-                                let u =
-                                    unit(a.seed ^ self.id.rotate_left(29) ^ flow as u64, chunks);
+                                let u = unit(a.seed ^ self.id.rotate_left(29) ^ flow as u64, chunks);
                                 let j = jitter.as_secs_f64() * (2.0 * u - 1.0);
                                 d = Duration::from_secs_f64((delay.as_secs_f64() + j).max(0.0));
                             }
@@ -316,7 +287,9 @@ impl Connection {
                             let limit = after.unwrap_or(0);
                             reset_at = Some(reset_at.map_or(limit, |r| r.min(limit)));
                         }
-                        FaultKind::Refuse => {}
+                        // Other kinds are not applied to TCP chunks (the plan refuses them
+                        // before a run starts).
+                        _ => {}
                     }
                 }
                 if let Some(limit) = reset_at {
@@ -389,13 +362,10 @@ mod tests {
             fault: Fault {
                 kind,
                 at: Place::Dependency("echo".into()),
-                schedule: Schedule {
-                    from: Duration::ZERO,
-                    length: None,
-                    every: None,
-                },
+                schedule: Schedule { from: Duration::ZERO, length: None, every: None },
                 probability,
                 direction: Direction::Both,
+                predicate: None,
             },
         }
     }
@@ -420,10 +390,7 @@ mod tests {
     async fn latency_holds_each_direction() {
         let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
         proxy.set_active(vec![activation(
-            FaultKind::Latency {
-                delay: Duration::from_millis(30),
-                jitter: Duration::ZERO,
-            },
+            FaultKind::Latency { delay: Duration::from_millis(30), jitter: Duration::ZERO },
             1.0,
         )]);
         let t = std::time::Instant::now();
@@ -460,12 +427,8 @@ mod tests {
     async fn blackhole_forwards_nothing() {
         let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
         proxy.set_active(vec![activation(FaultKind::Blackhole, 1.0)]);
-        let r =
-            tokio::time::timeout(Duration::from_millis(200), round_trip(proxy.addr(), b"x")).await;
-        assert!(
-            r.is_err(),
-            "a blackholed connection must time out, got {r:?}"
-        );
+        let r = tokio::time::timeout(Duration::from_millis(200), round_trip(proxy.addr(), b"x")).await;
+        assert!(r.is_err(), "a blackholed connection must time out, got {r:?}");
         proxy.stop().await;
     }
 

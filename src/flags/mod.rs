@@ -47,12 +47,88 @@ pub enum Category {
 }
 
 /// How flag states reach the system under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Provider {
     /// stagegate serves OFREP; the system under test evaluates flags over HTTP.
     #[default]
     Ofrep,
+    /// stagegate writes a flagd flag file (at this path, if given) at each stage.
+    FlagdFile(Option<String>),
+    /// Each request carries the stage's flag states in this header.
+    Header(String),
+    /// The process target gets the flags as environment variables.
+    Env,
+}
+
+impl Provider {
+    /// The name used in scenario files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Ofrep => "ofrep",
+            Provider::FlagdFile(_) => "flagd-file",
+            Provider::Header(_) => "header",
+            Provider::Env => "env",
+        }
+    }
+}
+
+/// A flag's state in one stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagState {
+    /// Every record sees this value.
+    Fixed(Value),
+    /// Fractional exposure: each `(value, share)` goes to that share of records, split by
+    /// record key; the remaining records see `rest`.
+    Split { variants: Vec<(Value, f64)>, rest: Value },
+}
+
+impl FlagState {
+    /// The value a record with `key` sees, bucketed by `seed` (the run's flag stream).
+    pub fn value_for(&self, flag: &str, key: Option<&str>, seed: u64) -> &Value {
+        match self {
+            FlagState::Fixed(v) => v,
+            FlagState::Split { variants, rest } => {
+                let Some(key) = key else { return rest };
+                let u = bucket(seed, flag, key);
+                let mut acc = 0.0;
+                for (value, share) in variants {
+                    acc += share;
+                    if u < acc {
+                        return value;
+                    }
+                }
+                rest
+            }
+        }
+    }
+
+    /// Every value this state can take, for per-variant reporting.
+    pub fn values(&self) -> Vec<&Value> {
+        match self {
+            FlagState::Fixed(v) => vec![v],
+            FlagState::Split { variants, rest } => variants.iter().map(|(v, _)| v).chain([rest]).collect(),
+        }
+    }
+
+    /// How a person reads it: `true`, or `true 10% / false`.
+    pub fn describe(&self) -> String {
+        match self {
+            FlagState::Fixed(v) => v.to_string(),
+            FlagState::Split { variants, rest } => {
+                let parts: Vec<String> = variants.iter().map(|(v, s)| format!("{v} {:.0}%", s * 100.0)).collect();
+                format!("{} / {rest} rest", parts.join(" / "))
+            }
+        }
+    }
+}
+
+/// The bucket of a record key for a flag, uniform in `[0, 1)`: the same key always falls
+/// in the same bucket for a given seed, so exposure is sticky per record.
+pub fn bucket(seed: u64, flag: &str, key: &str) -> f64 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(format!("{flag}\0{key}").as_bytes(), seed);
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// One flag definition.
@@ -74,19 +150,30 @@ pub struct FlagSet {
 }
 
 impl FlagSet {
-    /// The full state of every flag in a stage: the stage's values over the defaults.
-    pub fn state(&self, overrides: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    /// The full state of every flag in a stage: the stage's states over the defaults.
+    pub fn state(&self, overrides: &BTreeMap<String, FlagState>) -> BTreeMap<String, FlagState> {
         self.definitions
             .iter()
             .map(|d| {
-                (
-                    d.key.clone(),
-                    overrides
-                        .get(&d.key)
-                        .cloned()
-                        .unwrap_or_else(|| d.default.clone()),
-                )
+                let state = overrides.get(&d.key).cloned().unwrap_or_else(|| FlagState::Fixed(d.default.clone()));
+                (d.key.clone(), state)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_split_exposes_its_share_stickily() {
+        let state = FlagState::Split { variants: vec![(json!(true), 0.1)], rest: json!(false) };
+        let keys: Vec<String> = (0..20_000).map(|i| format!("order-{i}")).collect();
+        let on = keys.iter().filter(|k| state.value_for("f", Some(k), 42) == &json!(true)).count();
+        assert!((1800..2200).contains(&on), "{on} of 20000");
+        assert_eq!(state.value_for("f", Some("order-7"), 42), state.value_for("f", Some("order-7"), 42));
+        assert_eq!(state.value_for("f", None, 42), &json!(false));
     }
 }

@@ -18,12 +18,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+
+use super::FlagState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 struct Flags {
-    values: BTreeMap<String, Value>,
+    states: BTreeMap<String, FlagState>,
+    seed: u64,
     generation: u64,
 }
 
@@ -46,10 +49,7 @@ impl OfrepServer {
     pub async fn start() -> std::io::Result<OfrepServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Shared {
-            flags: Arc::new(Mutex::new(Flags::default())),
-            served: Arc::new(watch::channel(0).0),
-        };
+        let shared = Shared { flags: Arc::new(Mutex::new(Flags::default())), served: Arc::new(watch::channel(0).0) };
         let app = Router::new()
             .route("/ofrep/v1/evaluate/flags", post(bulk))
             .route("/ofrep/v1/evaluate/flags/{key}", post(single))
@@ -57,16 +57,9 @@ impl OfrepServer {
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await;
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
         });
-        Ok(OfrepServer {
-            addr,
-            shared,
-            stop,
-            task,
-        })
+        Ok(OfrepServer { addr, shared, stop, task })
     }
 
     /// The base URL a client is configured with (`http://127.0.0.1:PORT`).
@@ -74,10 +67,12 @@ impl OfrepServer {
         format!("http://{}", self.addr)
     }
 
-    /// Replaces every flag's value; returns the new generation.
-    pub fn set(&self, values: BTreeMap<String, Value>) -> u64 {
+    /// Replaces every flag's state; `seed` buckets fractional exposure. Returns the new
+    /// generation.
+    pub fn set(&self, states: BTreeMap<String, FlagState>, seed: u64) -> u64 {
         let mut flags = self.shared.flags.lock().unwrap_or_else(|p| p.into_inner());
-        flags.values = values;
+        flags.states = states;
+        flags.seed = seed;
         flags.generation += 1;
         flags.generation
     }
@@ -86,9 +81,7 @@ impl OfrepServer {
     /// Returns whether it did.
     pub async fn picked_up(&self, generation: u64, limit: Duration) -> bool {
         let mut rx = self.shared.served.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Stops serving and waits for the server task to end.
@@ -98,18 +91,32 @@ impl OfrepServer {
     }
 }
 
-fn evaluation(key: &str, value: &Value) -> Value {
+/// The OFREP answer for one flag, for a caller whose context has `key` as targetingKey.
+fn evaluation(flag: &str, state: &FlagState, key: Option<&str>, seed: u64) -> Value {
+    let value = state.value_for(flag, key, seed);
     let variant = match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    json!({ "key": key, "value": value, "reason": "STATIC", "variant": variant, "metadata": {} })
+    // SPLIT tells a client that the answer depends on the targeting key it sends.
+    let reason = match state {
+        FlagState::Fixed(_) => "STATIC",
+        FlagState::Split { .. } => "SPLIT",
+    };
+    json!({ "key": flag, "value": value, "reason": reason, "variant": variant, "metadata": {} })
 }
 
-async fn single(State(s): State<Shared>, Path(key): Path<String>) -> Response {
+/// The targeting key of an OFREP request body, if any.
+fn targeting_key(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v["context"]["targetingKey"].as_str().map(String::from)
+}
+
+async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::body::Bytes) -> Response {
     let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
-    match flags.values.get(&key) {
-        Some(v) => Json(evaluation(&key, v)).into_response(),
+    let target = targeting_key(&body);
+    match flags.states.get(&key) {
+        Some(state) => Json(evaluation(&key, state, target.as_deref(), flags.seed)).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({ "key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": "no such flag in this scenario" })),
@@ -118,10 +125,12 @@ async fn single(State(s): State<Shared>, Path(key): Path<String>) -> Response {
     }
 }
 
-async fn bulk(State(s): State<Shared>, headers: HeaderMap) -> Response {
+async fn bulk(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let target = targeting_key(&body);
     let (body, generation) = {
         let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
-        let list: Vec<Value> = flags.values.iter().map(|(k, v)| evaluation(k, v)).collect();
+        let list: Vec<Value> =
+            flags.states.iter().map(|(k, st)| evaluation(k, st, target.as_deref(), flags.seed)).collect();
         (json!({ "flags": list }), flags.generation)
     };
     s.served.send_if_modified(|g| {
@@ -132,11 +141,7 @@ async fn bulk(State(s): State<Shared>, headers: HeaderMap) -> Response {
         newer
     });
     let etag = format!("\"{generation}\"");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        == Some(etag.as_str())
-    {
+    if target.is_none() && headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return StatusCode::NOT_MODIFIED.into_response();
     }
     let mut response = Json(body).into_response();
@@ -153,13 +158,10 @@ mod tests {
     #[tokio::test]
     async fn serves_single_and_bulk_with_etag() {
         let server = OfrepServer::start().await.unwrap();
-        let g = server.set(BTreeMap::from([("new-enricher".to_string(), json!(true))]));
+        let g = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(true)))]), 1);
         let client = reqwest::Client::new();
         let one: Value = client
-            .post(format!(
-                "{}/ofrep/v1/evaluate/flags/new-enricher",
-                server.url()
-            ))
+            .post(format!("{}/ofrep/v1/evaluate/flags/new-enricher", server.url()))
             .json(&json!({"context": {}}))
             .send()
             .await
@@ -168,17 +170,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(one["value"], json!(true));
-        let missing = client
-            .post(format!("{}/ofrep/v1/evaluate/flags/nope", server.url()))
-            .send()
-            .await
-            .unwrap();
+        let missing = client.post(format!("{}/ofrep/v1/evaluate/flags/nope", server.url())).send().await.unwrap();
         assert_eq!(missing.status(), 404);
-        let all = client
-            .post(format!("{}/ofrep/v1/evaluate/flags", server.url()))
-            .send()
-            .await
-            .unwrap();
+        let all = client.post(format!("{}/ofrep/v1/evaluate/flags", server.url())).send().await.unwrap();
         let etag = all.headers()["etag"].to_str().unwrap().to_string();
         let body: Value = all.json().await.unwrap();
         assert_eq!(body["flags"][0]["key"], "new-enricher");
@@ -190,8 +184,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.status(), 304);
-        let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), json!(false))]));
+        let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(false)))]), 1);
         assert!(!server.picked_up(g2, Duration::from_millis(20)).await);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_split_flag_answers_by_targeting_key() {
+        let server = OfrepServer::start().await.unwrap();
+        let state = FlagState::Split { variants: vec![(json!(true), 0.5)], rest: json!(false) };
+        server.set(BTreeMap::from([("f".to_string(), state.clone())]), 9);
+        let client = reqwest::Client::new();
+        for key in ["a", "b", "c", "d", "e"] {
+            let v: Value = client
+                .post(format!("{}/ofrep/v1/evaluate/flags/f", server.url()))
+                .json(&json!({"context": {"targetingKey": key}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(&v["value"], state.value_for("f", Some(key), 9));
+            assert_eq!(v["reason"], "SPLIT");
+        }
         server.stop().await;
     }
 }

@@ -1,18 +1,23 @@
-//! Measurements of one stage: request latency and outcomes, split into warm-up (measured,
-//! not judged) and the judged window.
+//! Measurements of one stage: request latency and outcomes, split into warm-up
+//! (measured, not judged), fault phases and flag variants.
 //!
 //! Latency is recorded from each request's *intended* send time, so a stalled system
 //! under test shows up as latency instead of being hidden by a load generator that
 //! slowed down with it (no coordinated omission). The [`Recorder`] takes one sample per
-//! request; [`StageMetrics`] is the summary that criteria read. Data-quality counts live
-//! in [`crate::quality`] and are copied in at the end of the stage.
+//! request and files it under the whole stage, its phase (`before` any fault, `during`
+//! one, `after` they lifted) and its flag variant. [`StageMetrics`] is the summary that
+//! criteria read. Data-quality counts come from [`crate::quality`].
 
+mod recovery;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::quality::DataCounts;
+pub use recovery::Recovery;
 
 /// How one request ended, from the load generator's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,63 +30,80 @@ pub enum Outcome {
     Failed,
 }
 
-/// Collects the samples of one stage.
-pub struct Recorder {
-    warmup: Duration,
-    judged: Histogram<u64>,
-    warm: Histogram<u64>,
-    judged_requests: u64,
-    judged_errors: u64,
-    judged_acked: u64,
-    warmup_requests: u64,
+/// Where a sample falls relative to the stage's faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// No fault has started yet.
+    Before,
+    /// A fault is active.
+    During,
+    /// At least one fault has been lifted and none is active.
+    After,
 }
 
-/// Latencies are kept in microseconds, from 1µs to one hour, 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
-}
+impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Before, Phase::During, Phase::After];
 
-impl Recorder {
-    /// A recorder that does not judge requests intended before `warmup`.
-    pub fn new(warmup: Duration) -> Self {
-        Recorder {
-            warmup,
-            judged: new_histogram(),
-            warm: new_histogram(),
-            judged_requests: 0,
-            judged_errors: 0,
-            judged_acked: 0,
-            warmup_requests: 0,
+    /// The prefix criteria use: `before`, `during`, `after`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Before => "before",
+            Phase::During => "during",
+            Phase::After => "after",
         }
     }
 
-    /// Records one request intended at `offset` into the stage.
-    pub fn record(&mut self, offset: Duration, latency: Duration, outcome: Outcome) {
-        let micros = (latency.as_micros() as u64).max(1);
-        if offset < self.warmup {
-            self.warm.saturating_record(micros);
-            self.warmup_requests += 1;
-            return;
+    /// The phase of offset `t` given the fault windows of the stage.
+    pub fn of(t: Duration, windows: &[(Duration, Duration)]) -> Phase {
+        if windows.iter().any(|(s, e)| *s <= t && t < *e) {
+            Phase::During
+        } else if windows.iter().any(|(_, e)| *e <= t) {
+            Phase::After
+        } else {
+            Phase::Before
         }
-        self.judged.saturating_record(micros);
-        self.judged_requests += 1;
+    }
+}
+
+/// Latencies are kept in microseconds, from 1µs to one hour, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Counts and latencies of one slice of a stage.
+#[derive(Debug, Clone)]
+pub struct Slice {
+    pub histogram: Histogram<u64>,
+    pub requests: u64,
+    pub errors: u64,
+    pub acked: u64,
+}
+
+impl Default for Slice {
+    fn default() -> Self {
+        Slice { histogram: new_histogram(), requests: 0, errors: 0, acked: 0 }
+    }
+}
+
+impl Slice {
+    fn record(&mut self, micros: u64, outcome: Outcome) {
+        self.histogram.saturating_record(micros);
+        self.requests += 1;
         match outcome {
-            Outcome::Acked => self.judged_acked += 1,
-            Outcome::Failed => self.judged_errors += 1,
+            Outcome::Acked => self.acked += 1,
+            Outcome::Failed => self.errors += 1,
             Outcome::Rejected => {}
         }
     }
 
-    /// Summarises the stage; `judged_for` is how long the judged window lasted.
-    pub fn finish(&self, judged_for: Duration, data: DataCounts) -> StageMetrics {
-        let h = &self.judged;
-        let q =
-            |quantile: f64| (!h.is_empty()).then(|| h.value_at_quantile(quantile) as f64 / 1000.0);
-        let secs = judged_for.as_secs_f64();
-        StageMetrics {
-            requests: self.judged_requests,
-            warmup_requests: self.warmup_requests,
-            errors: self.judged_errors,
+    /// Summarises the slice over `secs` seconds of judged time.
+    pub fn summary(&self, secs: f64, data: DataCounts) -> SliceMetrics {
+        let h = &self.histogram;
+        let q = |quantile: f64| (!h.is_empty()).then(|| h.value_at_quantile(quantile) as f64 / 1000.0);
+        SliceMetrics {
+            requests: self.requests,
+            errors: self.errors,
             latency: LatencySummary {
                 p50: q(0.50),
                 p90: q(0.90),
@@ -91,17 +113,114 @@ impl Recorder {
                 max: (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
                 mean: (!h.is_empty()).then(|| h.mean() / 1000.0),
             },
-            throughput: if secs > 0.0 {
-                self.judged_acked as f64 / secs
-            } else {
-                0.0
-            },
+            throughput: if secs > 0.0 { self.acked as f64 / secs } else { 0.0 },
             data,
         }
     }
 }
 
-/// Request latency quantiles of the judged window, in milliseconds (`None`: no sample).
+/// Collects the samples of one stage.
+pub struct Recorder {
+    warmup: Duration,
+    length: Duration,
+    windows: Vec<(Duration, Duration)>,
+    /// The judged requests of the whole stage.
+    pub judged: Slice,
+    warmup_requests: u64,
+    phases: [Slice; 3],
+    variants: BTreeMap<String, Slice>,
+    recovery: recovery::Tracker,
+}
+
+impl Recorder {
+    /// A recorder for a stage of `length` whose faults are active in `windows`; requests
+    /// intended before `warmup` are measured but not judged.
+    pub fn new(warmup: Duration, length: Duration, windows: Vec<(Duration, Duration)>) -> Self {
+        let last_end = windows.iter().map(|(_, e)| *e).max();
+        Recorder {
+            warmup,
+            length,
+            windows,
+            judged: Slice::default(),
+            warmup_requests: 0,
+            phases: Default::default(),
+            variants: BTreeMap::new(),
+            recovery: recovery::Tracker::new(last_end.filter(|e| *e < length)),
+        }
+    }
+
+    /// The phase of a request intended at `offset`.
+    pub fn phase(&self, offset: Duration) -> Phase {
+        Phase::of(offset, &self.windows)
+    }
+
+    /// Records one request intended at `offset` into the stage, seen by flag `variant`.
+    pub fn record(&mut self, offset: Duration, latency: Duration, outcome: Outcome, variant: Option<&str>) {
+        let micros = (latency.as_micros() as u64).max(1);
+        if offset < self.warmup {
+            self.warmup_requests += 1;
+            return;
+        }
+        self.judged.record(micros, outcome);
+        self.phases[self.phase(offset) as usize].record(micros, outcome);
+        if let Some(v) = variant {
+            self.variants.entry(v.to_string()).or_default().record(micros, outcome);
+        }
+        self.recovery.record(offset, micros, outcome == Outcome::Failed);
+    }
+
+    /// Judged seconds of each phase inside `[warmup, until)`.
+    fn phase_secs(&self, until: Duration) -> [f64; 3] {
+        let mut secs = [0.0; 3];
+        let step = Duration::from_millis(10);
+        let mut t = self.warmup;
+        while t < until {
+            secs[self.phase(t) as usize] += step.as_secs_f64();
+            t += step;
+        }
+        secs
+    }
+
+    /// Summarises the stage as run until `ran` (its length, or less when cut short).
+    pub fn finish(&self, ran: Duration, data: &crate::quality::Judgement) -> StageMetrics {
+        let until = ran.min(self.length);
+        let judged_secs = until.saturating_sub(self.warmup).as_secs_f64();
+        let whole = self.judged.summary(judged_secs, data.total);
+        let phase_secs = self.phase_secs(until);
+        let phases = Phase::ALL
+            .iter()
+            .filter(|p| self.phases[**p as usize].requests > 0)
+            .map(|p| {
+                (
+                    p.name().to_string(),
+                    self.phases[*p as usize].summary(phase_secs[*p as usize], data.by_phase[*p as usize]),
+                )
+            })
+            .collect();
+        let variants = self
+            .variants
+            .iter()
+            .map(|(name, slice)| {
+                (name.clone(), slice.summary(judged_secs, data.by_variant.get(name).copied().unwrap_or_default()))
+            })
+            .collect();
+        let baseline = self.phases[Phase::Before as usize].summary(phase_secs[0], DataCounts::default());
+        StageMetrics {
+            requests: whole.requests,
+            warmup_requests: self.warmup_requests,
+            errors: whole.errors,
+            latency: whole.latency,
+            throughput: whole.throughput,
+            data: data.total,
+            warmup_data: data.warmup,
+            phases,
+            variants,
+            recovery: self.recovery.finish(&baseline, until),
+        }
+    }
+}
+
+/// Request latency quantiles, in milliseconds (`None`: no sample).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
     pub p50: Option<f64>,
@@ -111,6 +230,23 @@ pub struct LatencySummary {
     pub p999: Option<f64>,
     pub max: Option<f64>,
     pub mean: Option<f64>,
+}
+
+/// The metrics of one phase or one flag variant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SliceMetrics {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: LatencySummary,
+    pub throughput: f64,
+    pub data: DataCounts,
+}
+
+impl SliceMetrics {
+    /// Failed share of requests (0 when there were none).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+    }
 }
 
 /// Everything measured in one stage that a criterion can read.
@@ -125,17 +261,32 @@ pub struct StageMetrics {
     pub latency: LatencySummary,
     /// Acknowledged requests per second over the judged window.
     pub throughput: f64,
-    /// Data-quality counts over the whole stage, warm-up included.
+    /// Data-quality counts of the records sent after warm-up.
     pub data: DataCounts,
+    /// Data-quality counts of the warm-up records (measured, not judged).
+    pub warmup_data: DataCounts,
+    /// The same metrics by fault phase (`before`, `during`, `after`), judged window only.
+    pub phases: BTreeMap<String, SliceMetrics>,
+    /// The same metrics by flag variant, for stages with fractional exposure.
+    pub variants: BTreeMap<String, SliceMetrics>,
+    /// How long after the last fault lifted errors and latency were back in band.
+    pub recovery: Option<Recovery>,
 }
 
 impl StageMetrics {
     /// Failed share of judged requests (0 when there were none).
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 {
-            0.0
-        } else {
-            self.errors as f64 / self.requests as f64
+        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+    }
+
+    /// The whole stage as one slice (to read it like a phase).
+    pub fn whole(&self) -> SliceMetrics {
+        SliceMetrics {
+            requests: self.requests,
+            errors: self.errors,
+            latency: self.latency.clone(),
+            throughput: self.throughput,
+            data: self.data,
         }
     }
 }
@@ -143,28 +294,21 @@ impl StageMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quality::Judgement;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
 
     #[test]
     fn warmup_is_measured_but_not_judged() {
-        let mut r = Recorder::new(Duration::from_secs(1));
-        r.record(
-            Duration::from_millis(500),
-            Duration::from_secs(5),
-            Outcome::Failed,
-        );
+        let mut r = Recorder::new(ms(1000), ms(2000), vec![]);
+        r.record(ms(500), Duration::from_secs(5), Outcome::Failed, None);
         for i in 0..100 {
-            let outcome = if i < 3 {
-                Outcome::Failed
-            } else {
-                Outcome::Acked
-            };
-            r.record(
-                Duration::from_millis(1000 + i),
-                Duration::from_millis(10),
-                outcome,
-            );
+            let outcome = if i < 3 { Outcome::Failed } else { Outcome::Acked };
+            r.record(ms(1000 + i), ms(10), outcome, None);
         }
-        let m = r.finish(Duration::from_secs(1), DataCounts::default());
+        let m = r.finish(ms(2000), &Judgement::default());
         assert_eq!(m.requests, 100);
         assert_eq!(m.warmup_requests, 1);
         assert_eq!(m.errors, 3);
@@ -176,9 +320,29 @@ mod tests {
     }
 
     #[test]
-    fn no_samples_means_no_quantiles() {
-        let r = Recorder::new(Duration::ZERO);
-        let m = r.finish(Duration::from_secs(1), DataCounts::default());
-        assert_eq!(m.latency.p99, None);
+    fn samples_are_filed_by_phase_and_variant() {
+        let mut r = Recorder::new(ms(0), ms(3000), vec![(ms(1000), ms(2000))]);
+        r.record(ms(500), ms(1), Outcome::Acked, Some("a"));
+        r.record(ms(1500), ms(100), Outcome::Failed, Some("b"));
+        r.record(ms(1600), ms(100), Outcome::Acked, Some("b"));
+        r.record(ms(2500), ms(2), Outcome::Acked, Some("a"));
+        let m = r.finish(ms(3000), &Judgement::default());
+        assert_eq!(m.phases["before"].requests, 1);
+        assert_eq!(m.phases["during"].errors, 1);
+        assert!(m.phases["during"].latency.p50.unwrap() > 99.0);
+        assert_eq!(m.phases["after"].requests, 1);
+        assert_eq!(m.variants["a"].requests, 2);
+        assert_eq!(m.variants["b"].errors, 1);
+        assert!((m.phases["during"].throughput - 1.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn phase_follows_the_windows() {
+        let w = vec![(ms(100), ms(200)), (ms(300), ms(400))];
+        assert_eq!(Phase::of(ms(50), &w), Phase::Before);
+        assert_eq!(Phase::of(ms(150), &w), Phase::During);
+        assert_eq!(Phase::of(ms(250), &w), Phase::After);
+        assert_eq!(Phase::of(ms(350), &w), Phase::During);
+        assert_eq!(Phase::of(ms(450), &w), Phase::After);
     }
 }

@@ -1,19 +1,22 @@
 //! Data quality: the ledger of what was sent and acknowledged, and the counts that
 //! compare it with what the system under test actually produced.
 //!
-//! The [`Ledger`] keeps, per record key, a hash of each field's value as sent; it never
-//! keeps the records themselves. [`Ledger::judge`] reads the observed output and counts
-//! lost, duplicated and corrupted records. Fetching the output is the target's business
-//! (see [`crate::sut`]); this file only compares.
+//! The [`Ledger`] keeps, per record key, a hash of each field's value as sent and the
+//! record's breakdown [`Tags`]; it never keeps the records themselves.
+//! [`Ledger::judge`] reads the observed output and counts lost, duplicated and corrupted
+//! records, for the whole stage and by phase and flag variant. Fetching the output is
+//! the target's business (see [`crate::sut`]); this file only compares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
-/// Data-quality counts of one stage. See the scenario format for each meaning.
+use crate::measure::Phase;
+
+/// Data-quality counts of one stage (or one slice of it). See the scenario format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DataCounts {
     /// Records sent to the system under test.
@@ -28,6 +31,45 @@ pub struct DataCounts {
     pub corrupted: u64,
     /// Valid records the system under test refused (4xx).
     pub rejected_valid: u64,
+    /// Records sent invalid on purpose that were acknowledged or reached the output.
+    pub accepted_invalid: u64,
+}
+
+impl DataCounts {
+    fn add(&mut self, o: &DataCounts) {
+        self.sent += o.sent;
+        self.acked += o.acked;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.corrupted += o.corrupted;
+        self.rejected_valid += o.rejected_valid;
+        self.accepted_invalid += o.accepted_invalid;
+    }
+}
+
+/// Where a record belongs in the breakdowns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tags {
+    /// The fault phase of its intended send time (`None`: warm-up, not broken down).
+    pub phase: Option<Phase>,
+    /// Its flag variant, for stages with fractional exposure.
+    pub variant: Option<Arc<str>>,
+    /// Sent invalid on purpose: it should be refused and never stored.
+    pub invalid: bool,
+    /// Sent during warm-up: counted apart, never judged.
+    pub warmup: bool,
+}
+
+/// The data-quality counts of a stage, whole and broken down.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Judgement {
+    /// Every record sent after warm-up.
+    pub total: DataCounts,
+    /// Records sent during warm-up (measured, not judged).
+    pub warmup: DataCounts,
+    /// Indexed by [`Phase`] (`before`, `during`, `after`).
+    pub by_phase: [DataCounts; 3],
+    pub by_variant: BTreeMap<String, DataCounts>,
 }
 
 #[derive(Debug)]
@@ -36,6 +78,7 @@ struct Entry {
     fields: Vec<(Arc<str>, u64)>,
     acked: bool,
     rejected: bool,
+    tags: Tags,
 }
 
 /// What was sent in one stage, by record key.
@@ -63,32 +106,19 @@ pub fn key_of(record: &Map<String, Value>, key_field: &str) -> Option<String> {
 impl Ledger {
     /// An empty ledger for records keyed by `key_field`.
     pub fn new(key_field: &str) -> Self {
-        Ledger {
-            key_field: key_field.to_string(),
-            ..Default::default()
-        }
+        Ledger { key_field: key_field.to_string(), ..Default::default() }
     }
 
-    /// Notes that `record` was sent.
-    pub fn sent(&mut self, key: &str, record: &Map<String, Value>) {
+    /// Notes that `record` was sent, with its breakdown tags.
+    pub fn sent(&mut self, key: &str, record: &Map<String, Value>, tags: Tags) {
         let fields = record
             .iter()
             .map(|(name, value)| {
-                let name = self
-                    .names
-                    .entry(name.clone())
-                    .or_insert_with(|| Arc::from(name.as_str()));
+                let name = self.names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str()));
                 (name.clone(), hash(value))
             })
             .collect();
-        self.entries.insert(
-            key.to_string(),
-            Entry {
-                fields,
-                acked: false,
-                rejected: false,
-            },
-        );
+        self.entries.insert(key.to_string(), Entry { fields, acked: false, rejected: false, tags });
     }
 
     /// Notes that the record with `key` was acknowledged.
@@ -117,51 +147,47 @@ impl Ledger {
 
     /// Compares the observed output with the ledger. Output records whose key was not
     /// sent in this stage are ignored (they belong to another stage).
-    pub fn judge<'a>(
-        &self,
-        observed: impl IntoIterator<Item = &'a Map<String, Value>>,
-    ) -> DataCounts {
+    pub fn judge<'a>(&self, observed: impl IntoIterator<Item = &'a Map<String, Value>>) -> Judgement {
         let mut seen: HashMap<&str, (u64, bool)> = HashMap::new();
         for record in observed {
-            let Some(key) = key_of(record, &self.key_field) else {
-                continue;
-            };
+            let Some(key) = key_of(record, &self.key_field) else { continue };
             let Some((stored_key, entry)) = self.entries.get_key_value(key.as_str()) else {
                 continue;
             };
-            let altered = entry
-                .fields
-                .iter()
-                .any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
+            let altered = entry.fields.iter().any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
             let slot = seen.entry(stored_key.as_str()).or_insert((0, false));
             slot.0 += 1;
             slot.1 |= altered;
         }
-        let mut counts = DataCounts {
-            sent: self.entries.len() as u64,
-            ..Default::default()
-        };
+        let mut judgement = Judgement::default();
         for (key, entry) in &self.entries {
-            if entry.acked {
-                counts.acked += 1;
-            }
-            if entry.rejected {
-                counts.rejected_valid += 1;
-            }
-            match seen.get(key.as_str()) {
-                None if entry.acked => counts.lost += 1,
-                None => {}
-                Some((n, altered)) => {
-                    if *n > 1 {
-                        counts.duplicated += 1;
-                    }
-                    if *altered {
-                        counts.corrupted += 1;
+            let mut c = DataCounts { sent: 1, acked: entry.acked as u64, ..Default::default() };
+            let seen_as = seen.get(key.as_str());
+            if entry.tags.invalid {
+                c.accepted_invalid = (entry.acked || seen_as.is_some()) as u64;
+            } else {
+                c.rejected_valid = entry.rejected as u64;
+                match seen_as {
+                    None => c.lost = entry.acked as u64,
+                    Some((n, altered)) => {
+                        c.duplicated = (*n > 1) as u64;
+                        c.corrupted = *altered as u64;
                     }
                 }
             }
+            if entry.tags.warmup {
+                judgement.warmup.add(&c);
+                continue;
+            }
+            judgement.total.add(&c);
+            if let Some(p) = entry.tags.phase {
+                judgement.by_phase[p as usize].add(&c);
+            }
+            if let Some(v) = &entry.tags.variant {
+                judgement.by_variant.entry(v.to_string()).or_default().add(&c);
+            }
         }
-        counts
+        judgement
     }
 }
 
@@ -178,7 +204,9 @@ mod tests {
     fn counts_lost_duplicated_and_corrupted() {
         let mut ledger = Ledger::new("id");
         for id in ["a", "b", "c", "d", "e"] {
-            ledger.sent(id, &rec(json!({"id": id, "amount": 1.5, "tags": ["x"]})));
+            let variant = if id < "c" { "on" } else { "off" };
+            let tags = Tags { variant: Some(Arc::from(variant)), phase: Some(Phase::During), ..Default::default() };
+            ledger.sent(id, &rec(json!({"id": id, "amount": 1.5, "tags": ["x"]})), tags);
         }
         for id in ["a", "b", "c", "d"] {
             ledger.acked(id);
@@ -195,26 +223,29 @@ mod tests {
             // d: missing entirely -> lost. A record from another stage is ignored.
             rec(json!({"id": "zzz", "amount": 1.5})),
         ];
-        let counts = ledger.judge(output.iter());
-        assert_eq!(
-            counts,
-            DataCounts {
-                sent: 5,
-                acked: 4,
-                lost: 1,
-                duplicated: 1,
-                corrupted: 1,
-                rejected_valid: 1
-            }
-        );
+        let judged = ledger.judge(output.iter());
+        let expected = DataCounts {
+            sent: 5,
+            acked: 4,
+            lost: 1,
+            duplicated: 1,
+            corrupted: 1,
+            rejected_valid: 1,
+            accepted_invalid: 0,
+        };
+        assert_eq!(judged.total, expected);
+        assert_eq!(judged.by_phase[Phase::During as usize], expected);
+        assert_eq!(judged.by_variant["on"].duplicated, 1);
+        assert_eq!(judged.by_variant["off"].lost, 1);
+        assert_eq!(judged.by_variant["off"].corrupted, 1);
     }
 
     #[test]
     fn a_missing_field_is_corruption() {
         let mut ledger = Ledger::new("id");
-        ledger.sent("a", &rec(json!({"id": "a", "city": "Oslo"})));
+        ledger.sent("a", &rec(json!({"id": "a", "city": "Oslo"})), Tags::default());
         ledger.acked("a");
-        let counts = ledger.judge([rec(json!({"id": "a"}))].iter());
+        let counts = ledger.judge([rec(json!({"id": "a"}))].iter()).total;
         assert_eq!(counts.corrupted, 1);
         assert_eq!(counts.lost, 0);
     }
@@ -222,9 +253,35 @@ mod tests {
     #[test]
     fn unacknowledged_and_absent_is_not_lost() {
         let mut ledger = Ledger::new("id");
-        ledger.sent("a", &rec(json!({"id": "a"})));
-        let counts = ledger.judge(std::iter::empty());
+        ledger.sent("a", &rec(json!({"id": "a"})), Tags::default());
+        let counts = ledger.judge(std::iter::empty()).total;
         assert_eq!(counts.lost, 0);
         assert_eq!(counts.acked, 0);
+    }
+
+    #[test]
+    fn warmup_records_are_counted_apart() {
+        let mut ledger = Ledger::new("id");
+        ledger.sent("w", &rec(json!({"id": "w"})), Tags { warmup: true, ..Default::default() });
+        ledger.sent("j", &rec(json!({"id": "j"})), Tags::default());
+        ledger.acked("w");
+        ledger.acked("j");
+        let judged = ledger.judge(std::iter::empty());
+        assert_eq!((judged.total.sent, judged.total.lost), (1, 1));
+        assert_eq!((judged.warmup.sent, judged.warmup.lost), (1, 1));
+    }
+
+    #[test]
+    fn invalid_records_must_be_refused() {
+        let mut ledger = Ledger::new("id");
+        let invalid = Tags { invalid: true, ..Default::default() };
+        ledger.sent("a", &rec(json!({"id": "a"})), invalid.clone());
+        ledger.sent("b", &rec(json!({"id": "b"})), invalid);
+        ledger.acked("a");
+        ledger.rejected("b");
+        let counts = ledger.judge([rec(json!({"id": "a"}))].iter()).total;
+        assert_eq!(counts.accepted_invalid, 1);
+        assert_eq!(counts.rejected_valid, 0);
+        assert_eq!(counts.lost, 0);
     }
 }

@@ -5,55 +5,34 @@
 //! listens to the same stream, so adding a format never touches the runner.
 
 pub mod json;
+pub mod plan;
 pub mod terminal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
-use serde_json::Value;
-
+use crate::flags::FlagState;
 use crate::measure::StageMetrics;
 use crate::verdict::{Assessment, Verdict};
+use serde::Serialize;
 
 /// Something that happened during a run, in order.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The plan is checked and the run begins.
-    Started {
-        name: String,
-        file: PathBuf,
-        seed: u64,
-        stages: usize,
-        warnings: Vec<String>,
-    },
+    Started { name: String, file: PathBuf, seed: u64, stages: usize, warnings: Vec<String> },
     /// Everything is up: the target, each dependency behind its proxy, the flag endpoint.
-    Provisioned {
-        target: String,
-        dependencies: Vec<(String, String, String)>,
-        flags: String,
-    },
+    Provisioned { target: String, dependencies: Vec<(String, String, String)>, flags: String },
     /// A stage begins with this flag state.
-    StageStarted {
-        index: usize,
-        name: String,
-        flags: BTreeMap<String, Value>,
-    },
+    StageStarted { index: usize, name: String, flags: BTreeMap<String, FlagState> },
+    /// The run stops early: an `abort_on_fail` criterion failed.
+    Aborted { stage: String, reason: String },
     /// About once a second during a stage.
-    Progress {
-        stage: String,
-        elapsed_secs: u64,
-        sent: u64,
-        acked: u64,
-        failed: u64,
-    },
+    Progress { stage: String, elapsed_secs: u64, sent: u64, acked: u64, failed: u64 },
     /// A fault became active or was lifted.
     Fault(FaultRecord),
     /// A stage ended, was observed and judged.
-    StageFinished {
-        report: StageReport,
-        assessments: Vec<Assessment>,
-    },
+    StageFinished { report: Box<StageReport>, assessments: Vec<Assessment> },
     /// The run is over (whatever the reason); the report is final.
     Finished(Box<RunReport>),
 }
@@ -78,7 +57,7 @@ pub struct FaultRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
     pub name: String,
-    pub flags: BTreeMap<String, Value>,
+    pub flags: BTreeMap<String, FlagState>,
     /// Whether the stage ran its whole duration.
     pub completed: bool,
     pub metrics: StageMetrics,
@@ -92,10 +71,16 @@ pub struct RunReport {
     pub file: PathBuf,
     pub description: Option<String>,
     pub seed: u64,
+    /// Where the seed came from: `file`, `--seed` or `random`.
+    pub seed_source: String,
+    /// Every `--set` override applied, as written.
+    pub overrides: Vec<String>,
     pub started_at: String,
     pub finished_at: String,
     /// Set when Ctrl-C or SIGTERM stopped the run before its end.
     pub interrupted: bool,
+    /// Set when an `abort_on_fail` criterion stopped the run: why.
+    pub aborted: Option<String>,
     /// Why the run itself broke, if it did (not a judgement on the candidate).
     pub error: Option<String>,
     /// `None` when the run broke before it could judge.
@@ -108,6 +93,18 @@ pub struct RunReport {
     pub faults: Vec<FaultRecord>,
     /// Where the report files were written.
     pub report_dir: Option<PathBuf>,
+    /// The `on_verdict` command that ran, if any.
+    pub on_verdict: Option<ActionReport>,
+}
+
+/// What an `on_verdict` command did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionReport {
+    pub command: Vec<String>,
+    /// Its exit code (`None`: it could not start, or died by a signal).
+    pub exit_code: Option<i32>,
+    /// The end of its output (stdout then stderr), at most 4 KiB.
+    pub output: String,
 }
 
 /// Something that consumes the run's events.

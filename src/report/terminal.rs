@@ -11,6 +11,8 @@ use crate::verdict::Outcome;
 pub struct TerminalReporter {
     /// Print per-second progress lines.
     pub progress: bool,
+    /// `(name, value)` of the scenario's secrets, masked in everything printed.
+    pub secrets: Vec<(String, String)>,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -25,13 +27,7 @@ impl Reporter for TerminalReporter {
     fn event(&mut self, event: &Event) {
         let mut err = std::io::stderr().lock();
         match event {
-            Event::Started {
-                name,
-                file,
-                seed,
-                stages,
-                warnings,
-            } => {
+            Event::Started { name, file, seed, stages, warnings } => {
                 let _ = writeln!(
                     err,
                     "stagegate: running `{name}` ({}) with seed {seed}, {stages} stage(s)",
@@ -41,48 +37,26 @@ impl Reporter for TerminalReporter {
                     let _ = writeln!(err, "warning: {w}");
                 }
             }
-            Event::Provisioned {
-                target,
-                dependencies,
-                flags,
-            } => {
+            Event::Provisioned { target, dependencies, flags } => {
                 let _ = writeln!(err, "  target {target}, flags {flags}");
                 for (name, real, proxy) in dependencies {
-                    let _ = writeln!(
-                        err,
-                        "  dependency {name} at {real}, behind fault proxy {proxy}"
-                    );
+                    let _ = writeln!(err, "  dependency {name} at {real}, behind fault proxy {proxy}");
                 }
             }
             Event::StageStarted { index, name, flags } => {
-                let state: Vec<String> = flags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let _ = writeln!(
-                    err,
-                    "stage {} `{name}` started [{}]",
-                    index + 1,
-                    state.join(", ")
-                );
+                let state: Vec<String> = flags.iter().map(|(k, v)| format!("{k}={}", v.describe())).collect();
+                let _ = writeln!(err, "stage {} `{name}` started [{}]", index + 1, state.join(", "));
             }
-            Event::Progress {
-                stage,
-                elapsed_secs,
-                sent,
-                acked,
-                failed,
-            } if self.progress => {
-                let _ = writeln!(
-                    err,
-                    "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  failed {failed}"
-                );
+            Event::Progress { stage, elapsed_secs, sent, acked, failed } if self.progress => {
+                let _ = writeln!(err, "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  failed {failed}");
             }
             Event::Progress { .. } => {}
+            Event::Aborted { stage, reason } => {
+                let _ = writeln!(err, "stage `{stage}` aborted: {reason}");
+            }
             Event::Fault(f) => match f.ended_secs {
                 None => {
-                    let _ = writeln!(
-                        err,
-                        "  fault {} at {} started at {:.1}s",
-                        f.kind, f.at, f.started_secs
-                    );
+                    let _ = writeln!(err, "  fault {} at {} started at {:.1}s", f.kind, f.at, f.started_secs);
                 }
                 Some(end) => {
                     let _ = writeln!(err, "  fault {} at {} lifted at {:.1}s", f.kind, f.at, end);
@@ -94,11 +68,7 @@ impl Reporter for TerminalReporter {
                     err,
                     "stage `{}` {}: {} requests, p99 {}, {} errors, lost {}, duplicated {}, corrupted {}",
                     report.name,
-                    if report.completed {
-                        "finished"
-                    } else {
-                        "cut short"
-                    },
+                    if report.completed { "finished" } else { "cut short" },
                     m.requests + m.warmup_requests,
                     ms(m.latency.p99),
                     m.errors,
@@ -110,7 +80,7 @@ impl Reporter for TerminalReporter {
             Event::Finished(report) => {
                 drop(err);
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(summary(report).as_bytes());
+                let _ = out.write_all(crate::scenario::mask(&summary(report), &self.secrets).as_bytes());
             }
         }
     }
@@ -162,10 +132,7 @@ pub fn summary(r: &RunReport) -> String {
                 a.criterion,
                 a.measured_text,
                 a.limit_text,
-                a.note
-                    .as_ref()
-                    .map(|n| format!("  ({n})"))
-                    .unwrap_or_default()
+                a.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
             ));
         }
     }
@@ -175,11 +142,7 @@ pub fn summary(r: &RunReport) -> String {
             "\nfaults: {} applied, {} removed{}\n",
             r.faults.len(),
             r.faults.len() - faults_left,
-            if faults_left > 0 {
-                "  (SOME NOT REMOVED)"
-            } else {
-                ""
-            }
+            if faults_left > 0 { "  (SOME NOT REMOVED)" } else { "" }
         ));
     }
     s.push('\n');

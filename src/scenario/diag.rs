@@ -60,9 +60,7 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 impl Diagnostics {
     /// Sorts by file, line and column so that the report reads top to bottom.
     pub fn sorted(mut self) -> Self {
-        self.0.sort_by(|a, b| {
-            (&a.file, a.line, a.column, &a.path).cmp(&(&b.file, b.line, b.column, &b.path))
-        });
+        self.0.sort_by(|a, b| (&a.file, a.line, a.column, &a.path).cmp(&(&b.file, b.line, b.column, &b.path)));
         self.0.dedup();
         self
     }
@@ -112,9 +110,6 @@ mod tests {
             message: "bad".into(),
             hint: Some("fix it".into()),
         };
-        assert_eq!(
-            d.to_string(),
-            "s.yaml:3:5: `workload.duration`: bad\n  hint: fix it"
-        );
+        assert_eq!(d.to_string(), "s.yaml:3:5: `workload.duration`: bad\n  hint: fix it");
     }
 }

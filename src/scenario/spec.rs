@@ -1,11 +1,15 @@
 //! The raw scenario file: types that mirror the YAML, key for key.
 //!
-//! Nothing here is checked beyond its shape: durations, rates and checks are kept as the
-//! text the user wrote, so that `compile` can report each mistake with its own hint.
-//! Every struct refuses unknown keys. The doc comments are the format's reference.
+//! Nothing here is checked beyond its shape: durations, rates and checks stay the text
+//! the user wrote, so that `compile` can report each mistake with its own hint. Lists
+//! and maps of items (stages, faults, criteria, dependencies, flags) are held as raw
+//! values and read item by item, so that one bad item does not hide the mistakes in the
+//! next. The doc comments are the format's reference: `stagegate schema` prints them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -26,67 +30,197 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// The whole scenario file.
-#[derive(Debug, Deserialize)]
+impl JsonSchema for Text {
+    fn schema_name() -> Cow<'static, str> {
+        "Text".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number"] })
+    }
+}
+
+/// The whole scenario file (format version 1). `compile` reads the top-level keys one
+/// by one (so a mistake in one does not hide the others); this struct gives the JSON
+/// Schema its shape and documents each key.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[allow(dead_code)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioSpec {
     /// Format version; must be `1`.
     pub version: u32,
-    /// Scenario name, used in report file names.
+    /// Scenario name: letters, digits, `-`, `_`, `.`; used in report folder names.
     pub name: String,
     /// One line on what the rehearsal decides.
     #[serde(default)]
     pub description: Option<String>,
-    /// Seed of every random choice (data, fault decisions). Default: random, printed.
+    /// Seed of every random choice (data, pacing, fault decisions, flag bucketing).
+    /// Default: a random seed, printed in every report. `--seed` overrides it.
     #[serde(default)]
     pub seed: Option<u64>,
-    /// The system under test.
+    /// The system under test: exactly one of `builtin` or `http`.
     pub target: TargetSpec,
-    /// What the system under test talks to, by name; each gets a fault proxy.
+    /// What the system under test talks to, by name. Each gets a fault proxy on a free
+    /// loopback port, and the system under test is given the proxy's address.
     #[serde(default)]
-    pub dependencies: BTreeMap<String, DependencySpec>,
-    /// Feature flags and how they reach the system under test.
+    #[schemars(with = "BTreeMap<String, DependencySpec>")]
+    pub dependencies: BTreeMap<String, Value>,
+    /// Feature flags and how each stage's state reaches the system under test.
     #[serde(default)]
     pub flags: Option<FlagsSpec>,
-    /// The synthetic load.
+    /// The synthetic load, the same for every stage.
     pub workload: WorkloadSpec,
-    /// The stages, run in order, each with a flag state and a fault plan.
-    pub stages: Vec<StageSpec>,
-    /// Checks over each stage's metrics; strings or maps.
+    /// The stages, run in order; each is one flag state and one fault plan.
+    #[schemars(with = "Vec<StageSpec>")]
+    pub stages: Vec<Value>,
+    /// Checks over each stage's metrics: a string `METRIC OP VALUE` applies to every
+    /// stage; a map gives more options.
     #[serde(default)]
+    #[schemars(with = "Vec<CriterionSpec>")]
     pub criteria: Vec<Value>,
+    /// Commands run once at the end, by verdict.
+    #[serde(default)]
+    pub on_verdict: Option<OnVerdictSpec>,
 }
 
-/// `target:`: exactly one of the forms.
-#[derive(Debug, Deserialize)]
+/// `target:`: exactly one of `builtin` or `http` (with an optional `process`).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// A target shipped inside stagegate: `orders-pipeline`.
+    #[serde(default)]
     pub builtin: Option<String>,
+    /// Any HTTP service.
+    #[serde(default)]
+    pub http: Option<HttpTargetSpec>,
+    /// Optional, with `http`: stagegate starts and stops the service itself.
+    #[serde(default)]
+    pub process: Option<ProcessSpec>,
+}
+
+/// An HTTP system under test.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTargetSpec {
+    /// Base URL, e.g. `http://127.0.0.1:8080` (`{{ port }}` allowed with `process`).
+    pub base_url: String,
+    /// How a record is written: e.g. `{ method: POST, path: /orders, body: "{{ record | json }}" }`.
+    pub write: RequestSpec,
+    /// How a record is read back by key (404 means absent): `{ method: GET, path: "/orders/{{ key }}" }`.
+    #[serde(default)]
+    pub read: Option<RequestSpec>,
+    /// Per-request timeout. Default `2s`.
+    #[serde(default)]
+    pub timeout: Option<Text>,
+    /// Headers sent with every request; values may use `${secret:NAME}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One HTTP request template.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// HTTP method. Default `POST` for writes, `GET` for reads.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path template, e.g. `/orders/{{ key }}`.
+    pub path: String,
+    /// Body template. Default for writes: `{{ record | json }}`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Extra headers for this request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A process stagegate starts and stops.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// Program and arguments; `{{ port }}` is a free loopback port chosen by stagegate.
+    pub command: Vec<String>,
+    /// Environment; may use `{{ port }}`, `{{ dependencies.NAME.address }}`, `{{ flags.url }}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the scenario file. Default: the scenario's folder.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// How to tell it is ready. Default: its port accepts TCP connections within `20s`.
+    #[serde(default)]
+    pub ready: Option<ReadySpec>,
+}
+
+/// Readiness check of a started process.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadySpec {
+    /// An HTTP path that answers 2xx when ready, e.g. `/health`.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Wait for the port to accept TCP connections (the default when `http` is unset).
+    #[serde(default)]
+    pub tcp: Option<bool>,
+    /// Give up after this long. Default `20s`.
+    #[serde(default)]
+    pub timeout: Option<Text>,
 }
 
 /// One entry of `dependencies:`: exactly one of the forms.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DependencySpec {
     /// A dependency shipped inside stagegate: `kv-store`.
+    #[serde(default)]
     pub builtin: Option<String>,
+    /// An address that already serves, e.g. `127.0.0.1:6379`.
+    #[serde(default)]
+    pub external: Option<String>,
+    /// A server stagegate starts, e.g. `{ command: [redis-server, --port, "{{ port }}"] }`.
+    #[serde(default)]
+    pub process: Option<ProcessSpec>,
+    /// A container stagegate starts from a local image.
+    #[serde(default)]
+    pub container: Option<ContainerSpec>,
+}
+
+/// A container dependency.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// A locally available image, e.g. `local/redis:7`.
+    pub image: String,
+    /// The container port the service listens on.
+    pub port: u16,
+    /// Environment of the container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Overrides the image's command.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
 }
 
 /// `flags:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlagsSpec {
-    /// How flag states reach the system under test: `ofrep` (default).
+    /// How flag states reach the system under test: `ofrep` (default: stagegate serves
+    /// OFREP on loopback), `flagd-file`, `header` or `env`.
     #[serde(default)]
     pub provider: Option<String>,
+    /// With `flagd-file`: where to write the flag file. Default: in the run's report folder.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// With `header`: the request header carrying the flag states. Default `X-Stagegate-Flags`.
+    #[serde(default)]
+    pub header: Option<String>,
     /// The flags, by key.
     #[serde(default)]
-    pub definitions: BTreeMap<String, FlagDefSpec>,
+    #[schemars(with = "BTreeMap<String, FlagDefSpec>")]
+    pub definitions: BTreeMap<String, Value>,
 }
 
 /// One flag definition.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlagDefSpec {
     /// `boolean`, `string`, `integer`, `number` or `object`.
@@ -106,92 +240,246 @@ pub struct FlagDefSpec {
 }
 
 /// `workload:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
     /// The record schema file, relative to the scenario file.
     pub data: String,
-    /// The arrival model: `{ rate: 200/s }`.
+    /// The arrival model: exactly one of `rate`, `concurrency`, `ramp`, `spike`, `daily`
+    /// or `playbook`.
     pub arrival: ArrivalSpec,
-    /// How long each stage runs, warm-up included (`30s`).
+    /// How long each stage runs, warm-up included, e.g. `30s`.
     pub duration: Text,
-    /// The first part of each stage, measured but not judged (default `0s`).
+    /// The first part of each stage: measured, not judged. Default `0s`.
     #[serde(default)]
     pub warmup: Option<Text>,
-    /// How long one request may take before it counts as an error (default `2s`).
+    /// How long one request may take before it counts as an error. Default `2s`.
     #[serde(default)]
     pub timeout: Option<Text>,
 }
 
 /// `workload.arrival`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArrivalSpec {
-    /// Open model at a constant rate (`200/s`, `12000/m`).
+    /// Open model at a constant rate: `200/s`, `12000/m`.
+    #[serde(default)]
     pub rate: Option<Text>,
+    /// Closed model: this many requests always in flight.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Open model, piecewise linear: each step moves from the previous step's rate to its
+    /// own over its `for` (the first step starts at its own rate).
+    #[serde(default)]
+    pub ramp: Option<Vec<RampStepSpec>>,
+    /// Open model: a base rate with one burst.
+    #[serde(default)]
+    pub spike: Option<SpikeSpec>,
+    /// Open model: a day of traffic (quiet night, morning rise, evening peak) compressed
+    /// into each stage.
+    #[serde(default)]
+    pub daily: Option<DailySpec>,
+    /// An arrival shape kept in a file (`synthetic-data/playbooks/*.yaml`), relative to
+    /// the scenario file.
+    #[serde(default)]
+    pub playbook: Option<String>,
+}
+
+/// One step of a ramp.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RampStepSpec {
+    /// The rate reached at the end of this step, e.g. `400/s`.
+    pub rate: Text,
+    /// How long the step lasts, e.g. `20s`.
+    #[serde(rename = "for")]
+    pub length: Text,
+}
+
+/// A burst on a base rate.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeSpec {
+    /// The rate outside the burst.
+    pub base: Text,
+    /// The rate during the burst.
+    pub peak: Text,
+    /// When the burst starts, as an offset into the stage.
+    pub at: Text,
+    /// How long the burst lasts.
+    #[serde(rename = "for")]
+    pub length: Text,
+}
+
+/// A compressed day.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DailySpec {
+    /// The night-time low.
+    pub min: Text,
+    /// The evening peak.
+    pub max: Text,
 }
 
 /// One stage.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     /// Unique name, used by criteria and reports.
     pub name: String,
-    /// Flag states for this stage; unset flags take their default.
+    /// Flag states for this stage; unset flags take their default. A map like
+    /// `{ true: 10% }` exposes that share of records (split by record key) to the value
+    /// and the rest to the flag's default.
     #[serde(default)]
     pub flags: BTreeMap<String, Value>,
     /// The faults injected during this stage.
     #[serde(default)]
-    pub faults: Vec<FaultSpec>,
+    #[schemars(with = "Vec<FaultSpec>")]
+    pub faults: Vec<Value>,
 }
 
-/// One fault. Which parameters apply depends on `kind`.
-#[derive(Debug, Deserialize)]
+/// One fault. Which parameters apply depends on `kind` (see the fault table).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
-    /// `latency`, `refuse`, `blackhole`, `reset`.
+    /// latency, bandwidth, refuse, blackhole, reset, slow_close, slicer, limit_data,
+    /// corrupt, http_error, kill, pause, malformed, duplicate, out_of_order, late.
     pub kind: String,
-    /// The dependency whose proxy applies the fault.
+    /// A dependency name, `target`, or `workload`.
     pub at: String,
-    /// Offset into the stage (default `0s`).
+    /// Offset into the stage when it starts. Default `0s`.
     #[serde(default)]
     pub from: Option<Text>,
-    /// How long it lasts (default: to the stage's end).
+    /// How long it lasts. Default: to the stage's end.
     #[serde(default, rename = "for")]
     pub length: Option<Text>,
-    /// Repeat period, for flapping faults.
+    /// Repeat period, for flapping: active for `for` at the start of every period.
     #[serde(default)]
     pub every: Option<Text>,
-    /// Share of connections affected (default `100%`).
+    /// Share of connections (proxy faults, decided once per connection), requests (HTTP
+    /// faults) or records (workload faults) affected. Default `100%`.
     #[serde(default)]
     pub probability: Option<Text>,
-    /// `upstream`, `downstream` or `both` (default).
+    /// Proxy faults: `upstream` (system under test to dependency), `downstream`, or
+    /// `both`. Default `both`.
     #[serde(default)]
     pub direction: Option<String>,
-    /// latency: how long each chunk is held.
+    /// latency: how long each chunk is held; slow_close: how long the close is held;
+    /// slicer: pause between slices; late: how far in the past event times are set.
     #[serde(default)]
     pub delay: Option<Text>,
-    /// latency: the spread around `delay` (default `0ms`).
+    /// latency: the spread around `delay`. Default `0ms`.
     #[serde(default)]
     pub jitter: Option<Text>,
-    /// reset: bytes let through before the reset (default 0).
+    /// bandwidth: throughput cap, e.g. `64KB/s`; corrupt: share of bytes flipped, e.g. `0.1%`.
+    #[serde(default)]
+    pub rate: Option<Text>,
+    /// reset: bytes let through before the reset. Default 0.
     #[serde(default)]
     pub after: Option<u64>,
+    /// slicer: mean slice size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// slicer: slice size spread in bytes. Default 0.
+    #[serde(default)]
+    pub size_variation: Option<u64>,
+    /// limit_data: bytes after which the connection is closed.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    /// http_error: the status answered, e.g. 503.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// http_error: the body answered. Default: empty.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// kill: the signal sent, e.g. `SIGKILL` (default) or `SIGTERM`.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// kill: restart the process this long after the kill. Default: not restarted.
+    #[serde(default)]
+    pub restart_after: Option<Text>,
+    /// out_of_order: how many records may be reordered among each other. Default 10.
+    #[serde(default)]
+    pub window: Option<u32>,
+    /// http_error and HTTP latency: only requests that match.
+    #[serde(default, rename = "match")]
+    pub predicate: Option<MatchSpec>,
 }
 
-/// A criterion in its map form.
-#[derive(Debug, Deserialize)]
+/// Which HTTP requests an HTTP fault applies to.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Only this method, e.g. `POST`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only paths starting with this, e.g. `/orders`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Only the first N matching requests of each activation.
+    #[serde(default)]
+    pub first: Option<u64>,
+}
+
+/// A criterion: a string `METRIC OP VALUE`, or a map.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum CriterionSpec {
+    /// `METRIC OP VALUE`, applied to every stage, e.g. `latency.p99 < 250ms`.
+    Check(String),
+    Map(CriterionMapSpec),
+}
+
+/// A criterion in its map form: either `check` or `compare`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CriterionMapSpec {
-    /// `METRIC OP VALUE`.
-    pub check: String,
-    /// The stages it applies to (default: all).
+    /// `METRIC OP VALUE`, e.g. `errors.rate < 5%`.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// The stages it applies to. Default: all. A criterion for a named stage replaces a
+    /// general one on the same metric there.
     #[serde(default)]
     pub stages: Option<Vec<String>>,
-    /// `enforce` (default), `warn` or `observe`.
+    /// Compare this metric's distribution (`latency`, or `latency.p99` etc.) in `stage`
+    /// against `baseline`.
     #[serde(default)]
-    pub level: Option<String>,
-    /// Fewer judged samples makes the criterion INCONCLUSIVE (default 100).
+    pub compare: Option<String>,
+    /// The stage under comparison.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// The reference stage.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// The allowed regression of `stage` over `baseline`, e.g. `10%`. Default `0%`.
+    #[serde(default)]
+    pub max_regression: Option<Text>,
+    /// Confidence of the statistical test, e.g. `95%`. Default `95%`.
+    #[serde(default)]
+    pub confidence: Option<Text>,
+    /// Fewer judged samples make the criterion INCONCLUSIVE, never a silent pass.
+    /// Default 100.
     #[serde(default)]
     pub min_samples: Option<u64>,
+    /// Stop the run as soon as the criterion cannot hold any more. Default `false`.
+    #[serde(default)]
+    pub abort_on_fail: Option<bool>,
+    /// `enforce` (default: decides the verdict), `warn` (reported, never blocks),
+    /// `observe` (measured only).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// Commands run once at the end, by verdict. Each is a program and its arguments, run
+/// from the scenario's folder with `STAGEGATE_VERDICT` and `STAGEGATE_REPORT` set.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnVerdictSpec {
+    #[serde(default)]
+    pub promote: Option<Vec<String>>,
+    #[serde(default)]
+    pub rollback: Option<Vec<String>>,
+    #[serde(default)]
+    pub inconclusive: Option<Vec<String>>,
 }

@@ -16,9 +16,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("expected a duration like `150ms`, got an empty value".into());
     }
     if trimmed.parse::<f64>().is_ok() {
-        return Err(format!(
-            "expected a duration with a unit like `{trimmed}ms` or `{trimmed}s`, got `{trimmed}`"
-        ));
+        return Err(format!("expected a duration with a unit like `{trimmed}ms` or `{trimmed}s`, got `{trimmed}`"));
     }
     humantime::parse_duration(trimmed)
         .map_err(|_| format!("expected a duration like `150ms`, `2s` or `1m`, got `{trimmed}`"))
@@ -27,12 +25,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a rate of events per unit of time: `200/s`, `12000/m`, `5/ms`, `3600/h`.
 /// Returns events per second.
 pub fn parse_rate(text: &str) -> Result<f64, String> {
-    let hint = || {
-        format!(
-            "expected a rate like `200/s` or `12000/m`, got `{}`",
-            text.trim()
-        )
-    };
+    let hint = || format!("expected a rate like `200/s` or `12000/m`, got `{}`", text.trim());
     let (count, unit) = text.trim().split_once('/').ok_or_else(hint)?;
     let count: f64 = count.trim().parse().map_err(|_| hint())?;
     let per_second = match unit.trim() {
@@ -58,14 +51,10 @@ pub fn parse_fraction(text: &str) -> Result<f64, String> {
             .map(|p| p / 100.0)
             .map_err(|_| format!("expected a fraction like `1%` or `0.01`, got `{trimmed}`"))?
     } else {
-        trimmed
-            .parse::<f64>()
-            .map_err(|_| format!("expected a fraction like `1%` or `0.01`, got `{trimmed}`"))?
+        trimmed.parse::<f64>().map_err(|_| format!("expected a fraction like `1%` or `0.01`, got `{trimmed}`"))?
     };
     if !(0.0..=1.0).contains(&value) {
-        return Err(format!(
-            "a fraction must lie between 0% and 100%, got `{trimmed}`"
-        ));
+        return Err(format!("a fraction must lie between 0% and 100%, got `{trimmed}`"));
     }
     Ok(value)
 }
@@ -79,18 +68,10 @@ pub fn format_duration(d: Duration) -> String {
         format!("{micros}µs")
     } else if micros < 1_000_000 {
         let ms = micros as f64 / 1000.0;
-        if ms.fract() == 0.0 {
-            format!("{ms:.0}ms")
-        } else {
-            format!("{ms:.2}ms")
-        }
+        if ms.fract() == 0.0 { format!("{ms:.0}ms") } else { format!("{ms:.2}ms") }
     } else {
         let s = micros as f64 / 1e6;
-        if s.fract() == 0.0 {
-            format!("{s:.0}s")
-        } else {
-            format!("{s:.2}s")
-        }
+        if s.fract() == 0.0 { format!("{s:.0}s") } else { format!("{s:.2}s") }
     }
 }
 

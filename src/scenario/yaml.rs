@@ -24,10 +24,7 @@ pub struct Pos {
 
 impl From<Marker> for Pos {
     fn from(m: Marker) -> Self {
-        Pos {
-            line: m.line(),
-            column: m.col() + 1,
-        }
+        Pos { line: m.line(), column: m.col() + 1 }
     }
 }
 
@@ -55,10 +52,7 @@ impl Locations {
 
     /// Position of the key at `path` (falls back to its value, then its ancestors).
     pub fn key(&self, path: &str) -> Pos {
-        self.keys
-            .get(path)
-            .copied()
-            .unwrap_or_else(|| self.value(path))
+        self.keys.get(path).copied().unwrap_or_else(|| self.value(path))
     }
 }
 
@@ -73,11 +67,7 @@ fn parent(path: &str) -> Option<String> {
 
 /// Appends a map key to a rendered path.
 pub fn join_key(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 /// Appends a sequence index to a rendered path.
@@ -161,7 +151,7 @@ pub fn index(file: &Path, text: &str) -> Result<Locations, Diagnostic> {
             column: pos.column,
             path: String::new(),
             message: format!("this is not valid YAML: {}", e.info()),
-            hint: None,
+            hint: Some("YAML nests by indentation: check that this line and the one above line up with their siblings, with spaces, not tabs".into()),
         }
     })?;
     Ok(indexer.locations)
@@ -180,10 +170,18 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, Locatio
         Err(err) => {
             let path = render_path(err.path());
             let inner = err.into_inner();
-            Err(Diagnostics(vec![structural(
-                file, &locations, path, &inner,
-            )]))
+            Err(Diagnostics(vec![structural(file, &locations, path, &inner)]))
         }
+    }
+}
+
+/// Reads `text` (the contents of `file`) into a generic document, with the location
+/// index. Only syntax errors stop here; shapes are checked part by part afterwards.
+pub fn to_value(file: &Path, text: &str) -> Result<(serde_json::Value, Locations), Diagnostics> {
+    let locations = index(file, text).map_err(|d| Diagnostics(vec![d]))?;
+    match serde_yaml::from_str::<serde_json::Value>(text) {
+        Ok(v) => Ok((v, locations)),
+        Err(e) => Err(Diagnostics(vec![structural(file, &locations, String::new(), &e)])),
     }
 }
 
@@ -208,12 +206,7 @@ pub fn parse_value<T: DeserializeOwned>(
     })
 }
 
-fn structural(
-    file: &Path,
-    locations: &Locations,
-    path: String,
-    err: &serde_yaml::Error,
-) -> Diagnostic {
+fn structural(file: &Path, locations: &Locations, path: String, err: &serde_yaml::Error) -> Diagnostic {
     let message = err.to_string();
     // serde_yaml appends " at line L column C"; the diagnostic carries that itself.
     let message = match message.find(" at line ") {
@@ -225,47 +218,28 @@ fn structural(
         Some((prefix, rest)) if !prefix.contains(' ') && !prefix.is_empty() => rest.to_string(),
         _ => message,
     };
-    let fallback = err.location().map(|l| Pos {
-        line: l.line(),
-        column: l.column(),
-    });
+    let fallback = err.location().map(|l| Pos { line: l.line(), column: l.column() });
     describe(file, locations, path, &message, fallback)
 }
 
 /// Turns a serde message into a diagnostic, rewording the common ones.
-fn describe(
-    file: &Path,
-    locations: &Locations,
-    path: String,
-    message: &str,
-    fallback: Option<Pos>,
-) -> Diagnostic {
+fn describe(file: &Path, locations: &Locations, path: String, message: &str, fallback: Option<Pos>) -> Diagnostic {
     let mut hint = None;
     let mut text = message.to_string();
     let mut path = path;
     if let Some((field, expected)) = unknown_field(message) {
         // Point at the offending key itself (the path may or may not name it yet).
         let named = path == field || path.ends_with(&format!(".{field}"));
-        let key_path = if named {
-            path.clone()
-        } else {
-            join_key(&path, &field)
-        };
+        let key_path = if named { path.clone() } else { join_key(&path, &field) };
         let valid: Vec<&str> = expected.iter().map(String::as_str).collect();
         text = format!("unknown key `{field}`");
         hint = Some(match nearest(&field, valid.iter().copied()) {
-            Some(best) => format!(
-                "did you mean `{best}`? valid keys here: {}",
-                valid.join(", ")
-            ),
+            Some(best) => format!("did you mean `{best}`? valid keys here: {}", valid.join(", ")),
             None => format!("valid keys here: {}", valid.join(", ")),
         });
         path = key_path;
     } else if let Some(rest) = message.strip_prefix("unknown variant ") {
-        text = format!(
-            "unknown value {}",
-            rest.split(", expected").next().unwrap_or(rest)
-        );
+        text = format!("unknown value {}", rest.split(", expected").next().unwrap_or(rest));
         if let Some(expected) = rest.split_once("expected ").map(|(_, e)| e) {
             hint = Some(format!("expected {expected}"));
         }
@@ -277,26 +251,14 @@ fn describe(
     } else {
         fallback.unwrap_or_else(|| locations.value(&path))
     };
-    Diagnostic {
-        file: file.to_path_buf(),
-        line: pos.line,
-        column: pos.column,
-        path,
-        message: text,
-        hint,
-    }
+    Diagnostic { file: file.to_path_buf(), line: pos.line, column: pos.column, path, message: text, hint }
 }
 
 /// Splits serde's "unknown field `x`, expected one of `a`, `b`" into its parts.
 fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
-    let expected = rest
-        .split('`')
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, s)| s.to_string())
-        .collect();
+    let expected = rest.split('`').enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, s)| s.to_string()).collect();
     Some((field.to_string(), expected))
 }
 
@@ -324,20 +286,8 @@ mod tests {
     fn index_knows_keys_and_values() {
         let loc = index(Path::new("s.yaml"), DOC).unwrap();
         assert_eq!(loc.key("workload.duration"), Pos { line: 3, column: 3 });
-        assert_eq!(
-            loc.value("workload.duration"),
-            Pos {
-                line: 3,
-                column: 13
-            }
-        );
-        assert_eq!(
-            loc.value("stages[0].name"),
-            Pos {
-                line: 5,
-                column: 11
-            }
-        );
+        assert_eq!(loc.value("workload.duration"), Pos { line: 3, column: 13 });
+        assert_eq!(loc.value("stages[0].name"), Pos { line: 5, column: 11 });
         assert_eq!(loc.value("stages[0].faults[0].at").line, 7);
         // Unknown paths fall back to their nearest ancestor.
         assert_eq!(loc.value("stages[0].faults[0].delay").line, 7);
@@ -366,11 +316,6 @@ mod tests {
         assert_eq!((d.line, d.column), (3, 3));
         assert_eq!(d.path, "workload.duraton");
         assert_eq!(d.message, "unknown key `duraton`");
-        assert!(
-            d.hint
-                .as_deref()
-                .unwrap()
-                .contains("did you mean `duration`?")
-        );
+        assert!(d.hint.as_deref().unwrap().contains("did you mean `duration`?"));
     }
 }

@@ -17,6 +17,29 @@ use serde::Serialize;
 pub enum Target {
     /// A system under test that ships inside stagegate.
     Builtin(BuiltinTarget),
+    /// Any HTTP service, optionally started by stagegate.
+    Http(Box<HttpTarget>),
+}
+
+/// One HTTP request template, placeholders still in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestTemplate {
+    pub method: String,
+    pub path: String,
+    pub body: Option<String>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// The checked `target.http` (and `target.process`) section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpTarget {
+    pub base_url: String,
+    pub write: RequestTemplate,
+    pub read: Option<RequestTemplate>,
+    #[serde(with = "crate::report::serde_duration")]
+    pub timeout: std::time::Duration,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub process: Option<crate::deps::ProcessDef>,
 }
 
 /// The builtin targets, by the name a scenario uses.
@@ -29,15 +52,12 @@ pub enum BuiltinTarget {
 
 impl BuiltinTarget {
     /// Every builtin target with its scenario name.
-    pub const ALL: [(&'static str, BuiltinTarget); 1] =
-        [("orders-pipeline", BuiltinTarget::OrdersPipeline)];
+    pub const ALL: [(&'static str, BuiltinTarget); 1] = [("orders-pipeline", BuiltinTarget::OrdersPipeline)];
 
     /// The builtin dependency kind this target needs, and the flag it reads.
     pub fn needs(self) -> (crate::deps::BuiltinDependency, &'static str) {
         match self {
-            BuiltinTarget::OrdersPipeline => {
-                (crate::deps::BuiltinDependency::KvStore, pipeline::FLAG)
-            }
+            BuiltinTarget::OrdersPipeline => (crate::deps::BuiltinDependency::KvStore, pipeline::FLAG),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! connection), the retry stores the order twice. A fault on the store reveals it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,30 +60,20 @@ impl StoreClient {
             let mut conn = match pooled {
                 Some(c) => c,
                 None => {
-                    let s = TcpStream::connect(self.addr)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let s = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
                     let _ = s.set_nodelay(true);
                     let (r, w) = s.into_split();
-                    Conn {
-                        lines: BufReader::new(r).lines(),
-                        write: w,
-                        calls: 0,
-                    }
+                    Conn { lines: BufReader::new(r).lines(), write: w, calls: 0 }
                 }
             };
-            conn.write
-                .write_all(line.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            conn.write.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
             let mut answer = Vec::new();
             let mut expected = 1;
             while answer.len() < expected {
                 match conn.lines.next_line().await {
                     Ok(Some(l)) => {
                         if answer.is_empty()
-                            && let Some(n) =
-                                l.strip_prefix("N ").and_then(|n| n.parse::<usize>().ok())
+                            && let Some(n) = l.strip_prefix("N ").and_then(|n| n.parse::<usize>().ok())
                         {
                             expected += n;
                         }
@@ -127,10 +117,40 @@ impl StoreClient {
     }
 }
 
+/// What the last flag poll said about [`FLAG`].
+const FLAG_OFF: u8 = 0;
+const FLAG_ON: u8 = 1;
+/// The answer depends on the order: evaluate per order with its id as targeting key.
+const FLAG_PER_KEY: u8 = 2;
+
 #[derive(Clone)]
 struct App {
     store: Arc<StoreClient>,
-    new_enricher: Arc<AtomicBool>,
+    new_enricher: Arc<AtomicU8>,
+    ofrep_url: Arc<str>,
+    http: reqwest::Client,
+}
+
+impl App {
+    /// Whether the new path serves the order with `key`.
+    async fn new_path_for(&self, key: &str) -> bool {
+        match self.new_enricher.load(Ordering::Relaxed) {
+            FLAG_ON => true,
+            FLAG_PER_KEY => {
+                let answer = self
+                    .http
+                    .post(format!("{}/ofrep/v1/evaluate/flags/{FLAG}", self.ofrep_url))
+                    .json(&json!({ "context": { "targetingKey": key } }))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["value"].as_bool()).unwrap_or(false),
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A running builtin pipeline.
@@ -147,11 +167,10 @@ impl Pipeline {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = App {
-            store: Arc::new(StoreClient {
-                addr: store,
-                idle: Mutex::new(Vec::new()),
-            }),
-            new_enricher: Arc::new(AtomicBool::new(false)),
+            store: Arc::new(StoreClient { addr: store, idle: Mutex::new(Vec::new()) }),
+            new_enricher: Arc::new(AtomicU8::new(FLAG_OFF)),
+            ofrep_url: Arc::from(ofrep_url.as_str()),
+            http: reqwest::Client::new(),
         };
         let router = Router::new()
             .route("/orders", post(create))
@@ -161,20 +180,10 @@ impl Pipeline {
         let cancel = CancellationToken::new();
         let shutdown = cancel.clone().cancelled_owned();
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await;
+            let _ = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
         });
-        let poller = tokio::spawn(poll_flags(
-            ofrep_url,
-            app.new_enricher.clone(),
-            cancel.clone(),
-        ));
-        Ok(Pipeline {
-            addr,
-            cancel,
-            tasks: vec![server, poller],
-        })
+        let poller = tokio::spawn(poll_flags(ofrep_url, app.new_enricher.clone(), cancel.clone()));
+        Ok(Pipeline { addr, cancel, tasks: vec![server, poller] })
     }
 
     /// The pipeline's base URL.
@@ -192,29 +201,28 @@ impl Pipeline {
 }
 
 /// Polls the bulk OFREP endpoint every 50 ms, as an OpenFeature provider would.
-async fn poll_flags(url: String, flag: Arc<AtomicBool>, cancel: CancellationToken) {
+async fn poll_flags(url: String, flag: Arc<AtomicU8>, cancel: CancellationToken) {
     let client = reqwest::Client::new();
     let mut etag: Option<String> = None;
     loop {
-        let mut request = client
-            .post(format!("{url}/ofrep/v1/evaluate/flags"))
-            .json(&json!({"context": {}}));
+        let mut request = client.post(format!("{url}/ofrep/v1/evaluate/flags")).json(&json!({"context": {}}));
         if let Some(tag) = &etag {
             request = request.header("if-none-match", tag);
         }
         if let Ok(response) = request.send().await
             && response.status().is_success()
         {
-            etag = response
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from);
+            etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(String::from);
             if let Ok(body) = response.json::<Value>().await
                 && let Some(list) = body["flags"].as_array()
                 && let Some(f) = list.iter().find(|f| f["key"] == FLAG)
             {
-                flag.store(f["value"].as_bool().unwrap_or(false), Ordering::Relaxed);
+                let state = match (f["reason"].as_str(), f["value"].as_bool()) {
+                    (Some("SPLIT"), _) => FLAG_PER_KEY,
+                    (_, Some(true)) => FLAG_ON,
+                    _ => FLAG_OFF,
+                };
+                flag.store(state, Ordering::Relaxed);
             }
         }
         tokio::select! {
@@ -226,29 +234,18 @@ async fn poll_flags(url: String, flag: Arc<AtomicBool>, cancel: CancellationToke
 
 /// Checks an order; the error is the reason given to the client.
 fn validate(order: &Map<String, Value>) -> Result<(), String> {
-    let text = |k: &str| {
-        order
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
+    let text = |k: &str| order.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     text("order_id").ok_or("order_id must be a non-empty string")?;
     text("customer").ok_or("customer must be a non-empty string")?;
     let currency = text("currency").ok_or("currency must be a string")?;
     if !CURRENCIES.iter().any(|(c, _)| *c == currency) {
         return Err(format!("unsupported currency {currency}"));
     }
-    let amount = order
-        .get("amount")
-        .and_then(Value::as_f64)
-        .ok_or("amount must be a number")?;
+    let amount = order.get("amount").and_then(Value::as_f64).ok_or("amount must be a number")?;
     if amount <= 0.0 {
         return Err("amount must be positive".into());
     }
-    let items = order
-        .get("items")
-        .and_then(Value::as_i64)
-        .ok_or("items must be an integer")?;
+    let items = order.get("items").and_then(Value::as_i64).ok_or("items must be an integer")?;
     if items < 1 {
         return Err("items must be at least 1".into());
     }
@@ -259,15 +256,9 @@ fn validate(order: &Map<String, Value>) -> Result<(), String> {
 fn enrich(mut order: Map<String, Value>, new: bool) -> Map<String, Value> {
     let amount = order.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
     let currency = order.get("currency").and_then(Value::as_str).unwrap_or("");
-    let region = CURRENCIES
-        .iter()
-        .find(|(c, _)| *c == currency)
-        .map_or("other", |(_, r)| r);
+    let region = CURRENCIES.iter().find(|(c, _)| *c == currency).map_or("other", |(_, r)| r);
     order.insert("region".into(), json!(region));
-    order.insert(
-        "amount_cents".into(),
-        json!((amount * 100.0).round() as i64),
-    );
+    order.insert("amount_cents".into(), json!((amount * 100.0).round() as i64));
     if new {
         let band = if amount < 50.0 {
             "small"
@@ -293,18 +284,14 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
     if let Err(reason) = validate(&order) {
         return (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response();
     }
-    let new = app.new_enricher.load(Ordering::Relaxed);
     let key = order["order_id"].as_str().unwrap_or_default().to_string();
+    let new = app.new_path_for(&key).await;
     let enriched = Value::Object(enrich(order, new)).to_string();
     // v1 passes the order id as idempotency token; v2 forgot to.
     let token = (!new).then_some(key.as_str());
     match app.store.append(&key, token, &enriched).await {
         Ok(()) => (StatusCode::CREATED, axum::Json(json!({ "order_id": key }))).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
     }
 }
 
@@ -316,10 +303,7 @@ async fn read(State(app): State<App>, Path(key): Path<String>) -> Response {
         Ok(answer) if answer.len() == 1 => StatusCode::NOT_FOUND.into_response(),
         Ok(answer) => {
             // Every stored copy, so that a reader sees duplicates too.
-            let copies: Vec<Value> = answer[1..]
-                .iter()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let copies: Vec<Value> = answer[1..].iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
             axum::Json(Value::Array(copies)).into_response()
         }
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -332,14 +316,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_field() {
-        let ok =
-            json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": 1.5, "items": 2});
+        let ok = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": 1.5, "items": 2});
         assert!(validate(ok.as_object().unwrap()).is_ok());
         let bad = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": "1.5", "items": 2});
-        assert_eq!(
-            validate(bad.as_object().unwrap()).unwrap_err(),
-            "amount must be a number"
-        );
+        assert_eq!(validate(bad.as_object().unwrap()).unwrap_err(), "amount must be a number");
     }
 
     #[test]

@@ -160,10 +160,7 @@ pub async fn scan(addr: SocketAddr, from: usize) -> std::io::Result<(Vec<String>
             out.push(json.to_string());
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "store closed during SCAN",
-    ))
+    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "store closed during SCAN"))
 }
 
 #[cfg(test)]
@@ -176,21 +173,12 @@ mod tests {
         let s = TcpStream::connect(store.addr()).await.unwrap();
         let (r, mut w) = s.into_split();
         let mut lines = BufReader::new(r).lines();
-        for cmd in [
-            "APPEND a t1 {\"v\":1}",
-            "APPEND a t1 {\"v\":1}",
-            "APPEND b - {\"v\":2}",
-            "APPEND b - {\"v\":2}",
-        ] {
+        for cmd in ["APPEND a t1 {\"v\":1}", "APPEND a t1 {\"v\":1}", "APPEND b - {\"v\":2}", "APPEND b - {\"v\":2}"] {
             w.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
             assert!(lines.next_line().await.unwrap().unwrap().starts_with("OK "));
         }
         let (all, next) = scan(store.addr(), 0).await.unwrap();
-        assert_eq!(
-            all.len(),
-            3,
-            "the retried token write is stored once, the untokened twice"
-        );
+        assert_eq!(all.len(), 3, "the retried token write is stored once, the untokened twice");
         assert_eq!(next, 3);
         let (rest, _) = scan(store.addr(), 2).await.unwrap();
         assert_eq!(rest, vec!["{\"v\":2}".to_string()]);

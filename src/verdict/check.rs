@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::measure::StageMetrics;
+use crate::measure::{Phase, SliceMetrics, StageMetrics};
 use crate::scenario::units;
 
 /// A comparison operator.
@@ -53,16 +53,28 @@ impl std::fmt::Display for Op {
     }
 }
 
-/// A metric a criterion can name.
+/// A metric a criterion can name: a base metric, optionally of one fault phase
+/// (`during.latency.p99`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
-pub enum Metric {
+pub struct Metric {
+    pub phase: Option<Phase>,
+    pub base: Base,
+}
+
+/// A metric without its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
     Latency(Quantile),
     ErrorsRate,
     ErrorsCount,
     Throughput,
     Data(DataField),
     DataRate(DataField),
+    /// Acknowledgement to first visible in the output (needs a sink observer).
+    Freshness(Quantile),
+    /// Time from the last fault's end until back in band.
+    RecoveryTime,
 }
 
 /// A latency statistic.
@@ -85,6 +97,7 @@ pub enum DataField {
     Lost,
     Duplicated,
     Corrupted,
+    AcceptedInvalid,
     RejectedValid,
 }
 
@@ -98,22 +111,27 @@ const QUANTILES: [(&str, Quantile); 7] = [
     ("mean", Quantile::Mean),
 ];
 
-const DATA_FIELDS: [(&str, DataField); 6] = [
+const DATA_FIELDS: [(&str, DataField); 7] = [
     ("sent", DataField::Sent),
     ("acked", DataField::Acked),
     ("lost", DataField::Lost),
     ("duplicated", DataField::Duplicated),
     ("corrupted", DataField::Corrupted),
+    ("accepted_invalid", DataField::AcceptedInvalid),
     ("rejected_valid", DataField::RejectedValid),
 ];
 
+const FRESHNESS: [(&str, Quantile); 3] = [("p50", Quantile::P50), ("p99", Quantile::P99), ("max", Quantile::Max)];
+
 impl Metric {
-    /// Every metric name a check may use, for error hints.
+    /// A whole-stage metric.
+    pub fn whole(base: Base) -> Metric {
+        Metric { phase: None, base }
+    }
+
+    /// Every metric name a check may use (without phase prefixes), for error hints.
     pub fn names() -> Vec<String> {
-        let mut out: Vec<String> = QUANTILES
-            .iter()
-            .map(|(n, _)| format!("latency.{n}"))
-            .collect();
+        let mut out: Vec<String> = QUANTILES.iter().map(|(n, _)| format!("latency.{n}")).collect();
         out.extend(["errors.rate", "errors.count", "throughput"].map(String::from));
         for (n, _) in DATA_FIELDS {
             out.push(format!("data.{n}"));
@@ -121,39 +139,98 @@ impl Metric {
                 out.push(format!("data.{n}_rate"));
             }
         }
+        out.extend(FRESHNESS.iter().map(|(n, _)| format!("freshness.{n}")));
+        out.push("recovery.time".into());
         out
     }
 
-    /// Parses a metric name such as `latency.p99` or `data.lost_rate`.
+    /// Parses a metric name such as `latency.p99`, `data.lost_rate` or
+    /// `during.errors.rate`.
     pub fn parse(name: &str) -> Option<Metric> {
+        let (phase, rest) = match name.split_once('.') {
+            Some((p, rest)) => match Phase::ALL.iter().find(|x| x.name() == p) {
+                Some(phase) => (Some(*phase), rest),
+                None => (None, name),
+            },
+            None => (None, name),
+        };
+        let base = Base::parse(rest)?;
+        if phase.is_some() && matches!(base, Base::RecoveryTime | Base::Freshness(_)) {
+            return None;
+        }
+        Some(Metric { phase, base })
+    }
+
+    /// The measured value, in the metric's unit; `None` when nothing was measured.
+    pub fn value(self, m: &StageMetrics) -> Option<f64> {
+        match self.base {
+            Base::RecoveryTime => return m.recovery.as_ref()?.seconds.map(|s| s * 1000.0),
+            Base::Freshness(_) => return None,
+            _ => {}
+        }
+        let slice = match self.phase {
+            None => m.whole(),
+            Some(p) => m.phases.get(p.name())?.clone(),
+        };
+        self.base.value(&slice)
+    }
+
+    /// How many samples stand behind the value, for `min_samples`.
+    pub fn samples(self, m: &StageMetrics) -> u64 {
+        let slice = match self.phase {
+            None => m.whole(),
+            Some(p) => m.phases.get(p.name()).cloned().unwrap_or_default(),
+        };
+        match self.base {
+            Base::Data(_) | Base::DataRate(_) => slice.data.sent,
+            _ => slice.requests,
+        }
+    }
+
+    /// Whether a failed value can only get worse as a stage goes on (a count, a
+    /// maximum): such a failure mid-stage is final.
+    pub fn monotone(self) -> bool {
+        matches!(self.base, Base::ErrorsCount | Base::Latency(Quantile::Max))
+    }
+
+    /// Parses a limit written for this metric (`250ms`, `1%`, `0`, `150/s`).
+    pub fn parse_limit(self, text: &str) -> Result<f64, String> {
+        self.base.parse_limit(text)
+    }
+
+    /// Renders a value of this metric for a person.
+    pub fn render(self, v: f64) -> String {
+        self.base.render(v)
+    }
+}
+
+impl Base {
+    fn parse(name: &str) -> Option<Base> {
         if let Some(q) = name.strip_prefix("latency.") {
-            return QUANTILES
-                .iter()
-                .find(|(n, _)| *n == q)
-                .map(|(_, q)| Metric::Latency(*q));
+            return QUANTILES.iter().find(|(n, _)| *n == q).map(|(_, q)| Base::Latency(*q));
+        }
+        if let Some(q) = name.strip_prefix("freshness.") {
+            return FRESHNESS.iter().find(|(n, _)| *n == q).map(|(_, q)| Base::Freshness(*q));
         }
         if let Some(d) = name.strip_prefix("data.") {
             if let Some(base) = d.strip_suffix("_rate") {
                 return DATA_FIELDS
                     .iter()
                     .find(|(n, _)| *n == base && !matches!(*n, "sent" | "acked"))
-                    .map(|(_, f)| Metric::DataRate(*f));
+                    .map(|(_, f)| Base::DataRate(*f));
             }
-            return DATA_FIELDS
-                .iter()
-                .find(|(n, _)| *n == d)
-                .map(|(_, f)| Metric::Data(*f));
+            return DATA_FIELDS.iter().find(|(n, _)| *n == d).map(|(_, f)| Base::Data(*f));
         }
         match name {
-            "errors.rate" => Some(Metric::ErrorsRate),
-            "errors.count" => Some(Metric::ErrorsCount),
-            "throughput" => Some(Metric::Throughput),
+            "errors.rate" => Some(Base::ErrorsRate),
+            "errors.count" => Some(Base::ErrorsCount),
+            "throughput" => Some(Base::Throughput),
+            "recovery.time" => Some(Base::RecoveryTime),
             _ => None,
         }
     }
 
-    /// The measured value, in the metric's unit; `None` when nothing was measured.
-    pub fn value(self, m: &StageMetrics) -> Option<f64> {
+    fn value(self, m: &SliceMetrics) -> Option<f64> {
         let count = |f: DataField| {
             let d = &m.data;
             (match f {
@@ -162,11 +239,12 @@ impl Metric {
                 DataField::Lost => d.lost,
                 DataField::Duplicated => d.duplicated,
                 DataField::Corrupted => d.corrupted,
+                DataField::AcceptedInvalid => d.accepted_invalid,
                 DataField::RejectedValid => d.rejected_valid,
             }) as f64
         };
         match self {
-            Metric::Latency(q) => match q {
+            Base::Latency(q) => match q {
                 Quantile::P50 => m.latency.p50,
                 Quantile::P90 => m.latency.p90,
                 Quantile::P95 => m.latency.p95,
@@ -175,28 +253,22 @@ impl Metric {
                 Quantile::Max => m.latency.max,
                 Quantile::Mean => m.latency.mean,
             },
-            Metric::ErrorsRate => (m.requests > 0).then(|| m.error_rate()),
-            Metric::ErrorsCount => Some(m.errors as f64),
-            Metric::Throughput => Some(m.throughput),
-            Metric::Data(f) => Some(count(f)),
-            Metric::DataRate(f) => (m.data.acked > 0).then(|| count(f) / m.data.acked as f64),
+            Base::ErrorsRate => (m.requests > 0).then(|| m.error_rate()),
+            Base::ErrorsCount => Some(m.errors as f64),
+            Base::Throughput => Some(m.throughput),
+            Base::Data(f) => Some(count(f)),
+            Base::DataRate(f) => (m.data.acked > 0).then(|| count(f) / m.data.acked as f64),
+            Base::Freshness(_) | Base::RecoveryTime => None,
         }
     }
 
-    /// How many samples stand behind the value, for `min_samples`.
-    pub fn samples(self, m: &StageMetrics) -> u64 {
+    fn parse_limit(self, text: &str) -> Result<f64, String> {
         match self {
-            Metric::Data(_) | Metric::DataRate(_) => m.data.sent,
-            _ => m.requests,
-        }
-    }
-
-    /// Parses a limit written for this metric (`250ms`, `1%`, `0`, `150/s`).
-    pub fn parse_limit(self, text: &str) -> Result<f64, String> {
-        match self {
-            Metric::Latency(_) => units::parse_duration(text).map(|d| d.as_secs_f64() * 1000.0),
-            Metric::ErrorsRate | Metric::DataRate(_) => units::parse_fraction(text),
-            Metric::Throughput => {
+            Base::Latency(_) | Base::Freshness(_) | Base::RecoveryTime => {
+                units::parse_duration(text).map(|d| d.as_secs_f64() * 1000.0)
+            }
+            Base::ErrorsRate | Base::DataRate(_) => units::parse_fraction(text),
+            Base::Throughput => {
                 if text.contains('/') {
                     units::parse_rate(text)
                 } else {
@@ -205,56 +277,50 @@ impl Metric {
                         .map_err(|_| format!("expected a rate like `150/s`, got `{}`", text.trim()))
                 }
             }
-            Metric::ErrorsCount | Metric::Data(_) => match text.trim().parse::<u64>() {
+            Base::ErrorsCount | Base::Data(_) => match text.trim().parse::<u64>() {
                 Ok(n) => Ok(n as f64),
-                Err(_) => Err(format!(
-                    "expected a whole number of records, got `{}`",
-                    text.trim()
-                )),
+                Err(_) => Err(format!("expected a whole number of records, got `{}`", text.trim())),
             },
         }
     }
 
-    /// Renders a value of this metric for a person.
-    pub fn render(self, v: f64) -> String {
+    fn render(self, v: f64) -> String {
         match self {
-            Metric::Latency(_) => {
+            Base::Latency(_) | Base::Freshness(_) | Base::RecoveryTime => {
                 if v >= 1000.0 {
                     format!("{:.2}s", v / 1000.0)
                 } else {
                     format!("{v:.1}ms")
                 }
             }
-            Metric::ErrorsRate | Metric::DataRate(_) => format!("{:.2}%", v * 100.0),
-            Metric::Throughput => format!("{v:.1}/s"),
-            Metric::ErrorsCount | Metric::Data(_) => format!("{v:.0}"),
+            Base::ErrorsRate | Base::DataRate(_) => format!("{:.2}%", v * 100.0),
+            Base::Throughput => format!("{v:.1}/s"),
+            Base::ErrorsCount | Base::Data(_) => format!("{v:.0}"),
         }
     }
 }
 
 impl std::fmt::Display for Metric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Metric::Latency(q) => {
-                let name = QUANTILES
-                    .iter()
-                    .find(|(_, x)| x == q)
-                    .map_or("?", |(n, _)| n);
+        if let Some(p) = self.phase {
+            write!(f, "{}.", p.name())?;
+        }
+        match self.base {
+            Base::Latency(q) => {
+                let name = QUANTILES.iter().find(|(_, x)| *x == q).map_or("?", |(n, _)| n);
                 write!(f, "latency.{name}")
             }
-            Metric::ErrorsRate => f.write_str("errors.rate"),
-            Metric::ErrorsCount => f.write_str("errors.count"),
-            Metric::Throughput => f.write_str("throughput"),
-            Metric::Data(d) | Metric::DataRate(d) => {
-                let name = DATA_FIELDS
-                    .iter()
-                    .find(|(_, x)| x == d)
-                    .map_or("?", |(n, _)| n);
-                let suffix = if matches!(self, Metric::DataRate(_)) {
-                    "_rate"
-                } else {
-                    ""
-                };
+            Base::Freshness(q) => {
+                let name = FRESHNESS.iter().find(|(_, x)| *x == q).map_or("?", |(n, _)| n);
+                write!(f, "freshness.{name}")
+            }
+            Base::ErrorsRate => f.write_str("errors.rate"),
+            Base::ErrorsCount => f.write_str("errors.count"),
+            Base::Throughput => f.write_str("throughput"),
+            Base::RecoveryTime => f.write_str("recovery.time"),
+            Base::Data(d) | Base::DataRate(d) => {
+                let name = DATA_FIELDS.iter().find(|(_, x)| *x == d).map_or("?", |(n, _)| n);
+                let suffix = if matches!(self.base, Base::DataRate(_)) { "_rate" } else { "" };
                 write!(f, "data.{name}{suffix}")
             }
         }
@@ -280,26 +346,18 @@ pub struct Check {
 
 /// Parses `METRIC OP VALUE`, e.g. `latency.p99 < 250ms`.
 pub fn parse_check(text: &str) -> Result<Check, String> {
-    let ops = [
-        ("<=", Op::Le),
-        (">=", Op::Ge),
-        ("==", Op::Eq),
-        ("!=", Op::Ne),
-        ("<", Op::Lt),
-        (">", Op::Gt),
-    ];
+    let ops = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne), ("<", Op::Lt), (">", Op::Gt)];
     let (at, sym, op) = ops
         .iter()
         .filter_map(|(sym, op)| text.find(sym).map(|at| (at, *sym, *op)))
         .min_by_key(|(at, sym, _)| (*at, usize::MAX - sym.len()))
-        .ok_or_else(|| {
-            format!("expected `METRIC OP VALUE` like `latency.p99 < 250ms`, got `{text}`")
-        })?;
+        .ok_or_else(|| format!("expected `METRIC OP VALUE` like `latency.p99 < 250ms`, got `{text}`"))?;
     let name = text[..at].trim();
     let limit_text = text[at + sym.len()..].trim();
     let metric = Metric::parse(name).ok_or_else(|| {
         let names = Metric::names();
-        match crate::scenario::diag::nearest(name, names.iter().map(String::as_str)) {
+        let bare = Phase::ALL.iter().find_map(|p| name.strip_prefix(&format!("{}.", p.name()))).unwrap_or(name);
+        match crate::scenario::diag::nearest(bare, names.iter().map(String::as_str)) {
             Some(best) => format!("unknown metric `{name}`; did you mean `{best}`?"),
             None => format!("unknown metric `{name}`; metrics are {}", names.join(", ")),
         }
@@ -308,12 +366,7 @@ pub fn parse_check(text: &str) -> Result<Check, String> {
         return Err(format!("`{text}` has no value after `{sym}`"));
     }
     let limit = metric.parse_limit(limit_text)?;
-    Ok(Check {
-        metric,
-        op,
-        limit,
-        text: text.trim().to_string(),
-    })
+    Ok(Check { metric, op, limit, text: text.trim().to_string() })
 }
 
 #[cfg(test)]
@@ -323,48 +376,29 @@ mod tests {
     #[test]
     fn parses_each_unit() {
         let c = parse_check("latency.p99 < 250ms").unwrap();
-        assert_eq!(
-            (c.metric, c.op, c.limit),
-            (Metric::Latency(Quantile::P99), Op::Lt, 250.0)
-        );
+        assert_eq!((c.metric, c.op, c.limit), (Metric::whole(Base::Latency(Quantile::P99)), Op::Lt, 250.0));
         let c = parse_check("errors.rate<1%").unwrap();
-        assert_eq!(
-            (c.metric, c.op, c.limit),
-            (Metric::ErrorsRate, Op::Lt, 0.01)
-        );
+        assert_eq!((c.metric, c.op, c.limit), (Metric::whole(Base::ErrorsRate), Op::Lt, 0.01));
         let c = parse_check("data.lost == 0").unwrap();
-        assert_eq!((c.metric, c.op), (Metric::Data(DataField::Lost), Op::Eq));
+        assert_eq!((c.metric, c.op), (Metric::whole(Base::Data(DataField::Lost)), Op::Eq));
         let c = parse_check("latency.p50 <= 1s").unwrap();
         assert_eq!((c.op, c.limit), (Op::Le, 1000.0));
         let c = parse_check("data.lost_rate != 0.5%").unwrap();
-        assert_eq!(
-            (c.metric, c.op, c.limit),
-            (Metric::DataRate(DataField::Lost), Op::Ne, 0.005)
-        );
+        assert_eq!((c.metric, c.op, c.limit), (Metric::whole(Base::DataRate(DataField::Lost)), Op::Ne, 0.005));
+        let c = parse_check("during.latency.p99 < 400ms").unwrap();
+        assert_eq!(c.metric, Metric { phase: Some(Phase::During), base: Base::Latency(Quantile::P99) });
+        assert_eq!(c.metric.to_string(), "during.latency.p99");
+        let c = parse_check("recovery.time < 5s").unwrap();
+        assert_eq!((c.metric.base, c.limit), (Base::RecoveryTime, 5000.0));
+        assert!(parse_check("during.recovery.time < 5s").is_err());
     }
 
     #[test]
     fn explains_mistakes() {
-        assert!(
-            parse_check("latency.pp99 < 1s")
-                .unwrap_err()
-                .contains("did you mean `latency.p99`")
-        );
-        assert!(
-            parse_check("latency.p99 < 250")
-                .unwrap_err()
-                .contains("`250ms`")
-        );
-        assert!(
-            parse_check("latency.p99 250ms")
-                .unwrap_err()
-                .contains("METRIC OP VALUE")
-        );
-        assert!(
-            parse_check("data.lost == 0.5")
-                .unwrap_err()
-                .contains("whole number")
-        );
+        assert!(parse_check("latency.pp99 < 1s").unwrap_err().contains("did you mean `latency.p99`"));
+        assert!(parse_check("latency.p99 < 250").unwrap_err().contains("`250ms`"));
+        assert!(parse_check("latency.p99 250ms").unwrap_err().contains("METRIC OP VALUE"));
+        assert!(parse_check("data.lost == 0.5").unwrap_err().contains("whole number"));
     }
 
     #[test]
@@ -372,6 +406,10 @@ mod tests {
         for name in Metric::names() {
             let m = Metric::parse(&name).unwrap_or_else(|| panic!("{name}"));
             assert_eq!(m.to_string(), name);
+            if !name.starts_with("recovery") && !name.starts_with("freshness") {
+                let phased = format!("after.{name}");
+                assert_eq!(Metric::parse(&phased).unwrap().to_string(), phased);
+            }
         }
     }
 }

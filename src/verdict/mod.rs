@@ -1,15 +1,18 @@
 //! Criteria and the verdict: pure functions from stage metrics to PROMOTE, ROLLBACK or
 //! INCONCLUSIVE.
 //!
-//! A [`Criterion`] is a [`Check`] (`latency.p99 < 250ms`) with the stages it applies to.
-//! [`assess`] judges one stage and returns one [`Assessment`] per applicable criterion;
-//! [`fold`] combines every assessment worst-wins. Nothing here does I/O, so every rule is
-//! unit-tested without a network. Parsing the check text lives here too (`check.rs`),
-//! so the scenario loader and the rules agree on what a metric is.
+//! A [`Criterion`] is a [`Rule`]: a [`Check`] (`latency.p99 < 250ms`) over one stage's
+//! metrics, or a [`Compare`] of a stage against a baseline stage. [`assess`] judges one
+//! stage's checks, [`assess_compare`] one comparison, each giving [`Assessment`]s;
+//! [`fold`] combines them worst-wins. Nothing here does I/O, so every rule is unit-tested
+//! without a network. Parsing the check text lives here too (`check.rs`), so the scenario
+//! loader and the rules agree on what a metric is.
 
 mod check;
+mod compare;
 
-pub use check::{Check, Metric, Op, parse_check};
+pub use check::{Base, Check, DataField, Metric, Op, Quantile, parse_check};
+pub use compare::{Compare, CompareMetric, Comparison, Sides, compare as run_compare};
 
 use serde::Serialize;
 
@@ -28,15 +31,37 @@ pub enum Level {
     Observe,
 }
 
+/// What a criterion judges.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    Check(Check),
+    Compare(Compare),
+}
+
 /// A judged rule from the scenario's `criteria` list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Criterion {
-    pub check: Check,
-    /// The stages it applies to; `None` for all.
+    pub rule: Rule,
+    /// The stages a check applies to; `None` for all (unused by comparisons).
     pub stages: Option<Vec<String>>,
     pub level: Level,
     /// Fewer judged samples than this makes the criterion INCONCLUSIVE.
     pub min_samples: u64,
+    /// Stop the run as soon as the criterion cannot hold any more.
+    pub abort_on_fail: bool,
+    /// The criterion as written, for reports.
+    pub text: String,
+}
+
+impl Criterion {
+    /// The check, if this criterion is one.
+    pub fn check(&self) -> Option<&Check> {
+        match &self.rule {
+            Rule::Check(c) => Some(c),
+            Rule::Compare(_) => None,
+        }
+    }
 }
 
 /// The default for `min_samples`: below this many judged requests a quantile says
@@ -56,7 +81,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Assessment {
     pub stage: String,
-    /// The check as written, e.g. `latency.p99 < 250ms`.
+    /// The criterion as written, e.g. `latency.p99 < 250ms`.
     pub criterion: String,
     pub metric: String,
     /// The measured value in the metric's unit (milliseconds for latency).
@@ -66,7 +91,7 @@ pub struct Assessment {
     pub limit_text: String,
     pub outcome: Outcome,
     pub level: Level,
-    /// Why it is inconclusive, when it is.
+    /// Why it is inconclusive, or the statistics of a comparison.
     pub note: Option<String>,
 }
 
@@ -89,55 +114,118 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// The criteria that judge `stage`: those naming it, plus the general ones on metrics
-/// that no stage-specific criterion already covers there.
+/// The checks that judge `stage`: those naming it, plus the general ones on metrics
+/// that no stage-specific check already covers there.
 pub fn applicable<'a>(criteria: &'a [Criterion], stage: &str) -> Vec<&'a Criterion> {
-    let named: Vec<&Criterion> = criteria
-        .iter()
-        .filter(|c| {
-            c.stages
-                .as_ref()
-                .is_some_and(|s| s.iter().any(|n| n == stage))
-        })
-        .collect();
-    let general = criteria
-        .iter()
-        .filter(|c| c.stages.is_none() && !named.iter().any(|n| n.check.metric == c.check.metric));
+    let checks = || criteria.iter().filter(|c| c.check().is_some());
+    let named: Vec<&Criterion> =
+        checks().filter(|c| c.stages.as_ref().is_some_and(|s| s.iter().any(|n| n == stage))).collect();
+    let general = checks().filter(|c| {
+        c.stages.is_none() && !named.iter().any(|n| n.check().map(|x| x.metric) == c.check().map(|x| x.metric))
+    });
     general.chain(named.iter().copied()).collect()
 }
 
-/// Judges one stage's metrics against every applicable criterion.
+/// Judges one check against one stage's metrics.
+pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMetrics) -> Assessment {
+    let samples = check.metric.samples(metrics);
+    let measured = check.metric.value(metrics);
+    let (outcome, note) = match measured {
+        None if matches!(check.metric.base, Base::Freshness(_)) => {
+            (Outcome::Inconclusive, Some("freshness needs an output observer that sees arrivals".to_string()))
+        }
+        None if matches!(check.metric.base, Base::RecoveryTime) => {
+            let why = match &metrics.recovery {
+                None => "no fault ended before the stage did, or no samples before the first fault",
+                Some(_) => "not back in band before the stage ended",
+            };
+            (Outcome::Inconclusive, Some(why.to_string()))
+        }
+        _ if samples < c.min_samples && !matches!(check.metric.base, Base::RecoveryTime) => {
+            (Outcome::Inconclusive, Some(format!("{samples} samples, fewer than the {} required", c.min_samples)))
+        }
+        None => (Outcome::Inconclusive, Some("no samples".to_string())),
+        Some(v) if check.op.holds(v, check.limit) => (Outcome::Pass, None),
+        Some(_) => (Outcome::Fail, None),
+    };
+    Assessment {
+        stage: stage.to_string(),
+        criterion: check.text.clone(),
+        metric: check.metric.to_string(),
+        measured,
+        measured_text: measured.map_or("-".into(), |v| check.metric.render(v)),
+        limit_text: format!("{} {}", check.op, check.metric.render(check.limit)),
+        outcome,
+        level: c.level,
+        note,
+    }
+}
+
+/// Judges one stage's metrics against every applicable check.
 pub fn assess(criteria: &[Criterion], stage: &str, metrics: &StageMetrics) -> Vec<Assessment> {
     applicable(criteria, stage)
         .into_iter()
-        .map(|c| {
-            let samples = c.check.metric.samples(metrics);
-            let measured = c.check.metric.value(metrics);
-            let (outcome, note) = match measured {
-                _ if samples < c.min_samples => (
-                    Outcome::Inconclusive,
-                    Some(format!(
-                        "{samples} samples, fewer than the {} required",
-                        c.min_samples
-                    )),
-                ),
-                None => (Outcome::Inconclusive, Some("no samples".to_string())),
-                Some(v) if c.check.op.holds(v, c.check.limit) => (Outcome::Pass, None),
-                Some(_) => (Outcome::Fail, None),
-            };
-            Assessment {
-                stage: stage.to_string(),
-                criterion: c.check.text.clone(),
-                metric: c.check.metric.to_string(),
-                measured,
-                measured_text: measured.map_or("-".into(), |v| c.check.metric.render(v)),
-                limit_text: format!("{} {}", c.check.op, c.check.metric.render(c.check.limit)),
-                outcome,
-                level: c.level,
-                note,
-            }
-        })
+        .filter_map(|c| c.check().map(|check| judge_check(c, check, stage, metrics)))
         .collect()
+}
+
+/// Judges one comparison; `sides` are the two stages' judged samples.
+pub fn assess_compare(c: &Criterion, cmp: &Compare, sides: &Sides) -> Assessment {
+    let n = sides.candidate.len().min(sides.baseline.len());
+    let result = run_compare(cmp, sides);
+    let (outcome, note) = if n < c.min_samples {
+        (Outcome::Inconclusive, format!("{n} samples, fewer than the {} required", c.min_samples))
+    } else {
+        let note = format!(
+            "p(worse than tolerance) = {:.3}, p(within tolerance) = {:.3}, confidence {:.0}%",
+            result.p_worse,
+            result.p_better,
+            cmp.confidence * 100.0
+        );
+        let note = if result.outcome == Outcome::Inconclusive {
+            format!("not enough evidence either way: {note}")
+        } else {
+            note
+        };
+        (result.outcome, note)
+    };
+    let (measured_text, limit_text) = match cmp.metric {
+        CompareMetric::Latency => (
+            format!("{:+.1}% median", result.effect * 100.0),
+            format!("<= {:+.1}% vs `{}`", cmp.max_regression * 100.0, cmp.baseline),
+        ),
+        CompareMetric::Errors => (
+            format!("{:+.2} points", result.effect * 100.0),
+            format!("<= {:+.2} points vs `{}`", cmp.max_regression * 100.0, cmp.baseline),
+        ),
+    };
+    Assessment {
+        stage: cmp.stage.clone(),
+        criterion: c.text.clone(),
+        metric: match cmp.metric {
+            CompareMetric::Latency => "latency".into(),
+            CompareMetric::Errors => "errors".into(),
+        },
+        measured: Some(result.effect),
+        measured_text,
+        limit_text,
+        outcome,
+        level: c.level,
+        note: Some(note),
+    }
+}
+
+/// The first `abort_on_fail` check that a running stage has failed for good: a count or
+/// maximum past its limit, or any other metric failing with `min_samples` behind it.
+pub fn abort_reason(criteria: &[Criterion], stage: &str, so_far: &StageMetrics) -> Option<Assessment> {
+    applicable(criteria, stage)
+        .into_iter()
+        .filter(|c| c.abort_on_fail && c.level == Level::Enforce)
+        .filter_map(|c| c.check().map(|check| (c, check)))
+        // Data-quality counts are only known once the output is read, after the stage.
+        .filter(|(_, check)| !matches!(check.metric.base, Base::Data(_) | Base::DataRate(_) | Base::RecoveryTime))
+        .map(|(c, check)| judge_check(c, check, stage, so_far))
+        .find(|a| a.outcome == Outcome::Fail)
 }
 
 /// Folds every assessment into the verdict, worst wins: an enforced failure rolls back;
@@ -164,10 +252,12 @@ mod tests {
 
     fn criterion(text: &str, stages: Option<&[&str]>) -> Criterion {
         Criterion {
-            check: parse_check(text).unwrap(),
+            rule: Rule::Check(parse_check(text).unwrap()),
             stages: stages.map(|s| s.iter().map(|x| x.to_string()).collect()),
             level: Level::Enforce,
             min_samples: DEFAULT_MIN_SAMPLES,
+            abort_on_fail: false,
+            text: text.to_string(),
         }
     }
 
@@ -175,16 +265,8 @@ mod tests {
         StageMetrics {
             requests: 1000,
             errors,
-            latency: LatencySummary {
-                p99: Some(p99),
-                ..Default::default()
-            },
-            data: DataCounts {
-                sent: 1000,
-                acked: 1000,
-                duplicated,
-                ..Default::default()
-            },
+            latency: LatencySummary { p99: Some(p99), max: Some(p99 * 2.0), ..Default::default() },
+            data: DataCounts { sent: 1000, acked: 1000, duplicated, ..Default::default() },
             ..Default::default()
         }
     }
@@ -196,25 +278,16 @@ mod tests {
             criterion("errors.rate < 1%", None),
             criterion("latency.p99 < 400ms", Some(&["slow"])),
         ];
-        let slow: Vec<_> = applicable(&criteria, "slow")
-            .iter()
-            .map(|c| c.check.text.clone())
-            .collect();
+        let slow: Vec<_> = applicable(&criteria, "slow").iter().map(|c| c.text.clone()).collect();
         assert_eq!(slow, vec!["errors.rate < 1%", "latency.p99 < 400ms"]);
-        let other = applicable(&criteria, "baseline");
-        assert_eq!(other.len(), 2);
-        let a = assess(&criteria, "slow", &metrics(300.0, 0, 0));
-        assert_eq!(fold(&a), Verdict::Promote);
-        let b = assess(&criteria, "baseline", &metrics(300.0, 0, 0));
-        assert_eq!(fold(&b), Verdict::Rollback);
+        assert_eq!(applicable(&criteria, "baseline").len(), 2);
+        assert_eq!(fold(&assess(&criteria, "slow", &metrics(300.0, 0, 0))), Verdict::Promote);
+        assert_eq!(fold(&assess(&criteria, "baseline", &metrics(300.0, 0, 0))), Verdict::Rollback);
     }
 
     #[test]
     fn failure_beats_inconclusive_beats_pass() {
-        let criteria = vec![
-            criterion("data.duplicated == 0", None),
-            criterion("errors.rate < 1%", None),
-        ];
+        let criteria = vec![criterion("data.duplicated == 0", None), criterion("errors.rate < 1%", None)];
         let ok = assess(&criteria, "s", &metrics(1.0, 0, 0));
         assert_eq!(fold(&ok), Verdict::Promote);
         let dup = assess(&criteria, "s", &metrics(1.0, 0, 3));
@@ -239,5 +312,25 @@ mod tests {
         let a = assess(&[c], "s", &metrics(1.0, 500, 0));
         assert_eq!(a[0].outcome, Outcome::Fail);
         assert_eq!(fold(&a), Verdict::Promote);
+    }
+
+    #[test]
+    fn abort_only_on_enforced_checks_it_can_judge_mid_stage() {
+        let mut errors = criterion("errors.count < 10", None);
+        errors.abort_on_fail = true;
+        let mut data = criterion("data.lost == 0", None);
+        data.abort_on_fail = true;
+        let criteria = vec![errors, data];
+        assert!(abort_reason(&criteria, "s", &metrics(1.0, 5, 0)).is_none());
+        let mut m = metrics(1.0, 50, 0);
+        m.data.lost = 9;
+        let a = abort_reason(&criteria, "s", &m).unwrap();
+        assert_eq!(a.criterion, "errors.count < 10");
+    }
+
+    #[test]
+    fn freshness_without_an_observer_is_inconclusive_not_passed() {
+        let a = assess(&[criterion("freshness.p99 < 1s", None)], "s", &metrics(1.0, 0, 0));
+        assert_eq!(a[0].outcome, Outcome::Inconclusive);
     }
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Workload, pacing};
+use super::{Arrival, Workload, pacing};
 use crate::data::Generator;
 use crate::measure::Outcome;
 use crate::quality::key_of;
@@ -37,8 +37,12 @@ pub struct Sample {
 
 /// What the driver tells its caller while it runs.
 pub trait Sink {
-    /// A record is about to be sent.
-    fn sent(&mut self, key: &str, record: &Map<String, Value>);
+    /// A record is about to be sent, intended at `offset` into the stage.
+    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>);
+    /// Extra headers for this record's request (a `header` flag provider uses this).
+    fn headers(&mut self, _key: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// A request has ended.
     fn sample(&mut self, sample: Sample);
     /// Called about once a second with the elapsed stage time.
@@ -66,42 +70,75 @@ pub async fn drive(
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let mut tasks = JoinSet::new();
     let start = Instant::now();
+    let end = start + workload.duration;
     let mut next_tick = start + Duration::from_secs(1);
     let mut completed = true;
+    let (mut open, closed) = match &workload.arrival {
+        Arrival::Open(profile) => (Some(pacing::schedule(profile, workload.duration)), 0usize),
+        Arrival::Closed { concurrency } => (None, *concurrency as usize),
+    };
+    let mut in_flight = 0usize;
 
-    for offset in pacing::schedule(workload.arrival, workload.duration) {
-        let intended = start + offset;
-        // Wait for the send time, handling answers and ticks meanwhile.
+    loop {
+        // The next send: on schedule (open model), or as soon as a slot frees (closed).
+        let intended = match open.as_mut() {
+            Some(offsets) => match offsets.next() {
+                Some(offset) => Some(start + offset),
+                None => break,
+            },
+            None => None,
+        };
         loop {
+            let ready = match intended {
+                Some(_) => false,
+                None => in_flight < closed,
+            };
+            if ready {
+                break;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => { completed = false; break; }
-                Some(sample) = rx.recv() => sink.sample(sample),
+                Some(sample) = rx.recv() => {
+                    in_flight -= 1;
+                    sink.sample(sample);
+                }
                 _ = tokio::time::sleep_until(next_tick) => {
                     sink.tick(next_tick - start);
                     next_tick += Duration::from_secs(1);
                 }
-                _ = tokio::time::sleep_until(intended) => break,
+                _ = tokio::time::sleep_until(intended.unwrap_or(end)), if intended.is_some() => break,
+                _ = tokio::time::sleep_until(end), if intended.is_none() => break,
             }
         }
         if !completed {
             break;
         }
+        let intended = intended.unwrap_or_else(Instant::now);
+        if intended >= end {
+            break;
+        }
+        let offset = intended - start;
         let record = generator.next_record();
         let key = key_of(&record, &key_field).unwrap_or_default();
-        sink.sent(&key, &record);
+        sink.sent(offset, &key, &record);
+        let headers = sink.headers(&key);
         let body = Value::Object(record).to_string();
         let permit = tokio::select! {
             _ = cancel.cancelled() => { completed = false; break; }
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let request = write
+        let mut request = write
             .client
             .post(&write.url)
             .header("content-type", "application/json")
             .timeout(workload.timeout)
             .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
         let tx = tx.clone();
+        in_flight += 1;
         tasks.spawn(async move {
             let outcome = match request.send().await {
                 Ok(r) if r.status().is_success() => Outcome::Acked,
@@ -109,12 +146,7 @@ pub async fn drive(
                 _ => Outcome::Failed,
             };
             let latency = Instant::now().saturating_duration_since(intended);
-            let _ = tx.send(Sample {
-                offset,
-                latency,
-                outcome,
-                key,
-            });
+            let _ = tx.send(Sample { offset, latency, outcome, key });
             drop(permit);
         });
         // Reap finished tasks so the set does not grow with the stage.

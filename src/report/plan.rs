@@ -1,0 +1,182 @@
+//! `stagegate plan`: the rollout plan as Markdown, before anything runs.
+//!
+//! Stages in order with their flag states, the fault timeline of each stage, the
+//! expected record counts from the arrival model, the criteria that judge each stage,
+//! and what each verdict triggers.
+
+use std::fmt::Write;
+
+use crate::fault::{Fault, FaultKind};
+use crate::scenario::Plan;
+use crate::scenario::units::format_duration;
+use crate::sut::Target;
+use crate::verdict::{self, Rule};
+use crate::workload::Arrival;
+
+fn params(f: &Fault) -> String {
+    match &f.kind {
+        FaultKind::Latency { delay, jitter } if jitter.is_zero() => format!("delay {}", format_duration(*delay)),
+        FaultKind::Latency { delay, jitter } => {
+            format!("delay {} ± {}", format_duration(*delay), format_duration(*jitter))
+        }
+        FaultKind::Bandwidth { bytes_per_sec } => format!("{bytes_per_sec} B/s"),
+        FaultKind::Reset { after: Some(n) } => format!("after {n} bytes"),
+        FaultKind::SlowClose { delay } => format!("close held {}", format_duration(*delay)),
+        FaultKind::Slicer { size, size_variation, delay } => {
+            format!("slices of {size}±{size_variation} B, {} apart", format_duration(*delay))
+        }
+        FaultKind::LimitData { bytes } => format!("closed after {bytes} bytes"),
+        FaultKind::Corrupt { rate } => format!("{:.3}% of bytes", rate * 100.0),
+        FaultKind::HttpError { status, .. } => format!("status {status}"),
+        FaultKind::Kill { signal, restart_after } => match restart_after {
+            Some(r) => format!("{signal}, restarted after {}", format_duration(*r)),
+            None => signal.clone(),
+        },
+        FaultKind::OutOfOrder { window } => format!("window {window}"),
+        FaultKind::Late { delay } => format!("event time {} earlier", format_duration(*delay)),
+        _ => String::new(),
+    }
+}
+
+/// The plan of `plan` as Markdown.
+pub fn markdown(plan: &Plan) -> String {
+    let mut s = String::new();
+    let w = &plan.workload;
+    let _ = writeln!(s, "# Rollout plan: {}\n", plan.name);
+    if let Some(d) = &plan.description {
+        let _ = writeln!(s, "> {d}\n");
+    }
+    let _ = writeln!(s, "- scenario: `{}`", plan.file.display());
+    let _ = writeln!(s, "- seed: {} (from {})", plan.seed, plan.seed_source);
+    for o in &plan.overrides {
+        let _ = writeln!(s, "- override: `--set {o}`");
+    }
+    match &plan.target {
+        Target::Builtin(_) => {
+            let _ = writeln!(s, "- target: the builtin `orders-pipeline`");
+        }
+        Target::Http(h) => {
+            let started = if h.process.is_some() { ", started by stagegate" } else { "" };
+            let _ = writeln!(s, "- target: HTTP at `{}`{started}", h.base_url);
+        }
+    }
+    for d in &plan.dependencies {
+        let _ = writeln!(s, "- dependency `{}`: {}, behind a fault proxy", d.name, d.provision.kind());
+    }
+    let _ = writeln!(s, "- flags: served by `{}`", plan.flags.provider.name());
+    for f in &plan.flags.definitions {
+        let meta: Vec<String> = [
+            f.category.map(|c| format!("{c:?}").to_lowercase()),
+            f.owner.as_ref().map(|o| format!("owner {o}")),
+            f.expires.map(|e| format!("expires {e}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let _ = writeln!(
+            s,
+            "  - `{}` ({:?}, default {}){}",
+            f.key,
+            f.kind,
+            f.default,
+            if meta.is_empty() { String::new() } else { format!(": {}", meta.join(", ")) }
+        );
+    }
+    let arrival = match &w.arrival {
+        Arrival::Open(p) if p.points.len() == 1 => format!("open model, constant {:.1}/s", p.points[0].1),
+        Arrival::Open(p) => format!("open model, {} shape, peak {:.1}/s", p.shape, p.peak()),
+        Arrival::Closed { concurrency } => format!("closed model, {concurrency} requests in flight"),
+    };
+    let _ = writeln!(
+        s,
+        "- workload: records from `{}` (schema `{}`, key `{}`), {arrival}; each stage runs {} with {} of warm-up (measured, not judged); request timeout {}",
+        w.data_file.display(),
+        w.schema.name,
+        w.schema.key,
+        format_duration(w.duration),
+        format_duration(w.warmup),
+        format_duration(w.timeout)
+    );
+    let expected = match &w.arrival {
+        Arrival::Open(p) => {
+            let total = p.expected(w.duration.as_secs_f64()).round() as u64;
+            let warm = p.expected(w.warmup.as_secs_f64()).round() as u64;
+            format!("{total} records ({} judged after warm-up)", total - warm)
+        }
+        Arrival::Closed { .. } => "as many records as the target answers (closed model)".to_string(),
+    };
+    let _ = writeln!(s, "\n## Stages\n");
+    for (i, st) in plan.stages.iter().enumerate() {
+        let _ = writeln!(s, "### {}. `{}`\n", i + 1, st.name);
+        let flags: Vec<String> = st.flags.iter().map(|(k, v)| format!("`{k}` = {}", v.describe())).collect();
+        let _ = writeln!(s, "- flags: {}", if flags.is_empty() { "none".into() } else { flags.join(", ") });
+        let _ = writeln!(s, "- expected load: {expected}");
+        if st.faults.is_empty() {
+            let _ = writeln!(s, "- faults: none");
+        } else {
+            let _ = writeln!(s, "- fault timeline:\n");
+            let _ = writeln!(s, "  | fault | at | parameters | active | probability | direction |");
+            let _ = writeln!(s, "  | --- | --- | --- | --- | --- | --- |");
+            for f in &st.faults {
+                let windows = f.schedule.windows(w.duration);
+                let active: Vec<String> = windows
+                    .iter()
+                    .take(4)
+                    .map(|(a, b)| format!("{}–{}", format_duration(*a), format_duration(*b)))
+                    .collect();
+                let more = if windows.len() > 4 { format!(" (+{} more)", windows.len() - 4) } else { String::new() };
+                let _ = writeln!(
+                    s,
+                    "  | {} | `{}` | {} | {}{more} | {:.0}% | {} |",
+                    f.kind.name(),
+                    f.at,
+                    params(f),
+                    active.join(", "),
+                    f.probability * 100.0,
+                    format!("{:?}", f.direction).to_lowercase()
+                );
+            }
+            let _ = writeln!(s);
+        }
+        let judged: Vec<String> =
+            verdict::applicable(&plan.criteria, &st.name).iter().map(|c| format!("`{}`", c.text)).collect();
+        let compares: Vec<String> = plan
+            .criteria
+            .iter()
+            .filter(|c| matches!(&c.rule, Rule::Compare(cmp) if cmp.stage == st.name))
+            .map(|c| format!("`{}`", c.text))
+            .collect();
+        let all: Vec<String> = judged.into_iter().chain(compares).collect();
+        let _ = writeln!(s, "- judged by: {}\n", if all.is_empty() { "nothing".into() } else { all.join(", ") });
+    }
+    let _ = writeln!(s, "## Criteria\n");
+    if plan.criteria.is_empty() {
+        let _ = writeln!(s, "None: with nothing to judge, every run ends in PROMOTE.\n");
+    }
+    for c in &plan.criteria {
+        let scope = match (&c.rule, &c.stages) {
+            (Rule::Compare(_), _) => String::new(),
+            (_, None) => " in every stage".into(),
+            (_, Some(list)) => format!(" in {}", list.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", ")),
+        };
+        let mut extra = vec![format!("{:?}", c.level).to_lowercase(), format!("min {} samples", c.min_samples)];
+        if c.abort_on_fail {
+            extra.push("aborts the run on failure".into());
+        }
+        let _ = writeln!(s, "- `{}`{scope} ({})", c.text, extra.join(", "));
+    }
+    let _ = writeln!(s, "\n## On each verdict\n");
+    let _ = writeln!(s, "| verdict | exit code | action |");
+    let _ = writeln!(s, "| --- | --- | --- |");
+    let action = |cmd: &Option<Vec<String>>| cmd.as_ref().map_or("none".to_string(), |c| format!("`{}`", c.join(" ")));
+    let _ = writeln!(s, "| PROMOTE | 0 | {} |", action(&plan.on_verdict.promote));
+    let _ = writeln!(s, "| ROLLBACK | 1 | {} |", action(&plan.on_verdict.rollback));
+    let _ = writeln!(s, "| INCONCLUSIVE | 3 | {} |", action(&plan.on_verdict.inconclusive));
+    if !plan.warnings.is_empty() {
+        let _ = writeln!(s, "\n## Warnings\n");
+        for w in &plan.warnings {
+            let _ = writeln!(s, "- {w}");
+        }
+    }
+    s
+}
