@@ -12,7 +12,7 @@ use crate::fault::{Direction, Fault, FaultKind, HttpMatch, Place, Schedule};
 use crate::sut::Target;
 
 /// Every fault kind, with where it may go: (dependency, target, workload).
-const KINDS: [(&str, bool, bool, bool); 16] = [
+pub(crate) const KINDS: [(&str, bool, bool, bool); 16] = [
     ("latency", true, true, false),
     ("bandwidth", true, true, false),
     ("refuse", true, false, false),
@@ -32,7 +32,7 @@ const KINDS: [(&str, bool, bool, bool); 16] = [
 ];
 
 /// The parameters each kind takes (beyond the common ones), the required first.
-fn parameters(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
+pub(crate) fn parameters(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
     match kind {
         "latency" => (&["delay"], &["jitter", "match"]),
         "bandwidth" => (&["rate"], &[]),

@@ -1,17 +1,119 @@
 //! The JSON Schema of the scenario format, generated from the same raw types that load
 //! it, so that editors can complete and check scenario files (`stagegate schema`).
 //!
-//! The schema checks shape (keys, types, required keys); value checks that need units
-//! or cross-references (`150` without a unit, a fault at an unknown dependency) stay with
-//! `stagegate validate`.
+//! The derive gives the shape (keys, types, required keys, units as patterns). Rules
+//! that tie keys together are added here from the same tables the loader checks with:
+//! which parameters each fault kind takes and where it may go, which metrics a check may
+//! name, one form per dependency and arrival model. What needs a cross-reference (a
+//! fault at an unknown dependency) or arithmetic (a fault starting after the stage ends)
+//! stays with `stagegate validate`.
 
+use serde_json::{Value, json};
+
+use super::faults::{KINDS, parameters};
 use super::spec::ScenarioSpec;
+use crate::verdict::Metric;
+
+/// Every parameter a fault kind may take, beyond the common ones.
+const PARAMETERS: [&str; 13] = [
+    "delay",
+    "jitter",
+    "rate",
+    "after",
+    "size",
+    "size_variation",
+    "bytes",
+    "status",
+    "body",
+    "signal",
+    "restart_after",
+    "window",
+    "match",
+];
+
+/// A pattern for `METRIC OP VALUE` naming a known metric.
+fn check_pattern() -> String {
+    let names: Vec<String> = Metric::names().iter().map(|n| n.replace('.', "\\.")).collect();
+    format!(r"^\s*((before|during|after)\.)?({})\s*(<=|>=|==|!=|<|>)\s*\S.*$", names.join("|"))
+}
+
+fn fault_rules() -> Value {
+    let mut rules = Vec::new();
+    for (kind, on_dep, on_target, on_workload) in KINDS {
+        let (required, optional) = parameters(kind);
+        let mut props = serde_json::Map::new();
+        for p in PARAMETERS {
+            if !required.contains(&p) && !optional.contains(&p) {
+                props.insert(p.to_string(), Value::Bool(false));
+            }
+        }
+        let at = match (on_dep, on_target, on_workload) {
+            (false, false, true) => json!({ "const": "workload" }),
+            (true, false, false) => json!({ "not": { "enum": ["target", "workload"] } }),
+            _ => json!({ "not": { "const": "workload" } }),
+        };
+        props.insert("at".into(), at);
+        if on_workload || matches!(kind, "kill" | "pause") {
+            props.insert("direction".into(), Value::Bool(false));
+        }
+        rules.push(json!({
+            "if": { "properties": { "kind": { "const": kind } }, "required": ["kind"] },
+            "then": { "required": required, "properties": props }
+        }));
+    }
+    Value::Array(rules)
+}
 
 /// The schema as a JSON value.
-pub fn json_schema() -> serde_json::Value {
+pub fn json_schema() -> Value {
     let mut schema = serde_json::to_value(schemars::schema_for!(ScenarioSpec)).expect("a schema serialises");
+    let check = json!({ "type": "string", "pattern": check_pattern() });
     if let Some(map) = schema.as_object_mut() {
         map.insert("title".into(), "stagegate scenario, format version 1".into());
     }
+    let defs = &mut schema["$defs"];
+    for one_form in ["DependencySpec", "ArrivalSpec"] {
+        defs[one_form]["minProperties"] = json!(1);
+        defs[one_form]["maxProperties"] = json!(1);
+    }
+    defs["DependencySpec"]["properties"]["external"]["pattern"] = json!(r"^.+:[0-9]{1,5}$");
+    let fault = &mut defs["FaultSpec"];
+    fault["allOf"] = fault_rules();
+    fault["dependentRequired"] = json!({ "every": ["for"] });
+    let crit = &mut defs["CriterionMapSpec"];
+    crit["oneOf"] = json!([{ "required": ["check"] }, { "required": ["compare"] }]);
+    crit["dependentRequired"] = json!({ "compare": ["stage", "baseline"] });
+    crit["properties"]["check"] = json!({ "anyOf": [check.clone(), { "type": "null" }] });
+    crit["properties"]["confidence"] = json!({
+        "description": "Confidence of the statistical test, e.g. `95%`. Default `95%`.",
+        "anyOf": [
+            { "type": "string", "pattern": r"^\s*(5[0-9]|[6-9][0-9])(\.[0-9]+)?\s*%\s*$" },
+            { "type": "number", "minimum": 0.5, "exclusiveMaximum": 1 },
+            { "type": "null" }
+        ]
+    });
+    if let Some(any) = defs["CriterionSpec"]["anyOf"].as_array_mut() {
+        for branch in any.iter_mut() {
+            if branch["type"] == "string" {
+                let description = branch["description"].clone();
+                *branch = check.clone();
+                branch["description"] = description;
+            }
+        }
+    }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_pattern_knows_every_metric() {
+        let re = check_pattern();
+        // A light check without a regex engine: every metric appears in the pattern.
+        for name in Metric::names() {
+            assert!(re.contains(&name.replace('.', "\\.")), "{name}");
+        }
+    }
 }

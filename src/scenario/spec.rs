@@ -39,6 +39,47 @@ impl JsonSchema for Text {
     }
 }
 
+/// Schema-only types: what a unit-bearing value looks like, for editors. Loading reads
+/// every such value as [`Text`] and checks it with the parsers in `units`.
+macro_rules! text_schema {
+    ($name:ident, $doc:literal, $schema:tt) => {
+        #[doc = $doc]
+        #[allow(dead_code)]
+        pub struct $name;
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
+}
+
+text_schema!(DurationText, "A duration with its unit: `250ms`, `2s`, `1m`.", {
+    "type": "string",
+    "pattern": "^\\s*([0-9]+(\\.[0-9]+)?\\s*(ns|us|µs|ms|s|sec|m|min|h)\\s*)+$"
+});
+text_schema!(RateText, "Events per unit of time: `200/s`, `12000/m`.", {
+    "type": "string",
+    "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*(ms|s|m|min|h)\\s*$"
+});
+text_schema!(FractionText, "A share: `1%`, `0.5%` or a number from 0 to 1.", {
+    "anyOf": [
+        { "type": "string", "pattern": "^\\s*(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)\\s*%\\s*$" },
+        { "type": "number", "minimum": 0, "maximum": 1 }
+    ]
+});
+text_schema!(ByteRateText, "Bytes per second: `64KB/s`, `1MB/s`, `512B/s`, `1MiB/s`.", {
+    "type": "string",
+    "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*(B|KB|MB|GB|KiB|MiB)/s\\s*$"
+});
+text_schema!(DateText, "A date: `2027-03-01`.", {
+    "type": "string",
+    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+});
+
 /// The whole scenario file (format version 1). `compile` reads the top-level keys one
 /// by one (so a mistake in one does not hide the others); this struct gives the JSON
 /// Schema its shape and documents each key.
@@ -47,8 +88,10 @@ impl JsonSchema for Text {
 #[serde(deny_unknown_fields)]
 pub struct ScenarioSpec {
     /// Format version; must be `1`.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// Scenario name: letters, digits, `-`, `_`, `.`; used in report folder names.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub name: String,
     /// One line on what the rehearsal decides.
     #[serde(default)]
@@ -88,6 +131,7 @@ pub struct ScenarioSpec {
 pub struct TargetSpec {
     /// A target shipped inside stagegate: `orders-pipeline`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["orders-pipeline", null]))]
     pub builtin: Option<String>,
     /// Any HTTP service.
     #[serde(default)]
@@ -110,6 +154,7 @@ pub struct HttpTargetSpec {
     pub read: Option<RequestSpec>,
     /// Per-request timeout. Default `2s`.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Text>,
     /// Headers sent with every request; values may use `${secret:NAME}`.
     #[serde(default)]
@@ -138,6 +183,7 @@ pub struct RequestSpec {
 #[serde(deny_unknown_fields)]
 pub struct ProcessSpec {
     /// Program and arguments; `{{ port }}` is a free loopback port chosen by stagegate.
+    #[schemars(length(min = 1))]
     pub command: Vec<String>,
     /// Environment; may use `{{ port }}`, `{{ dependencies.NAME.address }}`, `{{ flags.url }}`.
     #[serde(default)]
@@ -162,6 +208,7 @@ pub struct ReadySpec {
     pub tcp: Option<bool>,
     /// Give up after this long. Default `20s`.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Text>,
 }
 
@@ -171,6 +218,7 @@ pub struct ReadySpec {
 pub struct DependencySpec {
     /// A dependency shipped inside stagegate: `kv-store`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["kv-store", null]))]
     pub builtin: Option<String>,
     /// An address that already serves, e.g. `127.0.0.1:6379`.
     #[serde(default)]
@@ -206,6 +254,7 @@ pub struct FlagsSpec {
     /// How flag states reach the system under test: `ofrep` (default: stagegate serves
     /// OFREP on loopback), `flagd-file`, `header` or `env`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["ofrep", "flagd-file", "header", "env", null]))]
     pub provider: Option<String>,
     /// With `flagd-file`: where to write the flag file. Default: in the run's report folder.
     #[serde(default)]
@@ -225,17 +274,20 @@ pub struct FlagsSpec {
 pub struct FlagDefSpec {
     /// `boolean`, `string`, `integer`, `number` or `object`.
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["boolean", "string", "integer", "number", "object"]))]
     pub kind: String,
     /// The value when a stage does not set it.
     pub default: Value,
     /// `operational`, `experimental`, `release` or `permission`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["operational", "experimental", "release", "permission", null]))]
     pub category: Option<String>,
     /// Who answers for the flag.
     #[serde(default)]
     pub owner: Option<String>,
     /// Date after which the flag should be gone (`2027-03-01`); a warning past it.
     #[serde(default)]
+    #[schemars(with = "Option<DateText>")]
     pub expires: Option<Text>,
 }
 
@@ -249,12 +301,15 @@ pub struct WorkloadSpec {
     /// or `playbook`.
     pub arrival: ArrivalSpec,
     /// How long each stage runs, warm-up included, e.g. `30s`.
+    #[schemars(with = "DurationText")]
     pub duration: Text,
     /// The first part of each stage: measured, not judged. Default `0s`.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub warmup: Option<Text>,
     /// How long one request may take before it counts as an error. Default `2s`.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Text>,
 }
 
@@ -264,9 +319,11 @@ pub struct WorkloadSpec {
 pub struct ArrivalSpec {
     /// Open model at a constant rate: `200/s`, `12000/m`.
     #[serde(default)]
+    #[schemars(with = "Option<RateText>")]
     pub rate: Option<Text>,
     /// Closed model: this many requests always in flight.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10000))]
     pub concurrency: Option<u32>,
     /// Open model, piecewise linear: each step moves from the previous step's rate to its
     /// own over its `for` (the first step starts at its own rate).
@@ -290,9 +347,11 @@ pub struct ArrivalSpec {
 #[serde(deny_unknown_fields)]
 pub struct RampStepSpec {
     /// The rate reached at the end of this step, e.g. `400/s`.
+    #[schemars(with = "RateText")]
     pub rate: Text,
     /// How long the step lasts, e.g. `20s`.
     #[serde(rename = "for")]
+    #[schemars(with = "DurationText")]
     pub length: Text,
 }
 
@@ -301,13 +360,17 @@ pub struct RampStepSpec {
 #[serde(deny_unknown_fields)]
 pub struct SpikeSpec {
     /// The rate outside the burst.
+    #[schemars(with = "RateText")]
     pub base: Text,
     /// The rate during the burst.
+    #[schemars(with = "RateText")]
     pub peak: Text,
     /// When the burst starts, as an offset into the stage.
+    #[schemars(with = "DurationText")]
     pub at: Text,
     /// How long the burst lasts.
     #[serde(rename = "for")]
+    #[schemars(with = "DurationText")]
     pub length: Text,
 }
 
@@ -316,8 +379,10 @@ pub struct SpikeSpec {
 #[serde(deny_unknown_fields)]
 pub struct DailySpec {
     /// The night-time low.
+    #[schemars(with = "RateText")]
     pub min: Text,
     /// The evening peak.
+    #[schemars(with = "RateText")]
     pub max: Text,
 }
 
@@ -344,35 +409,44 @@ pub struct StageSpec {
 pub struct FaultSpec {
     /// latency, bandwidth, refuse, blackhole, reset, slow_close, slicer, limit_data,
     /// corrupt, http_error, kill, pause, malformed, duplicate, out_of_order, late.
+    #[schemars(extend("enum" = ["latency", "bandwidth", "refuse", "blackhole", "reset", "slow_close", "slicer", "limit_data", "corrupt", "http_error", "kill", "pause", "malformed", "duplicate", "out_of_order", "late"]))]
     pub kind: String,
     /// A dependency name, `target`, or `workload`.
     pub at: String,
     /// Offset into the stage when it starts. Default `0s`.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub from: Option<Text>,
     /// How long it lasts. Default: to the stage's end.
     #[serde(default, rename = "for")]
+    #[schemars(with = "Option<DurationText>")]
     pub length: Option<Text>,
     /// Repeat period, for flapping: active for `for` at the start of every period.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub every: Option<Text>,
     /// Share of connections (proxy faults, decided once per connection), requests (HTTP
     /// faults) or records (workload faults) affected. Default `100%`.
     #[serde(default)]
+    #[schemars(with = "Option<FractionText>")]
     pub probability: Option<Text>,
     /// Proxy faults: `upstream` (system under test to dependency), `downstream`, or
     /// `both`. Default `both`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["upstream", "downstream", "both", null]))]
     pub direction: Option<String>,
     /// latency: how long each chunk is held; slow_close: how long the close is held;
     /// slicer: pause between slices; late: how far in the past event times are set.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub delay: Option<Text>,
     /// latency: the spread around `delay`. Default `0ms`.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub jitter: Option<Text>,
     /// bandwidth: throughput cap, e.g. `64KB/s`; corrupt: share of bytes flipped, e.g. `0.1%`.
     #[serde(default)]
+    #[schemars(with = "Option<FaultRate>")]
     pub rate: Option<Text>,
     /// reset: bytes let through before the reset. Default 0.
     #[serde(default)]
@@ -388,6 +462,7 @@ pub struct FaultSpec {
     pub bytes: Option<u64>,
     /// http_error: the status answered, e.g. 503.
     #[serde(default)]
+    #[schemars(range(min = 100, max = 599))]
     pub status: Option<u16>,
     /// http_error: the body answered. Default: empty.
     #[serde(default)]
@@ -397,6 +472,7 @@ pub struct FaultSpec {
     pub signal: Option<String>,
     /// kill: restart the process this long after the kill. Default: not restarted.
     #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
     pub restart_after: Option<Text>,
     /// out_of_order: how many records may be reordered among each other. Default 10.
     #[serde(default)]
@@ -404,6 +480,15 @@ pub struct FaultSpec {
     /// http_error and HTTP latency: only requests that match.
     #[serde(default, rename = "match")]
     pub predicate: Option<MatchSpec>,
+}
+
+/// A fault's `rate`: a byte rate (bandwidth) or a fraction (corrupt).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum FaultRate {
+    Bytes(ByteRateText),
+    Share(FractionText),
 }
 
 /// Which HTTP requests an HTTP fault applies to.
@@ -445,6 +530,7 @@ pub struct CriterionMapSpec {
     /// Compare this metric's distribution (`latency`, or `latency.p99` etc.) in `stage`
     /// against `baseline`.
     #[serde(default)]
+    #[schemars(extend("enum" = ["latency", "errors", "errors.rate", null]))]
     pub compare: Option<String>,
     /// The stage under comparison.
     #[serde(default)]
@@ -454,9 +540,11 @@ pub struct CriterionMapSpec {
     pub baseline: Option<String>,
     /// The allowed regression of `stage` over `baseline`, e.g. `10%`. Default `0%`.
     #[serde(default)]
+    #[schemars(with = "Option<FractionText>")]
     pub max_regression: Option<Text>,
     /// Confidence of the statistical test, e.g. `95%`. Default `95%`.
     #[serde(default)]
+    #[schemars(with = "Option<FractionText>")]
     pub confidence: Option<Text>,
     /// Fewer judged samples make the criterion INCONCLUSIVE, never a silent pass.
     /// Default 100.
@@ -468,6 +556,7 @@ pub struct CriterionMapSpec {
     /// `enforce` (default: decides the verdict), `warn` (reported, never blocks),
     /// `observe` (measured only).
     #[serde(default)]
+    #[schemars(extend("enum" = ["enforce", "warn", "observe", null]))]
     pub level: Option<String>,
 }
 
@@ -477,9 +566,12 @@ pub struct CriterionMapSpec {
 #[serde(deny_unknown_fields)]
 pub struct OnVerdictSpec {
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub promote: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub rollback: Option<Vec<String>>,
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub inconclusive: Option<Vec<String>>,
 }
