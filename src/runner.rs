@@ -281,12 +281,16 @@ async fn run_stages(
         let stage_over = stop.child_token();
         let data_seed = seed::derive(plan.seed, "data", index as u64);
         let drive = async {
-            let completed = driver::drive(&write, &plan.workload, data_seed, &stop, &mut sink).await;
+            let drive = driver::drive(&write, &plan.workload, data_seed, &stop, &mut sink).await;
             stage_over.cancel();
-            completed
+            drive
         };
         let faults = timeline(plan, index, stage, &infra.deps, start, &stage_over, events);
-        let (completed, records) = tokio::join!(drive, faults);
+        let (drive, records) = tokio::join!(drive, faults);
+        let completed = drive.completed;
+        if drive.dropped > 0 {
+            warn!(stage = %stage.name, dropped = drive.dropped, "the driver fell behind the arrival rate; sends dropped");
+        }
         report.faults.extend(records);
         let elapsed = start.elapsed();
 
@@ -326,7 +330,13 @@ async fn run_stages(
             .filter(|c| c.abort_on_fail && c.level == verdict::Level::Enforce)
             .find_map(|c| assessments.iter().find(|a| a.criterion == c.text && a.outcome == Judged::Fail).cloned());
         samples.insert(stage.name.clone(), sink.recorder.judged.clone());
-        let stage_report = StageReport { name: stage.name.clone(), flags: stage.flags.clone(), completed, metrics };
+        let stage_report = StageReport {
+            name: stage.name.clone(),
+            flags: stage.flags.clone(),
+            completed,
+            dropped: drive.dropped,
+            metrics,
+        };
         let _ = events
             .send(Event::StageFinished { report: Box::new(stage_report.clone()), assessments: assessments.clone() });
         report.stages.push(stage_report);

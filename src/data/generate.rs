@@ -69,6 +69,7 @@ impl Generator {
                 Value::String(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
             }
             FieldKind::Bool => Value::Bool(rng.random()),
+            FieldKind::Sequence { start } => Value::from(start + self.index as i64),
             FieldKind::Int { min, max } => Value::from(rng.random_range(*min..=*max)),
             FieldKind::Zipf { min, max, .. } => {
                 let rank = match &self.zipfs[field] {

@@ -125,6 +125,10 @@ pub enum FieldKind {
     /// A generator of the `fake` crate.
     Fake(FakeKind),
     Bool,
+    /// Consecutive integers from `start`: unique, like a database id.
+    Sequence {
+        start: i64,
+    },
 }
 
 /// The `fake:` generators a schema can name.
@@ -169,7 +173,7 @@ const FAKES: [(&str, FakeKind); 17] = [
     ("currency_code", FakeKind::CurrencyCode),
 ];
 
-const TYPES: [&str; 6] = ["uuid", "int", "decimal", "timestamp", "bool", "string"];
+const TYPES: [&str; 7] = ["uuid", "sequence", "int", "decimal", "timestamp", "bool", "string"];
 
 /// The default first event time: a fixed instant, so records do not depend on the clock.
 const DEFAULT_START: &str = "2026-01-01T00:00:00Z";
@@ -231,6 +235,14 @@ impl Schema {
                 .map(|b| format!(" (did you mean `{b}`?)"))
                 .unwrap_or_default();
             ctx.error("key", format!("the key field `{}` is not one of the fields{hint}", spec.key));
+        }
+        if let Some(key) = fields.iter().find(|f| f.name == spec.key)
+            && !matches!(key.kind, FieldKind::Uuid | FieldKind::Sequence { .. })
+        {
+            ctx.error(
+                &join_key("fields", &spec.key),
+                format!("the key field `{}` must be unique per record; use `type: uuid` or `type: sequence`", spec.key),
+            );
         }
         if declared.is_empty() {
             ctx.error("fields", "a schema needs at least one field");
@@ -297,6 +309,14 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
     };
     match kind {
         "uuid" => Some(FieldKind::Uuid),
+        "sequence" => match f.start.as_deref().map(str::parse::<i64>) {
+            None => Some(FieldKind::Sequence { start: 1 }),
+            Some(Ok(start)) => Some(FieldKind::Sequence { start }),
+            Some(Err(_)) => {
+                ctx.error(&join_key(at, "start"), "a sequence starts at a whole number, e.g. `start: 1000`");
+                None
+            }
+        },
         "bool" => Some(FieldKind::Bool),
         "string" => Some(FieldKind::Fake(FakeKind::Word)),
         "int" => {
@@ -372,6 +392,15 @@ mod tests {
         assert_eq!(lines, vec![(4, "fields.id.type"), (5, "fields.n.fake"), (6, "fields.c.weights")]);
         assert!(err.0[0].message.contains("did you mean `uuid`?"));
         assert!(err.0[1].message.contains("did you mean `name`?"));
+    }
+
+    #[test]
+    fn the_key_must_be_unique_per_record() {
+        let text = "name: t\nkey: n\nfields:\n  n: { type: int, min: 1, max: 10 }\n";
+        let err = Schema::parse(Path::new("t.yaml"), text).unwrap_err();
+        assert!(err.0[0].message.contains("`type: uuid` or `type: sequence`"), "{}", err.0[0].message);
+        let ok = "name: t\nkey: n\nfields:\n  n: { type: sequence, start: 1000 }\n";
+        assert!(Schema::parse(Path::new("t.yaml"), ok).is_ok());
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct StageReport {
     pub flags: BTreeMap<String, FlagState>,
     /// Whether the stage ran its whole duration.
     pub completed: bool,
+    /// Scheduled sends dropped because the driver fell behind (0 on a healthy run).
+    pub dropped: u64,
     pub metrics: StageMetrics,
 }
 

@@ -64,12 +64,20 @@ impl Reporter for TerminalReporter {
             },
             Event::StageFinished { report, .. } => {
                 let m = &report.metrics;
+                if report.dropped > 0 {
+                    let _ = writeln!(
+                        err,
+                        "warning: {} sends dropped in `{}`: the driver could not keep up with the arrival rate",
+                        report.dropped, report.name
+                    );
+                }
                 let _ = writeln!(
                     err,
-                    "stage `{}` {}: {} requests, p99 {}, {} errors, lost {}, duplicated {}, corrupted {}",
+                    "stage `{}` {}: {} requests sent ({} judged after warm-up), p99 {}, {} errors, lost {}, duplicated {}, corrupted {}",
                     report.name,
                     if report.completed { "finished" } else { "cut short" },
                     m.requests + m.warmup_requests,
+                    m.requests,
                     ms(m.latency.p99),
                     m.errors,
                     m.data.lost,

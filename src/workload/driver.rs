@@ -24,6 +24,10 @@ use crate::quality::key_of;
 /// from the intended time, so the wait shows).
 const MAX_IN_FLIGHT: usize = 4096;
 
+/// How far past the stage's end a late send may still go out; beyond it the rest of the
+/// schedule is dropped (and counted), so an overloaded driver cannot stretch a stage.
+const DROP_GRACE: Duration = Duration::from_millis(100);
+
 /// How one request went.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -56,14 +60,24 @@ pub struct HttpWrite {
     pub url: String,
 }
 
-/// Drives one stage. Returns `false` if it was cancelled before the end.
+/// How a stage's driving went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drive {
+    /// Whether the stage ran to its end (not cancelled).
+    pub completed: bool,
+    /// Sends the schedule asked for that never left because the stage was over before
+    /// the driver got to them (the driver could not keep up with the arrival rate).
+    pub dropped: u64,
+}
+
+/// Drives one stage.
 pub async fn drive(
     write: &HttpWrite,
     workload: &Workload,
     data_seed: u64,
     cancel: &CancellationToken,
     sink: &mut (dyn Sink + Send),
-) -> bool {
+) -> Drive {
     let mut generator = Generator::new(workload.schema.clone(), data_seed);
     let key_field = workload.schema.key.clone();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -78,6 +92,7 @@ pub async fn drive(
         Arrival::Closed { concurrency } => (None, *concurrency as usize),
     };
     let mut in_flight = 0usize;
+    let mut dropped = 0u64;
 
     loop {
         // The next send: on schedule (open model), or as soon as a slot frees (closed).
@@ -116,6 +131,11 @@ pub async fn drive(
         }
         let intended = intended.unwrap_or_else(Instant::now);
         if intended >= end {
+            break;
+        }
+        if Instant::now() >= end + DROP_GRACE {
+            // Behind schedule past the stage's end: what is left will never be sent.
+            dropped = 1 + open.as_mut().map_or(0, |rest| rest.count() as u64);
             break;
         }
         let offset = intended - start;
@@ -169,5 +189,5 @@ pub async fn drive(
         }
     }
     while tasks.join_next().await.is_some() {}
-    completed
+    Drive { completed, dropped }
 }
