@@ -121,6 +121,22 @@ pub fn summary(r: &RunReport) -> String {
             if st.completed { "" } else { "  (cut short)" }
         ));
     }
+    for st in r.stages.iter().filter(|st| !st.metrics.variants.is_empty()) {
+        s.push_str(&format!("\nvariants of `{}`\n", st.name));
+        for (name, v) in &st.metrics.variants {
+            s.push_str(&format!(
+                "  {:<30} {:>7} requests  p50 {:>9}  p99 {:>9}  errors {:>6.2}%  lost {}  dup {}  corrupt {}\n",
+                name,
+                v.requests,
+                ms(v.latency.p50),
+                ms(v.latency.p99),
+                v.error_rate() * 100.0,
+                v.data.lost,
+                v.data.duplicated,
+                v.data.corrupted
+            ));
+        }
+    }
     if !r.assessments.is_empty() {
         s.push_str("\ncriteria\n");
         for a in &r.assessments {
@@ -166,6 +182,11 @@ pub fn summary(r: &RunReport) -> String {
     }
     for reason in &r.reasons {
         s.push_str(&format!("  {reason}\n"));
+    }
+    if let Some(action) = &r.on_verdict {
+        let status = action.exit_code.map_or("did not finish".to_string(), |c| format!("exited {c}"));
+        let first = action.output.lines().next().unwrap_or("");
+        s.push_str(&format!("on_verdict: `{}` {status}: {first}\n", action.command.join(" ")));
     }
     if let Some(dir) = &r.report_dir {
         s.push_str(&format!("report: {}\n", dir.join("report.json").display()));

@@ -959,7 +959,7 @@ fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, stages: &[&st
                 );
                 return None;
             }
-            let text = format!("compare {what} of `{stage}` with `{baseline}`");
+            let text = format!("compare {what}: {stage} vs {baseline}");
             (ok_s && ok_b).then_some(())?;
             Some(Criterion {
                 rule: Rule::Compare(Compare {

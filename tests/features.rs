@@ -1,0 +1,167 @@
+//! The scenario format's features, each through the real binary on a real scenario:
+//! what-if overrides, seeds, warnings, secrets, the closed model, comparisons,
+//! abort_on_fail, on_verdict and the plan.
+
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::{bin, only_report, root, stagegate, text};
+
+fn run_in(dir: &tempfile::TempDir, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["run", "-q", "--report-dir", dir.path().to_str().unwrap()];
+    all.extend_from_slice(args);
+    stagegate(&all)
+}
+
+#[test]
+fn overrides_change_the_run_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(
+        &dir,
+        &[
+            "tests/scenarios/tiny.yaml",
+            "--set",
+            "workload.arrival.rate=50/s",
+            "--set",
+            "stages[0].faults[0].delay=30ms",
+            "--seed",
+            "77",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    assert_eq!(report["seed"], 77);
+    assert_eq!(report["seed_source"], "--seed");
+    assert_eq!(
+        report["overrides"],
+        serde_json::json!(["workload.arrival.rate=50/s", "stages[0].faults[0].delay=30ms"])
+    );
+    // 50/s for 2 s, no warm-up.
+    assert_eq!(report["stages"][0]["metrics"]["data"]["sent"], 100);
+    // The 30 ms fault (each way) shows in the faulted phase of the first stage.
+    let during = report["stages"][0]["metrics"]["phases"]["during"]["latency"]["p50"].as_f64().unwrap();
+    assert!(during > 55.0, "during-phase p50 {during}");
+}
+
+#[test]
+fn a_bad_override_is_refused_and_named() {
+    let out = stagegate(&["validate", "tests/scenarios/tiny.yaml", "--set", "workload.duration=5"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("error: --set workload.duration=5: `workload.duration`: invalid value `5`"), "{stderr}");
+    let out = stagegate(&["validate", "tests/scenarios/tiny.yaml", "--set", "stages[5].name=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("no item [5] (the list has 2)"), "{}", text(&out).1);
+    let out = stagegate(&["validate", "tests/scenarios/tiny.yaml", "--set", "noequals"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn warnings_print_and_deny_warnings_refuses() {
+    let out = stagegate(&["validate", "tests/scenarios/expired-flag.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("warning:") && stderr.contains("`old-toggle` expired on 2020-01-01"), "{stderr}");
+    assert!(stderr.contains("expired-flag.yaml:9:"), "the warning names its line: {stderr}");
+    let out = stagegate(&["validate", "--deny-warnings", "tests/scenarios/expired-flag.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+}
+
+#[test]
+fn secrets_never_reach_the_report_or_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["run", "-q", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/secrets.yaml"])
+        .current_dir(root())
+        .env("STAGEGATE_TEST_TOKEN", "hunter2-s3cr3t")
+        .env("STAGEGATE_TEST_RATE", "60/s")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("hunter2-s3cr3t") && !stderr.contains("hunter2-s3cr3t"), "{stdout}{stderr}");
+    assert!(stdout.contains("${secret:STAGEGATE_TEST_TOKEN}"), "{stdout}");
+    let runs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    let raw = std::fs::read_to_string(runs[0].path().join("report.json")).unwrap();
+    assert!(!raw.contains("hunter2-s3cr3t"), "{raw}");
+    let report: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    // The on_verdict command ran with the real value; its output is masked.
+    assert_eq!(report["on_verdict"]["output"], "token is ${secret:STAGEGATE_TEST_TOKEN}\n");
+    // The plain variable took effect: 60/s for 1 s.
+    assert_eq!(report["stages"][0]["metrics"]["data"]["sent"], 60);
+}
+
+#[test]
+fn the_closed_model_keeps_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(&dir, &["tests/scenarios/closed-model.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let report = only_report(dir.path());
+    let data = &report["stages"][0]["metrics"]["data"];
+    // Eight in flight against a millisecond-fast target: far more than an open model
+    // at a modest rate would send, and every one acknowledged and stored.
+    assert!(data["sent"].as_u64().unwrap() > 1000, "{data}");
+    assert_eq!(data["sent"], data["acked"]);
+    assert_eq!(data["lost"], 0);
+}
+
+#[test]
+fn a_latency_regression_fails_the_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(&dir, &["tests/scenarios/compare-regression.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("`compare latency: candidate vs baseline` failed"), "{stdout}");
+    let report = only_report(dir.path());
+    let a = report["assessments"].as_array().unwrap().iter().find(|a| a["metric"] == "latency").unwrap().clone();
+    assert_eq!(a["outcome"], "fail");
+    assert!(a["measured"].as_f64().unwrap() > 1.0, "the median at least doubles: {a}");
+}
+
+#[test]
+fn abort_on_fail_stops_the_run_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = run_in(&dir, &["tests/scenarios/abort.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(started.elapsed().as_secs() < 15, "the 30 s stage was not cut short: {:?}", started.elapsed());
+    assert!(stdout.contains("aborted: `errors.count < 5` failed in stage `blackholed`"), "{stdout}");
+    let report = only_report(dir.path());
+    assert_eq!(report["verdict"], "ROLLBACK");
+    assert_eq!(report["stages"].as_array().unwrap().len(), 1, "the second stage never runs");
+    assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true));
+}
+
+#[test]
+fn the_plan_shows_stages_faults_load_criteria_and_actions() {
+    let out = stagegate(&["plan", "scenarios/canary-compare.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for expected in [
+        "# Rollout plan: canary-compare",
+        "### 2. `canary-10`",
+        "`new-enricher` = true 10% / false rest",
+        "900 records (750 judged after warm-up)",
+        "| refuse | `store` |  | 2s–3s | 100% | both |",
+        "`recovery.time < 2s`",
+        "`compare latency: candidate vs baseline`",
+        "| ROLLBACK | 1 | `sh -c echo keep the new path off: $STAGEGATE_VERDICT` |",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn every_example_scenario_validates_and_plans() {
+    for entry in std::fs::read_dir(root().join("scenarios")).unwrap().flatten() {
+        let path = format!("scenarios/{}", entry.file_name().to_string_lossy());
+        let out = stagegate(&["validate", &path]);
+        assert_eq!(out.status.code(), Some(0), "{path}: {:?}", text(&out));
+        let out = stagegate(&["plan", &path]);
+        assert_eq!(out.status.code(), Some(0), "{path}: {:?}", text(&out));
+    }
+}
