@@ -40,7 +40,8 @@ impl JsonSchema for Text {
 }
 
 /// Schema-only types: what a unit-bearing value looks like, for editors. Loading reads
-/// every such value as [`Text`] and checks it with the parsers in `units`.
+/// every such value as [`Text`] and checks it with the parsers in `units`. Each pattern
+/// also admits a `${...}` reference, which is replaced before the value is read.
 macro_rules! text_schema {
     ($name:ident, $doc:literal, $schema:tt) => {
         #[doc = $doc]
@@ -59,21 +60,21 @@ macro_rules! text_schema {
 
 text_schema!(DurationText, "A duration with its unit: `250ms`, `2s`, `1m`.", {
     "type": "string",
-    "pattern": "^\\s*([0-9]+(\\.[0-9]+)?\\s*(ns|us|µs|ms|s|sec|m|min|h)\\s*)+$"
+    "pattern": "^\\s*([0-9]+(\\.[0-9]+)?\\s*(ns|us|µs|ms|s|sec|m|min|h)\\s*)+$|\\$\\{"
 });
 text_schema!(RateText, "Events per unit of time: `200/s`, `12000/m`.", {
     "type": "string",
-    "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*(ms|s|m|min|h)\\s*$"
+    "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*(ms|s|m|min|h)\\s*$|\\$\\{"
 });
 text_schema!(FractionText, "A share: `1%`, `0.5%` or a number from 0 to 1.", {
     "anyOf": [
-        { "type": "string", "pattern": "^\\s*(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)\\s*%\\s*$" },
+        { "type": "string", "pattern": "^\\s*(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)\\s*%\\s*$|\\$\\{" },
         { "type": "number", "minimum": 0, "maximum": 1 }
     ]
 });
 text_schema!(ByteRateText, "Bytes per second: `64KB/s`, `1MB/s`, `512B/s`, `1MiB/s`.", {
     "type": "string",
-    "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*(B|KB|MB|GB|KiB|MiB)/s\\s*$"
+    "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*(B|KB|MB|GB|KiB|MiB)/s\\s*$|\\$\\{"
 });
 text_schema!(DateText, "A date: `2027-03-01`.", {
     "type": "string",
