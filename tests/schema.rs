@@ -68,3 +68,29 @@ fn the_schema_rejects_the_invalid_corpus_where_it_can_see_the_mistake() {
         );
     }
 }
+
+/// Collects every property name of the schema, recursively.
+fn property_names(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            map.values().for_each(|x| property_names(x, out));
+        }
+        serde_json::Value::Array(list) => list.iter().for_each(|x| property_names(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_format_reference_documents_every_key() {
+    let out = stagegate(&["schema"]);
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    property_names(&schema, &mut names);
+    assert!(names.len() > 60, "{names:?}");
+    let docs = std::fs::read_to_string(root().join("docs/format.md")).unwrap();
+    let missing: Vec<&String> = names.iter().filter(|n| !docs.contains(&format!("`{n}`")) && !docs.contains(&format!(".{n}`"))).collect();
+    assert!(missing.is_empty(), "docs/format.md does not mention: {missing:?}");
+}
