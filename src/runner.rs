@@ -266,7 +266,8 @@ async fn run_stages(
             plan,
             stage,
             flag_seed,
-            ledger: Ledger::new(&plan.workload.schema.key),
+            ledger: Ledger::new(&plan.workload.schema.key)
+                .with_pii(plan.workload.schema.fields.iter().filter(|f| f.pii).map(|f| f.name.clone())),
             recorder: Recorder::new(plan.workload.warmup, plan.workload.duration, windows),
             variants: HashMap::new(),
             keys: HashMap::new(),

@@ -165,3 +165,30 @@ fn every_example_scenario_validates_and_plans() {
         assert_eq!(out.status.code(), Some(0), "{path}: {:?}", text(&out));
     }
 }
+
+#[test]
+fn a_playbook_shapes_the_load_the_plan_predicts() {
+    let sets = ["--set", "workload.duration=3s", "--set", "workload.warmup=0s"];
+    let mut plan_args = vec!["plan", "scenarios/daily-cycle.yaml"];
+    plan_args.extend(sets);
+    let plan = stagegate(&plan_args);
+    let (plan_text, _) = text(&plan);
+    let expected: u64 = plan_text
+        .lines()
+        .find_map(|l| l.strip_prefix("- expected load: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{plan_text}"));
+    assert!(plan_text.contains("open model, daily shape from playbook `daily-cycle`, peak 300.0/s"), "{plan_text}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["scenarios/daily-cycle.yaml"];
+    args.extend(sets);
+    let out = run_in(&dir, &args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    for stage in report["stages"].as_array().unwrap() {
+        let sent = stage["metrics"]["data"]["sent"].as_u64().unwrap();
+        assert!(sent.abs_diff(expected) <= 2, "sent {sent}, the plan expected {expected}");
+    }
+}

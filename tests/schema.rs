@@ -91,6 +91,7 @@ fn the_format_reference_documents_every_key() {
     property_names(&schema, &mut names);
     assert!(names.len() > 60, "{names:?}");
     let docs = std::fs::read_to_string(root().join("docs/format.md")).unwrap();
-    let missing: Vec<&String> = names.iter().filter(|n| !docs.contains(&format!("`{n}`")) && !docs.contains(&format!(".{n}`"))).collect();
+    let missing: Vec<&String> =
+        names.iter().filter(|n| !docs.contains(&format!("`{n}`")) && !docs.contains(&format!(".{n}`"))).collect();
     assert!(missing.is_empty(), "docs/format.md does not mention: {missing:?}");
 }

@@ -33,6 +33,8 @@ pub struct DataCounts {
     pub rejected_valid: u64,
     /// Records sent invalid on purpose that were acknowledged or reached the output.
     pub accepted_invalid: u64,
+    /// Records whose personal data (`pii: true` fields) appears unmasked in the output.
+    pub pii_exposed: u64,
 }
 
 impl DataCounts {
@@ -44,6 +46,7 @@ impl DataCounts {
         self.corrupted += o.corrupted;
         self.rejected_valid += o.rejected_valid;
         self.accepted_invalid += o.accepted_invalid;
+        self.pii_exposed += o.pii_exposed;
     }
 }
 
@@ -76,6 +79,8 @@ pub struct Judgement {
 struct Entry {
     /// (field name, hash of its canonical JSON) for every field sent.
     fields: Vec<(Arc<str>, u64)>,
+    /// Hashes of the values of its `pii` fields.
+    pii: Vec<u64>,
     acked: bool,
     rejected: bool,
     tags: Tags,
@@ -87,11 +92,22 @@ pub struct Ledger {
     key_field: String,
     entries: HashMap<String, Entry>,
     names: HashMap<String, Arc<str>>,
+    pii_fields: Vec<String>,
 }
 
 /// Hash of a JSON value's canonical text (object keys sorted).
 fn hash(value: &Value) -> u64 {
     xxh3_64(value.to_string().as_bytes())
+}
+
+/// Whether any string inside `value` hashes to one of `pii`.
+fn leaks(value: &Value, pii: &[u64]) -> bool {
+    match value {
+        Value::String(_) => pii.contains(&hash(value)),
+        Value::Array(items) => items.iter().any(|v| leaks(v, pii)),
+        Value::Object(map) => map.values().any(|v| leaks(v, pii)),
+        _ => false,
+    }
 }
 
 /// A record's key as text, whatever JSON type it has.
@@ -109,6 +125,12 @@ impl Ledger {
         Ledger { key_field: key_field.to_string(), ..Default::default() }
     }
 
+    /// Watches these fields for personal data showing unmasked in the output.
+    pub fn with_pii(mut self, fields: impl IntoIterator<Item = String>) -> Self {
+        self.pii_fields = fields.into_iter().collect();
+        self
+    }
+
     /// Notes that `record` was sent, with its breakdown tags.
     pub fn sent(&mut self, key: &str, record: &Map<String, Value>, tags: Tags) {
         let fields = record
@@ -118,7 +140,8 @@ impl Ledger {
                 (name.clone(), hash(value))
             })
             .collect();
-        self.entries.insert(key.to_string(), Entry { fields, acked: false, rejected: false, tags });
+        let pii = self.pii_fields.iter().filter_map(|f| record.get(f)).filter(|v| v.is_string()).map(hash).collect();
+        self.entries.insert(key.to_string(), Entry { fields, pii, acked: false, rejected: false, tags });
     }
 
     /// Notes that the record with `key` was acknowledged.
@@ -149,12 +172,16 @@ impl Ledger {
     /// sent in this stage are ignored (they belong to another stage).
     pub fn judge<'a>(&self, observed: impl IntoIterator<Item = &'a Map<String, Value>>) -> Judgement {
         let mut seen: HashMap<&str, (u64, bool)> = HashMap::new();
+        let mut exposed: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for record in observed {
             let Some(key) = key_of(record, &self.key_field) else { continue };
             let Some((stored_key, entry)) = self.entries.get_key_value(key.as_str()) else {
                 continue;
             };
             let altered = entry.fields.iter().any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
+            if !entry.pii.is_empty() && leaks(&Value::Object(record.clone()), &entry.pii) {
+                exposed.insert(stored_key.as_str());
+            }
             let slot = seen.entry(stored_key.as_str()).or_insert((0, false));
             slot.0 += 1;
             slot.1 |= altered;
@@ -162,6 +189,7 @@ impl Ledger {
         let mut judgement = Judgement::default();
         for (key, entry) in &self.entries {
             let mut c = DataCounts { sent: 1, acked: entry.acked as u64, ..Default::default() };
+            c.pii_exposed = exposed.contains(key.as_str()) as u64;
             let seen_as = seen.get(key.as_str());
             if entry.tags.invalid {
                 c.accepted_invalid = (entry.acked || seen_as.is_some()) as u64;
@@ -232,6 +260,7 @@ mod tests {
             corrupted: 1,
             rejected_valid: 1,
             accepted_invalid: 0,
+            pii_exposed: 0,
         };
         assert_eq!(judged.total, expected);
         assert_eq!(judged.by_phase[Phase::During as usize], expected);
@@ -257,6 +286,23 @@ mod tests {
         let counts = ledger.judge(std::iter::empty()).total;
         assert_eq!(counts.lost, 0);
         assert_eq!(counts.acked, 0);
+    }
+
+    #[test]
+    fn personal_data_in_the_output_is_counted() {
+        let mut ledger = Ledger::new("id").with_pii(["email".to_string()]);
+        for id in ["a", "b", "c"] {
+            ledger.sent(id, &rec(json!({"id": id, "email": format!("{id}@example.com")})), Tags::default());
+            ledger.acked(id);
+        }
+        let output = [
+            rec(json!({"id": "a", "email": "a@example.com"})),
+            rec(json!({"id": "b", "email": "b***@example.com", "note": {"raw": ["b@example.com"]}})),
+            rec(json!({"id": "c", "email": "c***@example.com"})),
+        ];
+        let counts = ledger.judge(output.iter()).total;
+        assert_eq!(counts.pii_exposed, 2, "unmasked at top level and nested");
+        assert_eq!(counts.corrupted, 2, "masking changes a sent field");
     }
 
     #[test]

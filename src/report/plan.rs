@@ -84,7 +84,10 @@ pub fn markdown(plan: &Plan) -> String {
     }
     let arrival = match &w.arrival {
         Arrival::Open(p) if p.points.len() == 1 => format!("open model, constant {:.1}/s", p.points[0].1),
-        Arrival::Open(p) => format!("open model, {} shape, peak {:.1}/s", p.shape, p.peak()),
+        Arrival::Open(p) => {
+            let from = p.playbook.as_ref().map(|b| format!(" from playbook `{b}`")).unwrap_or_default();
+            format!("open model, {} shape{from}, peak {:.1}/s", p.shape, p.peak())
+        }
         Arrival::Closed { concurrency } => format!("closed model, {concurrency} requests in flight"),
     };
     let _ = writeln!(

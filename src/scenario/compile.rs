@@ -584,7 +584,7 @@ fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: Duration, de
             ctx.error(&join_key(at, "ramp"), "a ramp must reach a rate above zero");
             ok = false;
         }
-        return ok.then(|| Arrival::Open(RateProfile { points, shape: "ramp".into() }));
+        return ok.then(|| Arrival::Open(RateProfile { points, shape: "ramp".into(), playbook: None }));
     }
     if let Some(s) = &a.spike {
         let p = join_key(at, "spike");
@@ -606,7 +606,7 @@ fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: Duration, de
         }
         let (s0, s1) = (start.as_secs_f64(), (start + len).as_secs_f64());
         let points = vec![(0.0, base), (s0, base), (s0, peak), (s1, peak), (s1, base)];
-        return Some(Arrival::Open(RateProfile { points, shape: "spike".into() }));
+        return Some(Arrival::Open(RateProfile { points, shape: "spike".into(), playbook: None }));
     }
     if let Some(d) = &a.daily {
         let p = join_key(at, "daily");
@@ -621,7 +621,7 @@ fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: Duration, de
         let mut points: Vec<(f64, f64)> =
             DAY.iter().enumerate().map(|(h, m)| (h as f64 * hour, min + (max - min) * m)).collect();
         points.push((stage.as_secs_f64(), min + (max - min) * DAY[0]));
-        return Some(Arrival::Open(RateProfile { points, shape: "daily".into() }));
+        return Some(Arrival::Open(RateProfile { points, shape: "daily".into(), playbook: None }));
     }
     if let Some(playbook) = &a.playbook {
         let p = join_key(at, "playbook");
@@ -650,7 +650,7 @@ fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: Duration, de
         ctx.errors.extend(inner.errors);
         return arrival.map(|a| match a {
             Arrival::Open(mut profile) => {
-                profile.shape = format!("{} (playbook `{}`)", profile.shape, spec.name);
+                profile.playbook = Some(spec.name.clone());
                 Arrival::Open(profile)
             }
             closed => closed,

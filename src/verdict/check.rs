@@ -99,6 +99,7 @@ pub enum DataField {
     Corrupted,
     AcceptedInvalid,
     RejectedValid,
+    PiiExposed,
 }
 
 const QUANTILES: [(&str, Quantile); 7] = [
@@ -111,7 +112,7 @@ const QUANTILES: [(&str, Quantile); 7] = [
     ("mean", Quantile::Mean),
 ];
 
-const DATA_FIELDS: [(&str, DataField); 7] = [
+const DATA_FIELDS: [(&str, DataField); 8] = [
     ("sent", DataField::Sent),
     ("acked", DataField::Acked),
     ("lost", DataField::Lost),
@@ -119,6 +120,7 @@ const DATA_FIELDS: [(&str, DataField); 7] = [
     ("corrupted", DataField::Corrupted),
     ("accepted_invalid", DataField::AcceptedInvalid),
     ("rejected_valid", DataField::RejectedValid),
+    ("pii_exposed", DataField::PiiExposed),
 ];
 
 const FRESHNESS: [(&str, Quantile); 3] = [("p50", Quantile::P50), ("p99", Quantile::P99), ("max", Quantile::Max)];
@@ -241,6 +243,7 @@ impl Base {
                 DataField::Corrupted => d.corrupted,
                 DataField::AcceptedInvalid => d.accepted_invalid,
                 DataField::RejectedValid => d.rejected_valid,
+                DataField::PiiExposed => d.pii_exposed,
             }) as f64
         };
         match self {

@@ -32,12 +32,15 @@ pub struct RateProfile {
     pub points: Vec<(f64, f64)>,
     /// What shape this is (`constant`, `ramp`, `spike`, `daily`), for plans and reports.
     pub shape: String,
+    /// The playbook it came from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
 }
 
 impl RateProfile {
     /// A constant rate.
     pub fn constant(rate: f64) -> Self {
-        RateProfile { points: vec![(0.0, rate)], shape: "constant".into() }
+        RateProfile { points: vec![(0.0, rate)], shape: "constant".into(), playbook: None }
     }
 
     /// The rate at `t` seconds.
@@ -108,7 +111,7 @@ mod tests {
 
     #[test]
     fn profiles_interpolate_and_integrate() {
-        let ramp = RateProfile { points: vec![(0.0, 0.0), (10.0, 100.0)], shape: "ramp".into() };
+        let ramp = RateProfile { points: vec![(0.0, 0.0), (10.0, 100.0)], shape: "ramp".into(), playbook: None };
         assert_eq!(ramp.rate_at(5.0), 50.0);
         assert_eq!(ramp.rate_at(20.0), 100.0);
         assert!((ramp.expected(10.0) - 500.0).abs() < 1e-9);
@@ -116,6 +119,7 @@ mod tests {
         let spike = RateProfile {
             points: vec![(0.0, 10.0), (2.0, 10.0), (2.0, 100.0), (3.0, 100.0), (3.0, 10.0)],
             shape: "spike".into(),
+            playbook: None,
         };
         assert_eq!(spike.rate_at(2.5), 100.0);
         assert_eq!(spike.rate_at(3.5), 10.0);

@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn a_ramp_sends_its_integral_denser_at_the_top() {
-        let ramp = RateProfile { points: vec![(0.0, 0.0), (10.0, 200.0)], shape: "ramp".into() };
+        let ramp = RateProfile { points: vec![(0.0, 0.0), (10.0, 200.0)], shape: "ramp".into(), playbook: None };
         let offsets: Vec<_> = schedule(&ramp, Duration::from_secs(10)).collect();
         assert!((offsets.len() as i64 - 1000).abs() <= 1, "{}", offsets.len());
         let first_half = offsets.iter().filter(|o| o.as_secs_f64() < 5.0).count();
@@ -81,6 +81,7 @@ mod tests {
         let spike = RateProfile {
             points: vec![(0.0, 10.0), (2.0, 10.0), (2.0, 100.0), (3.0, 100.0), (3.0, 10.0)],
             shape: "spike".into(),
+            playbook: None,
         };
         let offsets: Vec<_> = schedule(&spike, Duration::from_secs(5)).collect();
         let burst = offsets.iter().filter(|o| (2.0..3.0).contains(&o.as_secs_f64())).count();
