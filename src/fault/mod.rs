@@ -4,6 +4,7 @@
 //! inside a stage, and the seeded per-connection choice. Nothing here touches a socket;
 //! [`proxy`] applies these decisions to real TCP traffic.
 
+pub mod chunk;
 pub mod proxy;
 
 use std::time::Duration;
@@ -142,9 +143,20 @@ impl FaultKind {
         }
     }
 
-    /// Whether the TCP proxy of this build applies this kind.
+    /// Whether the TCP proxy applies this kind.
     pub fn runs_in_proxy(&self) -> bool {
-        matches!(self, FaultKind::Latency { .. } | FaultKind::Refuse | FaultKind::Blackhole | FaultKind::Reset { .. })
+        matches!(
+            self,
+            FaultKind::Latency { .. }
+                | FaultKind::Bandwidth { .. }
+                | FaultKind::Refuse
+                | FaultKind::Blackhole
+                | FaultKind::Reset { .. }
+                | FaultKind::SlowClose { .. }
+                | FaultKind::Slicer { .. }
+                | FaultKind::LimitData { .. }
+                | FaultKind::Corrupt { .. }
+        )
     }
 }
 

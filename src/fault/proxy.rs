@@ -24,7 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Activation, Direction, FaultKind, unit};
+use super::chunk::{self, Cut, Flow, hits};
+use super::{Activation, Direction, FaultKind};
 
 type ActiveSet = Arc<Vec<Activation>>;
 
@@ -105,11 +106,6 @@ fn refusing(set: &ActiveSet) -> bool {
     set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && a.fault.probability >= 1.0)
 }
 
-/// Whether activation `a` hits connection `conn` (decided once, from the seed).
-fn hits(a: &Activation, conn: u64) -> bool {
-    a.fault.probability >= 1.0 || unit(a.seed, conn) < a.fault.probability
-}
-
 async fn serve(
     listener: TcpListener,
     listen: SocketAddr,
@@ -165,6 +161,19 @@ struct Connection {
 enum Chunk {
     Data(Bytes, Instant),
     Eof,
+}
+
+/// Sleeps until `deadline` to within a few microseconds. The runtime's timer has
+/// millisecond steps, so it sleeps to a millisecond before and yields until the instant:
+/// a held chunk leaves on time instead of up to a millisecond late.
+async fn sleep_precisely(deadline: Instant) {
+    let coarse = deadline.checked_sub(Duration::from_millis(1)).unwrap_or(deadline);
+    if coarse > Instant::now() {
+        tokio::time::sleep_until(coarse).await;
+    }
+    while Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Sets SO_LINGER to zero so that closing the socket sends RST instead of FIN.
@@ -228,7 +237,7 @@ impl Connection {
 
     /// Moves bytes one way; `fds` are the client's and the server's sockets, both reset
     /// together when a reset fault fires.
-    async fn pump(&self, flow: Direction, mut from: OwnedReadHalf, mut to: OwnedWriteHalf, fds: [RawFd; 2]) {
+    async fn pump(&self, flow_dir: Direction, mut from: OwnedReadHalf, mut to: OwnedWriteHalf, fds: [RawFd; 2]) {
         let (tx, mut rx) = mpsc::channel::<Chunk>(64);
         let reader = async {
             let mut buf = BytesMut::with_capacity(32 * 1024);
@@ -251,81 +260,104 @@ impl Connection {
             }
         };
         let writer = async {
-            let mut passed: u64 = 0;
-            let mut chunks: u64 = 0;
+            let mut flow = Flow::default();
             let mut last_release = Instant::now();
+            // When the bandwidth cap next lets a byte through.
+            let mut bandwidth_free = Instant::now();
             loop {
                 let chunk = tokio::select! {
                     _ = self.cancel.cancelled() => return,
                     c = rx.recv() => c,
                 };
-                let (mut data, arrived) = match chunk {
+                let (data, arrived) = match chunk {
                     Some(Chunk::Data(d, t)) => (d, t),
                     Some(Chunk::Eof) | None => {
+                        // A slow close holds the FIN back.
+                        let set = self.active.borrow().clone();
+                        if let Some(hold) = chunk::close_hold(&set, self.id, flow_dir) {
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => return,
+                                _ = tokio::time::sleep(hold) => {}
+                            }
+                        }
                         let _ = to.shutdown().await;
                         return;
                     }
                 };
-                chunks += 1;
                 let set = self.active.borrow().clone();
-                let mut release = arrived;
-                let mut drop_chunk = false;
-                let mut reset_at: Option<u64> = None;
-                for a in set.iter().filter(|a| a.fault.direction.covers(flow) && hits(a, self.id)) {
-                    match &a.fault.kind {
-                        FaultKind::Latency { delay, jitter } => {
-                            let mut d = *delay;
-                            if !jitter.is_zero() {
-                                let u = unit(a.seed ^ self.id.rotate_left(29) ^ flow as u64, chunks);
-                                let j = jitter.as_secs_f64() * (2.0 * u - 1.0);
-                                d = Duration::from_secs_f64((delay.as_secs_f64() + j).max(0.0));
-                            }
-                            release = release.max(arrived + d);
-                        }
-                        FaultKind::Blackhole => drop_chunk = true,
-                        FaultKind::Reset { after } => {
-                            let limit = after.unwrap_or(0);
-                            reset_at = Some(reset_at.map_or(limit, |r| r.min(limit)));
-                        }
-                        // Other kinds are not applied to TCP chunks (the plan refuses them
-                        // before a run starts).
-                        _ => {}
-                    }
-                }
-                if let Some(limit) = reset_at {
-                    let room = limit.saturating_sub(passed) as usize;
-                    if room < data.len() {
-                        // Pass what fits under the limit, then cut the connection with RST.
-                        if room > 0 {
-                            let _ = to.write_all(&data[..room]).await;
-                        }
-                        fds.iter().for_each(|fd| arm_reset_fd(*fd));
-                        self.reset.store(true, Ordering::Relaxed);
-                        self.stats.cut.fetch_add(1, Ordering::Relaxed);
-                        self.cancel.cancel();
-                        return;
-                    }
-                }
-                if drop_chunk {
+                let plan = chunk::plan(&set, self.id, flow_dir, data.len(), &mut flow);
+                if plan.drop {
                     self.stats.chunks_faulted.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if release > arrived {
+                if !plan.hold.is_zero() {
                     self.stats.chunks_faulted.fetch_add(1, Ordering::Relaxed);
                     // Chunks keep their order: never release before the previous one.
-                    release = release.max(last_release);
+                    let release = (arrived + plan.hold).max(last_release);
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(release) => {}
+                        _ = sleep_precisely(release) => {}
+                    }
+                    last_release = release;
+                }
+                let mut data = data;
+                if !plan.flips.is_empty() {
+                    let mut owned = BytesMut::from(&data[..]);
+                    for (at, mask) in &plan.flips {
+                        owned[*at] ^= mask;
+                    }
+                    data = owned.freeze();
+                }
+                let pass = plan.cut.map_or(data.len(), |(at, _)| at);
+                let mut rest = data.slice(..pass);
+                while !rest.is_empty() {
+                    let piece = match plan.slices {
+                        Some((size, variation, _)) => {
+                            flow.slices += 1;
+                            chunk::slice_size(size, variation, self.id ^ 0x51, flow.slices).min(rest.len())
+                        }
+                        // Under a bandwidth cap, write at most a hundredth of a second's worth at once.
+                        None => plan.bandwidth.map_or(rest.len(), |b| ((b / 100).max(1) as usize).min(rest.len())),
+                    };
+                    let bytes = rest.split_to(piece);
+                    if let Some(rate) = plan.bandwidth {
+                        // The link keeps an absolute schedule while busy, so late wake-ups do
+                        // not add up; after an idle spell it starts afresh from now.
+                        let now = Instant::now();
+                        let start = if now > bandwidth_free + Duration::from_millis(20) { now } else { bandwidth_free };
+                        bandwidth_free = start + Duration::from_secs_f64(bytes.len() as f64 / rate as f64);
+                        if start > now {
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => return,
+                                _ = tokio::time::sleep_until(start) => {}
+                            }
+                        }
+                    }
+                    if to.write_all(&bytes).await.is_err() {
+                        self.cancel.cancel();
+                        return;
+                    }
+                    if let Some((_, _, gap)) = plan.slices
+                        && !rest.is_empty()
+                        && !gap.is_zero()
+                    {
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            _ = tokio::time::sleep(gap) => {}
+                        }
                     }
                 }
-                last_release = release;
-                passed += data.len() as u64;
-                if to.write_all(&data).await.is_err() {
+                if let Some((_, how)) = plan.cut {
+                    self.stats.cut.fetch_add(1, Ordering::Relaxed);
+                    if how == Cut::Reset {
+                        fds.iter().for_each(|fd| arm_reset_fd(*fd));
+                        self.reset.store(true, Ordering::Relaxed);
+                    } else {
+                        let _ = to.shutdown().await;
+                    }
                     self.cancel.cancel();
                     return;
                 }
-                data.clear();
             }
         };
         tokio::join!(reader, writer);
