@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use stagegate::data::Schema;
 use stagegate::measure::{Outcome, Recorder};
 use stagegate::quality::Judgement;
-use stagegate::workload::driver::{self, HttpWrite, Sample, Sink};
+use stagegate::workload::driver::{self, HttpWrite, InputFaults, Sample, Sink};
 use stagegate::workload::{Arrival, RateProfile, Workload};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,7 @@ struct Count {
 }
 
 impl Sink for Count {
-    fn sent(&mut self, _: Duration, _: &str, _: &Map<String, Value>) {}
+    fn sent(&mut self, _: Duration, _: &str, _: &Map<String, Value>, _: bool) {}
     fn sample(&mut self, s: Sample) {
         self.ok += (s.outcome == Outcome::Acked) as u64;
         self.recorder.record(s.offset, s.latency, s.outcome, None);
@@ -58,7 +58,7 @@ fn main() {
             };
             let mut sink = Count { recorder: Recorder::new(workload.warmup, duration, vec![]), ok: 0 };
             let started = std::time::Instant::now();
-            let drive = driver::drive(&write, &workload, 1, &CancellationToken::new(), &mut sink).await;
+            let drive = driver::drive(&write, &workload, 1, &InputFaults::default(), &CancellationToken::new(), &mut sink).await;
             let secs = started.elapsed().as_secs_f64();
             let m = sink.recorder.finish(duration, &Judgement::default());
             println!(

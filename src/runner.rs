@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::deps::{self, Running};
+use crate::fault::records::RecordFaults;
 use crate::fault::{self, Activation, Place};
 use crate::flags::FlagState;
 use crate::flags::ofrep::OfrepServer;
@@ -28,7 +29,7 @@ use crate::seed;
 use crate::sut::pipeline::Pipeline;
 use crate::sut::{BuiltinTarget, Target, store};
 use crate::verdict::{self, Assessment, Outcome as Judged, Rule, Sides, Verdict};
-use crate::workload::driver::{self, HttpWrite, Sample, Sink};
+use crate::workload::driver::{self, HttpWrite, InputFaults, Sample, Sink};
 
 /// Everything a run started, so that teardown can stop it.
 #[derive(Default)]
@@ -179,16 +180,12 @@ struct StageSink<'a> {
 }
 
 impl Sink for StageSink<'_> {
-    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>) {
+    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
         let variant = variant_of(&self.stage.flags, key, self.flag_seed)
             .map(|v| self.variants.entry(v.clone()).or_insert_with(|| Arc::from(v.as_str())).clone());
         let warmup = offset < self.plan.workload.warmup;
-        let tags = Tags {
-            phase: (!warmup).then(|| self.recorder.phase(offset)),
-            variant: variant.clone(),
-            invalid: false,
-            warmup,
-        };
+        let tags =
+            Tags { phase: (!warmup).then(|| self.recorder.phase(offset)), variant: variant.clone(), invalid, warmup };
         self.ledger.sent(key, record, tags);
         if variant.is_some() {
             self.keys.insert(key.to_string(), variant);
@@ -281,8 +278,22 @@ async fn run_stages(
         let start = Instant::now();
         let stage_over = stop.child_token();
         let data_seed = seed::derive(plan.seed, "data", index as u64);
+        let input = InputFaults {
+            records: RecordFaults::new(&stage.faults, plan.workload.duration, |i| {
+                seed::derive(plan.seed, "records", (index as u64) << 32 | i as u64)
+            }),
+            timestamps: plan
+                .workload
+                .schema
+                .fields
+                .iter()
+                .filter(|f| matches!(f.kind, crate::data::FieldKind::Timestamp { .. }))
+                .map(|f| f.name.clone())
+                .collect(),
+            seed: seed::derive(plan.seed, "reorder", index as u64),
+        };
         let drive = async {
-            let drive = driver::drive(&write, &plan.workload, data_seed, &stop, &mut sink).await;
+            let drive = driver::drive(&write, &plan.workload, data_seed, &input, &stop, &mut sink).await;
             stage_over.cancel();
             drive
         };

@@ -66,3 +66,27 @@ fn data_is_byte_identical_for_a_seed() {
     assert_eq!(a.stdout, b.stdout);
     assert_ne!(a.stdout, c.stdout);
 }
+
+#[test]
+fn bad_input_catches_the_candidate_accepting_and_duplicating() {
+    let reports = tempfile::tempdir().unwrap();
+    let out = stagegate(&["run", "-q", "scenarios/bad-input.yaml", "--report-dir", reports.path().to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report = only_report(reports.path());
+    let data = |i: usize| report["stages"][i]["metrics"]["data"].clone();
+    let (baseline, candidate) = (data(0), data(1));
+    // The current path refuses every malformed order and stores a resent one once.
+    assert_eq!(baseline["accepted_invalid"], 0, "{baseline}");
+    assert_eq!(baseline["duplicated"], 0, "{baseline}");
+    // The new path lets some malformed orders in and stores resent ones twice.
+    assert!(candidate["accepted_invalid"].as_u64().unwrap() > 0, "{candidate}");
+    assert!(candidate["duplicated"].as_u64().unwrap() > 0, "{candidate}");
+    // Late and reordered orders are valid orders: none is lost, altered or refused.
+    for d in [&baseline, &candidate] {
+        assert_eq!(d["lost"], 0, "{d}");
+        assert_eq!(d["corrupted"], 0, "{d}");
+        assert_eq!(d["rejected_valid"], 0, "{d}");
+    }
+    assert_eq!(report["faults"].as_array().unwrap().len(), 8);
+}

@@ -6,6 +6,7 @@
 
 pub mod chunk;
 pub mod proxy;
+pub mod records;
 
 use std::time::Duration;
 

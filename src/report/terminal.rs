@@ -102,14 +102,15 @@ pub fn summary(r: &RunReport) -> String {
         s.push_str(&format!("{d}\n"));
     }
     s.push('\n');
+    let w = r.stages.iter().map(|st| st.name.len()).max().unwrap_or(0).max(16);
     s.push_str(&format!(
-        "{:<16} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6}\n",
+        "{:<w$} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6}\n",
         "stage", "requests", "p50", "p99", "errors", "lost", "dup", "corrupt"
     ));
     for st in &r.stages {
         let m = &st.metrics;
         s.push_str(&format!(
-            "{:<16} {:>9} {:>9} {:>9} {:>7.2}% {:>6} {:>6} {:>6}{}\n",
+            "{:<w$} {:>9} {:>9} {:>9} {:>7.2}% {:>6} {:>6} {:>6}{}\n",
             st.name,
             m.requests,
             ms(m.latency.p50),
@@ -151,7 +152,7 @@ pub fn summary(r: &RunReport) -> String {
                 crate::verdict::Level::Observe => " [observe]",
             };
             s.push_str(&format!(
-                "  {mark}  {:<16} {:<28} measured {:>9}  limit {}{level}{}\n",
+                "  {mark}  {:<w$} {:<28} measured {:>9}  limit {}{level}{}\n",
                 a.stage,
                 a.criterion,
                 a.measured_text,

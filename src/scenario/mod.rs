@@ -180,8 +180,12 @@ impl Plan {
         }
         for s in &self.stages {
             for (i, f) in s.faults.iter().enumerate() {
-                let proxied = matches!(f.at, crate::fault::Place::Dependency(_));
-                if !(proxied && f.kind.runs_in_proxy()) {
+                let runs = match f.at {
+                    crate::fault::Place::Dependency(_) => f.kind.runs_in_proxy(),
+                    crate::fault::Place::Workload => true,
+                    crate::fault::Place::Target => false,
+                };
+                if !runs {
                     out.push(format!("stage `{}` fault {i}: `{}` at `{}`", s.name, f.kind.name(), f.at));
                 }
             }

@@ -8,7 +8,8 @@
 //! The two paths differ the way a real candidate might: the current one (`v1`) writes
 //! with an idempotency token, so its retries are safe; the new one (`v2`) retries
 //! without a token, so when the store applies a write but the answer is lost (a reset
-//! connection), the retry stores the order twice. A fault on the store reveals it.
+//! connection), the retry stores the order twice. A fault on the store reveals it. The
+//! new path also checks fewer fields, so malformed input reveals it too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -232,8 +233,10 @@ async fn poll_flags(url: String, flag: Arc<AtomicU8>, cancel: CancellationToken)
     }
 }
 
-/// Checks an order; the error is the reason given to the client.
-fn validate(order: &Map<String, Value>) -> Result<(), String> {
+/// Checks an order; the error is the reason given to the client. The current path
+/// checks every field of an order; the new path forgot the contact and event-time fields,
+/// so it lets some malformed orders through.
+fn validate(order: &Map<String, Value>, new: bool) -> Result<(), String> {
     let text = |k: &str| order.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     text("order_id").ok_or("order_id must be a non-empty string")?;
     text("customer").ok_or("customer must be a non-empty string")?;
@@ -248,6 +251,13 @@ fn validate(order: &Map<String, Value>) -> Result<(), String> {
     let items = order.get("items").and_then(Value::as_i64).ok_or("items must be an integer")?;
     if items < 1 {
         return Err("items must be at least 1".into());
+    }
+    if !new {
+        text("email").filter(|e| e.contains('@')).ok_or("email must be an address")?;
+        text("city").ok_or("city must be a non-empty string")?;
+        order.get("customer_id").and_then(Value::as_i64).ok_or("customer_id must be an integer")?;
+        let created = text("created_at").ok_or("created_at must be a string")?;
+        chrono::DateTime::parse_from_rfc3339(created).map_err(|_| "created_at must be an RFC 3339 time")?;
     }
     Ok(())
 }
@@ -281,11 +291,11 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
         Ok(_) => return (StatusCode::BAD_REQUEST, "an order is a JSON object").into_response(),
         Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")).into_response(),
     };
-    if let Err(reason) = validate(&order) {
+    let key = order.get("order_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let new = app.new_path_for(&key).await;
+    if let Err(reason) = validate(&order, new) {
         return (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response();
     }
-    let key = order["order_id"].as_str().unwrap_or_default().to_string();
-    let new = app.new_path_for(&key).await;
     let enriched = Value::Object(enrich(order, new)).to_string();
     // v1 passes the order id as idempotency token; v2 forgot to.
     let token = (!new).then_some(key.as_str());
@@ -316,10 +326,20 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_field() {
-        let ok = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": 1.5, "items": 2});
-        assert!(validate(ok.as_object().unwrap()).is_ok());
-        let bad = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": "1.5", "items": 2});
-        assert_eq!(validate(bad.as_object().unwrap()).unwrap_err(), "amount must be a number");
+        let ok = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": 1.5, "items": 2,
+            "email": "c@example.com", "city": "Oslo", "customer_id": 7, "created_at": "2026-01-01T00:00:00.000Z"});
+        assert!(validate(ok.as_object().unwrap(), false).is_ok());
+        let mut bad = ok.as_object().unwrap().clone();
+        bad.insert("amount".into(), json!("1.5"));
+        assert_eq!(validate(&bad, false).unwrap_err(), "amount must be a number");
+    }
+
+    #[test]
+    fn the_new_path_lets_a_missing_email_through() {
+        let order = json!({"order_id": "a", "customer": "c", "currency": "USD", "amount": 1.5, "items": 2,
+            "city": "Oslo", "customer_id": 7, "created_at": "2026-01-01T00:00:00.000Z"});
+        assert!(validate(order.as_object().unwrap(), false).is_err());
+        assert!(validate(order.as_object().unwrap(), true).is_ok());
     }
 
     #[test]

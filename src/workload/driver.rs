@@ -6,6 +6,7 @@
 //! send. Latency runs from the intended send time. The loop stops at the stage's end or
 //! when cancelled; requests still in flight then get a bounded grace period to finish.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Arrival, Workload, pacing};
 use crate::data::Generator;
+use crate::fault::records::{RecordFaults, make_late, malform};
+use crate::fault::unit;
 use crate::measure::Outcome;
 use crate::quality::key_of;
 
@@ -41,8 +44,9 @@ pub struct Sample {
 
 /// What the driver tells its caller while it runs.
 pub trait Sink {
-    /// A record is about to be sent, intended at `offset` into the stage.
-    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>);
+    /// A record is about to be sent, intended at `offset` into the stage; `invalid` when a
+    /// `malformed` fault broke it on purpose.
+    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool);
     /// Extra headers for this record's request (a `header` flag provider uses this).
     fn headers(&mut self, _key: &str) -> Vec<(String, String)> {
         Vec::new()
@@ -51,6 +55,16 @@ pub trait Sink {
     fn sample(&mut self, sample: Sample);
     /// Called about once a second with the elapsed stage time.
     fn tick(&mut self, elapsed: Duration);
+}
+
+/// The stage's input-data faults, and the record fields they act on.
+#[derive(Debug, Clone, Default)]
+pub struct InputFaults {
+    pub records: RecordFaults,
+    /// Timestamp fields, moved by `late` faults.
+    pub timestamps: Vec<String>,
+    /// A seed for reordering choices.
+    pub seed: u64,
 }
 
 /// Where and how records are written.
@@ -75,6 +89,7 @@ pub async fn drive(
     write: &HttpWrite,
     workload: &Workload,
     data_seed: u64,
+    input: &InputFaults,
     cancel: &CancellationToken,
     sink: &mut (dyn Sink + Send),
 ) -> Drive {
@@ -93,6 +108,12 @@ pub async fn drive(
     };
     let mut in_flight = 0usize;
     let mut dropped = 0u64;
+    let fields: Vec<String> =
+        workload.schema.fields.iter().map(|f| f.name.clone()).filter(|f| *f != key_field).collect();
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let mut index = 0u64;
+    // Records generated ahead, for out-of-order sends.
+    let mut ahead: VecDeque<Map<String, Value>> = VecDeque::new();
 
     loop {
         // The next send: on schedule (open model), or as soon as a slot frees (closed).
@@ -139,36 +160,61 @@ pub async fn drive(
             break;
         }
         let offset = intended - start;
-        let record = generator.next_record();
-        let key = key_of(&record, &key_field).unwrap_or_default();
-        sink.sent(offset, &key, &record);
-        let headers = sink.headers(&key);
-        let body = Value::Object(record).to_string();
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => { completed = false; break; }
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        let fate = input.records.decide(offset, index, &fields);
+        let mut record = match fate.reorder {
+            Some(window) => {
+                // Send one of the next `window` records instead of the first of them.
+                while ahead.len() < window as usize {
+                    ahead.push_back(generator.next_record());
+                }
+                let pick = 1 + (unit(input.seed, index) * (ahead.len() - 1) as f64) as usize;
+                ahead.remove(pick.min(ahead.len() - 1)).expect("the window is filled")
+            }
+            None => ahead.pop_front().unwrap_or_else(|| generator.next_record()),
         };
-        let mut request = write
-            .client
-            .post(&write.url)
-            .header("content-type", "application/json")
-            .timeout(workload.timeout)
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(name, value);
+        index += 1;
+        if let Some(by) = fate.late {
+            make_late(&mut record, &input.timestamps, by);
         }
-        let tx = tx.clone();
-        in_flight += 1;
-        tasks.spawn(async move {
-            let outcome = match request.send().await {
-                Ok(r) if r.status().is_success() => Outcome::Acked,
-                Ok(r) if r.status().is_client_error() => Outcome::Rejected,
-                _ => Outcome::Failed,
+        let key = key_of(&record, &key_field).unwrap_or_default();
+        let body = match &fate.malformed {
+            Some(how) => malform(&record, how),
+            None => Value::Object(record.clone()).to_string(),
+        };
+        sink.sent(offset, &key, &record, fate.malformed.is_some());
+        let headers = sink.headers(&key);
+        let copies = if fate.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => { completed = false; break; }
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
-            let latency = Instant::now().saturating_duration_since(intended);
-            let _ = tx.send(Sample { offset, latency, outcome, key });
-            drop(permit);
-        });
+            let mut request = write
+                .client
+                .post(&write.url)
+                .header("content-type", "application/json")
+                .timeout(workload.timeout)
+                .body(body.clone());
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            let tx = tx.clone();
+            let key = key.clone();
+            in_flight += 1;
+            tasks.spawn(async move {
+                let outcome = match request.send().await {
+                    Ok(r) if r.status().is_success() => Outcome::Acked,
+                    Ok(r) if r.status().is_client_error() => Outcome::Rejected,
+                    _ => Outcome::Failed,
+                };
+                let latency = Instant::now().saturating_duration_since(intended);
+                let _ = tx.send(Sample { offset, latency, outcome, key });
+                drop(permit);
+            });
+        }
+        if !completed {
+            break;
+        }
         // Reap finished tasks so the set does not grow with the stage.
         while tasks.try_join_next().is_some() {}
     }
