@@ -149,7 +149,17 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
     for file in files {
         match load(file, args, "the scenario is not valid") {
             Ok(plan) => {
-                println!("{}: valid ({} stages, {} criteria)", file.display(), plan.stages.len(), plan.criteria.len());
+                let plural = |n: usize, word: &str| if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") };
+                println!(
+                    "{}: valid ({}, {})",
+                    file.display(),
+                    plural(plan.stages.len(), "stage"),
+                    if plan.criteria.len() == 1 {
+                        "1 criterion".to_string()
+                    } else {
+                        format!("{} criteria", plan.criteria.len())
+                    }
+                );
                 for u in plan.unsupported() {
                     println!("  note: this build cannot run {u} yet; `stagegate run` will refuse it");
                 }

@@ -38,6 +38,40 @@ fn params(f: &Fault) -> String {
     }
 }
 
+/// A command as a shell would take it back: arguments with spaces or quotes are quoted.
+pub fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A rate as a scenario writes it: `150/s`, `12.5/s`.
+fn rate(r: f64) -> String {
+    if r.fract() == 0.0 { format!("{r:.0}/s") } else { format!("{r:.1}/s") }
+}
+
+/// A path without `dir/..` detours, for display.
+fn tidy(path: &std::path::Path) -> String {
+    let mut out: Vec<std::path::Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir if matches!(out.last(), Some(std::path::Component::Normal(_))) => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out.iter().collect::<std::path::PathBuf>().display().to_string()
+}
+
 /// The plan of `plan` as Markdown.
 pub fn markdown(plan: &Plan) -> String {
     let mut s = String::new();
@@ -83,17 +117,17 @@ pub fn markdown(plan: &Plan) -> String {
         );
     }
     let arrival = match &w.arrival {
-        Arrival::Open(p) if p.points.len() == 1 => format!("open model, constant {:.1}/s", p.points[0].1),
+        Arrival::Open(p) if p.points.len() == 1 => format!("open model, constant {}", rate(p.points[0].1)),
         Arrival::Open(p) => {
             let from = p.playbook.as_ref().map(|b| format!(" from playbook `{b}`")).unwrap_or_default();
-            format!("open model, {} shape{from}, peak {:.1}/s", p.shape, p.peak())
+            format!("open model, {} shape{from}, peak {}", p.shape, rate(p.peak()))
         }
         Arrival::Closed { concurrency } => format!("closed model, {concurrency} requests in flight"),
     };
     let _ = writeln!(
         s,
         "- workload: records from `{}` (schema `{}`, key `{}`), {arrival}; each stage runs {} with {} of warm-up (measured, not judged); request timeout {}",
-        w.data_file.display(),
+        tidy(&w.data_file),
         w.schema.name,
         w.schema.key,
         format_duration(w.duration),
@@ -163,6 +197,10 @@ pub fn markdown(plan: &Plan) -> String {
             (_, Some(list)) => format!(" in {}", list.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", ")),
         };
         let mut extra = vec![format!("{:?}", c.level).to_lowercase(), format!("min {} samples", c.min_samples)];
+        if let Rule::Compare(cmp) = &c.rule {
+            extra.push(format!("max regression {:.1}%", cmp.max_regression * 100.0));
+            extra.push(format!("confidence {:.0}%", cmp.confidence * 100.0));
+        }
         if c.abort_on_fail {
             extra.push("aborts the run on failure".into());
         }
@@ -171,7 +209,8 @@ pub fn markdown(plan: &Plan) -> String {
     let _ = writeln!(s, "\n## On each verdict\n");
     let _ = writeln!(s, "| verdict | exit code | action |");
     let _ = writeln!(s, "| --- | --- | --- |");
-    let action = |cmd: &Option<Vec<String>>| cmd.as_ref().map_or("none".to_string(), |c| format!("`{}`", c.join(" ")));
+    let action =
+        |cmd: &Option<Vec<String>>| cmd.as_ref().map_or("none".to_string(), |c| format!("`{}`", shell_words(c)));
     let _ = writeln!(s, "| PROMOTE | 0 | {} |", action(&plan.on_verdict.promote));
     let _ = writeln!(s, "| ROLLBACK | 1 | {} |", action(&plan.on_verdict.rollback));
     let _ = writeln!(s, "| INCONCLUSIVE | 3 | {} |", action(&plan.on_verdict.inconclusive));

@@ -45,6 +45,7 @@ impl Reporter for TerminalReporter {
             }
             Event::StageStarted { index, name, flags } => {
                 let state: Vec<String> = flags.iter().map(|(k, v)| format!("{k}={}", v.describe())).collect();
+                let state = if state.is_empty() { vec!["no flags".to_string()] } else { state };
                 let _ = writeln!(err, "stage {} `{name}` started [{}]", index + 1, state.join(", "));
             }
             Event::Progress { stage, elapsed_secs, sent, acked, failed } if self.progress => {
@@ -98,6 +99,9 @@ impl Reporter for TerminalReporter {
 pub fn summary(r: &RunReport) -> String {
     let mut s = String::new();
     s.push_str(&format!("\n{}  (seed {})\n", r.scenario, r.seed));
+    for o in &r.overrides {
+        s.push_str(&format!("override: --set {o}\n"));
+    }
     if let Some(d) = &r.description {
         s.push_str(&format!("{d}\n"));
     }
@@ -186,8 +190,9 @@ pub fn summary(r: &RunReport) -> String {
     }
     if let Some(action) = &r.on_verdict {
         let status = action.exit_code.map_or("did not finish".to_string(), |c| format!("exited {c}"));
-        let first = action.output.lines().next().unwrap_or("");
-        s.push_str(&format!("on_verdict: `{}` {status}: {first}\n", action.command.join(" ")));
+        let last = action.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let command = crate::report::plan::shell_words(&action.command);
+        s.push_str(&format!("on_verdict: `{command}` {status}: {last}\n"));
     }
     if let Some(dir) = &r.report_dir {
         s.push_str(&format!("report: {}\n", dir.join("report.json").display()));

@@ -115,9 +115,11 @@ pub(super) fn compile(
     };
     for key in root.keys() {
         if !TOP_KEYS.contains(&key.as_str()) {
-            let hint = nearest(key, TOP_KEYS).map_or(format!("valid keys here: {}", TOP_KEYS.join(", ")), |b| {
-                format!("did you mean `{b}`? valid keys here: {}", TOP_KEYS.join(", "))
-            });
+            let elsewhere = super::schema::misplaced_hint(key).map(|h| format!("; {h}")).unwrap_or_default();
+            let hint = nearest(key, TOP_KEYS)
+                .map_or(format!("valid keys here: {}{elsewhere}", TOP_KEYS.join(", ")), |b| {
+                    format!("did you mean `{b}`? valid keys here: {}", TOP_KEYS.join(", "))
+                });
             let pos = loc.key(key);
             ctx.errors.push(Diagnostic {
                 file: file.to_path_buf(),
@@ -503,7 +505,10 @@ fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Workload> {
             ),
         );
     }
-    let arrival = compile_arrival(ctx, "workload.arrival", &w.arrival, duration?, 0);
+    let arrival_spec = ctx.read::<ArrivalSpec>("workload.arrival", &w.arrival);
+    // Check the arrival model even when the duration is wrong, against a long stage.
+    let stage_for_checks = duration.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(24 * 3600));
+    let arrival = arrival_spec.and_then(|a| compile_arrival(ctx, "workload.arrival", &a, stage_for_checks, 0));
     Some(Workload {
         schema: schema?,
         data_file,
@@ -565,8 +570,12 @@ fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: Duration, de
         let mut points = Vec::new();
         let mut t = 0.0;
         let mut ok = true;
-        for (i, s) in steps.iter().enumerate() {
+        for (i, raw) in steps.iter().enumerate() {
             let p = join_index(&join_key(at, "ramp"), i);
+            let Some(s) = ctx.read::<RampStepSpec>(&p, raw) else {
+                ok = false;
+                continue;
+            };
             let r = rate(ctx, &join_key(&p, "rate"), &s.rate);
             let len = ctx.unit(&join_key(&p, "for"), Some(&s.length), units::parse_duration);
             match (r, len) {
@@ -580,7 +589,7 @@ fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: Duration, de
                 _ => ok = false,
             }
         }
-        if points.iter().all(|(_, r)| *r <= 0.0) {
+        if ok && points.iter().all(|(_, r)| *r <= 0.0) {
             ctx.error(&join_key(at, "ramp"), "a ramp must reach a rate above zero");
             ok = false;
         }
@@ -715,6 +724,12 @@ fn compile_stages(
                     let known: Vec<&str> =
                         flags.iter().flat_map(|f| f.definitions.iter().map(|d| d.key.as_str())).collect();
                     ctx.unknown(&path, "flag", key, &known);
+                    if nearest(key, known.iter().copied()).is_none()
+                        && let Some(h) = super::schema::misplaced_hint(key)
+                        && let Some(d) = ctx.errors.last_mut()
+                    {
+                        d.hint = Some(h);
+                    }
                 }
             }
         }
@@ -757,7 +772,16 @@ fn flag_state(ctx: &mut Ctx, path: &str, def: &FlagDef, value: &Value) -> Option
             FlagType::Object => None,
         };
         let Some(variant) = variant else {
-            ctx.error(&p, format!("`{text}` is not a {} value of flag `{}`", type_name(def.kind), def.key));
+            let hint = match def.kind {
+                FlagType::Boolean => nearest(text, ["true", "false"]).map(|b| format!("did you mean `{b}`?")),
+                _ => None,
+            };
+            let hint = hint.or_else(|| {
+                text.ends_with('%').then(|| {
+                    "a share with a decimal comma (`0,5%`) reads as two keys in YAML; write `0.5%`".to_string()
+                })
+            });
+            ctx.error(&p, format!("`{text}` is not a {} value of flag `{}`", type_name(def.kind), def.key)).hint = hint;
             return None;
         };
         let share_text = match share {
@@ -780,7 +804,7 @@ fn flag_state(ctx: &mut Ctx, path: &str, def: &FlagDef, value: &Value) -> Option
         ctx.error(path, format!("the shares add up to {:.1}%, above 100%", total * 100.0));
         return None;
     }
-    if variants.iter().all(|(v, _)| *v == def.default) {
+    if variants.iter().all(|(v, share)| *v == def.default || *share == 0.0) {
         ctx.warn(path, format_args!("every share goes to the default value {}; the stage is not split", def.default));
     }
     Some(FlagState::Split { variants, rest: def.default.clone() })

@@ -154,7 +154,14 @@ pub(super) fn compile(
     ];
     for (name, present) in given {
         if present && !required.contains(&name) && !optional.contains(&name) {
-            ctx.error(&join_key(path, name), format!("`{name}` does not apply to a {kind_name} fault"));
+            let takes: Vec<String> = required.iter().chain(optional).map(|p| format!("`{p}`")).collect();
+            let hint = if takes.is_empty() {
+                format!("a {kind_name} fault takes no parameters beyond `from`, `for`, `every`, `probability`")
+            } else {
+                format!("a {kind_name} fault takes {}", takes.join(", "))
+            };
+            ctx.error(&join_key(path, name), format!("`{name}` does not apply to a {kind_name} fault")).hint =
+                Some(hint);
             ok = false;
         }
         if !present && required.contains(&name) {

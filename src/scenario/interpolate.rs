@@ -88,7 +88,11 @@ pub fn interpolate(
                         line_no + 1,
                         column,
                         &format!("environment variable `{name}` is not set"),
-                        &format!("set it, or give a default: `${{{name}:-value}}`"),
+                        &if secret {
+                            format!("set `{name}` in the environment (a secret takes no default in the file)")
+                        } else {
+                            format!("set it, or give a default: `${{{name}:-value}}`")
+                        },
                     )),
                 }
             }

@@ -128,7 +128,7 @@ pub fn load_str(file: &Path, text: &str, options: &LoadOptions) -> Result<Plan, 
     for o in &options.overrides {
         if let Err(message) = overrides::apply(&mut doc, o) {
             errors.push(Diagnostic {
-                file: PathBuf::from("--set"),
+                file: PathBuf::from(format!("--set {}", o.text)),
                 line: 0,
                 column: 0,
                 path: o.path.clone(),
@@ -146,7 +146,9 @@ pub fn load_str(file: &Path, text: &str, options: &LoadOptions) -> Result<Plan, 
         let relabelled = list
             .into_iter()
             .map(|mut d| {
-                if let Some(o) = options.overrides.iter().find(|o| under(&d.path, &o.path)) {
+                // Also a key the file never had, created by an override's path.
+                let created = |o: &&Override| under(&o.path, &d.path) && !locations.has_key(&d.path);
+                if let Some(o) = options.overrides.iter().find(|o| under(&d.path, &o.path) || created(o)) {
                     d.file = PathBuf::from(format!("--set {}", o.text));
                     d.line = 0;
                     d.column = 0;

@@ -62,31 +62,37 @@ pub fn parse(arg: &str) -> Result<Override, String> {
     Ok(Override { path: path.trim().to_string(), value, text: arg.to_string() })
 }
 
-/// Applies `o` to the document `root`.
+/// Applies `o` to the document `root`. A missing map key on the way is created (and
+/// then checked like any key); a missing list or list item is an error.
 pub fn apply(root: &mut Value, o: &Override) -> Result<(), String> {
     let segs = segments(&o.path)?;
     let mut node = root;
+    let mut at = String::new();
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
+        let next_is_index = matches!(segs.get(i + 1), Some(Segment::Index(_)));
         match seg {
             Segment::Key(k) => {
                 let Value::Object(map) = node else {
-                    return Err(format!("`--set {}`: `{k}` is not inside a map", o.text));
+                    return Err(format!("`{at}` is not a map, so it has no key `{k}`"));
                 };
+                at = super::yaml::join_key(&at, k);
                 if last {
                     map.insert(k.clone(), o.value.clone());
                     return Ok(());
+                }
+                if next_is_index && !map.contains_key(k) {
+                    return Err(format!("there is no list `{at}` to index into"));
                 }
                 node = map.entry(k.clone()).or_insert_with(|| Value::Object(Default::default()));
             }
             Segment::Index(n) => {
                 let Value::Array(list) = node else {
-                    return Err(format!("`--set {}`: `[{n}]` is not inside a list", o.text));
+                    return Err(format!("`{at}` is not a list, so it has no item [{n}]"));
                 };
                 let len = list.len();
-                let item = list
-                    .get_mut(*n)
-                    .ok_or_else(|| format!("`--set {}`: there is no item [{n}] (the list has {len})", o.text))?;
+                let item = list.get_mut(*n).ok_or_else(|| format!("`{at}` has no item [{n}] (it has {len})"))?;
+                at = super::yaml::join_index(&at, *n);
                 if last {
                     *item = o.value.clone();
                     return Ok(());
@@ -95,7 +101,7 @@ pub fn apply(root: &mut Value, o: &Override) -> Result<(), String> {
             }
         }
     }
-    Err(format!("`--set {}`: empty path", o.text))
+    Err("empty path".to_string())
 }
 
 #[cfg(test)]
@@ -118,7 +124,9 @@ mod tests {
     fn refuses_missing_items_and_bad_paths() {
         let mut doc = json!({"stages": [{"name": "a"}]});
         let e = apply(&mut doc, &parse("stages[3].name=x").unwrap()).unwrap_err();
-        assert!(e.contains("no item [3]"), "{e}");
+        assert_eq!(e, "`stages` has no item [3] (it has 1)");
+        let e = apply(&mut doc, &parse("stages[0].faults[0].delay=1s").unwrap()).unwrap_err();
+        assert_eq!(e, "there is no list `stages[0].faults` to index into");
         assert!(parse("stages[x].name=1").is_err());
         assert!(parse("justakey").is_err());
     }

@@ -64,6 +64,48 @@ fn fault_rules() -> Value {
     Value::Array(rules)
 }
 
+/// Where a key of the format belongs, in words, for hints on a key found in the wrong
+/// place (usually indented too far or not enough): `a stage`, `` `workload` ``.
+pub fn sections_with(key: &str) -> Vec<&'static str> {
+    const SECTIONS: [(&str, &str); 20] = [
+        ("ScenarioSpec", "the top level"),
+        ("TargetSpec", "`target`"),
+        ("HttpTargetSpec", "`target.http`"),
+        ("RequestSpec", "a request (`write`, `read`)"),
+        ("ProcessSpec", "a `process`"),
+        ("ReadySpec", "`ready`"),
+        ("DependencySpec", "a dependency"),
+        ("ContainerSpec", "a `container`"),
+        ("FlagsSpec", "`flags`"),
+        ("FlagDefSpec", "a flag definition"),
+        ("WorkloadSpec", "`workload`"),
+        ("ArrivalSpec", "`workload.arrival`"),
+        ("RampStepSpec", "a ramp step"),
+        ("SpikeSpec", "`spike`"),
+        ("DailySpec", "`daily`"),
+        ("StageSpec", "a stage"),
+        ("FaultSpec", "a fault"),
+        ("MatchSpec", "`match`"),
+        ("CriterionMapSpec", "a criterion"),
+        ("OnVerdictSpec", "`on_verdict`"),
+    ];
+    let schema = serde_json::to_value(schemars::schema_for!(ScenarioSpec)).unwrap_or_default();
+    SECTIONS
+        .iter()
+        .filter(|(def, _)| {
+            let node = if *def == "ScenarioSpec" { &schema } else { &schema["$defs"][def] };
+            node["properties"].get(key).is_some()
+        })
+        .map(|(_, words)| *words)
+        .collect()
+}
+
+/// A hint for `key` found where it does not belong, if it belongs somewhere else.
+pub fn misplaced_hint(key: &str) -> Option<String> {
+    let places = sections_with(key);
+    (!places.is_empty()).then(|| format!("`{key}` is a key of {}: is it indented right?", places.join(" or ")))
+}
+
 /// The schema as a JSON value.
 pub fn json_schema() -> Value {
     let mut schema = serde_json::to_value(schemars::schema_for!(ScenarioSpec)).expect("a schema serialises");

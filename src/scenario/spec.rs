@@ -300,7 +300,8 @@ pub struct WorkloadSpec {
     pub data: String,
     /// The arrival model: exactly one of `rate`, `concurrency`, `ramp`, `spike`, `daily`
     /// or `playbook`.
-    pub arrival: ArrivalSpec,
+    #[schemars(with = "ArrivalSpec")]
+    pub arrival: Value,
     /// How long each stage runs, warm-up included, e.g. `30s`.
     #[schemars(with = "DurationText")]
     pub duration: Text,
@@ -329,7 +330,8 @@ pub struct ArrivalSpec {
     /// Open model, piecewise linear: each step moves from the previous step's rate to its
     /// own over its `for` (the first step starts at its own rate).
     #[serde(default)]
-    pub ramp: Option<Vec<RampStepSpec>>,
+    #[schemars(with = "Option<Vec<RampStepSpec>>")]
+    pub ramp: Option<Vec<Value>>,
     /// Open model: a base rate with one burst.
     #[serde(default)]
     pub spike: Option<SpikeSpec>,

@@ -50,6 +50,11 @@ impl Locations {
         }
     }
 
+    /// Whether the document has a key or item at `path`.
+    pub fn has_key(&self, path: &str) -> bool {
+        self.keys.contains_key(path) || self.values.contains_key(path)
+    }
+
     /// Position of the key at `path` (falls back to its value, then its ancestors).
     pub fn key(&self, path: &str) -> Pos {
         self.keys.get(path).copied().unwrap_or_else(|| self.value(path))
@@ -233,9 +238,10 @@ fn describe(file: &Path, locations: &Locations, path: String, message: &str, fal
         let key_path = if named { path.clone() } else { join_key(&path, &field) };
         let valid: Vec<&str> = expected.iter().map(String::as_str).collect();
         text = format!("unknown key `{field}`");
+        let elsewhere = super::schema::misplaced_hint(&field).map(|h| format!("; {h}")).unwrap_or_default();
         hint = Some(match nearest(&field, valid.iter().copied()) {
             Some(best) => format!("did you mean `{best}`? valid keys here: {}", valid.join(", ")),
-            None => format!("valid keys here: {}", valid.join(", ")),
+            None => format!("valid keys here: {}{elsewhere}", valid.join(", ")),
         });
         path = key_path;
     } else if let Some(rest) = message.strip_prefix("unknown variant ") {

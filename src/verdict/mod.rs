@@ -177,10 +177,10 @@ pub fn assess_compare(c: &Criterion, cmp: &Compare, sides: &Sides) -> Assessment
         (Outcome::Inconclusive, format!("{n} samples, fewer than the {} required", c.min_samples))
     } else {
         let note = format!(
-            "p(worse than tolerance) = {:.3}, p(within tolerance) = {:.3}, confidence {:.0}%",
+            "one-sided tests at {:.0}% confidence: p = {:.3} for a regression beyond the tolerance, p = {:.3} for staying within it",
+            cmp.confidence * 100.0,
             result.p_worse,
-            result.p_better,
-            cmp.confidence * 100.0
+            result.p_better
         );
         let note = if result.outcome == Outcome::Inconclusive {
             format!("not enough evidence either way: {note}")
@@ -192,11 +192,11 @@ pub fn assess_compare(c: &Criterion, cmp: &Compare, sides: &Sides) -> Assessment
     let (measured_text, limit_text) = match cmp.metric {
         CompareMetric::Latency => (
             format!("{:+.1}% median", result.effect * 100.0),
-            format!("<= {:+.1}% vs `{}`", cmp.max_regression * 100.0, cmp.baseline),
+            format!("<= {:+.1}% vs {}", cmp.max_regression * 100.0, cmp.baseline),
         ),
         CompareMetric::Errors => (
             format!("{:+.2} points", result.effect * 100.0),
-            format!("<= {:+.2} points vs `{}`", cmp.max_regression * 100.0, cmp.baseline),
+            format!("<= {:+.2} points vs {}", cmp.max_regression * 100.0, cmp.baseline),
         ),
     };
     Assessment {
