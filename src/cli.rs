@@ -77,6 +77,18 @@ pub enum Command {
     },
     /// Print the JSON Schema of the scenario format (for editors).
     Schema,
+    /// Run standalone fault proxies for a game day, driven over a Toxiproxy-compatible
+    /// HTTP API (`/proxies`, `/proxies/{name}/toxics`, `/reset`, `/populate`, `/version`).
+    /// Ctrl-C or SIGTERM removes every fault and closes every proxy.
+    Proxy {
+        /// Address of the control API.
+        #[arg(long, default_value = "127.0.0.1:8474")]
+        listen: String,
+        /// Proxies to create at start, in Toxiproxy's config format: a JSON list of
+        /// `{ "name", "listen", "upstream" }`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print synthetic records from a schema as JSON lines.
     Data {
         /// The record schema (`synthetic-data/*.yaml`).
@@ -102,7 +114,65 @@ pub fn execute(cli: Cli) -> i32 {
             exit::PROMOTE
         }
         Command::Data { schema, count, seed } => data(&schema, count, seed),
+        Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
     }
+}
+
+fn proxy(listen: &str, config: Option<&Path>) -> i32 {
+    use crate::fault::api::{ProxySpec, Registry, router};
+    let specs: Vec<ProxySpec> = match config {
+        None => Vec::new(),
+        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| {
+            serde_json::from_str(&t).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return exit::INVALID_INPUT;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::RUN_BROKEN;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: the control API cannot listen on {listen}: {e}");
+                return exit::RUN_BROKEN;
+            }
+        };
+        let registry = Registry::default();
+        for spec in specs {
+            let name = spec.name.clone();
+            if registry.create(spec).await.is_err() {
+                eprintln!("error: proxy `{name}` from the config could not start");
+                registry.stop().await;
+                return exit::RUN_BROKEN;
+            }
+        }
+        let cancel = CancellationToken::new();
+        tokio::spawn(watch_signals(cancel.clone()));
+        eprintln!(
+            "stagegate proxy: control API on http://{}",
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let shutdown = cancel.clone().cancelled_owned();
+        let served = axum::serve(listener, router(registry.clone())).with_graceful_shutdown(shutdown).await;
+        registry.stop().await;
+        match served {
+            Ok(()) => exit::PROMOTE,
+            Err(e) => {
+                eprintln!("error: the control API failed: {e}");
+                exit::RUN_BROKEN
+            }
+        }
+    })
 }
 
 /// Loads a scenario with the command line's settings; prints what is wrong if it fails.
@@ -274,6 +344,6 @@ async fn watch_signals(cancel: CancellationToken) {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
     };
-    eprintln!("stagegate: {name} received; lifting faults and stopping (partial report follows)");
+    eprintln!("stagegate: {name} received; lifting every fault and stopping");
     cancel.cancel();
 }

@@ -4,6 +4,7 @@
 //! inside a stage, and the seeded per-connection choice. Nothing here touches a socket;
 //! [`proxy`] applies these decisions to real TCP traffic.
 
+pub mod api;
 pub mod chunk;
 pub mod proxy;
 pub mod records;

@@ -54,7 +54,12 @@ pub struct Stats {
 impl Proxy {
     /// Starts a proxy on a free loopback port, forwarding to `upstream`.
     pub async fn start(name: &str, upstream: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Proxy::start_at(name, "127.0.0.1:0".parse().expect("a literal address"), upstream).await
+    }
+
+    /// Starts a proxy listening on `listen` (port 0: a free one), forwarding to `upstream`.
+    pub async fn start_at(name: &str, listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(listen).await?;
         let listen = listener.local_addr()?;
         let (active, rx) = watch::channel(Arc::new(Vec::new()));
         let cancel = CancellationToken::new();
