@@ -169,10 +169,11 @@ enum Chunk {
 }
 
 /// Sleeps until `deadline` to within a few microseconds. The runtime's timer has
-/// millisecond steps, so it sleeps to a millisecond before and yields until the instant:
-/// a held chunk leaves on time instead of up to a millisecond late.
+/// millisecond steps and may fire a step late, so it sleeps to two milliseconds before
+/// and yields until the instant: a held chunk leaves on time instead of up to a
+/// millisecond or two late.
 async fn sleep_precisely(deadline: Instant) {
-    let coarse = deadline.checked_sub(Duration::from_millis(1)).unwrap_or(deadline);
+    let coarse = deadline.checked_sub(Duration::from_millis(2)).unwrap_or(deadline);
     if coarse > Instant::now() {
         tokio::time::sleep_until(coarse).await;
     }
