@@ -21,10 +21,14 @@ fn addresses(line: &str) -> Vec<String> {
         .collect()
 }
 
-fn interrupt_mid_fault(signal: Signal) {
+/// Runs the long scenario with `fault` as its first stage's fault, interrupts it with
+/// `signal` once the fault is active, and checks that nothing is left behind.
+fn interrupt_mid_fault(signal: Signal, fault: &str) {
     let reports = tempfile::tempdir().unwrap();
+    let kind = fault.split("kind: ").nth(1).and_then(|r| r.split(',').next()).unwrap().trim().to_string();
+    let set = format!("stages[0].faults[0]={fault}");
     let mut child = Command::new(common::bin())
-        .args(["run", "tests/scenarios/long-fault.yaml", "--report-dir", reports.path().to_str().unwrap()])
+        .args(["run", "tests/scenarios/long-fault.yaml", "--report-dir", reports.path().to_str().unwrap(), "--set", &set])
         .current_dir(common::root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,7 +49,7 @@ fn interrupt_mid_fault(signal: Signal) {
         if line.trim_start().starts_with("target ") || line.trim_start().starts_with("dependency ") {
             listeners.extend(addresses(&line));
         }
-        if line.contains("fault latency at store started") {
+        if line.contains(&format!("fault {kind} at ")) && line.contains(" started") {
             break;
         }
     }
@@ -74,12 +78,33 @@ fn interrupt_mid_fault(signal: Signal) {
     }
 }
 
+/// One fault of every kind this build applies, active from 1 s to the stage's end.
+const FAULTS: [&str; 13] = [
+    "{ kind: latency, at: store, delay: 20ms, from: 1s }",
+    "{ kind: bandwidth, at: store, rate: 8KB/s, from: 1s }",
+    "{ kind: refuse, at: store, from: 1s }",
+    "{ kind: blackhole, at: store, from: 1s }",
+    "{ kind: reset, at: store, probability: 30%, from: 1s }",
+    "{ kind: slow_close, at: store, delay: 5s, from: 1s }",
+    "{ kind: slicer, at: store, size: 8, delay: 1ms, from: 1s }",
+    "{ kind: limit_data, at: store, bytes: 100, from: 1s }",
+    "{ kind: corrupt, at: store, rate: 1%, from: 1s }",
+    "{ kind: malformed, at: workload, probability: 10%, from: 1s }",
+    "{ kind: duplicate, at: workload, probability: 10%, from: 1s }",
+    "{ kind: out_of_order, at: workload, window: 5, from: 1s }",
+    "{ kind: late, at: workload, delay: 1m, from: 1s }",
+];
+
 #[test]
-fn sigint_mid_fault_lifts_it_and_writes_an_interrupted_report() {
-    interrupt_mid_fault(Signal::SIGINT);
+fn sigint_mid_each_fault_lifts_it_and_writes_an_interrupted_report() {
+    for fault in FAULTS {
+        interrupt_mid_fault(Signal::SIGINT, fault);
+    }
 }
 
 #[test]
-fn sigterm_mid_fault_lifts_it_and_writes_an_interrupted_report() {
-    interrupt_mid_fault(Signal::SIGTERM);
+fn sigterm_mid_each_fault_lifts_it_and_writes_an_interrupted_report() {
+    for fault in FAULTS {
+        interrupt_mid_fault(Signal::SIGTERM, fault);
+    }
 }
