@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::deps::{self, Running};
+use crate::fault::http::HttpProxy;
 use crate::fault::records::RecordFaults;
 use crate::fault::{self, Activation, Place};
 use crate::flags::FlagState;
@@ -37,10 +38,15 @@ struct Infra {
     flags: Option<OfrepServer>,
     deps: Vec<Running>,
     pipeline: Option<Pipeline>,
+    /// The HTTP fault proxy in front of the target, when a stage faults the target.
+    target_proxy: Option<HttpProxy>,
 }
 
 impl Infra {
     async fn teardown(self) {
+        if let Some(p) = self.target_proxy {
+            p.stop().await;
+        }
         if let Some(p) = self.pipeline {
             p.stop().await;
         }
@@ -113,6 +119,9 @@ pub async fn run(
     for d in &infra.deps {
         d.proxy.set_active(Vec::new());
     }
+    if let Some(p) = &infra.target_proxy {
+        p.set_active(Vec::new());
+    }
     infra.teardown().await;
     report.interrupted = report.interrupted || cancel.is_cancelled();
     compare_stages(plan, &samples, &mut report);
@@ -142,8 +151,16 @@ async fn provision(plan: &Plan, infra: &mut Infra) -> Result<String, String> {
             let pipeline = Pipeline::start(store.address(), flags_url)
                 .await
                 .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
-            let url = pipeline.url();
+            let mut url = pipeline.url();
             infra.pipeline = Some(pipeline);
+            let faults_target = plan.stages.iter().flat_map(|s| &s.faults).any(|f| f.at == Place::Target);
+            if faults_target {
+                let proxy = HttpProxy::start(&url)
+                    .await
+                    .map_err(|e| format!("the fault proxy in front of the target could not listen: {e}"))?;
+                url = proxy.url();
+                infra.target_proxy = Some(proxy);
+            }
             Ok(url)
         }
         Target::Http(_) => Err("http targets are not run by this build".into()),
@@ -297,7 +314,7 @@ async fn run_stages(
             stage_over.cancel();
             drive
         };
-        let faults = timeline(plan, index, stage, &infra.deps, start, &stage_over, events);
+        let faults = timeline(plan, index, stage, infra, start, &stage_over, events);
         let (drive, records) = tokio::join!(drive, faults);
         let completed = drive.completed;
         if drive.dropped > 0 {
@@ -399,7 +416,7 @@ async fn timeline(
     plan: &Plan,
     stage_index: usize,
     stage: &Stage,
-    deps: &[Running],
+    infra: &Infra,
     start: Instant,
     over: &CancellationToken,
     events: &UnboundedSender<Event>,
@@ -407,8 +424,11 @@ async fn timeline(
     let mut active: Vec<Option<Activation>> = vec![None; stage.faults.len()];
     let mut records: Vec<FaultRecord> = Vec::new();
     let mut open: HashMap<usize, usize> = HashMap::new();
-    let proxies: HashMap<&str, &Running> = deps.iter().map(|d| (d.name.as_str(), d)).collect();
+    let proxies: HashMap<&str, &Running> = infra.deps.iter().map(|d| (d.name.as_str(), d)).collect();
     let apply = |active: &[Option<Activation>]| {
+        if let Some(target) = &infra.target_proxy {
+            target.set_active(active.iter().flatten().filter(|a| a.fault.at == Place::Target).cloned().collect());
+        }
         for (name, dep) in &proxies {
             let set: Vec<Activation> = active
                 .iter()
@@ -458,7 +478,8 @@ async fn timeline(
     let at_secs = start.elapsed().as_secs_f64();
     for (_, i) in open.drain() {
         records[i].ended_secs = Some(at_secs);
-        records[i].removed = proxies.values().all(|d| !d.proxy.is_faulted());
+        records[i].removed = proxies.values().all(|d| !d.proxy.is_faulted())
+            && infra.target_proxy.as_ref().is_none_or(|p| !p.is_faulted());
         let _ = events.send(Event::Fault(records[i].clone()));
     }
     records

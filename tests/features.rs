@@ -197,3 +197,19 @@ fn a_playbook_shapes_the_load_the_plan_predicts() {
         assert!(sent.abs_diff(expected) <= 2, "sent {sent}, the plan expected {expected}");
     }
 }
+
+#[test]
+fn http_faults_at_the_target_follow_their_predicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(&dir, &["tests/scenarios/target-faults.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    // Exactly the first twenty writes were refused, and none of them counts as lost.
+    assert_eq!(report["stages"][0]["metrics"]["errors"], 20);
+    assert_eq!(report["stages"][0]["metrics"]["data"]["acked"], 180);
+    assert_eq!(report["stages"][0]["metrics"]["data"]["lost"], 0);
+    let p90 = report["stages"][1]["metrics"]["latency"]["p90"].as_f64().unwrap();
+    assert!(p90 > 29.0, "half the requests are held 30 ms: p90 {p90}");
+    assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true));
+}

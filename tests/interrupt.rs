@@ -28,7 +28,14 @@ fn interrupt_mid_fault(signal: Signal, fault: &str) {
     let kind = fault.split("kind: ").nth(1).and_then(|r| r.split(',').next()).unwrap().trim().to_string();
     let set = format!("stages[0].faults[0]={fault}");
     let mut child = Command::new(common::bin())
-        .args(["run", "tests/scenarios/long-fault.yaml", "--report-dir", reports.path().to_str().unwrap(), "--set", &set])
+        .args([
+            "run",
+            "tests/scenarios/long-fault.yaml",
+            "--report-dir",
+            reports.path().to_str().unwrap(),
+            "--set",
+            &set,
+        ])
         .current_dir(common::root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,7 +86,7 @@ fn interrupt_mid_fault(signal: Signal, fault: &str) {
 }
 
 /// One fault of every kind this build applies, active from 1 s to the stage's end.
-const FAULTS: [&str; 13] = [
+const FAULTS: [&str; 15] = [
     "{ kind: latency, at: store, delay: 20ms, from: 1s }",
     "{ kind: bandwidth, at: store, rate: 8KB/s, from: 1s }",
     "{ kind: refuse, at: store, from: 1s }",
@@ -93,6 +100,8 @@ const FAULTS: [&str; 13] = [
     "{ kind: duplicate, at: workload, probability: 10%, from: 1s }",
     "{ kind: out_of_order, at: workload, window: 5, from: 1s }",
     "{ kind: late, at: workload, delay: 1m, from: 1s }",
+    "{ kind: http_error, at: target, status: 503, probability: 20%, from: 1s }",
+    "{ kind: latency, at: target, delay: 20ms, from: 1s }",
 ];
 
 #[test]

@@ -175,6 +175,7 @@ impl Registry {
             .map_err(|e| error(StatusCode::CONFLICT, format!("cannot listen on {listen}: {e}")))?;
         let entry = Entry { proxy, upstream: spec.upstream, enabled: spec.enabled, toxics: Vec::new(), generation: 0 };
         apply(&entry);
+        entry.proxy.settled().await;
         let body = proxy_json(&spec.name, &entry);
         proxies.insert(spec.name, entry);
         Ok(body)
@@ -187,6 +188,7 @@ impl Registry {
             e.enabled = true;
             e.generation += 1;
             apply(e);
+            e.proxy.settled().await;
         }
     }
 
@@ -278,6 +280,8 @@ async fn update(State(r): State<Registry>, Path(name): Path<String>, Json(body):
         e.enabled = enabled;
     }
     apply(e);
+    // Like Toxiproxy, answer once the port is open (or closed) as asked.
+    e.proxy.settled().await;
     Json(proxy_json(&name, e)).into_response()
 }
 

@@ -35,6 +35,8 @@ pub struct Proxy {
     listen: SocketAddr,
     upstream: SocketAddr,
     active: watch::Sender<ActiveSet>,
+    /// Whether the port is open (a refuse fault on every connection closes it).
+    listening: watch::Receiver<bool>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -64,9 +66,10 @@ impl Proxy {
         let (active, rx) = watch::channel(Arc::new(Vec::new()));
         let cancel = CancellationToken::new();
         let stats = Arc::new(Stats::default());
-        let task = tokio::spawn(serve(listener, listen, upstream, rx, cancel.clone(), stats.clone()));
+        let (open, listening) = watch::channel(true);
+        let task = tokio::spawn(serve(listener, listen, upstream, rx, open, cancel.clone(), stats.clone()));
         debug!(proxy = name, %listen, %upstream, "fault proxy listening");
-        Ok(Proxy { name: name.to_string(), listen, upstream, active, stats, cancel, task })
+        Ok(Proxy { name: name.to_string(), listen, upstream, active, listening, stats, cancel, task })
     }
 
     /// The address the system under test is given.
@@ -94,6 +97,14 @@ impl Proxy {
         self.active.send_replace(Arc::new(faults));
     }
 
+    /// Waits (up to a second) until the port is open or closed as the active faults ask,
+    /// so that a caller who just lifted a refuse fault can connect at once.
+    pub async fn settled(&self) {
+        let want = !refusing(&self.active.borrow());
+        let mut listening = self.listening.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), listening.wait_for(|l| *l == want)).await;
+    }
+
     /// Whether any fault is active now.
     pub fn is_faulted(&self) -> bool {
         !self.active.borrow().is_empty()
@@ -116,6 +127,7 @@ async fn serve(
     listen: SocketAddr,
     upstream: SocketAddr,
     mut active: watch::Receiver<ActiveSet>,
+    open: watch::Sender<bool>,
     cancel: CancellationToken,
     stats: Arc<Stats>,
 ) {
@@ -126,11 +138,15 @@ async fn serve(
         let refuse = refusing(&active.borrow_and_update());
         if refuse && listener.is_some() {
             listener = None;
+            open.send_replace(false);
             debug!(%listen, "refusing connections");
         }
         if !refuse && listener.is_none() {
             match TcpListener::bind(listen).await {
-                Ok(l) => listener = Some(l),
+                Ok(l) => {
+                    listener = Some(l);
+                    open.send_replace(true);
+                }
                 Err(e) => {
                     warn!(%listen, error = %e, "cannot listen again after a refuse fault; retrying");
                     tokio::select! {

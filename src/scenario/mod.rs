@@ -185,7 +185,13 @@ impl Plan {
                 let runs = match f.at {
                     crate::fault::Place::Dependency(_) => f.kind.runs_in_proxy(),
                     crate::fault::Place::Workload => true,
-                    crate::fault::Place::Target => false,
+                    crate::fault::Place::Target => matches!(
+                        (&self.target, &f.kind),
+                        (
+                            Target::Builtin(_),
+                            crate::fault::FaultKind::Latency { .. } | crate::fault::FaultKind::HttpError { .. }
+                        )
+                    ),
                 };
                 if !runs {
                     out.push(format!("stage `{}` fault {i}: `{}` at `{}`", s.name, f.kind.name(), f.at));

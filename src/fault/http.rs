@@ -1,0 +1,238 @@
+//! HTTP faults: a reverse proxy in front of an HTTP service (the target, here) that
+//! answers chosen requests with an error or holds them, by method, path prefix and
+//! count.
+//!
+//! [`decide`] is the pure part: given the active faults, a request's method, path and
+//! number, and how many requests each fault has matched so far, it says what to do.
+//! [`HttpProxy`] carries it out and forwards everything else unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Activation, FaultKind, HttpMatch, unit};
+
+/// What to do with one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestPlan {
+    /// Hold the request this long before forwarding (stacked latencies add up).
+    pub hold: Duration,
+    /// Answer with this status and body instead of forwarding.
+    pub error: Option<(u16, String)>,
+    /// The faults (by index) that matched, to count towards their `first`.
+    pub matched: Vec<usize>,
+}
+
+/// Whether a request matches a fault's predicate.
+pub fn matches(pred: Option<&HttpMatch>, method: &str, path: &str) -> bool {
+    let Some(p) = pred else { return true };
+    p.method.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+        && p.path_prefix.as_ref().is_none_or(|prefix| path.starts_with(prefix.as_str()))
+}
+
+/// Decides request number `n`; `seen(i)` is how many requests fault `i` has matched.
+pub fn decide(active: &[Activation], method: &str, path: &str, n: u64, seen: impl Fn(usize) -> u64) -> RequestPlan {
+    let mut plan = RequestPlan::default();
+    for a in active {
+        if !matches(a.fault.predicate.as_ref(), method, path) {
+            continue;
+        }
+        if a.fault.predicate.as_ref().and_then(|p| p.first).is_some_and(|first| seen(a.index) >= first) {
+            continue;
+        }
+        if a.fault.probability < 1.0 && unit(a.seed, n) >= a.fault.probability {
+            continue;
+        }
+        match &a.fault.kind {
+            FaultKind::Latency { delay, jitter } => {
+                let j = jitter.as_secs_f64() * (2.0 * unit(a.seed ^ 0x7177, n) - 1.0);
+                plan.hold += Duration::from_secs_f64((delay.as_secs_f64() + j).max(0.0));
+            }
+            FaultKind::HttpError { status, body } => {
+                plan.error.get_or_insert((*status, body.clone()));
+            }
+            _ => continue,
+        }
+        plan.matched.push(a.index);
+    }
+    plan
+}
+
+#[derive(Clone)]
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    active: watch::Receiver<Arc<Vec<Activation>>>,
+    requests: Arc<AtomicU64>,
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<usize, u64>>>,
+}
+
+/// A running HTTP fault proxy.
+pub struct HttpProxy {
+    addr: SocketAddr,
+    active: watch::Sender<Arc<Vec<Activation>>>,
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<usize, u64>>>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpProxy {
+    /// Starts a proxy on a free loopback port in front of `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> std::io::Result<HttpProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (active, rx) = watch::channel(Arc::new(Vec::new()));
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let shared = Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder().pool_max_idle_per_host(1024).build().map_err(std::io::Error::other)?,
+            active: rx,
+            requests: Arc::new(AtomicU64::new(0)),
+            seen: seen.clone(),
+        };
+        let app = Router::new().fallback(forward).with_state(shared);
+        let cancel = CancellationToken::new();
+        let shutdown = cancel.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        });
+        Ok(HttpProxy { addr, active, seen, cancel, task })
+    }
+
+    /// The proxy's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replaces the active faults; the `first` counts start afresh.
+    pub fn set_active(&self, faults: Vec<Activation>) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.active.send_replace(Arc::new(faults));
+    }
+
+    /// Whether any fault is active now.
+    pub fn is_faulted(&self) -> bool {
+        !self.active.borrow().is_empty()
+    }
+
+    /// Removes every fault and stops serving.
+    pub async fn stop(self) {
+        self.set_active(Vec::new());
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Hop-by-hop headers are not forwarded.
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    for h in ["connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"] {
+        out.remove(h);
+    }
+    out
+}
+
+async fn forward(State(s): State<Shared>, request: Request) -> Response {
+    let n = s.requests.fetch_add(1, Ordering::Relaxed);
+    let method = request.method().clone();
+    let path_and_query = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let path = request.uri().path().to_string();
+    let active = s.active.borrow().clone();
+    let plan = {
+        let mut seen = s.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = decide(&active, method.as_str(), &path, n, |i| seen.get(&i).copied().unwrap_or(0));
+        for i in &plan.matched {
+            *seen.entry(*i).or_insert(0) += 1;
+        }
+        plan
+    };
+    if !plan.hold.is_zero() {
+        tokio::time::sleep(plan.hold).await;
+    }
+    if let Some((status, body)) = plan.error {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (status, body).into_response();
+    }
+    let headers = end_to_end(request.headers());
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    let url = format!("{}{}", s.upstream, path_and_query);
+    let upstream = s.client.request(method, url).headers(headers).body(body).send().await;
+    match upstream {
+        Ok(r) => {
+            let status = r.status();
+            let headers = end_to_end(r.headers());
+            let body = r.bytes().await.unwrap_or_default();
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{Direction, Fault, Place, Schedule};
+
+    fn act(index: usize, kind: FaultKind, probability: f64, predicate: Option<HttpMatch>) -> Activation {
+        Activation {
+            index,
+            seed: 3,
+            fault: Fault {
+                kind,
+                at: Place::Target,
+                schedule: Schedule { from: Duration::ZERO, length: None, every: None },
+                probability,
+                direction: Direction::Both,
+                predicate,
+            },
+        }
+    }
+
+    #[test]
+    fn predicates_pick_method_path_and_the_first_n() {
+        let err = FaultKind::HttpError { status: 503, body: "busy".into() };
+        let pred = HttpMatch { method: Some("POST".into()), path_prefix: Some("/orders".into()), first: Some(2) };
+        let faults = [act(0, err, 1.0, Some(pred))];
+        assert_eq!(decide(&faults, "POST", "/orders", 0, |_| 0).error, Some((503, "busy".into())));
+        assert_eq!(decide(&faults, "GET", "/orders", 1, |_| 0).error, None);
+        assert_eq!(decide(&faults, "POST", "/health", 2, |_| 0).error, None);
+        assert_eq!(decide(&faults, "POST", "/orders/7", 3, |_| 1).error, Some((503, "busy".into())));
+        assert_eq!(decide(&faults, "POST", "/orders", 4, |_| 2).error, None, "only the first two");
+    }
+
+    #[test]
+    fn probability_is_per_request_and_seeded() {
+        let faults = [act(0, FaultKind::HttpError { status: 500, body: String::new() }, 0.25, None)];
+        let hits: Vec<u64> = (0..4000).filter(|n| decide(&faults, "GET", "/", *n, |_| 0).error.is_some()).collect();
+        assert!((900..1100).contains(&hits.len()), "{}", hits.len());
+        let again: Vec<u64> = (0..4000).filter(|n| decide(&faults, "GET", "/", *n, |_| 0).error.is_some()).collect();
+        assert_eq!(hits, again);
+    }
+
+    #[test]
+    fn latencies_add_up() {
+        let lat = |ms| FaultKind::Latency { delay: Duration::from_millis(ms), jitter: Duration::ZERO };
+        let faults = [act(0, lat(10), 1.0, None), act(1, lat(15), 1.0, None)];
+        assert_eq!(decide(&faults, "GET", "/", 0, |_| 0).hold, Duration::from_millis(25));
+    }
+}
