@@ -89,6 +89,20 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Serve the builtin store as a process of its own (a `process` dependency that
+    /// `kill` and `pause` faults can act on). Stops on SIGTERM or Ctrl-C.
+    KvStore {
+        /// The loopback port to serve on.
+        #[arg(long)]
+        port: u16,
+    },
+    /// Stop what killed runs left behind: reads each `run.json` under the report folder
+    /// whose stagegate process is gone, and kills the processes it started.
+    Cleanup {
+        /// The folder holding the runs' report folders.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+    },
     /// Print synthetic records from a schema as JSON lines.
     Data {
         /// The record schema (`synthetic-data/*.yaml`).
@@ -115,7 +129,71 @@ pub fn execute(cli: Cli) -> i32 {
         }
         Command::Data { schema, count, seed } => data(&schema, count, seed),
         Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
+        Command::KvStore { port } => kv_store(port),
+        Command::Cleanup { report_dir } => cleanup(&report_dir),
     }
+}
+
+fn kv_store(port: u16) -> i32 {
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else {
+        return exit::RUN_BROKEN;
+    };
+    runtime.block_on(async {
+        let store = match crate::sut::store::KvStore::start_at(([127, 0, 0, 1], port).into()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: the store cannot listen on port {port}: {e}");
+                return exit::RUN_BROKEN;
+            }
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(watch_signals(cancel.clone()));
+        cancel.cancelled().await;
+        store.stop().await;
+        exit::PROMOTE
+    })
+}
+
+fn cleanup(report_root: &Path) -> i32 {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let Ok(entries) = std::fs::read_dir(report_root) else {
+        println!("nothing to clean: no folder {}", report_root.display());
+        return exit::PROMOTE;
+    };
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let path = entry.path().join("run.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(run) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        if run["finished"] == true {
+            continue;
+        }
+        let owner = run["stagegate_pid"].as_i64().unwrap_or(0) as i32;
+        if owner > 0 && kill(Pid::from_raw(owner), None).is_ok() {
+            println!("{}: still running (stagegate pid {owner}); left alone", entry.path().display());
+            continue;
+        }
+        for p in run["processes"].as_array().into_iter().flatten() {
+            let pgid = p["pgid"].as_i64().unwrap_or(0) as i32;
+            if pgid > 0 && killpg(Pid::from_raw(pgid), None).is_ok() {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                println!(
+                    "{}: stopped `{}` (process group {pgid})",
+                    entry.path().display(),
+                    p["name"].as_str().unwrap_or("?")
+                );
+                stopped += 1;
+            }
+        }
+        let mut done = run.clone();
+        done["finished"] = serde_json::Value::Bool(true);
+        done["cleaned_up"] = serde_json::Value::Bool(true);
+        let _ = std::fs::write(&path, done.to_string());
+    }
+    println!("cleanup: {stopped} process group(s) stopped");
+    exit::PROMOTE
 }
 
 fn proxy(listen: &str, config: Option<&Path>) -> i32 {

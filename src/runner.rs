@@ -100,7 +100,7 @@ pub async fn run(
     };
     let mut infra = Infra::default();
     let mut samples = HashMap::new();
-    match provision(plan, &mut infra).await {
+    match provision(plan, &mut infra, report_dir.as_deref()).await {
         Err(e) => report.error = Some(e),
         Ok(target_url) => {
             emit(Event::Provisioned {
@@ -123,6 +123,7 @@ pub async fn run(
         p.set_active(Vec::new());
     }
     infra.teardown().await;
+    finish_run_file(report_dir.as_deref());
     report.interrupted = report.interrupted || cancel.is_cancelled();
     compare_stages(plan, &samples, &mut report);
     conclude(&mut report);
@@ -134,8 +135,36 @@ pub async fn run(
     report
 }
 
+/// Records what this run started (`run.json` in its report folder), so that
+/// `stagegate cleanup` can stop it if stagegate itself is killed outright.
+fn write_run_file(report_dir: Option<&std::path::Path>, infra: &Infra, finished: bool) {
+    let Some(dir) = report_dir else { return };
+    let processes: Vec<serde_json::Value> = infra
+        .deps
+        .iter()
+        .filter_map(|d| {
+            d.process.as_ref().and_then(|p| p.pid()).map(|pid| serde_json::json!({ "name": d.name, "pgid": pid }))
+        })
+        .collect();
+    let body = serde_json::json!({ "stagegate_pid": std::process::id(), "finished": finished, "processes": processes });
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join("run.json"), body.to_string());
+}
+
+/// Marks the run file finished once everything it lists has been stopped.
+fn finish_run_file(report_dir: Option<&std::path::Path>) {
+    let Some(path) = report_dir.map(|d| d.join("run.json")) else { return };
+    let Ok(mut run) =
+        std::fs::read_to_string(&path).map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or_default())
+    else {
+        return;
+    };
+    run["finished"] = serde_json::Value::Bool(true);
+    let _ = std::fs::write(&path, run.to_string());
+}
+
 /// Starts the flag endpoint, the dependencies and the target. Returns the target URL.
-async fn provision(plan: &Plan, infra: &mut Infra) -> Result<String, String> {
+async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path::Path>) -> Result<String, String> {
     let flags = OfrepServer::start().await.map_err(|e| format!("the OFREP flag endpoint could not listen: {e}"))?;
     if let Some(first) = plan.stages.first() {
         flags.set(first.flags.clone(), seed::derive(plan.seed, "flags", 0));
@@ -143,7 +172,8 @@ async fn provision(plan: &Plan, infra: &mut Infra) -> Result<String, String> {
     let flags_url = flags.url();
     infra.flags = Some(flags);
     for dep in &plan.dependencies {
-        infra.deps.push(deps::provision(dep).await.map_err(|e| e.to_string())?);
+        infra.deps.push(deps::provision(dep, report_dir).await.map_err(|e| e.to_string())?);
+        write_run_file(report_dir, infra, false);
     }
     match &plan.target {
         Target::Builtin(BuiltinTarget::OrdersPipeline) => {
@@ -439,12 +469,49 @@ async fn timeline(
             dep.proxy.set_active(set);
         }
     };
+    // Process faults act at their transitions: kill (and a later restart), pause/resume.
+    let process_of = |f: &fault::Fault| match &f.at {
+        Place::Dependency(d) => proxies.get(d.as_str()).and_then(|r| r.process.as_ref()),
+        _ => None,
+    };
+    let mut restarts: Vec<(Instant, &str)> = Vec::new();
     for (n, t) in fault::timeline(&stage.faults, plan.workload.duration).into_iter().enumerate() {
+        // Restarts due before this transition happen first.
+        loop {
+            restarts.sort_by_key(|(at, _)| *at);
+            let Some(&(due, dep)) = restarts.first() else { break };
+            if due > start + t.offset {
+                break;
+            }
+            tokio::select! {
+                _ = over.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            restarts.remove(0);
+            if let Some(p) = proxies.get(dep).and_then(|r| r.process.as_ref())
+                && let Err(e) = p.restart().await
+            {
+                warn!(dependency = dep, error = %e, "a killed dependency did not come back");
+            }
+        }
         tokio::select! {
             _ = over.cancelled() => break,
             _ = tokio::time::sleep_until(start + t.offset) => {}
         }
         let f = &stage.faults[t.index];
+        if let Some(p) = process_of(f) {
+            match (&f.kind, t.start) {
+                (fault::FaultKind::Kill { signal, restart_after }, true) => {
+                    p.kill(signal.parse().unwrap_or(nix::sys::signal::Signal::SIGKILL));
+                    if let (Some(after), Place::Dependency(d)) = (restart_after, &f.at) {
+                        restarts.push((Instant::now() + *after, d.as_str()));
+                    }
+                }
+                (fault::FaultKind::Pause, true) => p.pause(),
+                (fault::FaultKind::Pause, false) => p.resume(),
+                _ => {}
+            }
+        }
         let at_secs = start.elapsed().as_secs_f64();
         if t.start {
             let stream = (stage_index as u64) << 32 | n as u64;
@@ -472,14 +539,28 @@ async fn timeline(
             }
         }
     }
-    // The stage is over (or the run was cancelled): lift whatever is still active.
+    // The stage is over (or the run was cancelled): lift whatever is still active, and
+    // bring back what was killed or paused, so the next stage starts whole.
     active.iter_mut().for_each(|a| *a = None);
     apply(&active);
+    for dep in infra.deps.iter() {
+        if let Some(p) = &dep.process {
+            p.resume();
+        }
+    }
+    if !over.is_cancelled() || !restarts.is_empty() {
+        for (_, dep) in restarts.drain(..) {
+            if let Some(p) = proxies.get(dep).and_then(|r| r.process.as_ref()) {
+                let _ = p.restart().await;
+            }
+        }
+    }
     let at_secs = start.elapsed().as_secs_f64();
     for (_, i) in open.drain() {
         records[i].ended_secs = Some(at_secs);
-        records[i].removed = proxies.values().all(|d| !d.proxy.is_faulted())
-            && infra.target_proxy.as_ref().is_none_or(|p| !p.is_faulted());
+        records[i].removed =
+            proxies.values().all(|d| !d.proxy.is_faulted() && !d.process.as_ref().is_some_and(|p| p.is_paused()))
+                && infra.target_proxy.as_ref().is_none_or(|p| !p.is_faulted());
         let _ = events.send(Event::Fault(records[i].clone()));
     }
     records

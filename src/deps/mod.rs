@@ -10,8 +10,11 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub mod process;
+
 use crate::fault::proxy::Proxy;
 use crate::sut::store::KvStore;
+use process::{ManagedProcess, ProcessError};
 
 /// The builtin dependencies, by the name a scenario uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,6 +82,10 @@ pub enum DepError {
     Proxy { name: String, source: std::io::Error },
     #[error("dependency `{name}`: `{kind}` dependencies are not provisioned by this build")]
     Unsupported { name: String, kind: &'static str },
+    #[error("dependency {0}")]
+    Process(#[from] ProcessError),
+    #[error("dependency `{name}`: cannot resolve `{address}`: {message}")]
+    Address { name: String, address: String, message: String },
 }
 
 /// A provisioned dependency with its fault proxy.
@@ -86,6 +93,8 @@ pub struct Running {
     pub name: String,
     pub proxy: Proxy,
     store: Option<KvStore>,
+    /// The server stagegate started, for `process` dependencies.
+    pub process: Option<ManagedProcess>,
 }
 
 impl Running {
@@ -102,25 +111,54 @@ impl Running {
     /// Removes every fault, stops the proxy and whatever was started.
     pub async fn stop(self) {
         self.proxy.stop().await;
+        if let Some(p) = &self.process {
+            p.stop().await;
+        }
         if let Some(store) = self.store {
             store.stop().await;
         }
     }
 }
 
-/// Starts `dep` and a fault proxy in front of it.
-pub async fn provision(dep: &Dependency) -> Result<Running, DepError> {
+/// Starts `dep` (its output logged under `log_dir`) and a fault proxy in front of it.
+pub async fn provision(dep: &Dependency, log_dir: Option<&std::path::Path>) -> Result<Running, DepError> {
+    let proxy_for = |upstream: SocketAddr| async move {
+        Proxy::start(&dep.name, upstream).await.map_err(|source| DepError::Proxy { name: dep.name.clone(), source })
+    };
     match &dep.provision {
         Provision::Builtin(BuiltinDependency::KvStore) => {
             let store = KvStore::start().await.map_err(|source| DepError::Start { name: dep.name.clone(), source })?;
-            let proxy = match Proxy::start(&dep.name, store.addr()).await {
+            let proxy = match proxy_for(store.addr()).await {
                 Ok(p) => p,
-                Err(source) => {
+                Err(e) => {
                     store.stop().await;
-                    return Err(DepError::Proxy { name: dep.name.clone(), source });
+                    return Err(e);
                 }
             };
-            Ok(Running { name: dep.name.clone(), proxy, store: Some(store) })
+            Ok(Running { name: dep.name.clone(), proxy, store: Some(store), process: None })
+        }
+        Provision::External(address) => {
+            let resolved = tokio::net::lookup_host(address.as_str()).await.ok().and_then(|mut a| a.next());
+            let upstream = resolved.ok_or_else(|| DepError::Address {
+                name: dep.name.clone(),
+                address: address.clone(),
+                message: "no address found".into(),
+            })?;
+            Ok(Running { name: dep.name.clone(), proxy: proxy_for(upstream).await?, store: None, process: None })
+        }
+        Provision::Process(def) => {
+            let log = log_dir.map(|d| d.join(format!("{}.log", dep.name)));
+            if let Some(d) = log_dir {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let process = ManagedProcess::start(&format!("`{}`", dep.name), def, log).await?;
+            match proxy_for(process.address()).await {
+                Ok(proxy) => Ok(Running { name: dep.name.clone(), proxy, store: None, process: Some(process) }),
+                Err(e) => {
+                    process.stop().await;
+                    Err(e)
+                }
+            }
         }
         other => Err(DepError::Unsupported { name: dep.name.clone(), kind: other.kind() }),
     }
@@ -139,6 +177,6 @@ impl Provision {
 
     /// Whether this build can provision the form.
     pub fn runnable(&self) -> bool {
-        matches!(self, Provision::Builtin(_))
+        !matches!(self, Provision::Container(_))
     }
 }

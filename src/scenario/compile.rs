@@ -283,8 +283,12 @@ fn compile_target(ctx: &mut Ctx, t: TargetSpec, deps: &[(String, Dependency)]) -
                 ctx.unknown("target.builtin", "builtin target", &name, &valid);
                 return None;
             };
+            // The pipeline writes to the first dependency: the builtin store, or a process
+            // or address serving the same protocol (`stagegate kv-store`).
             let (needed, _) = builtin.needs();
-            let has = deps.iter().any(|(_, d)| d.provision == Provision::Builtin(needed));
+            let has = deps.iter().any(|(_, d)| {
+                d.provision == Provision::Builtin(needed) || !matches!(d.provision, Provision::Builtin(_))
+            });
             if !has {
                 ctx.error("target.builtin", format!("the builtin target `{name}` needs a `kv-store` dependency"))
                     .hint = Some("add `dependencies: { store: { builtin: kv-store } }`".into());

@@ -182,8 +182,17 @@ impl Plan {
         }
         for s in &self.stages {
             for (i, f) in s.faults.iter().enumerate() {
-                let runs = match f.at {
-                    crate::fault::Place::Dependency(_) => f.kind.runs_in_proxy(),
+                let started = |d: &str| {
+                    self.dependencies
+                        .iter()
+                        .any(|x| x.name == d && matches!(x.provision, crate::deps::Provision::Process(_)))
+                };
+                let runs = match &f.at {
+                    crate::fault::Place::Dependency(d) => {
+                        f.kind.runs_in_proxy()
+                            || (matches!(f.kind, crate::fault::FaultKind::Kill { .. } | crate::fault::FaultKind::Pause)
+                                && started(d))
+                    }
                     crate::fault::Place::Workload => true,
                     crate::fault::Place::Target => matches!(
                         (&self.target, &f.kind),

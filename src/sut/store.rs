@@ -57,7 +57,12 @@ pub struct KvStore {
 impl KvStore {
     /// Starts the store on a free loopback port.
     pub async fn start() -> std::io::Result<KvStore> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        KvStore::start_at("127.0.0.1:0".parse().expect("a literal address")).await
+    }
+
+    /// Starts the store on `addr` (port 0: a free one).
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<KvStore> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Log::default()));
         let cancel = CancellationToken::new();
