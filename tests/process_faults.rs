@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 fn alive(pid: i32) -> bool {
     // A zombie still answers signal 0; read its state to tell.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z")
+    !stat.is_empty() && stat.split_whitespace().nth(2).is_none_or(|s| s != "Z")
 }
 
 fn run_file(dir: &std::path::Path) -> serde_json::Value {
