@@ -344,7 +344,8 @@ async fn run_stages(
             stage_over.cancel();
             drive
         };
-        let faults = timeline(plan, index, stage, infra, start, &stage_over, events);
+        let clock = StageClock { start, over: &stage_over, run: cancel };
+        let faults = timeline(plan, index, stage, infra, clock, events);
         let (drive, records) = tokio::join!(drive, faults);
         let completed = drive.completed;
         if drive.dropped > 0 {
@@ -441,16 +442,23 @@ fn compare_stages(plan: &Plan, samples: &StageSamples, report: &mut RunReport) {
     }
 }
 
+/// When a stage started, and the tokens that end it (the stage) or the whole run.
+struct StageClock<'a> {
+    start: Instant,
+    over: &'a CancellationToken,
+    run: &'a CancellationToken,
+}
+
 /// Runs one stage's fault timeline until the stage is over; lifts every fault at the end.
 async fn timeline(
     plan: &Plan,
     stage_index: usize,
     stage: &Stage,
     infra: &Infra,
-    start: Instant,
-    over: &CancellationToken,
+    clock: StageClock<'_>,
     events: &UnboundedSender<Event>,
 ) -> Vec<FaultRecord> {
+    let StageClock { start, over, run } = clock;
     let mut active: Vec<Option<Activation>> = vec![None; stage.faults.len()];
     let mut records: Vec<FaultRecord> = Vec::new();
     let mut open: HashMap<usize, usize> = HashMap::new();
@@ -548,7 +556,9 @@ async fn timeline(
             p.resume();
         }
     }
-    if !over.is_cancelled() || !restarts.is_empty() {
+    // A pending restart still happens at a stage's end (the next stage needs the
+    // dependency), but not when the run itself is stopping.
+    if !run.is_cancelled() {
         for (_, dep) in restarts.drain(..) {
             if let Some(p) = proxies.get(dep).and_then(|r| r.process.as_ref()) {
                 let _ = p.restart().await;

@@ -92,18 +92,33 @@ fn start_long(dir: &tempfile::TempDir, set: &str, marker: &str) -> std::process:
 }
 
 #[test]
-fn sigint_during_a_pause_leaves_no_frozen_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child =
-        start_long(&dir, "stages[0].faults[0]={ kind: pause, at: store, from: 1s }", "fault pause at store started");
-    let pid = store_pid(dir.path());
-    assert!(alive(pid));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!alive(pid), "the store (pid {pid}) outlived the run");
-    assert_eq!(run_file(dir.path())["finished"], true);
+fn a_signal_during_a_pause_or_a_kill_leaves_no_process_behind() {
+    let cases = [
+        (Signal::SIGINT, "{ kind: pause, at: store, from: 1s }", "fault pause at store started"),
+        (Signal::SIGTERM, "{ kind: pause, at: store, from: 1s }", "fault pause at store started"),
+        (Signal::SIGINT, "{ kind: kill, at: store, restart_after: 30s, from: 1s }", "fault kill at store started"),
+        (
+            Signal::SIGTERM,
+            "{ kind: kill, at: store, signal: SIGTERM, restart_after: 500ms, from: 1s }",
+            "fault kill at store started",
+        ),
+    ];
+    for (signal, fault, marker) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = start_long(&dir, &format!("stages[0].faults[0]={fault}"), marker);
+        let pid = store_pid(dir.path());
+        std::thread::sleep(Duration::from_millis(700));
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{fault}");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!alive(pid), "{fault}: the store (pid {pid}) outlived the run");
+        let run = run_file(dir.path());
+        assert_eq!(run["finished"], true, "{fault}");
+        let report = common::only_report(dir.path());
+        assert_eq!(report["interrupted"], true);
+        assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true), "{fault}: {report}");
+    }
 }
 
 #[test]
