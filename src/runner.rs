@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::deps::{self, Running};
+use crate::deps::process::ManagedProcess;
 use crate::fault::http::HttpProxy;
+use crate::sut::RequestTemplate;
+use crate::sut::http::{RECORD_JSON, WriteTemplate, read_back};
 use crate::fault::records::RecordFaults;
 use crate::fault::{self, Activation, Place};
 use crate::flags::FlagState;
@@ -40,6 +43,13 @@ struct Infra {
     pipeline: Option<Pipeline>,
     /// The HTTP fault proxy in front of the target, when a stage faults the target.
     target_proxy: Option<HttpProxy>,
+    /// An HTTP target's process, when stagegate starts it.
+    target_process: Option<ManagedProcess>,
+    /// How records are written, and read back (HTTP targets with `read`).
+    write: Option<Arc<WriteTemplate>>,
+    read: Option<WriteTemplate>,
+    /// The target's own base URL (behind any fault proxy).
+    target_base: String,
 }
 
 impl Infra {
@@ -48,6 +58,9 @@ impl Infra {
             p.stop().await;
         }
         if let Some(p) = self.pipeline {
+            p.stop().await;
+        }
+        if let Some(p) = &self.target_process {
             p.stop().await;
         }
         for d in self.deps {
@@ -97,6 +110,7 @@ pub async fn run(
         faults: Vec::new(),
         report_dir: report_dir.clone(),
         on_verdict: None,
+        target_exit: None,
     };
     let mut infra = Infra::default();
     let mut samples = HashMap::new();
@@ -175,26 +189,63 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
         infra.deps.push(deps::provision(dep, report_dir).await.map_err(|e| e.to_string())?);
         write_run_file(report_dir, infra, false);
     }
-    match &plan.target {
+    let mut url = match &plan.target {
         Target::Builtin(BuiltinTarget::OrdersPipeline) => {
             let store = infra.deps.first().ok_or("the builtin pipeline has no store")?;
             let pipeline = Pipeline::start(store.address(), flags_url)
                 .await
                 .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
-            let mut url = pipeline.url();
+            let url = pipeline.url();
             infra.pipeline = Some(pipeline);
-            let faults_target = plan.stages.iter().flat_map(|s| &s.faults).any(|f| f.at == Place::Target);
-            if faults_target {
-                let proxy = HttpProxy::start(&url)
-                    .await
-                    .map_err(|e| format!("the fault proxy in front of the target could not listen: {e}"))?;
-                url = proxy.url();
-                infra.target_proxy = Some(proxy);
-            }
-            Ok(url)
+            let orders = RequestTemplate {
+                method: "POST".into(),
+                path: "/orders".into(),
+                body: None,
+                headers: Default::default(),
+            };
+            let write = WriteTemplate::compile(&orders, &Default::default(), Some(RECORD_JSON))?;
+            infra.write = Some(Arc::new(write));
+            url
         }
-        Target::Http(_) => Err("http targets are not run by this build".into()),
+        Target::Http(h) => {
+            let dependencies: serde_json::Map<String, Value> = infra
+                .deps
+                .iter()
+                .map(|d| (d.name.clone(), serde_json::json!({ "address": d.address().to_string() })))
+                .collect();
+            let mut context = serde_json::Map::new();
+            context.insert("dependencies".into(), Value::Object(dependencies));
+            context.insert("flags".into(), serde_json::json!({ "url": flags_url }));
+            let mut values = context.clone();
+            if let Some(def) = &h.process {
+                let log = report_dir.map(|d| d.join("target.log"));
+                let process = ManagedProcess::start("the target", def, log, context)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                values.insert("port".into(), process.port().into());
+                infra.target_process = Some(process);
+            }
+            let base = crate::deps::process::render(&h.base_url, &minijinja::Value::from(minijinja::value::Serde(values)))
+                .map_err(|e| format!("target.http.base_url: {e}"))?;
+            let write = WriteTemplate::compile(&h.write, &h.headers, Some(RECORD_JSON))
+                .map_err(|e| format!("target.http.write: {e}"))?;
+            infra.write = Some(Arc::new(write));
+            if let Some(r) = &h.read {
+                infra.read = Some(WriteTemplate::compile(r, &h.headers, None).map_err(|e| format!("target.http.read: {e}"))?);
+            }
+            base.trim_end_matches('/').to_string()
+        }
+    };
+    infra.target_base = url.clone();
+    let faults_target = plan.stages.iter().flat_map(|s| &s.faults).any(|f| f.at == Place::Target);
+    if faults_target {
+        let proxy = HttpProxy::start(&url)
+            .await
+            .map_err(|e| format!("the fault proxy in front of the target could not listen: {e}"))?;
+        url = proxy.url();
+        infra.target_proxy = Some(proxy);
     }
+    Ok(url)
 }
 
 /// The flag variant a record sees in a stage with fractional exposure, as a label like
@@ -226,7 +277,27 @@ struct StageSink<'a> {
     aborted: Option<Assessment>,
 }
 
+impl StageSink<'_> {
+    /// The flag values a record sees in this stage, as a JSON object.
+    fn flag_values(&self, key: &str) -> Value {
+        Value::Object(
+            self.stage.flags.iter().map(|(n, st)| (n.clone(), st.value_for(n, Some(key), self.flag_seed).clone())).collect(),
+        )
+    }
+}
+
 impl Sink for StageSink<'_> {
+    fn flags(&mut self, key: &str) -> Value {
+        self.flag_values(key)
+    }
+
+    fn headers(&mut self, key: &str) -> Vec<(String, String)> {
+        let crate::flags::Provider::Header(name) = &self.plan.flags.provider else { return Vec::new() };
+        let Value::Object(values) = self.flag_values(key) else { return Vec::new() };
+        let text: Vec<String> = values.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from))).collect();
+        vec![(name.clone(), text.join(","))]
+    }
+
     fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
         let variant = variant_of(&self.stage.flags, key, self.flag_seed)
             .map(|v| self.variants.entry(v.clone()).or_insert_with(|| Arc::from(v.as_str())).clone());
@@ -290,10 +361,17 @@ async fn run_stages(
             return samples;
         }
     };
-    let write = HttpWrite { client, url: format!("{target_url}/orders") };
+    let write = HttpWrite {
+        client: client.clone(),
+        base_url: target_url.to_string(),
+        template: infra.write.clone().expect("provisioned"),
+    };
     let flags = infra.flags.as_ref().expect("provisioned");
     let flag_seed = seed::derive(plan.seed, "flags", 0);
-    let store_addr = infra.deps.first().map(|d| d.real_address());
+    let store_addr = match plan.target {
+        Target::Builtin(_) => infra.deps.first().map(|d| d.real_address()),
+        Target::Http(_) => None,
+    };
     let mut scan_from = 0usize;
     for (index, stage) in plan.stages.iter().enumerate() {
         if cancel.is_cancelled() {
@@ -370,8 +448,24 @@ async fn run_stages(
                 }
                 Err(e) => warn!(error = %e, "cannot read the store's output"),
             }
+        } else if let Some(read) = &infra.read {
+            // Read every record back by key from the target itself (not through a fault).
+            match read_back(&client, &infra.target_base, read, sink.ledger.keys(), 32).await {
+                Ok(found) => observed = found,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the target's output");
+                    report.warnings.push(format!("stage `{}`: the output could not be read back: {e}", stage.name));
+                }
+            }
         }
-        let judgement = sink.ledger.judge(observed.iter());
+        let output_seen = store_addr.is_some() || infra.read.is_some();
+        if let Some(p) = &infra.target_process
+            && let Some(status) = p.exited()
+        {
+            report.target_exit.get_or_insert(format!("the target process exited ({status}) during stage `{}`", stage.name));
+        }
+        let mut judgement = sink.ledger.judge(observed.iter());
+        judgement.observed = output_seen;
         let ran = if completed { plan.workload.duration } else { elapsed };
         let metrics = sink.recorder.finish(ran, &judgement);
         let aborted = sink.aborted.take();
@@ -589,6 +683,9 @@ fn conclude(report: &mut RunReport) {
         return;
     }
     let mut v = verdict::fold(&report.assessments);
+    if let Some(exit) = &report.target_exit {
+        report.reasons.push(exit.clone());
+    }
     if let Some(reason) = &report.aborted {
         v = Verdict::Rollback;
         report.reasons.push(format!("aborted: {reason}"));

@@ -151,7 +151,7 @@ pub async fn provision(dep: &Dependency, log_dir: Option<&std::path::Path>) -> R
             if let Some(d) = log_dir {
                 let _ = std::fs::create_dir_all(d);
             }
-            let process = ManagedProcess::start(&format!("`{}`", dep.name), def, log).await?;
+            let process = ManagedProcess::start(&format!("`{}`", dep.name), def, log, Default::default()).await?;
             match proxy_for(process.address()).await {
                 Ok(proxy) => Ok(Running { name: dep.name.clone(), proxy, store: None, process: Some(process) }),
                 Err(e) => {

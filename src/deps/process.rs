@@ -64,13 +64,21 @@ pub fn free_port() -> std::io::Result<u16> {
 
 impl ManagedProcess {
     /// Starts `def` as `name`, logging to `log` (if given), and waits until it is ready.
-    pub async fn start(name: &str, def: &ProcessDef, log: Option<PathBuf>) -> Result<ManagedProcess, ProcessError> {
+    /// Templates see `port` and whatever `context` holds (`dependencies`, `flags`).
+    pub async fn start(
+        name: &str,
+        def: &ProcessDef,
+        log: Option<PathBuf>,
+        context: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ManagedProcess, ProcessError> {
         let port = free_port().map_err(|source| ProcessError::Spawn {
             name: name.into(),
             program: def.command[0].clone(),
             source,
         })?;
-        let values = minijinja::context! { port => port };
+        let mut context = context;
+        context.insert("port".into(), port.into());
+        let values = minijinja::Value::from(minijinja::value::Serde(context));
         let render_all = |items: Vec<&String>| -> Result<Vec<String>, ProcessError> {
             items
                 .into_iter()
@@ -174,6 +182,17 @@ impl ManagedProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The port it was given (`{{ port }}`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the process has exited (it crashed, or a fault killed it); its status.
+    pub fn exited(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|s| s.to_string())
     }
 
     /// Where the process serves.

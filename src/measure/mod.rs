@@ -213,6 +213,7 @@ impl Recorder {
             throughput: whole.throughput,
             data: data.total,
             warmup_data: data.warmup,
+            data_observed: data.observed,
             phases,
             variants,
             recovery: self.recovery.finish(&baseline, until),
@@ -265,6 +266,9 @@ pub struct StageMetrics {
     pub data: DataCounts,
     /// Data-quality counts of the warm-up records (measured, not judged).
     pub warmup_data: DataCounts,
+    /// Whether the output was observed; without it, counts that need the output (lost,
+    /// duplicated, corrupted, ...) are unknown and criteria on them are inconclusive.
+    pub data_observed: bool,
     /// The same metrics by fault phase (`before`, `during`, `after`), judged window only.
     pub phases: BTreeMap<String, SliceMetrics>,
     /// The same metrics by flag variant, for stages with fractional exposure.

@@ -73,6 +73,8 @@ pub struct Judgement {
     /// Indexed by [`Phase`] (`before`, `during`, `after`).
     pub by_phase: [DataCounts; 3],
     pub by_variant: BTreeMap<String, DataCounts>,
+    /// Whether the output was observed at all (without it, lost and the like are unknown).
+    pub observed: bool,
 }
 
 #[derive(Debug)]
@@ -158,6 +160,11 @@ impl Ledger {
         }
     }
 
+    /// The keys of every record sent.
+    pub fn keys(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
     /// Number of records sent.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -186,7 +193,7 @@ impl Ledger {
             slot.0 += 1;
             slot.1 |= altered;
         }
-        let mut judgement = Judgement::default();
+        let mut judgement = Judgement { observed: true, ..Default::default() };
         for (key, entry) in &self.entries {
             let mut c = DataCounts { sent: 1, acked: entry.acked as u64, ..Default::default() };
             c.pii_exposed = exposed.contains(key.as_str()) as u64;

@@ -97,6 +97,8 @@ pub struct RunReport {
     pub report_dir: Option<PathBuf>,
     /// The `on_verdict` command that ran, if any.
     pub on_verdict: Option<ActionReport>,
+    /// Set when a target stagegate started exited on its own during the run.
+    pub target_exit: Option<String>,
 }
 
 /// What an `on_verdict` command did.

@@ -169,16 +169,19 @@ impl Plan {
     /// What this scenario uses that this build validates but cannot run yet.
     pub fn unsupported(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Target::Http(_) = self.target {
-            out.push("an `http` target".to_string());
+        if let Target::Http(h) = &self.target
+            && self.flags.provider == crate::flags::Provider::Env
+            && h.process.is_some()
+        {
+            out.push("the `env` flag provider".to_string());
         }
         for d in &self.dependencies {
             if !d.provision.runnable() {
                 out.push(format!("dependency `{}`: the `{}` form", d.name, d.provision.kind()));
             }
         }
-        if self.flags.provider != crate::flags::Provider::Ofrep {
-            out.push(format!("the `{}` flag provider", self.flags.provider.name()));
+        if matches!(self.flags.provider, crate::flags::Provider::FlagdFile(_)) {
+            out.push("the `flagd-file` flag provider".to_string());
         }
         for s in &self.stages {
             for (i, f) in s.faults.iter().enumerate() {

@@ -6,6 +6,7 @@
 //! no infrastructure at all, and they contain a real, fault-revealed difference between
 //! their two flag states (see the pipeline's docs).
 
+pub mod http;
 pub mod pipeline;
 pub mod store;
 

@@ -130,7 +130,15 @@ pub fn applicable<'a>(criteria: &'a [Criterion], stage: &str) -> Vec<&'a Criteri
 pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMetrics) -> Assessment {
     let samples = check.metric.samples(metrics);
     let measured = check.metric.value(metrics);
+    let needs_output = matches!(
+        check.metric.base,
+        Base::Data(f) | Base::DataRate(f) if !matches!(f, DataField::Sent | DataField::Acked | DataField::RejectedValid)
+    );
     let (outcome, note) = match measured {
+        _ if needs_output && !metrics.data_observed => (
+            Outcome::Inconclusive,
+            Some("the output was not observed (give the target a `read` request)".to_string()),
+        ),
         None if matches!(check.metric.base, Base::Freshness(_)) => {
             (Outcome::Inconclusive, Some("freshness needs an output observer that sees arrivals".to_string()))
         }
@@ -267,6 +275,7 @@ mod tests {
             errors,
             latency: LatencySummary { p99: Some(p99), max: Some(p99 * 2.0), ..Default::default() },
             data: DataCounts { sent: 1000, acked: 1000, duplicated, ..Default::default() },
+            data_observed: true,
             ..Default::default()
         }
     }
@@ -326,6 +335,15 @@ mod tests {
         m.data.lost = 9;
         let a = abort_reason(&criteria, "s", &m).unwrap();
         assert_eq!(a.criterion, "errors.count < 10");
+    }
+
+    #[test]
+    fn data_checks_without_an_observed_output_are_inconclusive() {
+        let mut m = metrics(1.0, 0, 0);
+        m.data_observed = false;
+        let a = assess(&[criterion("data.lost == 0", None), criterion("data.acked > 0", None)], "s", &m);
+        assert_eq!(a[0].outcome, Outcome::Inconclusive);
+        assert_eq!(a[1].outcome, Outcome::Pass, "acknowledgements need no output");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{Arrival, Workload, pacing};
 use crate::data::Generator;
 use crate::fault::records::{RecordFaults, make_late, malform};
 use crate::fault::unit;
+use tracing::warn;
 use crate::measure::Outcome;
 use crate::quality::key_of;
 
@@ -51,6 +52,10 @@ pub trait Sink {
     fn headers(&mut self, _key: &str) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// The flag values this record sees, for templates (`{{ flags.NAME }}`).
+    fn flags(&mut self, _key: &str) -> Value {
+        Value::Null
+    }
     /// A request has ended.
     fn sample(&mut self, sample: Sample);
     /// Called about once a second with the elapsed stage time.
@@ -70,8 +75,10 @@ pub struct InputFaults {
 /// Where and how records are written.
 pub struct HttpWrite {
     pub client: reqwest::Client,
-    /// Full URL records are POSTed to.
-    pub url: String,
+    /// The target's base URL (`http://127.0.0.1:8080`).
+    pub base_url: String,
+    /// The write request, rendered per record.
+    pub template: Arc<crate::sut::http::WriteTemplate>,
 }
 
 /// How a stage's driving went.
@@ -177,24 +184,33 @@ pub async fn drive(
             make_late(&mut record, &input.timestamps, by);
         }
         let key = key_of(&record, &key_field).unwrap_or_default();
+        let flag_values = sink.flags(&key);
+        let rendered = match write.template.render(&record, &key, &flag_values) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "a write template could not be rendered for a record; skipped");
+                continue;
+            }
+        };
         let body = match &fate.malformed {
-            Some(how) => malform(&record, how),
-            None => Value::Object(record.clone()).to_string(),
+            Some(how) => Some(malform(&record, how)),
+            None => rendered.body.clone(),
         };
         sink.sent(offset, &key, &record, fate.malformed.is_some());
-        let headers = sink.headers(&key);
+        let mut headers = rendered.headers.clone();
+        headers.extend(sink.headers(&key));
+        let url = format!("{}{}", write.base_url, rendered.path);
         let copies = if fate.duplicate { 2 } else { 1 };
         for _ in 0..copies {
             let permit = tokio::select! {
                 _ = cancel.cancelled() => { completed = false; break; }
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
-            let mut request = write
-                .client
-                .post(&write.url)
-                .header("content-type", "application/json")
-                .timeout(workload.timeout)
-                .body(body.clone());
+            let mut request =
+                write.client.request(rendered.method.clone(), &url).header("content-type", "application/json").timeout(workload.timeout);
+            if let Some(b) = &body {
+                request = request.body(b.clone());
+            }
             for (name, value) in &headers {
                 request = request.header(name, value);
             }
