@@ -16,6 +16,8 @@ use serde_json::{Map, Value};
 use stagegate::data::Schema;
 use stagegate::measure::{Outcome, Recorder};
 use stagegate::quality::Judgement;
+use stagegate::sut::RequestTemplate;
+use stagegate::sut::http::{RECORD_JSON, WriteTemplate};
 use stagegate::workload::driver::{self, HttpWrite, InputFaults, Sample, Sink};
 use stagegate::workload::{Arrival, RateProfile, Workload};
 use tokio_util::sync::CancellationToken;
@@ -54,7 +56,20 @@ fn main() {
             };
             let write = HttpWrite {
                 client: reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap(),
-                url: format!("http://{addr}/orders"),
+                base_url: format!("http://{addr}"),
+                template: Arc::new(
+                    WriteTemplate::compile(
+                        &RequestTemplate {
+                            method: "POST".into(),
+                            path: "/orders".into(),
+                            body: None,
+                            headers: Default::default(),
+                        },
+                        &Default::default(),
+                        Some(RECORD_JSON),
+                    )
+                    .unwrap(),
+                ),
             };
             let mut sink = Count { recorder: Recorder::new(workload.warmup, duration, vec![]), ok: 0 };
             let started = std::time::Instant::now();

@@ -16,11 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::deps::{self, Running};
 use crate::deps::process::ManagedProcess;
+use crate::deps::{self, Running};
 use crate::fault::http::HttpProxy;
-use crate::sut::RequestTemplate;
-use crate::sut::http::{RECORD_JSON, WriteTemplate, read_back};
 use crate::fault::records::RecordFaults;
 use crate::fault::{self, Activation, Place};
 use crate::flags::FlagState;
@@ -30,6 +28,8 @@ use crate::quality::{Judgement, Ledger, Tags};
 use crate::report::{ActionReport, Event, FaultRecord, RunReport, StageReport};
 use crate::scenario::{Plan, Stage};
 use crate::seed;
+use crate::sut::RequestTemplate;
+use crate::sut::http::{RECORD_JSON, WriteTemplate, read_back};
 use crate::sut::pipeline::Pipeline;
 use crate::sut::{BuiltinTarget, Target, store};
 use crate::verdict::{self, Assessment, Outcome as Judged, Rule, Sides, Verdict};
@@ -219,19 +219,20 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
             let mut values = context.clone();
             if let Some(def) = &h.process {
                 let log = report_dir.map(|d| d.join("target.log"));
-                let process = ManagedProcess::start("the target", def, log, context)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let process =
+                    ManagedProcess::start("the target", def, log, context).await.map_err(|e| e.to_string())?;
                 values.insert("port".into(), process.port().into());
                 infra.target_process = Some(process);
             }
-            let base = crate::deps::process::render(&h.base_url, &minijinja::Value::from(minijinja::value::Serde(values)))
-                .map_err(|e| format!("target.http.base_url: {e}"))?;
+            let base =
+                crate::deps::process::render(&h.base_url, &minijinja::Value::from(minijinja::value::Serde(values)))
+                    .map_err(|e| format!("target.http.base_url: {e}"))?;
             let write = WriteTemplate::compile(&h.write, &h.headers, Some(RECORD_JSON))
                 .map_err(|e| format!("target.http.write: {e}"))?;
             infra.write = Some(Arc::new(write));
             if let Some(r) = &h.read {
-                infra.read = Some(WriteTemplate::compile(r, &h.headers, None).map_err(|e| format!("target.http.read: {e}"))?);
+                infra.read =
+                    Some(WriteTemplate::compile(r, &h.headers, None).map_err(|e| format!("target.http.read: {e}"))?);
             }
             base.trim_end_matches('/').to_string()
         }
@@ -281,7 +282,11 @@ impl StageSink<'_> {
     /// The flag values a record sees in this stage, as a JSON object.
     fn flag_values(&self, key: &str) -> Value {
         Value::Object(
-            self.stage.flags.iter().map(|(n, st)| (n.clone(), st.value_for(n, Some(key), self.flag_seed).clone())).collect(),
+            self.stage
+                .flags
+                .iter()
+                .map(|(n, st)| (n.clone(), st.value_for(n, Some(key), self.flag_seed).clone()))
+                .collect(),
         )
     }
 }
@@ -294,7 +299,8 @@ impl Sink for StageSink<'_> {
     fn headers(&mut self, key: &str) -> Vec<(String, String)> {
         let crate::flags::Provider::Header(name) = &self.plan.flags.provider else { return Vec::new() };
         let Value::Object(values) = self.flag_values(key) else { return Vec::new() };
-        let text: Vec<String> = values.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from))).collect();
+        let text: Vec<String> =
+            values.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from))).collect();
         vec![(name.clone(), text.join(","))]
     }
 
@@ -448,21 +454,27 @@ async fn run_stages(
                 }
                 Err(e) => warn!(error = %e, "cannot read the store's output"),
             }
-        } else if let Some(read) = &infra.read {
+        }
+        let mut output_seen = store_addr.is_some();
+        if let Some(read) = &infra.read {
             // Read every record back by key from the target itself (not through a fault).
             match read_back(&client, &infra.target_base, read, sink.ledger.keys(), 32).await {
-                Ok(found) => observed = found,
+                Ok(found) => {
+                    observed = found;
+                    output_seen = true;
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot read the target's output");
                     report.warnings.push(format!("stage `{}`: the output could not be read back: {e}", stage.name));
                 }
             }
         }
-        let output_seen = store_addr.is_some() || infra.read.is_some();
         if let Some(p) = &infra.target_process
             && let Some(status) = p.exited()
         {
-            report.target_exit.get_or_insert(format!("the target process exited ({status}) during stage `{}`", stage.name));
+            report
+                .target_exit
+                .get_or_insert(format!("the target process exited ({status}) during stage `{}`", stage.name));
         }
         let mut judgement = sink.ledger.judge(observed.iter());
         judgement.observed = output_seen;

@@ -24,13 +24,13 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Why a process could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("`{name}`: a template in its command or environment is wrong: {message}")]
+    #[error("{name}: a template in its command or environment is wrong: {message}")]
     Template { name: String, message: String },
-    #[error("`{name}` could not start `{program}`: {source}")]
+    #[error("{name} could not start `{program}`: {source}")]
     Spawn { name: String, program: String, source: std::io::Error },
-    #[error("`{name}` exited with {status} before it was ready{}", tail(.log))]
+    #[error("{name} exited with {status} before it was ready{}", tail(.log))]
     Exited { name: String, status: String, log: String },
-    #[error("`{name}` was not ready within {timeout:?}{}", tail(.log))]
+    #[error("{name} was not ready within {}{}", crate::scenario::units::format_duration(*.timeout), tail(.log))]
     NotReady { name: String, timeout: Duration, log: String },
 }
 
@@ -114,6 +114,9 @@ impl ManagedProcess {
         cmd.stdin(std::process::Stdio::null());
         match &self.log {
             Some(path) => {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
                 let open = || std::fs::OpenOptions::new().create(true).append(true).open(path);
                 match (open(), open()) {
                     (Ok(out), Ok(err)) => {

@@ -51,7 +51,8 @@ fn environment() -> Environment<'static> {
         _ => minijinja::escape_formatter(out, state, value),
     });
     env.add_filter("json", |v: minijinja::Value| -> Result<String, minijinja::Error> {
-        serde_json::to_string(&v).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+        serde_json::to_string(&v)
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
     });
     env
 }
@@ -59,7 +60,11 @@ fn environment() -> Environment<'static> {
 impl WriteTemplate {
     /// Compiles `t` with the target's common `headers`; `default_body` is used when `t`
     /// has none (`{{ record | json }}` for writes).
-    pub fn compile(t: &RequestTemplate, headers: &BTreeMap<String, String>, default_body: Option<&str>) -> Result<Self, String> {
+    pub fn compile(
+        t: &RequestTemplate,
+        headers: &BTreeMap<String, String>,
+        default_body: Option<&str>,
+    ) -> Result<Self, String> {
         let mut env = environment();
         let method = reqwest::Method::from_bytes(t.method.as_bytes()).map_err(|e| e.to_string())?;
         env.add_template_owned("path".to_string(), t.path.clone()).map_err(|e| format!("path: {e}"))?;
@@ -69,7 +74,8 @@ impl WriteTemplate {
         }
         let mut names = Vec::new();
         for (name, value) in headers.iter().chain(&t.headers) {
-            env.add_template_owned(format!("header:{name}"), value.clone()).map_err(|e| format!("header {name}: {e}"))?;
+            env.add_template_owned(format!("header:{name}"), value.clone())
+                .map_err(|e| format!("header {name}: {e}"))?;
             names.push(name.clone());
         }
         let record_body = body.as_deref().map(str::trim) == Some(RECORD_JSON);
@@ -86,7 +92,11 @@ impl WriteTemplate {
         let get = |name: &str| -> Result<String, String> {
             self.env.get_template(name).and_then(|t| t.render(&ctx)).map_err(|e| format!("{name}: {e}"))
         };
-        let headers = self.headers.iter().map(|n| get(&format!("header:{n}")).map(|v| (n.clone(), v))).collect::<Result<_, _>>()?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|n| get(&format!("header:{n}")).map(|v| (n.clone(), v)))
+            .collect::<Result<_, _>>()?;
         Ok(Rendered {
             method: self.method.clone(),
             path: get("path")?,
@@ -167,7 +177,8 @@ mod tests {
 
     #[test]
     fn a_broken_template_is_reported() {
-        let t = RequestTemplate { method: "POST".into(), path: "/x/{{ key".into(), body: None, headers: BTreeMap::new() };
+        let t =
+            RequestTemplate { method: "POST".into(), path: "/x/{{ key".into(), body: None, headers: BTreeMap::new() };
         let err = WriteTemplate::compile(&t, &BTreeMap::new(), None).err().expect("a syntax error");
         assert!(err.starts_with("path:"), "{err}");
     }

@@ -135,10 +135,9 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
         Base::Data(f) | Base::DataRate(f) if !matches!(f, DataField::Sent | DataField::Acked | DataField::RejectedValid)
     );
     let (outcome, note) = match measured {
-        _ if needs_output && !metrics.data_observed => (
-            Outcome::Inconclusive,
-            Some("the output was not observed (give the target a `read` request)".to_string()),
-        ),
+        _ if needs_output && !metrics.data_observed => {
+            (Outcome::Inconclusive, Some("the output was not observed (give the target a `read` request)".to_string()))
+        }
         None if matches!(check.metric.base, Base::Freshness(_)) => {
             (Outcome::Inconclusive, Some("freshness needs an output observer that sees arrivals".to_string()))
         }

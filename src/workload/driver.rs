@@ -20,9 +20,9 @@ use super::{Arrival, Workload, pacing};
 use crate::data::Generator;
 use crate::fault::records::{RecordFaults, make_late, malform};
 use crate::fault::unit;
-use tracing::warn;
 use crate::measure::Outcome;
 use crate::quality::key_of;
+use tracing::warn;
 
 /// Requests in flight at most; past this the driver waits (and latency still counts
 /// from the intended time, so the wait shows).
@@ -206,8 +206,11 @@ pub async fn drive(
                 _ = cancel.cancelled() => { completed = false; break; }
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
-            let mut request =
-                write.client.request(rendered.method.clone(), &url).header("content-type", "application/json").timeout(workload.timeout);
+            let mut request = write
+                .client
+                .request(rendered.method.clone(), &url)
+                .header("content-type", "application/json")
+                .timeout(workload.timeout);
             if let Some(b) = &body {
                 request = request.body(b.clone());
             }

@@ -1,0 +1,92 @@
+//! An HTTP target that stagegate starts as a process (a small Python service under
+//! `tests/services/`), written by template and read back by key: exact lost, duplicated
+//! and corrupted counts for known-bad variants, zero for the good one; and a service
+//! that never becomes ready, exits at start, or crashes mid-run.
+
+mod common;
+
+use common::{only_report, stagegate, text};
+
+fn run(dir: &tempfile::TempDir, command: &str, extra: &[&str]) -> std::process::Output {
+    let set = format!("target.process.command={command}");
+    let mut args = vec![
+        "run",
+        "-q",
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "tests/scenarios/http-service.yaml",
+        "--set",
+        &set,
+    ];
+    args.extend_from_slice(extra);
+    stagegate(&args)
+}
+
+const SERVICE: &str = r#"[python3, ../services/orders_service.py, --port, "{{ port }}""#;
+
+#[test]
+fn the_good_service_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&dir, &format!("{SERVICE}]"), &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let data = &only_report(dir.path())["stages"][0]["metrics"]["data"];
+    assert_eq!(data["sent"], 200);
+    assert_eq!(data["acked"], 200);
+    for count in ["lost", "duplicated", "corrupted"] {
+        assert_eq!(data[count], 0, "{count}: {data}");
+    }
+}
+
+#[test]
+fn known_bad_variants_are_counted_exactly() {
+    for (bad, count) in [("drop", "lost"), ("duplicate", "duplicated"), ("alter", "corrupted")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(&dir, &format!("{SERVICE}, --bad, {bad}]"), &[]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {:?}", text(&out));
+        let data = only_report(dir.path())["stages"][0]["metrics"]["data"].clone();
+        // Every tenth of the 200 orders is dropped, stored twice or altered.
+        assert_eq!(data[count], 20, "{bad}: {data}");
+        let others: u64 = ["lost", "duplicated", "corrupted"]
+            .iter()
+            .filter(|c| **c != count)
+            .map(|c| data[*c].as_u64().unwrap())
+            .sum();
+        assert_eq!(others, 0, "{bad}: {data}");
+    }
+}
+
+#[test]
+fn a_crash_mid_run_is_judged_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&dir, &format!("{SERVICE}, --crash-after, \"50\"]"), &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("the target process exited (exit status: 7) during stage `only`"), "{stdout}");
+    let report = only_report(dir.path());
+    assert!(report["stages"][0]["metrics"]["errors"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn a_service_that_never_gets_ready_breaks_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out =
+        run(&dir, r#"[python3, -c, "import time; time.sleep(120)"]"#, &["--set", "target.process.ready.timeout=1s"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("the target was not ready within 1s"), "{stdout}");
+    assert!(started.elapsed().as_secs() < 10);
+    let pgrep = std::process::Command::new("pgrep").args(["-f", "time.sleep\\(120\\)"]).output().unwrap();
+    assert!(pgrep.stdout.is_empty(), "the service was left running");
+}
+
+#[test]
+fn a_service_that_exits_at_start_shows_its_last_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&dir, r#"[python3, -c, "import sys; print('cannot bind: address in use'); sys.exit(3)"]"#, &[]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("the target exited with exit status: 3 before it was ready"), "{stdout}");
+    assert!(stdout.contains("cannot bind: address in use"), "{stdout}");
+}

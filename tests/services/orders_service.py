@@ -1,0 +1,88 @@
+"""A small order service that stagegate's tests run as an HTTP target.
+
+POST /orders stores an order (a JSON object) under its order_id; GET /orders/<id>
+answers every stored copy as a JSON array, or 404; GET /health answers 200.
+Orders that are not JSON objects with an order_id are refused with 400.
+
+Known-bad variants, for tests that check stagegate counts them exactly:
+  --bad drop       every 10th order is acknowledged but not stored
+  --bad duplicate  every 10th order is stored twice
+  --bad alter      every 10th order is stored with its amount changed
+  --crash-after N  the process exits after N orders
+Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N]
+"""
+
+import argparse
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--bad", choices=["drop", "duplicate", "alter"])
+parser.add_argument("--crash-after", type=int)
+args = parser.parse_args()
+
+store = {}
+lock = threading.Lock()
+count = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_):
+        pass
+
+    def answer(self, status, body=b""):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/health":
+            return self.answer(200, b"{}")
+        if self.path.startswith("/orders/"):
+            key = self.path[len("/orders/"):]
+            with lock:
+                copies = store.get(key)
+            if not copies:
+                return self.answer(404)
+            return self.answer(200, json.dumps(copies).encode())
+        self.answer(404)
+
+    def do_POST(self):
+        global count
+        length = int(self.headers.get("Content-Length", 0))
+        raw = self.rfile.read(length)
+        if self.path != "/orders":
+            return self.answer(404)
+        try:
+            order = json.loads(raw)
+            key = order["order_id"]
+        except (ValueError, KeyError, TypeError):
+            return self.answer(400, b'{"error": "an order is a JSON object with an order_id"}')
+        with lock:
+            count += 1
+            n = count
+            tenth = n % 10 == 0
+            if tenth and args.bad == "drop":
+                pass
+            elif tenth and args.bad == "alter":
+                store.setdefault(key, []).append(dict(order, amount=-1))
+            else:
+                copies = 2 if tenth and args.bad == "duplicate" else 1
+                for _ in range(copies):
+                    store.setdefault(key, []).append(order)
+        self.answer(201, json.dumps({"order_id": key}).encode())
+        if args.crash_after and n >= args.crash_after:
+            os._exit(7)
+
+
+server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+server.daemon_threads = True
+print("orders service on port", args.port, "bad:", args.bad, flush=True)
+server.serve_forever()
