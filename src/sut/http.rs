@@ -32,6 +32,15 @@ pub struct WriteTemplate {
     has_body: bool,
     /// The body is the record as JSON (`{{ record | json }}`): serialised directly.
     record_body: bool,
+    /// The path, when it holds no template: used as it is.
+    static_path: Option<String>,
+    /// Whether any part reads `flags`.
+    reads_flags: bool,
+}
+
+/// Whether a template source holds anything to render.
+fn is_template(source: &str) -> bool {
+    source.contains("{{") || source.contains("{%")
 }
 
 /// The body template most targets use.
@@ -79,11 +88,38 @@ impl WriteTemplate {
             names.push(name.clone());
         }
         let record_body = body.as_deref().map(str::trim) == Some(RECORD_JSON);
-        Ok(WriteTemplate { env, method, headers: names, has_body: body.is_some(), record_body })
+        let static_path = (!is_template(&t.path)).then(|| t.path.clone());
+        let reads_flags = env.templates().any(|(_, t)| t.source().contains("flags"));
+        Ok(WriteTemplate {
+            env,
+            method,
+            headers: names,
+            has_body: body.is_some(),
+            record_body,
+            static_path,
+            reads_flags,
+        })
+    }
+
+    /// Whether any part of the request reads `flags` (so the driver can skip computing them).
+    pub fn uses_flags(&self) -> bool {
+        self.reads_flags
     }
 
     /// Renders the request for one record.
     pub fn render(&self, record: &Map<String, Value>, key: &str, flags: &Value) -> Result<Rendered, String> {
+        // The common case (a fixed path, the record as the body, no headers) needs no
+        // template engine at all: it runs once per request on the driver's hot path.
+        if let (Some(path), true, true) =
+            (&self.static_path, self.record_body || !self.has_body, self.headers.is_empty())
+        {
+            return Ok(Rendered {
+                method: self.method.clone(),
+                path: path.clone(),
+                headers: Vec::new(),
+                body: self.has_body.then(|| Value::Object(record.clone()).to_string()),
+            });
+        }
         let ctx = minijinja::context! {
             record => minijinja::Value::from(minijinja::value::Serde(record)),
             key => key,

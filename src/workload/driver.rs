@@ -184,7 +184,7 @@ pub async fn drive(
             make_late(&mut record, &input.timestamps, by);
         }
         let key = key_of(&record, &key_field).unwrap_or_default();
-        let flag_values = sink.flags(&key);
+        let flag_values = if write.template.uses_flags() { sink.flags(&key) } else { Value::Null };
         let rendered = match write.template.render(&record, &key, &flag_values) {
             Ok(r) => r,
             Err(e) => {
