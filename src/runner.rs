@@ -153,13 +153,16 @@ pub async fn run(
 /// `stagegate cleanup` can stop it if stagegate itself is killed outright.
 fn write_run_file(report_dir: Option<&std::path::Path>, infra: &Infra, finished: bool) {
     let Some(dir) = report_dir else { return };
-    let processes: Vec<serde_json::Value> = infra
+    let mut processes: Vec<serde_json::Value> = infra
         .deps
         .iter()
         .filter_map(|d| {
             d.process.as_ref().and_then(|p| p.pid()).map(|pid| serde_json::json!({ "name": d.name, "pgid": pid }))
         })
         .collect();
+    if let Some(pid) = infra.target_process.as_ref().and_then(|p| p.pid()) {
+        processes.push(serde_json::json!({ "name": "target", "pgid": pid }));
+    }
     let body = serde_json::json!({ "stagegate_pid": std::process::id(), "finished": finished, "processes": processes });
     let _ = std::fs::create_dir_all(dir);
     let _ = std::fs::write(dir.join("run.json"), body.to_string());
@@ -223,6 +226,7 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
                     ManagedProcess::start("the target", def, log, context).await.map_err(|e| e.to_string())?;
                 values.insert("port".into(), process.port().into());
                 infra.target_process = Some(process);
+                write_run_file(report_dir, infra, false);
             }
             let base =
                 crate::deps::process::render(&h.base_url, &minijinja::Value::from(minijinja::value::Serde(values)))
@@ -584,9 +588,15 @@ async fn timeline(
         }
     };
     // Process faults act at their transitions: kill (and a later restart), pause/resume.
+    // A process by the name faults use: a dependency's, or `target` for the target's.
+    let process_named = |name: &str| match name {
+        "target" => infra.target_process.as_ref(),
+        dep => proxies.get(dep).and_then(|r| r.process.as_ref()),
+    };
     let process_of = |f: &fault::Fault| match &f.at {
-        Place::Dependency(d) => proxies.get(d.as_str()).and_then(|r| r.process.as_ref()),
-        _ => None,
+        Place::Dependency(d) => process_named(d),
+        Place::Target => process_named("target"),
+        Place::Workload => None,
     };
     let mut restarts: Vec<(Instant, &str)> = Vec::new();
     for (n, t) in fault::timeline(&stage.faults, plan.workload.duration).into_iter().enumerate() {
@@ -602,7 +612,7 @@ async fn timeline(
                 _ = tokio::time::sleep_until(due) => {}
             }
             restarts.remove(0);
-            if let Some(p) = proxies.get(dep).and_then(|r| r.process.as_ref())
+            if let Some(p) = process_named(dep)
                 && let Err(e) = p.restart().await
             {
                 warn!(dependency = dep, error = %e, "a killed dependency did not come back");
@@ -617,8 +627,12 @@ async fn timeline(
             match (&f.kind, t.start) {
                 (fault::FaultKind::Kill { signal, restart_after }, true) => {
                     p.kill(signal.parse().unwrap_or(nix::sys::signal::Signal::SIGKILL));
-                    if let (Some(after), Place::Dependency(d)) = (restart_after, &f.at) {
-                        restarts.push((Instant::now() + *after, d.as_str()));
+                    if let Some(after) = restart_after {
+                        let name = match &f.at {
+                            Place::Dependency(d) => d.as_str(),
+                            _ => "target",
+                        };
+                        restarts.push((Instant::now() + *after, name));
                     }
                 }
                 (fault::FaultKind::Pause, true) => p.pause(),
@@ -666,7 +680,7 @@ async fn timeline(
     // dependency), but not when the run itself is stopping.
     if !run.is_cancelled() {
         for (_, dep) in restarts.drain(..) {
-            if let Some(p) = proxies.get(dep).and_then(|r| r.process.as_ref()) {
+            if let Some(p) = process_named(dep) {
                 let _ = p.restart().await;
             }
         }

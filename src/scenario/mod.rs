@@ -197,13 +197,14 @@ impl Plan {
                                 && started(d))
                     }
                     crate::fault::Place::Workload => true,
-                    crate::fault::Place::Target => matches!(
-                        (&self.target, &f.kind),
-                        (
-                            Target::Builtin(_),
-                            crate::fault::FaultKind::Latency { .. } | crate::fault::FaultKind::HttpError { .. }
-                        )
-                    ),
+                    crate::fault::Place::Target => {
+                        let started = matches!(&self.target, Target::Http(h) if h.process.is_some());
+                        match f.kind {
+                            crate::fault::FaultKind::Latency { .. } | crate::fault::FaultKind::HttpError { .. } => true,
+                            crate::fault::FaultKind::Kill { .. } => started,
+                            _ => false,
+                        }
+                    }
                 };
                 if !runs {
                     out.push(format!("stage `{}` fault {i}: `{}` at `{}`", s.name, f.kind.name(), f.at));
