@@ -50,6 +50,8 @@ struct Infra {
     read: Option<WriteTemplate>,
     /// The target's own base URL (behind any fault proxy).
     target_base: String,
+    /// The run's report folder, for `run.json`.
+    report_dir: Option<PathBuf>,
 }
 
 impl Infra {
@@ -112,7 +114,7 @@ pub async fn run(
         on_verdict: None,
         target_exit: None,
     };
-    let mut infra = Infra::default();
+    let mut infra = Infra { report_dir: report_dir.clone(), ..Default::default() };
     let mut samples = HashMap::new();
     match provision(plan, &mut infra, report_dir.as_deref()).await {
         Err(e) => report.error = Some(e),
@@ -612,10 +614,12 @@ async fn timeline(
                 _ = tokio::time::sleep_until(due) => {}
             }
             restarts.remove(0);
-            if let Some(p) = process_named(dep)
-                && let Err(e) = p.restart().await
-            {
-                warn!(dependency = dep, error = %e, "a killed dependency did not come back");
+            if let Some(p) = process_named(dep) {
+                if let Err(e) = p.restart().await {
+                    warn!(dependency = dep, error = %e, "a killed process did not come back");
+                }
+                // The restarted process has a new pid: keep `stagegate cleanup` able to find it.
+                write_run_file(infra.report_dir.as_deref(), infra, false);
             }
         }
         tokio::select! {
@@ -682,6 +686,7 @@ async fn timeline(
         for (_, dep) in restarts.drain(..) {
             if let Some(p) = process_named(dep) {
                 let _ = p.restart().await;
+                write_run_file(infra.report_dir.as_deref(), infra, false);
             }
         }
     }

@@ -97,7 +97,12 @@ fn killing_the_target_loses_what_it_held_and_it_comes_back() {
     let out = run(
         &dir,
         &format!("{SERVICE}]"),
-        &["--set", "stages[0].faults=[{ kind: kill, at: target, restart_after: 500ms, from: 1s, for: 500ms }]", "--set", "workload.duration=3s"],
+        &[
+            "--set",
+            "stages[0].faults=[{ kind: kill, at: target, restart_after: 500ms, from: 1s, for: 500ms }]",
+            "--set",
+            "workload.duration=3s",
+        ],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
@@ -110,9 +115,11 @@ fn killing_the_target_loses_what_it_held_and_it_comes_back() {
     assert!(m["phases"]["after"]["requests"].as_u64().unwrap() > 0);
     assert!(!stdout.contains("the target process exited"), "a fault's kill is not a crash: {stdout}");
     let runs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs[0].path().join("run.json")).unwrap()).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs[0].path().join("run.json")).unwrap()).unwrap();
     assert_eq!(run["finished"], true);
-    let pid = run["processes"].as_array().unwrap().iter().find(|p| p["name"] == "target").unwrap()["pgid"].as_i64().unwrap();
+    let pid =
+        run["processes"].as_array().unwrap().iter().find(|p| p["name"] == "target").unwrap()["pgid"].as_i64().unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"), "the target outlived the run");
 }

@@ -157,6 +157,15 @@ fn proxy_json(name: &str, e: &Entry) -> Value {
     json!({ "name": name, "listen": e.proxy.addr().to_string(), "upstream": e.upstream, "enabled": e.enabled, "toxics": e.toxics })
 }
 
+/// Reads a JSON body whatever its Content-Type says, as Toxiproxy does (scripts often
+/// post with `curl -d` and no header). The error is the handler's finished answer,
+/// returned as it is, so its size does not matter here.
+#[allow(clippy::result_large_err)]
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}")))
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into(), "status": status.as_u16() }))).into_response()
 }
@@ -232,14 +241,22 @@ async fn list(State(r): State<Registry>) -> Json<Value> {
     Json(Value::Object(proxies.iter().map(|(n, e)| (n.clone(), proxy_json(n, e))).collect()))
 }
 
-async fn create(State(r): State<Registry>, Json(spec): Json<ProxySpec>) -> Response {
+async fn create(State(r): State<Registry>, bytes: axum::body::Bytes) -> Response {
+    let spec: ProxySpec = match body(&bytes) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     match r.create(spec).await {
         Ok(body) => (StatusCode::CREATED, Json(body)).into_response(),
         Err(e) => e,
     }
 }
 
-async fn populate(State(r): State<Registry>, Json(specs): Json<Vec<ProxySpec>>) -> Response {
+async fn populate(State(r): State<Registry>, bytes: axum::body::Bytes) -> Response {
+    let specs: Vec<ProxySpec> = match body(&bytes) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let mut created = Vec::new();
     for spec in specs {
         // Like Toxiproxy: a proxy whose upstream or listen address changed is replaced.
@@ -271,7 +288,11 @@ async fn show(State(r): State<Registry>, Path(name): Path<String>) -> Response {
     }
 }
 
-async fn update(State(r): State<Registry>, Path(name): Path<String>, Json(body): Json<Value>) -> Response {
+async fn update(State(r): State<Registry>, Path(name): Path<String>, bytes: axum::body::Bytes) -> Response {
+    let body: Value = match self::body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
         return error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"));
@@ -303,7 +324,11 @@ async fn toxics(State(r): State<Registry>, Path(name): Path<String>) -> Response
     }
 }
 
-async fn add_toxic(State(r): State<Registry>, Path(name): Path<String>, Json(mut toxic): Json<Toxic>) -> Response {
+async fn add_toxic(State(r): State<Registry>, Path(name): Path<String>, bytes: axum::body::Bytes) -> Response {
+    let mut toxic: Toxic = match body(&bytes) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
     if toxic.ttl.is_none() {
         toxic.ttl = toxic.attributes.get("ttl").and_then(Value::as_u64);
     }
@@ -352,8 +377,12 @@ async fn show_toxic(State(r): State<Registry>, Path((name, toxic)): Path<(String
 async fn update_toxic(
     State(r): State<Registry>,
     Path((name, toxic)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    bytes: axum::body::Bytes,
 ) -> Response {
+    let body: Value = match self::body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
         return error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"));

@@ -294,6 +294,22 @@ impl Connection {
                 let (data, arrived) = match chunk {
                     Some(Chunk::Data(d, t)) => (d, t),
                     Some(Chunk::Eof) | None => {
+                        // A blackhole swallows the close too: hold it while one is active.
+                        let mut watch = self.active.clone();
+                        loop {
+                            let holed = watch.borrow_and_update().iter().any(|a| {
+                                matches!(a.fault.kind, FaultKind::Blackhole)
+                                    && a.fault.direction.covers(flow_dir)
+                                    && hits(a, self.id)
+                            });
+                            if !holed {
+                                break;
+                            }
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => return,
+                                changed = watch.changed() => if changed.is_err() { return },
+                            }
+                        }
                         // A slow close holds the FIN back.
                         let set = self.active.borrow().clone();
                         if let Some(hold) = chunk::close_hold(&set, self.id, flow_dir) {
@@ -483,6 +499,25 @@ mod tests {
         proxy.set_active(vec![activation(FaultKind::Blackhole, 1.0)]);
         let r = tokio::time::timeout(Duration::from_millis(200), round_trip(proxy.addr(), b"x")).await;
         assert!(r.is_err(), "a blackholed connection must time out, got {r:?}");
+        proxy.stop().await;
+    }
+
+    #[tokio::test]
+    async fn blackhole_holds_the_close_too() {
+        // A server that closes at once: through a blackhole the client must not see it.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+        let proxy = Proxy::start("closer", addr).await.unwrap();
+        proxy.set_active(vec![activation(FaultKind::Blackhole, 1.0)]);
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        assert!(r.is_err(), "the close came through the blackhole: {r:?}");
         proxy.stop().await;
     }
 

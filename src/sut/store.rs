@@ -97,14 +97,22 @@ impl KvStore {
 async fn serve(stream: TcpStream, log: Arc<Mutex<Log>>, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
     loop {
-        let line = tokio::select! {
+        line.clear();
+        let read = tokio::select! {
             _ = stop.cancelled() => return,
-            l = lines.next_line() => l,
+            r = reader.read_line(&mut line) => r,
         };
-        let Ok(Some(line)) = line else { return };
-        let answer = answer(&line, &log);
+        // A request is a whole line: one cut off by a closed connection is not applied,
+        // as a database does not commit half a statement.
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) if !line.ends_with('\n') => return,
+            Ok(_) => {}
+        }
+        let answer = answer(line.trim_end_matches(['\r', '\n']), &log);
         if write.write_all(answer.as_bytes()).await.is_err() {
             return;
         }
@@ -187,6 +195,18 @@ mod tests {
         assert_eq!(next, 3);
         let (rest, _) = scan(store.addr(), 2).await.unwrap();
         assert_eq!(rest, vec!["{\"v\":2}".to_string()]);
+        store.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_mid_line_is_not_applied() {
+        let store = KvStore::start().await.unwrap();
+        let mut s = TcpStream::connect(store.addr()).await.unwrap();
+        s.write_all(b"APPEND a - {\"v\":1").await.unwrap();
+        drop(s);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (all, _) = scan(store.addr(), 0).await.unwrap();
+        assert!(all.is_empty(), "{all:?}");
         store.stop().await;
     }
 }
