@@ -11,9 +11,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::scenario::Ctx;
 use crate::scenario::diag::{Diagnostic, Diagnostics, nearest};
 use crate::scenario::units::parse_duration;
-use crate::scenario::yaml::{self, Locations, join_key};
+use crate::scenario::yaml::{self, join_key};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,26 +179,6 @@ const TYPES: [&str; 7] = ["uuid", "sequence", "int", "decimal", "timestamp", "bo
 /// The default first event time: a fixed instant, so records do not depend on the clock.
 const DEFAULT_START: &str = "2026-01-01T00:00:00Z";
 
-struct Ctx<'a> {
-    file: &'a Path,
-    loc: &'a Locations,
-    errors: Vec<Diagnostic>,
-}
-
-impl Ctx<'_> {
-    fn error(&mut self, path: &str, message: impl Into<String>) {
-        let pos = self.loc.value(path);
-        self.errors.push(Diagnostic {
-            file: self.file.to_path_buf(),
-            line: pos.line,
-            column: pos.column,
-            path: path.to_string(),
-            message: message.into(),
-            hint: None,
-        });
-    }
-}
-
 impl Schema {
     /// Reads and checks the schema file at `path`.
     pub fn load(path: &Path) -> Result<Schema, Diagnostics> {
@@ -217,7 +198,7 @@ impl Schema {
     /// Checks a schema given as text; `path` is used in messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Schema, Diagnostics> {
         let (spec, loc) = yaml::parse::<SchemaSpec>(path, text)?;
-        let mut ctx = Ctx { file: path, loc: &loc, errors: Vec::new() };
+        let mut ctx = Ctx { file: path, loc: &loc, errors: Vec::new(), warnings: Vec::new() };
         let mut fields = Vec::new();
         let mut names = BTreeMap::new();
         let declared: Vec<String> = spec.fields.0.iter().map(|(n, _)| n.clone()).collect();

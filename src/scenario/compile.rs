@@ -25,8 +25,8 @@ use crate::sut::{BuiltinTarget, HttpTarget, RequestTemplate, Target};
 use crate::verdict::{Compare, CompareMetric, Criterion, DEFAULT_MIN_SAMPLES, Level, Rule, parse_check};
 use crate::workload::{Arrival, RateProfile, Workload};
 
-/// Gathers diagnostics while compiling.
-pub(super) struct Ctx<'a> {
+/// Gathers diagnostics (and warnings) while checking a file, each located by key path.
+pub struct Ctx<'a> {
     pub file: &'a Path,
     pub loc: &'a Locations,
     pub errors: Vec<Diagnostic>,

@@ -28,6 +28,7 @@ use crate::sut::Target;
 use crate::verdict::Criterion;
 use crate::workload::Workload;
 
+pub use compile::Ctx;
 pub use diag::{Diagnostic, Diagnostics};
 pub use interpolate::mask;
 pub use overrides::Override;
