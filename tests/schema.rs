@@ -37,6 +37,7 @@ fn the_schema_accepts_every_example() {
     let v = schema();
     let mut files = yaml_files("scenarios");
     files.extend(yaml_files("tests/scenarios"));
+    files.extend(yaml_files("examples/orders-service"));
     assert!(files.len() >= 3);
     for f in files {
         let doc = as_json(&f).unwrap();

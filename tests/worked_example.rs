@@ -1,0 +1,40 @@
+//! The worked example (`examples/orders-service`): a Python service backed by a Redis
+//! that stagegate starts from Debian's redis-server, with faults on Redis under both
+//! flag states. The new write path duplicates orders when connections reset; the current
+//! one does not, and the run leaves no process behind.
+
+mod common;
+
+#[test]
+fn the_worked_example_rolls_back_the_duplicating_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::stagegate(&[
+        "run",
+        "-q",
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "examples/orders-service/scenario.yaml",
+    ]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let report = common::only_report(dir.path());
+    let data = |i: usize| report["stages"][i]["metrics"]["data"].clone();
+    for i in [0, 1] {
+        assert_eq!(data(i)["duplicated"], 0, "the current path: {}", data(i));
+        assert_eq!(data(i)["lost"], 0, "the current path: {}", data(i));
+    }
+    assert!(data(2)["duplicated"].as_u64().unwrap() > 0, "the new path: {}", data(2));
+    assert!(stdout.contains("stage `candidate-resets`: `data.duplicated == 0` failed"), "{stdout}");
+    // Redis and the service were started by stagegate and are gone.
+    let run = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
+    let runfile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(runfile["finished"], true);
+    let pids: Vec<i64> = runfile["processes"].as_array().unwrap().iter().map(|p| p["pgid"].as_i64().unwrap()).collect();
+    assert_eq!(pids.len(), 2, "redis and the service: {runfile}");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"), "pid {pid} outlived the run");
+    }
+    assert!(run.join("redis.log").exists() && run.join("target.log").exists());
+}
