@@ -135,9 +135,7 @@ pub fn execute(cli: Cli) -> i32 {
 }
 
 fn kv_store(port: u16) -> i32 {
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else {
-        return exit::RUN_BROKEN;
-    };
+    let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     runtime.block_on(async {
         let store = match crate::sut::store::KvStore::start_at(([127, 0, 0, 1], port).into()).await {
             Ok(s) => s,
@@ -210,13 +208,7 @@ fn proxy(listen: &str, config: Option<&Path>) -> i32 {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::RUN_BROKEN;
-        }
-    };
+    let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -283,6 +275,19 @@ fn load(file: &Path, args: &ScenarioArgs, what: &str) -> Result<scenario::Plan, 
     Ok(plan)
 }
 
+/// The async runtime of the commands that run something; `None` (said on stderr) if the
+/// operating system refuses it.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Prints every diagnostic and a count; `what` says what did not happen.
 fn print_diagnostics(d: &Diagnostics, what: &str) {
     let mut err = std::io::stderr().lock();
     for diag in &d.0 {
@@ -361,13 +366,7 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
         eprintln!("{} error(s) found; nothing was run", unsupported.len());
         return exit::INVALID_INPUT;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::RUN_BROKEN;
-        }
-    };
+    let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let report_dir = report_root.join(format!("{}-{stamp}", plan.name));
     runtime.block_on(async move {
