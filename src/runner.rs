@@ -52,6 +52,8 @@ struct Infra {
     target_base: String,
     /// The run's report folder, for `run.json`.
     report_dir: Option<PathBuf>,
+    /// The flagd flag file, with the `flagd-file` provider.
+    flag_file: Option<PathBuf>,
 }
 
 impl Infra {
@@ -190,6 +192,19 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
     }
     let flags_url = flags.url();
     infra.flags = Some(flags);
+    if let crate::flags::Provider::FlagdFile(file) = &plan.flags.provider {
+        let base = plan.file.parent().unwrap_or(std::path::Path::new("."));
+        let path = match (file, report_dir) {
+            (Some(f), _) => base.join(f),
+            (None, Some(dir)) => dir.join("flags.flagd.json"),
+            (None, None) => std::env::temp_dir().join(format!("stagegate-{}.flagd.json", std::process::id())),
+        };
+        if let Some(first) = plan.stages.first() {
+            crate::flags::flagd::write(&path, &first.flags)
+                .map_err(|e| format!("cannot write the flag file {}: {e}", path.display()))?;
+        }
+        infra.flag_file = Some(path);
+    }
     for dep in &plan.dependencies {
         infra.deps.push(deps::provision(dep, report_dir).await.map_err(|e| e.to_string())?);
         write_run_file(report_dir, infra, false);
@@ -220,7 +235,8 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
                 .collect();
             let mut context = serde_json::Map::new();
             context.insert("dependencies".into(), Value::Object(dependencies));
-            context.insert("flags".into(), serde_json::json!({ "url": flags_url }));
+            let file = infra.flag_file.as_ref().map(|p| p.display().to_string());
+            context.insert("flags".into(), serde_json::json!({ "url": flags_url, "file": file }));
             let mut values = context.clone();
             if let Some(def) = &h.process {
                 let log = report_dir.map(|d| d.join("target.log"));
@@ -390,7 +406,15 @@ async fn run_stages(
             break;
         }
         let generation = flags.set(stage.flags.clone(), flag_seed);
-        if !flags.picked_up(generation, Duration::from_secs(3)).await {
+        if let Some(path) = &infra.flag_file
+            && let Err(e) = crate::flags::flagd::write(path, &stage.flags)
+        {
+            report.error = Some(format!("cannot write the flag file {}: {e}", path.display()));
+            break;
+        }
+        // Only an OFREP client polls; with the other providers the state is in place already.
+        let polls = plan.flags.provider == crate::flags::Provider::Ofrep && !plan.flags.definitions.is_empty();
+        if polls && !flags.picked_up(generation, Duration::from_secs(3)).await {
             warn!(stage = %stage.name, "the target did not fetch the new flag state within 3s");
         }
         let _ = events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });

@@ -123,3 +123,21 @@ fn killing_the_target_loses_what_it_held_and_it_comes_back() {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"), "the target outlived the run");
 }
+
+#[test]
+fn the_flagd_file_follows_the_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stagegate(&["run", "-q", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/flagd.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    let data = |i: usize| report["stages"][i]["metrics"]["data"].clone();
+    assert_eq!(data(0)["rejected_valid"], 0, "{}", data(0));
+    assert_eq!(data(0)["acked"], 50);
+    // The service read the rewritten file: every order of the second stage was refused.
+    assert_eq!(data(1)["rejected_valid"], 50, "{}", data(1));
+    let run = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("flags.flagd.json")).unwrap()).unwrap();
+    assert_eq!(file["flags"]["refuse-orders"]["defaultVariant"], "true");
+}

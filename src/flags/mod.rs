@@ -5,6 +5,7 @@
 //! ([`ofrep`]): stagegate serves the OpenFeature Remote Evaluation Protocol on loopback
 //! and changes its answers at each stage boundary.
 
+pub mod flagd;
 pub mod ofrep;
 
 use std::collections::BTreeMap;

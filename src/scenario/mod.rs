@@ -181,9 +181,7 @@ impl Plan {
                 out.push(format!("dependency `{}`: the `{}` form", d.name, d.provision.kind()));
             }
         }
-        if matches!(self.flags.provider, crate::flags::Provider::FlagdFile(_)) {
-            out.push("the `flagd-file` flag provider".to_string());
-        }
+
         for s in &self.stages {
             for (i, f) in s.faults.iter().enumerate() {
                 let started = |d: &str| {

@@ -9,7 +9,9 @@ Known-bad variants, for tests that check stagegate counts them exactly:
   --bad duplicate  every 10th order is stored twice
   --bad alter      every 10th order is stored with its amount changed
   --crash-after N  the process exits after N orders
-Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N]
+  --flagd FILE     read flags from a flagd flag file; while `refuse-orders` is true,
+                   orders are refused with 422
+Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N] [--flagd FILE]
 """
 
 import argparse
@@ -22,11 +24,22 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--bad", choices=["drop", "duplicate", "alter"])
 parser.add_argument("--crash-after", type=int)
+parser.add_argument("--flagd")
 args = parser.parse_args()
 
 store = {}
 lock = threading.Lock()
 count = 0
+
+
+def flag(name):
+    """The default variant's value of a flag in the flagd file (re-read every time)."""
+    try:
+        with open(args.flagd) as f:
+            spec = json.load(f)["flags"][name]
+        return spec["variants"][spec["defaultVariant"]]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -65,6 +78,8 @@ class Handler(BaseHTTPRequestHandler):
             key = order["order_id"]
         except (ValueError, KeyError, TypeError):
             return self.answer(400, b'{"error": "an order is a JSON object with an order_id"}')
+        if args.flagd and flag("refuse-orders") is True:
+            return self.answer(422, b'{"error": "orders are closed"}')
         with lock:
             count += 1
             n = count

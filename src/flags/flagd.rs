@@ -1,0 +1,78 @@
+//! The `flagd-file` provider: a flag file in flagd's format, rewritten at every stage.
+//!
+//! Each flag becomes a flagd flag whose variants are named after their values
+//! (`"true"`, `"false"`, `"blue"`); a stage's fixed value is the default variant, and a
+//! fractional exposure becomes flagd's `fractional` targeting on the `targetingKey`.
+//! The file is written to a temporary name and renamed, so a reader never sees half of it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use super::FlagState;
+
+fn variant_name(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The flagd document for one stage's flag states.
+pub fn document(states: &BTreeMap<String, FlagState>) -> Value {
+    let mut flags = Map::new();
+    for (key, state) in states {
+        let mut variants = Map::new();
+        for v in state.values() {
+            variants.insert(variant_name(v), v.clone());
+        }
+        let mut flag = json!({ "state": "ENABLED", "variants": variants });
+        match state {
+            FlagState::Fixed(v) => flag["defaultVariant"] = json!(variant_name(v)),
+            FlagState::Split { variants: shares, rest } => {
+                flag["defaultVariant"] = json!(variant_name(rest));
+                let mut buckets: Vec<Value> =
+                    shares.iter().map(|(v, s)| json!([variant_name(v), (s * 100.0).round()])).collect();
+                let given: f64 = shares.iter().map(|(_, s)| (s * 100.0).round()).sum();
+                buckets.push(json!([variant_name(rest), (100.0 - given).max(0.0)]));
+                let mut args = vec![json!({ "var": "targetingKey" })];
+                args.extend(buckets);
+                flag["targeting"] = json!({ "fractional": args });
+            }
+        }
+        flags.insert(key.clone(), flag);
+    }
+    json!({ "flags": flags })
+}
+
+/// Writes the flag file for `states` at `path`, atomically.
+pub fn write(path: &Path, states: &BTreeMap<String, FlagState>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&document(states)).unwrap_or_default())?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_and_fractional_flags_in_flagd_form() {
+        let states = BTreeMap::from([
+            ("on".to_string(), FlagState::Fixed(json!(true))),
+            ("split".to_string(), FlagState::Split { variants: vec![(json!("blue"), 0.1)], rest: json!("green") }),
+        ]);
+        let doc = document(&states);
+        assert_eq!(doc["flags"]["on"]["defaultVariant"], "true");
+        assert_eq!(doc["flags"]["on"]["variants"]["true"], true);
+        assert_eq!(doc["flags"]["split"]["defaultVariant"], "green");
+        assert_eq!(
+            doc["flags"]["split"]["targeting"]["fractional"],
+            json!([{ "var": "targetingKey" }, ["blue", 10.0], ["green", 90.0]])
+        );
+    }
+}
