@@ -48,6 +48,8 @@ struct Infra {
     /// How records are written, and read back (HTTP targets with `read`).
     write: Option<Arc<WriteTemplate>>,
     read: Option<WriteTemplate>,
+    /// How to list the whole output (HTTP targets with `scan`).
+    scan: Option<crate::sut::Scan>,
     /// The target's own base URL (behind any fault proxy).
     target_base: String,
     /// The run's report folder, for `run.json`.
@@ -252,6 +254,7 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
             let write = WriteTemplate::compile(&h.write, &h.headers, Some(RECORD_JSON))
                 .map_err(|e| format!("target.http.write: {e}"))?;
             infra.write = Some(Arc::new(write));
+            infra.scan = h.scan.clone();
             if let Some(r) = &h.read {
                 infra.read =
                     Some(WriteTemplate::compile(r, &h.headers, None).map_err(|e| format!("target.http.read: {e}"))?);
@@ -486,7 +489,19 @@ async fn run_stages(
             }
         }
         let mut output_seen = store_addr.is_some();
-        if let Some(read) = &infra.read {
+        if let Some(scan) = &infra.scan {
+            // List the whole output from the target itself (not through a fault).
+            match crate::sut::http::scan_all(&client, &infra.target_base, scan).await {
+                Ok(found) => {
+                    observed = found;
+                    output_seen = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot list the target's output");
+                    report.warnings.push(format!("stage `{}`: the output could not be listed: {e}", stage.name));
+                }
+            }
+        } else if let Some(read) = &infra.read {
             // Read every record back by key from the target itself (not through a fault).
             match read_back(&client, &infra.target_base, read, sink.ledger.keys(), 32).await {
                 Ok(found) => {

@@ -141,3 +141,25 @@ fn the_flagd_file_follows_the_stages() {
         serde_json::from_str(&std::fs::read_to_string(run.join("flags.flagd.json")).unwrap()).unwrap();
     assert_eq!(file["flags"]["refuse-orders"]["defaultVariant"], "true");
 }
+
+#[test]
+fn scans_by_page_cursor_and_json_lines_count_exactly() {
+    let scans = [
+        "{ path: /orders, page: { param: page } }",
+        "{ path: /orders, cursor: { param: cursor, field: next } }",
+        "{ path: /orders.jsonl }",
+    ];
+    for scan in scans {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(
+            &dir,
+            &format!("{SERVICE}, --bad, duplicate]"),
+            &["--set", "target.http.read=~", "--set", &format!("target.http.scan={scan}")],
+        );
+        assert_eq!(out.status.code(), Some(1), "{scan}: {:?}", text(&out));
+        let data = only_report(dir.path())["stages"][0]["metrics"]["data"].clone();
+        // 220 copies over five pages of 50: every tenth order stored twice.
+        assert_eq!(data["duplicated"], 20, "{scan}: {data}");
+        assert_eq!(data["lost"], 0, "{scan}: {data}");
+    }
+}

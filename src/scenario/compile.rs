@@ -313,7 +313,22 @@ fn compile_http(ctx: &mut Ctx, h: HttpTargetSpec, process: Option<ProcessDef>) -
         ctx.unit("target.http.timeout", h.timeout.as_ref(), units::parse_duration).unwrap_or(Duration::from_secs(2));
     let write = compile_request(ctx, "target.http.write", h.write, "POST");
     let read = h.read.map(|r| compile_request(ctx, "target.http.read", r, "GET"));
-    HttpTarget { base_url: h.base_url, write, read, timeout, headers: h.headers, process }
+    let scan = h.scan.map(|s| {
+        if !s.path.starts_with('/') {
+            ctx.error("target.http.scan.path", format!("`{}` is not a path", s.path));
+        }
+        let paging = match (s.cursor, s.page) {
+            (Some(_), Some(_)) => {
+                ctx.error("target.http.scan", "a scan pages by `cursor` or by `page`, not both");
+                crate::sut::Paging::None
+            }
+            (Some(c), None) => crate::sut::Paging::Cursor { param: c.param, field: c.field },
+            (None, Some(p)) => crate::sut::Paging::Page { param: p.param, start: p.start.unwrap_or(1) },
+            (None, None) => crate::sut::Paging::None,
+        };
+        crate::sut::Scan { path: s.path, items: s.items.unwrap_or_else(|| "items".into()), paging }
+    });
+    HttpTarget { base_url: h.base_url, write, read, scan, timeout, headers: h.headers, process }
 }
 
 fn compile_dependencies(ctx: &mut Ctx, root: &Map<String, Value>) -> Vec<(String, Dependency)> {

@@ -153,6 +153,10 @@ pub struct HttpTargetSpec {
     /// How a record is read back by key (404 means absent): `{ method: GET, path: "/orders/{{ key }}" }`.
     #[serde(default)]
     pub read: Option<RequestSpec>,
+    /// How the whole output is listed (instead of reading record by record): a JSON array,
+    /// an object holding the records in `items`, or JSON lines; paged by cursor or page.
+    #[serde(default)]
+    pub scan: Option<ScanSpec>,
     /// Per-request timeout. Default `2s`.
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
@@ -160,6 +164,42 @@ pub struct HttpTargetSpec {
     /// Headers sent with every request; values may use `${secret:NAME}`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// Listing the whole output.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanSpec {
+    /// The listing's path, e.g. `/orders`.
+    pub path: String,
+    /// In an object answer, the key holding the records. Default `items`.
+    #[serde(default)]
+    pub items: Option<String>,
+    /// Cursor paging: the query parameter that takes the cursor, and the answer's field
+    /// holding the next one (absent or null: the last page).
+    #[serde(default)]
+    pub cursor: Option<CursorSpec>,
+    /// Page paging: the query parameter that takes the page number, counted from
+    /// `start` (default 1); an empty page ends the listing.
+    #[serde(default)]
+    pub page: Option<PageSpec>,
+}
+
+/// Cursor paging of a scan.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CursorSpec {
+    pub param: String,
+    pub field: String,
+}
+
+/// Page paging of a scan.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageSpec {
+    pub param: String,
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 /// One HTTP request template.

@@ -31,12 +31,34 @@ pub struct RequestTemplate {
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
+/// How the whole output is listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scan {
+    pub path: String,
+    /// The key holding the records in an object answer.
+    pub items: String,
+    pub paging: Paging,
+}
+
+/// How a scan pages.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Paging {
+    /// One request lists everything.
+    None,
+    /// `?param=CURSOR`, the next cursor in the answer's `field`.
+    Cursor { param: String, field: String },
+    /// `?param=N` from `start`, until an empty page.
+    Page { param: String, start: u64 },
+}
+
 /// The checked `target.http` (and `target.process`) section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpTarget {
     pub base_url: String,
     pub write: RequestTemplate,
     pub read: Option<RequestTemplate>,
+    pub scan: Option<Scan>,
     #[serde(with = "crate::report::serde_duration")]
     pub timeout: std::time::Duration,
     pub headers: std::collections::BTreeMap<String, String>,

@@ -1,7 +1,9 @@
 """A small order service that stagegate's tests run as an HTTP target.
 
 POST /orders stores an order (a JSON object) under its order_id; GET /orders/<id>
-answers every stored copy as a JSON array, or 404; GET /health answers 200.
+answers every stored copy as a JSON array, or 404; GET /health answers 200. Listings:
+GET /orders?page=N (JSON arrays of 50), GET /orders?cursor=C ({"items", "next"}) and
+GET /orders.jsonl (JSON lines).
 Orders that are not JSON objects with an order_id are refused with 400.
 
 Known-bad variants, for tests that check stagegate counts them exactly:
@@ -28,7 +30,9 @@ parser.add_argument("--flagd")
 args = parser.parse_args()
 
 store = {}
+stored = []  # every stored copy, in order, for listings
 lock = threading.Lock()
+PAGE = 50
 count = 0
 
 
@@ -58,6 +62,21 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             return self.answer(200, b"{}")
+        path, _, query = self.path.partition("?")
+        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        with lock:
+            everything = list(stored)
+        if path == "/orders.jsonl":
+            body = "".join(json.dumps(o) + "\n" for o in everything)
+            return self.answer(200, body.encode())
+        if path == "/orders" and "page" in params:
+            n = int(params["page"])
+            return self.answer(200, json.dumps(everything[(n - 1) * PAGE:n * PAGE]).encode())
+        if path == "/orders":
+            start = int(params.get("cursor", "0"))
+            chunk = everything[start:start + PAGE]
+            nxt = str(start + PAGE) if start + PAGE < len(everything) else None
+            return self.answer(200, json.dumps({"items": chunk, "next": nxt}).encode())
         if self.path.startswith("/orders/"):
             key = self.path[len("/orders/"):]
             with lock:
@@ -88,10 +107,12 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             elif tenth and args.bad == "alter":
                 store.setdefault(key, []).append(dict(order, amount=-1))
+                stored.append(dict(order, amount=-1))
             else:
                 copies = 2 if tenth and args.bad == "duplicate" else 1
                 for _ in range(copies):
                     store.setdefault(key, []).append(order)
+                    stored.append(order)
         self.answer(201, json.dumps({"order_id": key}).encode())
         if args.crash_after and n >= args.crash_after:
             os._exit(7)
