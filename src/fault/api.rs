@@ -166,6 +166,10 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}")))
 }
 
+fn no_proxy(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"))
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into(), "status": status.as_u16() }))).into_response()
 }
@@ -284,7 +288,7 @@ async fn populate(State(r): State<Registry>, bytes: axum::body::Bytes) -> Respon
 async fn show(State(r): State<Registry>, Path(name): Path<String>) -> Response {
     match r.proxies.lock().await.get(&name) {
         Some(e) => Json(proxy_json(&name, e)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found")),
+        None => no_proxy(&name),
     }
 }
 
@@ -295,7 +299,7 @@ async fn update(State(r): State<Registry>, Path(name): Path<String>, bytes: axum
     };
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"));
+        return no_proxy(&name);
     };
     if let Some(enabled) = body.get("enabled").and_then(Value::as_bool) {
         e.enabled = enabled;
@@ -313,14 +317,14 @@ async fn remove(State(r): State<Registry>, Path(name): Path<String>) -> Response
             e.proxy.stop().await;
             StatusCode::NO_CONTENT.into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found")),
+        None => no_proxy(&name),
     }
 }
 
 async fn toxics(State(r): State<Registry>, Path(name): Path<String>) -> Response {
     match r.proxies.lock().await.get(&name) {
         Some(e) => Json(json!(e.toxics)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found")),
+        None => no_proxy(&name),
     }
 }
 
@@ -340,7 +344,7 @@ async fn add_toxic(State(r): State<Registry>, Path(name): Path<String>, bytes: a
     }
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"));
+        return no_proxy(&name);
     };
     if e.toxics.iter().any(|t| t.name == toxic.name) {
         return error(StatusCode::CONFLICT, format!("toxic `{}` already exists", toxic.name));
@@ -385,7 +389,7 @@ async fn update_toxic(
     };
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"));
+        return no_proxy(&name);
     };
     let Some(t) = e.toxics.iter_mut().find(|t| t.name == toxic) else {
         return error(StatusCode::NOT_FOUND, format!("toxic `{toxic}` not found on `{name}`"));
@@ -409,7 +413,7 @@ async fn update_toxic(
 async fn remove_toxic(State(r): State<Registry>, Path((name, toxic)): Path<(String, String)>) -> Response {
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("proxy `{name}` not found"));
+        return no_proxy(&name);
     };
     let before = e.toxics.len();
     e.toxics.retain(|t| t.name != toxic);

@@ -196,9 +196,18 @@ impl Schedule {
         out
     }
 
-    /// Whether the fault is active at offset `t` of a stage of length `stage`.
+    /// Whether the fault is active at offset `t` of a stage of length `stage`. Asked once
+    /// per record for workload faults, so it is arithmetic, not a walk over the windows.
     pub fn active_at(&self, t: Duration, stage: Duration) -> bool {
-        self.windows(stage).iter().any(|(s, e)| *s <= t && t < *e)
+        if t < self.from || t >= stage {
+            return false;
+        }
+        let since = t - self.from;
+        let into_period = match self.every {
+            Some(p) if !p.is_zero() => Duration::from_nanos((since.as_nanos() % p.as_nanos()) as u64),
+            _ => since,
+        };
+        self.length.is_none_or(|len| into_period < len)
     }
 }
 
@@ -291,6 +300,22 @@ mod tests {
     fn every_makes_it_flap() {
         let sched = Schedule { from: s(1000), length: Some(s(500)), every: Some(s(2000)) };
         assert_eq!(sched.windows(s(6000)), vec![(s(1000), s(1500)), (s(3000), s(3500)), (s(5000), s(5500))]);
+    }
+
+    #[test]
+    fn active_at_agrees_with_the_windows() {
+        let schedules = [
+            Schedule { from: s(1000), length: Some(s(500)), every: Some(s(2000)) },
+            Schedule { from: s(0), length: None, every: None },
+            Schedule { from: s(2500), length: Some(s(10_000)), every: None },
+        ];
+        for sched in schedules {
+            let windows = sched.windows(s(7000));
+            for t in (0..8000).step_by(50) {
+                let by_windows = windows.iter().any(|(a, b)| *a <= s(t) && s(t) < *b);
+                assert_eq!(sched.active_at(s(t), s(7000)), by_windows, "{sched:?} at {t}ms");
+            }
+        }
     }
 
     #[test]

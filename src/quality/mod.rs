@@ -186,7 +186,7 @@ impl Ledger {
                 continue;
             };
             let altered = entry.fields.iter().any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
-            if !entry.pii.is_empty() && leaks(&Value::Object(record.clone()), &entry.pii) {
+            if !entry.pii.is_empty() && record.values().any(|v| leaks(v, &entry.pii)) {
                 exposed.insert(stored_key.as_str());
             }
             let slot = seen.entry(stored_key.as_str()).or_insert((0, false));
