@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::deps::process::ManagedProcess;
 use crate::deps::{self, Running};
-use crate::fault::http::HttpProxy;
+use crate::fault::gate::{Gate, Needs};
 use crate::fault::records::RecordFaults;
 use crate::fault::{self, Activation, Place};
 use crate::flags::FlagState;
@@ -41,8 +41,8 @@ struct Infra {
     flags: Option<OfrepServer>,
     deps: Vec<Running>,
     pipeline: Option<Pipeline>,
-    /// The HTTP fault proxy in front of the target, when a stage faults the target.
-    target_proxy: Option<HttpProxy>,
+    /// The fault proxies in front of the target, when a stage faults the target.
+    target_proxy: Option<Gate>,
     /// An HTTP target's process, when stagegate starts it.
     target_process: Option<ManagedProcess>,
     /// How records are written, and read back (HTTP targets with `read`).
@@ -137,7 +137,7 @@ pub async fn run(
     }
     // Lift every fault before anything else stops, then stop everything.
     for d in &infra.deps {
-        d.proxy.set_active(Vec::new());
+        d.gate.set_active(Vec::new());
     }
     if let Some(p) = &infra.target_proxy {
         p.set_active(Vec::new());
@@ -208,7 +208,9 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
         infra.flag_file = Some(path);
     }
     for dep in &plan.dependencies {
-        infra.deps.push(deps::provision(dep, report_dir).await.map_err(|e| e.to_string())?);
+        let faults = plan.stages.iter().flat_map(|s| &s.faults).filter(|f| f.at == Place::Dependency(dep.name.clone()));
+        let needs = Needs::of(faults, false, true);
+        infra.deps.push(deps::provision(dep, needs, report_dir).await.map_err(|e| e.to_string())?);
         write_run_file(report_dir, infra, false);
     }
     let mut url = match &plan.target {
@@ -263,13 +265,23 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
         }
     };
     infra.target_base = url.clone();
-    let faults_target = plan.stages.iter().flat_map(|s| &s.faults).any(|f| f.at == Place::Target);
-    if faults_target {
-        let proxy = HttpProxy::start(&url)
+    let needs = Needs::of(plan.stages.iter().flat_map(|s| &s.faults).filter(|f| f.at == Place::Target), true, false);
+    if needs != Needs::default() {
+        let parsed = reqwest::Url::parse(&url).map_err(|e| format!("target base URL `{url}`: {e}"))?;
+        let host = parsed.host_str().unwrap_or("127.0.0.1");
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let upstream = tokio::net::lookup_host((host, port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("target base URL `{url}`: cannot resolve `{host}`"))?;
+        let origin = parsed.origin().ascii_serialization();
+        let gate = Gate::start("target", upstream, Some(&origin), needs, true)
             .await
             .map_err(|e| format!("the fault proxy in front of the target could not listen: {e}"))?;
-        url = proxy.url();
-        infra.target_proxy = Some(proxy);
+        let scheme = if gate.speaks_http() { "http" } else { parsed.scheme() };
+        url = format!("{scheme}://{}{}", gate.addr(), parsed.path().trim_end_matches('/'));
+        infra.target_proxy = Some(gate);
     }
     Ok(url)
 }
@@ -625,7 +637,7 @@ async fn timeline(
                 .filter(|a| matches!(&a.fault.at, Place::Dependency(d) if d == name))
                 .cloned()
                 .collect();
-            dep.proxy.set_active(set);
+            dep.gate.set_active(set);
         }
     };
     // Process faults act at their transitions: kill (and a later restart), pause/resume.
@@ -733,7 +745,7 @@ async fn timeline(
     for (_, i) in open.drain() {
         records[i].ended_secs = Some(at_secs);
         records[i].removed =
-            proxies.values().all(|d| !d.proxy.is_faulted() && !d.process.as_ref().is_some_and(|p| p.is_paused()))
+            proxies.values().all(|d| !d.gate.is_faulted() && !d.process.as_ref().is_some_and(|p| p.is_paused()))
                 && infra.target_proxy.as_ref().is_none_or(|p| !p.is_faulted());
         let _ = events.send(Event::Fault(records[i].clone()));
     }

@@ -199,7 +199,7 @@ fn a_playbook_shapes_the_load_the_plan_predicts() {
 }
 
 #[test]
-fn http_faults_at_the_target_follow_their_predicates() {
+fn faults_at_the_target_follow_their_predicates_and_throttle() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_in(&dir, &["tests/scenarios/target-faults.yaml"]);
     let (stdout, stderr) = text(&out);
@@ -211,5 +211,9 @@ fn http_faults_at_the_target_follow_their_predicates() {
     assert_eq!(report["stages"][0]["metrics"]["data"]["lost"], 0);
     let p90 = report["stages"][1]["metrics"]["latency"]["p90"].as_f64().unwrap();
     assert!(p90 > 29.0, "half the requests are held 30 ms: p90 {p90}");
+    // 8 KB/s towards the target: a write of about 300 bytes takes some 35 ms to get there.
+    let p50 = report["stages"][2]["metrics"]["latency"]["p50"].as_f64().unwrap();
+    assert!(p50 > 25.0, "throttled writes: p50 {p50}");
+    assert_eq!(report["stages"][2]["metrics"]["errors"], 0);
     assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true));
 }

@@ -163,3 +163,25 @@ fn scans_by_page_cursor_and_json_lines_count_exactly() {
         assert_eq!(data["lost"], 0, "{scan}: {data}");
     }
 }
+
+#[test]
+fn request_faults_on_an_http_dependency_reach_the_service_and_tcp_faults_still_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let out = stagegate(&["run", "-q", "--report-dir", path, "tests/scenarios/http-dependency.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    let stages = report["stages"].as_array().unwrap();
+    // Exactly the first fifteen checks were answered 503, so exactly fifteen orders failed.
+    assert_eq!(stages[0]["metrics"]["errors"], 15);
+    assert_eq!(stages[0]["metrics"]["data"]["acked"], 85);
+    // Every check held 40 ms: every order took at least that long.
+    let p50 = stages[1]["metrics"]["latency"]["p50"].as_f64().unwrap();
+    assert!(p50 >= 40.0, "held checks: p50 {p50}");
+    assert_eq!(stages[1]["metrics"]["errors"], 0);
+    // The reset from 1 s on acts in the TCP proxy in front: every check after it fails.
+    assert_eq!(stages[2]["metrics"]["phases"]["before"]["errors"], 0, "{}", stages[2]["metrics"]);
+    assert!(stages[2]["metrics"]["errors"].as_u64().unwrap() >= 45, "{}", stages[2]["metrics"]);
+    assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true));
+}

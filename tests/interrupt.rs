@@ -86,7 +86,7 @@ fn interrupt_mid_fault(signal: Signal, fault: &str) {
 }
 
 /// One fault of every kind this build applies, active from 1 s to the stage's end.
-const FAULTS: [&str; 15] = [
+const FAULTS: [&str; 16] = [
     "{ kind: latency, at: store, delay: 20ms, from: 1s }",
     "{ kind: bandwidth, at: store, rate: 8KB/s, from: 1s }",
     "{ kind: refuse, at: store, from: 1s }",
@@ -102,6 +102,7 @@ const FAULTS: [&str; 15] = [
     "{ kind: late, at: workload, delay: 1m, from: 1s }",
     "{ kind: http_error, at: target, status: 503, probability: 20%, from: 1s }",
     "{ kind: latency, at: target, delay: 20ms, from: 1s }",
+    "{ kind: bandwidth, at: target, rate: 8KB/s, from: 1s }",
 ];
 
 #[test]

@@ -2,9 +2,8 @@
 //! in front of each.
 //!
 //! [`Dependency`] is one checked entry of the scenario's `dependencies:` map.
-//! [`provision`] starts what needs starting (here: the builtin store) and a
-//! [`Proxy`] in front of it; the system under test is only ever given the proxy's
-//! address. [`Running::stop`] undoes both, and the runner calls it on every exit path.
+//! [`provision`] starts what needs starting and a [`Gate`] of fault proxies in front
+//! of it; the system under test is only ever given the outer proxy's address. [`Running::stop`] undoes both, and the runner calls it on every exit path.
 
 use std::net::SocketAddr;
 
@@ -12,7 +11,7 @@ use serde::Serialize;
 
 pub mod process;
 
-use crate::fault::proxy::Proxy;
+use crate::fault::gate::{Gate, Needs};
 use crate::sut::store::KvStore;
 use process::{ManagedProcess, ProcessError};
 
@@ -91,7 +90,8 @@ pub enum DepError {
 /// A provisioned dependency with its fault proxy.
 pub struct Running {
     pub name: String,
-    pub proxy: Proxy,
+    /// The fault proxies in front of it.
+    pub gate: Gate,
     store: Option<KvStore>,
     /// The server stagegate started, for `process` dependencies.
     pub process: Option<ManagedProcess>,
@@ -100,17 +100,17 @@ pub struct Running {
 impl Running {
     /// The address the system under test is given (the proxy's).
     pub fn address(&self) -> SocketAddr {
-        self.proxy.addr()
+        self.gate.addr()
     }
 
     /// The dependency's real address, for observing it without faults.
     pub fn real_address(&self) -> SocketAddr {
-        self.proxy.upstream()
+        self.gate.upstream()
     }
 
     /// Removes every fault, stops the proxy and whatever was started.
     pub async fn stop(self) {
-        self.proxy.stop().await;
+        self.gate.stop().await;
         if let Some(p) = &self.process {
             p.stop().await;
         }
@@ -120,10 +120,14 @@ impl Running {
     }
 }
 
-/// Starts `dep` (its output logged under `log_dir`) and a fault proxy in front of it.
-pub async fn provision(dep: &Dependency, log_dir: Option<&std::path::Path>) -> Result<Running, DepError> {
+/// Starts `dep` (its output logged under `log_dir`) and the fault proxies `needs` asks
+/// for in front of it (always a TCP proxy; an HTTP one too for request faults).
+pub async fn provision(dep: &Dependency, needs: Needs, log_dir: Option<&std::path::Path>) -> Result<Running, DepError> {
+    let needs = Needs { tcp: true, ..needs };
     let proxy_for = |upstream: SocketAddr| async move {
-        Proxy::start(&dep.name, upstream).await.map_err(|source| DepError::Proxy { name: dep.name.clone(), source })
+        Gate::start(&dep.name, upstream, None, needs, false)
+            .await
+            .map_err(|source| DepError::Proxy { name: dep.name.clone(), source })
     };
     match &dep.provision {
         Provision::Builtin(BuiltinDependency::KvStore) => {
@@ -135,7 +139,7 @@ pub async fn provision(dep: &Dependency, log_dir: Option<&std::path::Path>) -> R
                     return Err(e);
                 }
             };
-            Ok(Running { name: dep.name.clone(), proxy, store: Some(store), process: None })
+            Ok(Running { name: dep.name.clone(), gate: proxy, store: Some(store), process: None })
         }
         Provision::External(address) => {
             let resolved = tokio::net::lookup_host(address.as_str()).await.ok().and_then(|mut a| a.next());
@@ -144,7 +148,7 @@ pub async fn provision(dep: &Dependency, log_dir: Option<&std::path::Path>) -> R
                 address: address.clone(),
                 message: "no address found".into(),
             })?;
-            Ok(Running { name: dep.name.clone(), proxy: proxy_for(upstream).await?, store: None, process: None })
+            Ok(Running { name: dep.name.clone(), gate: proxy_for(upstream).await?, store: None, process: None })
         }
         Provision::Process(def) => {
             let log = log_dir.map(|d| d.join(format!("{}.log", dep.name)));
@@ -153,7 +157,7 @@ pub async fn provision(dep: &Dependency, log_dir: Option<&std::path::Path>) -> R
             }
             let process = ManagedProcess::start(&format!("`{}`", dep.name), def, log, Default::default()).await?;
             match proxy_for(process.address()).await {
-                Ok(proxy) => Ok(Running { name: dep.name.clone(), proxy, store: None, process: Some(process) }),
+                Ok(gate) => Ok(Running { name: dep.name.clone(), gate, store: None, process: Some(process) }),
                 Err(e) => {
                     process.stop().await;
                     Err(e)

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod chunk;
+pub mod gate;
 pub mod http;
 pub mod proxy;
 pub mod records;

@@ -192,6 +192,7 @@ impl Plan {
                 let runs = match &f.at {
                     crate::fault::Place::Dependency(d) => {
                         f.kind.runs_in_proxy()
+                            || matches!(f.kind, crate::fault::FaultKind::HttpError { .. })
                             || (matches!(f.kind, crate::fault::FaultKind::Kill { .. } | crate::fault::FaultKind::Pause)
                                 && started(d))
                     }
@@ -199,7 +200,9 @@ impl Plan {
                     crate::fault::Place::Target => {
                         let started = matches!(&self.target, Target::Http(h) if h.process.is_some());
                         match f.kind {
-                            crate::fault::FaultKind::Latency { .. } | crate::fault::FaultKind::HttpError { .. } => true,
+                            crate::fault::FaultKind::Latency { .. }
+                            | crate::fault::FaultKind::Bandwidth { .. }
+                            | crate::fault::FaultKind::HttpError { .. } => true,
                             crate::fault::FaultKind::Kill { .. } => started,
                             _ => false,
                         }

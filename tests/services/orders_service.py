@@ -13,13 +13,18 @@ Known-bad variants, for tests that check stagegate counts them exactly:
   --crash-after N  the process exits after N orders
   --flagd FILE     read flags from a flagd flag file; while `refuse-orders` is true,
                    orders are refused with 422
+  --check URL      before storing an order, GET URL (an HTTP dependency, on a fresh
+                   connection); when it fails or answers other than 2xx, answer 503
 Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N] [--flagd FILE]
+                                 [--check URL]
 """
 
 import argparse
 import json
 import os
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
@@ -27,6 +32,7 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--bad", choices=["drop", "duplicate", "alter"])
 parser.add_argument("--crash-after", type=int)
 parser.add_argument("--flagd")
+parser.add_argument("--check")
 args = parser.parse_args()
 
 store = {}
@@ -44,6 +50,16 @@ def flag(name):
         return spec["variants"][spec["defaultVariant"]]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def dependency_ok():
+    """Whether a GET of the --check URL answers 2xx within 2 s."""
+    try:
+        with urllib.request.urlopen(args.check, timeout=2) as answer:
+            answer.read()
+            return 200 <= answer.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -99,6 +115,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(400, b'{"error": "an order is a JSON object with an order_id"}')
         if args.flagd and flag("refuse-orders") is True:
             return self.answer(422, b'{"error": "orders are closed"}')
+        if args.check and not dependency_ok():
+            return self.answer(503, b'{"error": "the checker failed"}')
         with lock:
             count += 1
             n = count
