@@ -185,3 +185,21 @@ fn request_faults_on_an_http_dependency_reach_the_service_and_tcp_faults_still_a
     assert!(stages[2]["metrics"]["errors"].as_u64().unwrap() >= 45, "{}", stages[2]["metrics"]);
     assert!(report["faults"].as_array().unwrap().iter().all(|f| f["removed"] == true));
 }
+
+#[test]
+fn a_paused_target_holds_its_requests_and_answers_them_all_when_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pause = "stages[0].faults=[{ kind: pause, at: target, from: 500ms, for: 1s }]";
+    let out = run(&dir, &format!("{SERVICE}]"), &["--set", pause]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    let metrics = &report["stages"][0]["metrics"];
+    // Requests sent at the pause's start waited it out: about a second, within the 2 s timeout.
+    let max = metrics["latency"]["max"].as_f64().unwrap();
+    assert!((900.0..2000.0).contains(&max), "max latency {max}");
+    assert_eq!(metrics["errors"], 0);
+    assert_eq!(metrics["data"]["acked"], 200);
+    assert_eq!(metrics["data"]["lost"], 0);
+    assert_eq!(report["faults"][0]["removed"], true);
+}

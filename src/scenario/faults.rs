@@ -24,7 +24,7 @@ pub(crate) const KINDS: [(&str, bool, bool, bool); 16] = [
     ("corrupt", true, false, false),
     ("http_error", true, true, false),
     ("kill", true, true, false),
-    ("pause", true, false, false),
+    ("pause", true, true, false),
     ("malformed", false, false, true),
     ("duplicate", false, false, true),
     ("out_of_order", false, false, true),

@@ -203,7 +203,7 @@ impl Plan {
                             crate::fault::FaultKind::Latency { .. }
                             | crate::fault::FaultKind::Bandwidth { .. }
                             | crate::fault::FaultKind::HttpError { .. } => true,
-                            crate::fault::FaultKind::Kill { .. } => started,
+                            crate::fault::FaultKind::Kill { .. } | crate::fault::FaultKind::Pause => started,
                             _ => false,
                         }
                     }
