@@ -244,8 +244,13 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
             let mut values = context.clone();
             if let Some(def) = &h.process {
                 let log = report_dir.map(|d| d.join("target.log"));
-                let process =
-                    ManagedProcess::start("the target", def, log, context).await.map_err(|e| e.to_string())?;
+                let flag_env = match (&plan.flags.provider, plan.stages.first()) {
+                    (crate::flags::Provider::Env, Some(first)) => crate::flags::env_vars(&first.flags),
+                    _ => Vec::new(),
+                };
+                let process = ManagedProcess::start("the target", def, log, context, flag_env)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 values.insert("port".into(), process.port().into());
                 infra.target_process = Some(process);
                 write_run_file(report_dir, infra, false);
@@ -426,6 +431,21 @@ async fn run_stages(
         {
             report.error = Some(format!("cannot write the flag file {}: {e}", path.display()));
             break;
+        }
+        // The `env` provider: a target whose flags change is started again with them.
+        if plan.flags.provider == crate::flags::Provider::Env
+            && index > 0
+            && plan.stages[index - 1].flags != stage.flags
+            && let Some(process) = &infra.target_process
+        {
+            let _ = events.send(Event::Note {
+                message: format!("restarting the target with stage `{}`'s flags in its environment", stage.name),
+            });
+            if let Err(e) = process.restart_with(crate::flags::env_vars(&stage.flags)).await {
+                report.target_exit.get_or_insert(format!("before stage `{}`: {e}", stage.name));
+                report.error = Some(format!("the target could not be restarted for stage `{}`: {e}", stage.name));
+                break;
+            }
         }
         // Only an OFREP client polls; with the other providers the state is in place already.
         let polls = plan.flags.provider == crate::flags::Provider::Ofrep && !plan.flags.definitions.is_empty();

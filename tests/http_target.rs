@@ -143,6 +143,26 @@ fn the_flagd_file_follows_the_stages() {
 }
 
 #[test]
+fn the_env_provider_restarts_the_target_when_its_flags_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stagegate(&["run", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/env-flags.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(dir.path());
+    let data = |i: usize| report["stages"][i]["metrics"]["data"].clone();
+    for i in [0, 1, 3] {
+        assert_eq!(data(i)["acked"], 50, "stage {i}: {}", data(i));
+        assert_eq!(data(i)["rejected_valid"], 0, "stage {i}: {}", data(i));
+    }
+    assert_eq!(data(2)["rejected_valid"], 50, "{}", data(2));
+    // Started once, then again only where the flags changed: before `closed` and `open-again`.
+    assert_eq!(stderr.matches("restarting the target").count(), 2, "{stderr}");
+    let run = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
+    let log = std::fs::read_to_string(run.join("target.log")).unwrap();
+    assert_eq!(log.matches("orders service on port").count(), 3, "{log}");
+}
+
+#[test]
 fn scans_by_page_cursor_and_json_lines_count_exactly() {
     let scans = [
         "{ path: /orders, page: { param: page } }",

@@ -155,7 +155,8 @@ pub async fn provision(dep: &Dependency, needs: Needs, log_dir: Option<&std::pat
             if let Some(d) = log_dir {
                 let _ = std::fs::create_dir_all(d);
             }
-            let process = ManagedProcess::start(&format!("`{}`", dep.name), def, log, Default::default()).await?;
+            let process =
+                ManagedProcess::start(&format!("`{}`", dep.name), def, log, Default::default(), Vec::new()).await?;
             match proxy_for(process.address()).await {
                 Ok(gate) => Ok(Running { name: dep.name.clone(), gate, store: None, process: Some(process) }),
                 Err(e) => {

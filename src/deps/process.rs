@@ -44,6 +44,8 @@ pub struct ManagedProcess {
     def: ProcessDef,
     command: Vec<String>,
     env: Vec<(String, String)>,
+    /// Environment that changes between starts (the `env` flag provider's).
+    extra_env: Mutex<Vec<(String, String)>>,
     port: u16,
     log: Option<PathBuf>,
     child: Mutex<Option<Child>>,
@@ -64,12 +66,14 @@ pub fn free_port() -> std::io::Result<u16> {
 
 impl ManagedProcess {
     /// Starts `def` as `name`, logging to `log` (if given), and waits until it is ready.
-    /// Templates see `port` and whatever `context` holds (`dependencies`, `flags`).
+    /// Templates see `port` and whatever `context` holds (`dependencies`, `flags`);
+    /// `extra_env` is added to the process's environment.
     pub async fn start(
         name: &str,
         def: &ProcessDef,
         log: Option<PathBuf>,
         context: serde_json::Map<String, serde_json::Value>,
+        extra_env: Vec<(String, String)>,
     ) -> Result<ManagedProcess, ProcessError> {
         let port = free_port().map_err(|source| ProcessError::Spawn {
             name: name.into(),
@@ -93,6 +97,7 @@ impl ManagedProcess {
             def: def.clone(),
             command,
             env,
+            extra_env: Mutex::new(extra_env),
             port,
             log,
             child: Mutex::new(None),
@@ -108,6 +113,7 @@ impl ManagedProcess {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .envs(self.env.iter().cloned())
+            .envs(self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned())
             .current_dir(&self.def.cwd)
             .kill_on_drop(true)
             .process_group(0);
@@ -225,6 +231,16 @@ impl ManagedProcess {
     /// Starts the process again on the same port (after a `kill` with `restart_after`).
     pub async fn restart(&self) -> Result<(), ProcessError> {
         self.reap().await;
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Stops the process and starts it again on the same port with `extra_env` in place
+    /// of the one it had, waiting until it is ready (the `env` flag provider, between
+    /// stages whose flags differ).
+    pub async fn restart_with(&self, extra_env: Vec<(String, String)>) -> Result<(), ProcessError> {
+        self.stop().await;
+        *self.extra_env.lock().unwrap_or_else(|p| p.into_inner()) = extra_env;
         self.spawn()?;
         self.wait_ready().await
     }

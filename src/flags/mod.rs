@@ -85,6 +85,23 @@ pub enum FlagState {
     Split { variants: Vec<(Value, f64)>, rest: Value },
 }
 
+/// The environment the `env` provider gives a started target for a stage's flags:
+/// `FLAG_` and the flag's name in upper case with every other character than a letter or
+/// digit made `_` (`new-enricher` is `FLAG_NEW_ENRICHER`); strings as they are, other
+/// values as JSON (`true`, `3`, `{"a":1}`).
+pub fn env_vars(states: &BTreeMap<String, FlagState>) -> Vec<(String, String)> {
+    states
+        .iter()
+        .map(|(name, state)| {
+            let var: String =
+                name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            let value = state.value_for(name, None, 0);
+            let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            (format!("FLAG_{var}"), text)
+        })
+        .collect()
+}
+
 impl FlagState {
     /// The value a record with `key` sees, bucketed by `seed` (the run's flag stream).
     pub fn value_for(&self, flag: &str, key: Option<&str>, seed: u64) -> &Value {

@@ -25,6 +25,8 @@ pub enum Event {
     Provisioned { target: String, dependencies: Vec<(String, String, String)>, flags: String },
     /// A stage begins with this flag state.
     StageStarted { index: usize, name: String, flags: BTreeMap<String, FlagState> },
+    /// Something the run did between stages that a user should know of.
+    Note { message: String },
     /// The run stops early: an `abort_on_fail` criterion failed.
     Aborted { stage: String, reason: String },
     /// About once a second during a stage.

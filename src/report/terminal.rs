@@ -52,6 +52,9 @@ impl Reporter for TerminalReporter {
                 let _ = writeln!(err, "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  failed {failed}");
             }
             Event::Progress { .. } => {}
+            Event::Note { message } => {
+                let _ = writeln!(err, "  {message}");
+            }
             Event::Aborted { stage, reason } => {
                 let _ = writeln!(err, "stage `{stage}` aborted: {reason}");
             }

@@ -735,6 +735,15 @@ fn compile_stages(
             match def {
                 Some(def) => {
                     if let Some(state) = flag_state(ctx, &path, def, value) {
+                        let env = flags.as_ref().is_some_and(|f| f.provider == Provider::Env);
+                        if env && matches!(state, FlagState::Split { .. }) {
+                            ctx.error(
+                                &path,
+                                "the `env` provider gives the whole process one value per flag; it cannot split one",
+                            )
+                            .hint =
+                                Some("use `provider: ofrep`, `flagd-file` or `header` for fractional exposure".into());
+                        }
                         states.insert(key.clone(), state);
                     }
                 }

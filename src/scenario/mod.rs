@@ -170,12 +170,6 @@ impl Plan {
     /// What this scenario uses that this build validates but cannot run yet.
     pub fn unsupported(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Target::Http(h) = &self.target
-            && self.flags.provider == crate::flags::Provider::Env
-            && h.process.is_some()
-        {
-            out.push("the `env` flag provider".to_string());
-        }
         for d in &self.dependencies {
             if !d.provision.runnable() {
                 out.push(format!("dependency `{}`: the `{}` form", d.name, d.provision.kind()));

@@ -13,6 +13,8 @@ Known-bad variants, for tests that check stagegate counts them exactly:
   --crash-after N  the process exits after N orders
   --flagd FILE     read flags from a flagd flag file; while `refuse-orders` is true,
                    orders are refused with 422
+  FLAG_REFUSE_ORDERS=true in the environment refuses orders with 422, as the flag file
+                   does (stagegate's `env` flag provider)
   --check URL      before storing an order, GET URL (an HTTP dependency, on a fresh
                    connection); when it fails or answers other than 2xx, answer 503
 Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N] [--flagd FILE]
@@ -113,6 +115,8 @@ class Handler(BaseHTTPRequestHandler):
             key = order["order_id"]
         except (ValueError, KeyError, TypeError):
             return self.answer(400, b'{"error": "an order is a JSON object with an order_id"}')
+        if os.environ.get("FLAG_REFUSE_ORDERS") == "true":
+            return self.answer(422, b'{"error": "orders are closed"}')
         if args.flagd and flag("refuse-orders") is True:
             return self.answer(422, b'{"error": "orders are closed"}')
         if args.check and not dependency_ok():
