@@ -24,6 +24,7 @@ use crate::fault::{self, Activation, Place};
 use crate::flags::FlagState;
 use crate::flags::ofrep::OfrepServer;
 use crate::measure::{Outcome, Recorder, Slice};
+use crate::quality::freshness::{self, Arrivals};
 use crate::quality::{Judgement, Ledger, Tags};
 use crate::report::{ActionReport, Event, FaultRecord, RunReport, StageReport};
 use crate::scenario::{Plan, Stage};
@@ -31,6 +32,7 @@ use crate::seed;
 use crate::sut::RequestTemplate;
 use crate::sut::http::{RECORD_JSON, WriteTemplate, read_back};
 use crate::sut::pipeline::Pipeline;
+use crate::sut::sink::SinkServer;
 use crate::sut::{BuiltinTarget, Target, store};
 use crate::verdict::{self, Assessment, Outcome as Judged, Rule, Sides, Verdict};
 use crate::workload::driver::{self, HttpWrite, InputFaults, Sample, Sink};
@@ -56,6 +58,12 @@ struct Infra {
     report_dir: Option<PathBuf>,
     /// The flagd flag file, with the `flagd-file` provider.
     flag_file: Option<PathBuf>,
+    /// The endpoint the target pushes its output to (HTTP targets with `sink`).
+    sink: Option<SinkServer>,
+    /// When each key first showed in the output, this stage.
+    arrivals: Arrivals,
+    /// Output field names by sent field (`target.http.renamed`).
+    renamed: BTreeMap<String, String>,
 }
 
 impl Infra {
@@ -71,6 +79,9 @@ impl Infra {
         }
         for d in self.deps {
             d.stop().await;
+        }
+        if let Some(s) = self.sink {
+            s.stop().await;
         }
         if let Some(f) = self.flags {
             f.stop().await;
@@ -241,6 +252,14 @@ async fn provision(plan: &Plan, infra: &mut Infra, report_dir: Option<&std::path
             context.insert("dependencies".into(), Value::Object(dependencies));
             let file = infra.flag_file.as_ref().map(|p| p.display().to_string());
             context.insert("flags".into(), serde_json::json!({ "url": flags_url, "file": file }));
+            infra.renamed = h.renamed.clone();
+            if let Some(def) = &h.sink {
+                let sink = SinkServer::start(def, &plan.workload.schema.key, h.renamed.clone(), infra.arrivals.clone())
+                    .await
+                    .map_err(|e| format!("the output sink could not listen on {}: {e}", def.listen))?;
+                context.insert("sink".into(), serde_json::json!({ "url": sink.url() }));
+                infra.sink = Some(sink);
+            }
             let mut values = context.clone();
             if let Some(def) = &h.process {
                 let log = report_dir.map(|d| d.join("target.log"));
@@ -318,6 +337,10 @@ struct StageSink<'a> {
     events: &'a UnboundedSender<Event>,
     stop: CancellationToken,
     aborted: Option<Assessment>,
+    /// When each judged record was acknowledged, for freshness.
+    acks: HashMap<String, Instant>,
+    /// The same for warm-up records (waited for, not judged).
+    warm_acks: HashMap<String, Instant>,
 }
 
 impl StageSink<'_> {
@@ -364,6 +387,8 @@ impl Sink for StageSink<'_> {
             Outcome::Acked => {
                 self.ledger.acked(&s.key);
                 self.acked += 1;
+                let acks = if s.offset < self.plan.workload.warmup { &mut self.warm_acks } else { &mut self.acks };
+                acks.insert(s.key.clone(), Instant::now());
             }
             Outcome::Rejected => self.ledger.rejected(&s.key),
             Outcome::Failed => self.failed += 1,
@@ -421,6 +446,26 @@ async fn run_stages(
         Target::Http(_) => None,
     };
     let mut scan_from = 0usize;
+    let sink_def = match &plan.target {
+        Target::Http(h) => h.sink.as_ref(),
+        Target::Builtin(_) => None,
+    };
+    let wants_freshness = plan
+        .criteria
+        .iter()
+        .any(|c| matches!(&c.rule, Rule::Check(check) if matches!(check.metric.base, verdict::Base::Freshness(_))));
+    // How arrivals are timed: pushed to the sink, or by listing the output while a stage runs.
+    let poll = match (&infra.sink, &infra.scan, store_addr) {
+        (Some(_), _, _) => None,
+        (None, Some(scan), _) => scan.every.or(wants_freshness.then_some(Duration::from_millis(500))),
+        (None, None, Some(_)) => Some(Duration::from_millis(10)),
+        (None, None, None) => None,
+    };
+    let observed_by = match (&infra.sink, poll) {
+        (Some(_), _) => Some("sink".to_string()),
+        (None, Some(every)) => Some(freshness::polled(if store_addr.is_some() { "store" } else { "scan" }, every)),
+        (None, None) => None,
+    };
     for (index, stage) in plan.stages.iter().enumerate() {
         if cancel.is_cancelled() {
             break;
@@ -470,7 +515,14 @@ async fn run_stages(
             events,
             stop: stop.clone(),
             aborted: None,
+            acks: HashMap::new(),
+            warm_acks: HashMap::new(),
         };
+        infra.arrivals.clear();
+        if let Some(sink) = &infra.sink {
+            // Whatever arrived between stages belongs to no stage.
+            sink.take();
+        }
         let start = Instant::now();
         let stage_over = stop.child_token();
         let data_seed = seed::derive(plan.seed, "data", index as u64);
@@ -495,7 +547,9 @@ async fn run_stages(
         };
         let clock = StageClock { start, over: &stage_over, run: cancel };
         let faults = timeline(plan, index, stage, infra, clock, events);
-        let (drive, records) = tokio::join!(drive, faults);
+        let watch =
+            watch_arrivals(infra, &client, &plan.workload.schema.key, (store_addr, scan_from), poll, &stage_over);
+        let (drive, records, ()) = tokio::join!(drive, faults, watch);
         let completed = drive.completed;
         if drive.dropped > 0 {
             warn!(stage = %stage.name, dropped = drive.dropped, "the driver fell behind the arrival rate; sends dropped");
@@ -503,6 +557,16 @@ async fn run_stages(
         report.faults.extend(records);
         let elapsed = start.elapsed();
 
+        if let Some(def) = sink_def {
+            // Give acknowledged records still on their way the time to arrive.
+            let deadline = Instant::now() + def.settle;
+            while !cancel.is_cancelled()
+                && Instant::now() < deadline
+                && !infra.arrivals.has_all(sink.acks.keys().chain(sink.warm_acks.keys()))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         // Observe the output straight from the store, past the proxy.
         let mut observed = Vec::new();
         if let Some(addr) = store_addr {
@@ -521,17 +585,41 @@ async fn run_stages(
             }
         }
         let mut output_seen = store_addr.is_some();
-        if let Some(scan) = &infra.scan {
-            // List the whole output from the target itself (not through a fault).
-            match crate::sut::http::scan_all(&client, &infra.target_base, scan).await {
-                Ok(found) => {
-                    observed = found;
-                    output_seen = true;
+        if let Some(server) = &infra.sink {
+            observed = server.take();
+            output_seen = true;
+        } else if let Some(scan) = &infra.scan {
+            // List the whole output from the target itself (not through a fault), again
+            // until every acknowledged record shows or `settle` runs out.
+            let deadline = Instant::now() + scan.settle;
+            loop {
+                match crate::sut::http::scan_all(&client, &infra.target_base, scan).await {
+                    Ok(found) => {
+                        observed = found;
+                        output_seen = true;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot list the target's output");
+                        report.warnings.push(format!("stage `{}`: the output could not be listed: {e}", stage.name));
+                        break;
+                    }
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot list the target's output");
-                    report.warnings.push(format!("stage `{}`: the output could not be listed: {e}", stage.name));
+                for r in &mut observed {
+                    crate::sut::sink::rename_back(r, &infra.renamed);
                 }
+                let keys: std::collections::HashSet<String> =
+                    observed.iter().filter_map(|r| crate::quality::key_of(r, &plan.workload.schema.key)).collect();
+                let all_there = sink.acks.keys().chain(sink.warm_acks.keys()).all(|k| keys.contains(k));
+                if all_there || cancel.is_cancelled() || Instant::now() >= deadline {
+                    break;
+                }
+                if poll.is_some() {
+                    let now = Instant::now();
+                    for k in keys {
+                        infra.arrivals.seen(k, now);
+                    }
+                }
+                tokio::time::sleep(poll.unwrap_or(Duration::from_millis(200))).await;
             }
         } else if let Some(read) = &infra.read {
             // Read every record back by key from the target itself (not through a fault).
@@ -546,6 +634,20 @@ async fn run_stages(
                 }
             }
         }
+        if !infra.renamed.is_empty() && infra.sink.is_none() && infra.scan.is_none() {
+            for r in &mut observed {
+                crate::sut::sink::rename_back(r, &infra.renamed);
+            }
+        }
+        if poll.is_some() {
+            // Records the last listing found: seen by the stage's end at the latest.
+            let now = Instant::now();
+            for r in &observed {
+                if let Some(key) = crate::quality::key_of(r, &plan.workload.schema.key) {
+                    infra.arrivals.seen(key, now);
+                }
+            }
+        }
         if let Some(p) = &infra.target_process
             && let Some(status) = p.exited()
         {
@@ -556,7 +658,10 @@ async fn run_stages(
         let mut judgement = sink.ledger.judge(observed.iter());
         judgement.observed = output_seen;
         let ran = if completed { plan.workload.duration } else { elapsed };
-        let metrics = sink.recorder.finish(ran, &judgement);
+        let mut metrics = sink.recorder.finish(ran, &judgement);
+        if let Some(by) = &observed_by {
+            metrics.freshness = Some(freshness::summarize(&sink.acks, &infra.arrivals.snapshot(), by));
+        }
         let aborted = sink.aborted.take();
         let mut assessments: Vec<Assessment> = Vec::new();
         if completed || aborted.is_some() {
@@ -599,6 +704,53 @@ async fn run_stages(
         }
     }
     samples
+}
+
+/// Lists the output every `poll` while a stage runs (until `over`), noting when each
+/// key first shows: from the builtin store (reading on from `store.1`), or by the
+/// target's `scan`.
+async fn watch_arrivals(
+    infra: &Infra,
+    client: &reqwest::Client,
+    key_field: &str,
+    store: (Option<std::net::SocketAddr>, usize),
+    poll: Option<Duration>,
+    over: &CancellationToken,
+) {
+    let Some(every) = poll else { return };
+    let (store, mut from) = store;
+    loop {
+        let found: Vec<Map<String, Value>> = match (store, &infra.scan) {
+            (Some(addr), _) => match store::scan(addr, from).await {
+                Ok((lines, next)) => {
+                    from = next;
+                    lines
+                        .iter()
+                        .filter_map(|l| match serde_json::from_str::<Value>(l) {
+                            Ok(Value::Object(m)) => Some(m),
+                            _ => None,
+                        })
+                        .collect()
+                }
+                Err(_) => Vec::new(),
+            },
+            (None, Some(scan)) => {
+                crate::sut::http::scan_all(client, &infra.target_base, scan).await.unwrap_or_default()
+            }
+            (None, None) => return,
+        };
+        let now = Instant::now();
+        for mut r in found {
+            crate::sut::sink::rename_back(&mut r, &infra.renamed);
+            if let Some(key) = crate::quality::key_of(&r, key_field) {
+                infra.arrivals.seen(key, now);
+            }
+        }
+        tokio::select! {
+            _ = over.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Judges every comparison whose two stages both ran to the end.

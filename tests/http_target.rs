@@ -223,3 +223,59 @@ fn a_paused_target_holds_its_requests_and_answers_them_all_when_resumed() {
     assert_eq!(metrics["data"]["lost"], 0);
     assert_eq!(report["faults"][0]["removed"], true);
 }
+
+/// The stage's freshness summary and data counts from a run's report.
+fn freshness_and_data(dir: &tempfile::TempDir) -> (serde_json::Value, serde_json::Value) {
+    let report = only_report(dir.path());
+    let metrics = &report["stages"][0]["metrics"];
+    (metrics["freshness"].clone(), metrics["data"].clone())
+}
+
+#[test]
+fn sink_mode_times_each_arrival_and_counts_duplicates() {
+    for (bad, duplicated) in [(None, 0), (Some("duplicate"), 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = bad.map(|b| format!(", --bad, {b}")).unwrap_or_default();
+        let command = format!(r#"{SERVICE}, --sink, "{{{{ sink.url }}}}", --delay, "100"{bad}]"#);
+        let out = run(&dir, &command, &["--set", "target.http.sink={ settle: 3s }"]);
+        assert!(out.status.code().is_some_and(|c| c <= 1), "{:?}", text(&out));
+        let (freshness, data) = freshness_and_data(&dir);
+        assert_eq!(freshness["observed_by"], "sink");
+        assert_eq!(freshness["records"], 200, "{freshness}");
+        // The service pushes each copy 100 ms after answering.
+        let p50 = freshness["p50"].as_f64().unwrap();
+        assert!((100.0..250.0).contains(&p50), "freshness p50 {p50}");
+        assert_eq!(data["duplicated"], duplicated, "{data}");
+        assert_eq!(data["lost"], 0, "{data}");
+        assert_eq!(data["corrupted"], 0, "{data}");
+    }
+}
+
+#[test]
+fn scan_mode_times_arrivals_to_its_period_waits_for_late_output_and_counts_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = format!(r#"{SERVICE}, --delay, "300", --bad, duplicate]"#);
+    let out = run(&dir, &command, &["--set", "target.http.scan={ path: /orders.jsonl, every: 50ms }"]);
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let (freshness, data) = freshness_and_data(&dir);
+    assert_eq!(freshness["observed_by"], "scan every 50ms");
+    // Listed 300 ms after the answer, seen within a period (plus the listing's own time).
+    let p50 = freshness["p50"].as_f64().unwrap();
+    assert!((300.0..450.0).contains(&p50), "freshness p50 {p50}");
+    // The last records showed after the stage ended: the scan waited for them.
+    assert_eq!(data["lost"], 0, "{data}");
+    assert_eq!(data["duplicated"], 20, "{data}");
+}
+
+#[test]
+fn renamed_fields_are_compared_under_their_sent_names() {
+    let command = format!("{SERVICE}, --rename, amount=total]");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&dir, &command, &[]);
+    assert_eq!(out.status.code(), Some(1), "without the mapping every order looks altered");
+    assert_eq!(freshness_and_data(&dir).1["corrupted"], 200);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&dir, &command, &["--set", "target.http.renamed={ amount: total }"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(freshness_and_data(&dir).1["corrupted"], 0);
+}

@@ -217,6 +217,7 @@ impl Recorder {
             phases,
             variants,
             recovery: self.recovery.finish(&baseline, until),
+            freshness: None,
         }
     }
 }
@@ -275,6 +276,8 @@ pub struct StageMetrics {
     pub variants: BTreeMap<String, SliceMetrics>,
     /// How long after the last fault lifted errors and latency were back in band.
     pub recovery: Option<Recovery>,
+    /// From acknowledgement to first appearance in the output, when arrivals were timed.
+    pub freshness: Option<crate::quality::freshness::Freshness>,
 }
 
 impl StageMetrics {

@@ -7,6 +7,8 @@
 //! records, for the whole stage and by phase and flag variant. Fetching the output is
 //! the target's business (see [`crate::sut`]); this file only compares.
 
+pub mod freshness;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

@@ -326,9 +326,59 @@ fn compile_http(ctx: &mut Ctx, h: HttpTargetSpec, process: Option<ProcessDef>) -
             (None, Some(p)) => crate::sut::Paging::Page { param: p.param, start: p.start.unwrap_or(1) },
             (None, None) => crate::sut::Paging::None,
         };
-        crate::sut::Scan { path: s.path, items: s.items.unwrap_or_else(|| "items".into()), paging }
+        let every = ctx.unit("target.http.scan.every", s.every.as_ref(), units::parse_duration);
+        if every.is_some_and(|e| e.is_zero()) {
+            ctx.error("target.http.scan.every", "a scan period must be longer than 0s");
+        }
+        let settle = ctx
+            .unit("target.http.scan.settle", s.settle.as_ref(), units::parse_duration)
+            .unwrap_or(Duration::from_secs(2));
+        crate::sut::Scan { path: s.path, items: s.items.unwrap_or_else(|| "items".into()), paging, every, settle }
     });
-    HttpTarget { base_url: h.base_url, write, read, scan, timeout, headers: h.headers, process }
+    let sink = h.sink.map(|k| {
+        let listen = k.listen.unwrap_or_else(|| "127.0.0.1:0".into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            ctx.error("target.http.sink.listen", format!("`{listen}` is not an address like `127.0.0.1:9700`"));
+        }
+        let path = k.path.unwrap_or_else(|| "/sink".into());
+        if !path.starts_with('/') {
+            ctx.error("target.http.sink.path", format!("`{path}` is not a path"));
+        }
+        let settle = ctx
+            .unit("target.http.sink.settle", k.settle.as_ref(), units::parse_duration)
+            .unwrap_or(Duration::from_secs(2));
+        crate::sut::SinkDef { listen, path, settle }
+    });
+    let ways: Vec<&str> = [(sink.is_some(), "sink"), (scan.is_some(), "scan"), (read.is_some(), "read")]
+        .into_iter()
+        .filter_map(|(given, name)| given.then_some(name))
+        .collect();
+    if ways.len() > 1 {
+        ctx.warn(
+            "target.http",
+            format_args!("the output is observed by `{}`; `{}` is not used", ways[0], ways[1..].join("` and `")),
+        );
+    }
+    let mut outputs = BTreeSet::new();
+    for (sent, output) in &h.renamed {
+        if output.trim().is_empty() {
+            ctx.error(&join_key("target.http.renamed", sent), "an output field name cannot be empty");
+        }
+        if !outputs.insert(output.as_str()) {
+            ctx.error(&join_key("target.http.renamed", sent), format!("two fields are renamed to `{output}`"));
+        }
+    }
+    HttpTarget {
+        base_url: h.base_url,
+        write,
+        read,
+        scan,
+        sink,
+        renamed: h.renamed,
+        timeout,
+        headers: h.headers,
+        process,
+    }
 }
 
 fn compile_dependencies(ctx: &mut Ctx, root: &Map<String, Value>) -> Vec<(String, Dependency)> {

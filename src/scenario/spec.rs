@@ -157,6 +157,13 @@ pub struct HttpTargetSpec {
     /// an object holding the records in `items`, or JSON lines; paged by cursor or page.
     #[serde(default)]
     pub scan: Option<ScanSpec>,
+    /// An endpoint stagegate serves for the system under test to push its output to
+    /// (the third way to observe it, and the exact one for `freshness`).
+    #[serde(default)]
+    pub sink: Option<SinkSpec>,
+    /// Fields the system under test renames in its output, as `sent name: output name`.
+    #[serde(default)]
+    pub renamed: BTreeMap<String, String>,
     /// Per-request timeout. Default `2s`.
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
@@ -164,6 +171,24 @@ pub struct HttpTargetSpec {
     /// Headers sent with every request; values may use `${secret:NAME}`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// The output endpoint stagegate serves.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// The address to listen on. Default `127.0.0.1:0` (a free loopback port; a started
+    /// target is told the URL as `{{ sink.url }}`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The path records are POSTed to. Default `/sink`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How long after a stage's last request stagegate waits for acknowledged records
+    /// still on their way. Default `2s`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub settle: Option<Text>,
 }
 
 /// Listing the whole output.
@@ -183,6 +208,17 @@ pub struct ScanSpec {
     /// `start` (default 1); an empty page ends the listing.
     #[serde(default)]
     pub page: Option<PageSpec>,
+    /// List the output this often while a stage runs, to time each record's arrival
+    /// for `freshness` (to within this period). Default: only at the stage's end, or
+    /// every `500ms` when a criterion uses `freshness`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub every: Option<Text>,
+    /// After a stage, how long to keep listing until every acknowledged record shows
+    /// (an output that becomes visible late). Default `2s`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub settle: Option<Text>,
 }
 
 /// Cursor paging of a scan.

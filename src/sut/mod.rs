@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod pipeline;
+pub mod sink;
 pub mod store;
 
 use serde::Serialize;
@@ -38,6 +39,21 @@ pub struct Scan {
     /// The key holding the records in an object answer.
     pub items: String,
     pub paging: Paging,
+    /// How often to list the output while a stage runs (for freshness).
+    #[serde(with = "crate::report::serde_opt_duration")]
+    pub every: Option<std::time::Duration>,
+    /// How long to keep listing after a stage until every acknowledged record shows.
+    #[serde(with = "crate::report::serde_duration")]
+    pub settle: std::time::Duration,
+}
+
+/// The output endpoint stagegate serves (`target.http.sink`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SinkDef {
+    pub listen: String,
+    pub path: String,
+    #[serde(with = "crate::report::serde_duration")]
+    pub settle: std::time::Duration,
 }
 
 /// How a scan pages.
@@ -59,6 +75,9 @@ pub struct HttpTarget {
     pub write: RequestTemplate,
     pub read: Option<RequestTemplate>,
     pub scan: Option<Scan>,
+    pub sink: Option<SinkDef>,
+    /// Output field names, by the sent field they carry.
+    pub renamed: std::collections::BTreeMap<String, String>,
     #[serde(with = "crate::report::serde_duration")]
     pub timeout: std::time::Duration,
     pub headers: std::collections::BTreeMap<String, String>,

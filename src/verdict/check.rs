@@ -167,7 +167,14 @@ impl Metric {
     pub fn value(self, m: &StageMetrics) -> Option<f64> {
         match self.base {
             Base::RecoveryTime => return m.recovery.as_ref()?.seconds.map(|s| s * 1000.0),
-            Base::Freshness(_) => return None,
+            Base::Freshness(q) => {
+                let f = m.freshness.as_ref()?;
+                return match q {
+                    Quantile::P50 => f.p50,
+                    Quantile::P99 => f.p99,
+                    _ => f.max,
+                };
+            }
             _ => {}
         }
         let slice = match self.phase {
@@ -185,6 +192,7 @@ impl Metric {
         };
         match self.base {
             Base::Data(_) | Base::DataRate(_) => slice.data.sent,
+            Base::Freshness(_) => m.freshness.as_ref().map_or(0, |f| f.records),
             _ => slice.requests,
         }
     }

@@ -139,7 +139,11 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
             (Outcome::Inconclusive, Some("the output was not observed (give the target a `read` request)".to_string()))
         }
         None if matches!(check.metric.base, Base::Freshness(_)) => {
-            (Outcome::Inconclusive, Some("freshness needs an output observer that sees arrivals".to_string()))
+            let why = match &metrics.freshness {
+                None => "freshness needs an observer that times arrivals (`sink`, or a `scan` with `every`)",
+                Some(_) => "no acknowledged record was seen in the output",
+            };
+            (Outcome::Inconclusive, Some(why.to_string()))
         }
         None if matches!(check.metric.base, Base::RecoveryTime) => {
             let why = match &metrics.recovery {

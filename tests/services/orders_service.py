@@ -15,16 +15,21 @@ Known-bad variants, for tests that check stagegate counts them exactly:
                    orders are refused with 422
   FLAG_REFUSE_ORDERS=true in the environment refuses orders with 422, as the flag file
                    does (stagegate's `env` flag provider)
+  --sink URL       push every stored copy to URL (JSON arrays, from a background thread)
+  --delay MS       stored copies show in listings, and are pushed, MS after the answer
+  --rename A=B     stored copies carry field A as B
   --check URL      before storing an order, GET URL (an HTTP dependency, on a fresh
                    connection); when it fails or answers other than 2xx, answer 503
 Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N] [--flagd FILE]
-                                 [--check URL]
+                                 [--check URL] [--sink URL] [--delay MS] [--rename A=B]
 """
 
 import argparse
 import json
 import os
+import queue
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,10 +40,14 @@ parser.add_argument("--bad", choices=["drop", "duplicate", "alter"])
 parser.add_argument("--crash-after", type=int)
 parser.add_argument("--flagd")
 parser.add_argument("--check")
+parser.add_argument("--sink")
+parser.add_argument("--delay", type=float, default=0)
+parser.add_argument("--rename")
 args = parser.parse_args()
 
 store = {}
-stored = []  # every stored copy, in order, for listings
+stored = []  # every stored copy with the time it becomes visible, in order, for listings
+outbox = queue.Queue()  # (visible at, copy) for the sink
 lock = threading.Lock()
 PAGE = 50
 count = 0
@@ -64,6 +73,43 @@ def dependency_ok():
         return False
 
 
+def output(order):
+    """The copy the service keeps of an order (with --rename applied)."""
+    if not args.rename:
+        return order
+    sent, out = args.rename.split("=", 1)
+    copy = dict(order)
+    if sent in copy:
+        copy[out] = copy.pop(sent)
+    return copy
+
+
+def keep(key, order):
+    """Stores one copy; it shows in listings (and goes to the sink) after --delay."""
+    copy = output(order)
+    due = time.monotonic() + args.delay / 1000
+    store.setdefault(key, []).append(copy)
+    stored.append((due, copy))
+    if args.sink:
+        outbox.put((due, copy))
+
+
+def push():
+    """Pushes due copies to the sink, as many as are due in one JSON array."""
+    while True:
+        due, copy = outbox.get()
+        time.sleep(max(0.0, due - time.monotonic()))
+        batch = [copy]
+        while not outbox.empty() and outbox.queue[0][0] <= time.monotonic():
+            batch.append(outbox.get()[1])
+        request = urllib.request.Request(args.sink, data=json.dumps(batch).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).read()
+        except (urllib.error.URLError, OSError):
+            pass
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -82,8 +128,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200, b"{}")
         path, _, query = self.path.partition("?")
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        now = time.monotonic()
         with lock:
-            everything = list(stored)
+            everything = [copy for due, copy in stored if due <= now]
         if path == "/orders.jsonl":
             body = "".join(json.dumps(o) + "\n" for o in everything)
             return self.answer(200, body.encode())
@@ -128,18 +175,18 @@ class Handler(BaseHTTPRequestHandler):
             if tenth and args.bad == "drop":
                 pass
             elif tenth and args.bad == "alter":
-                store.setdefault(key, []).append(dict(order, amount=-1))
-                stored.append(dict(order, amount=-1))
+                keep(key, dict(order, amount=-1))
             else:
                 copies = 2 if tenth and args.bad == "duplicate" else 1
                 for _ in range(copies):
-                    store.setdefault(key, []).append(order)
-                    stored.append(order)
+                    keep(key, order)
         self.answer(201, json.dumps({"order_id": key}).encode())
         if args.crash_after and n >= args.crash_after:
             os._exit(7)
 
 
+if args.sink:
+    threading.Thread(target=push, daemon=True).start()
 server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
 server.daemon_threads = True
 print("orders service on port", args.port, "bad:", args.bad, flush=True)
