@@ -185,12 +185,24 @@ fn cleanup(report_root: &Path) -> i32 {
                 stopped += 1;
             }
         }
+        for c in run["containers"].as_array().into_iter().flatten() {
+            let id = c["id"].as_str().unwrap_or_default();
+            if !id.is_empty() && runtime().is_some_and(|rt| rt.block_on(crate::deps::container::remove(id))) {
+                println!(
+                    "{}: removed container `{}` ({})",
+                    entry.path().display(),
+                    c["name"].as_str().unwrap_or("?"),
+                    &id[..id.len().min(12)]
+                );
+                stopped += 1;
+            }
+        }
         let mut done = run.clone();
         done["finished"] = serde_json::Value::Bool(true);
         done["cleaned_up"] = serde_json::Value::Bool(true);
         let _ = std::fs::write(&path, done.to_string());
     }
-    println!("cleanup: {stopped} process group(s) stopped");
+    println!("cleanup: {stopped} process group(s) or container(s) stopped");
     exit::PROMOTE
 }
 
@@ -421,6 +433,7 @@ async fn watch_signals(cancel: CancellationToken) {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
     };
-    eprintln!("stagegate: {name} received; lifting every fault and stopping");
+    // Not `eprintln!`: a closed stderr must not keep the run from stopping.
+    let _ = writeln!(std::io::stderr(), "stagegate: {name} received; lifting every fault and stopping");
     cancel.cancel();
 }

@@ -180,7 +180,17 @@ fn write_run_file(report_dir: Option<&std::path::Path>, infra: &Infra, finished:
     if let Some(pid) = infra.target_process.as_ref().and_then(|p| p.pid()) {
         processes.push(serde_json::json!({ "name": "target", "pgid": pid }));
     }
-    let body = serde_json::json!({ "stagegate_pid": std::process::id(), "finished": finished, "processes": processes });
+    let containers: Vec<serde_json::Value> = infra
+        .deps
+        .iter()
+        .filter_map(|d| d.container.as_ref().map(|c| serde_json::json!({ "name": d.name, "id": c.id() })))
+        .collect();
+    let body = serde_json::json!({
+        "stagegate_pid": std::process::id(),
+        "finished": finished,
+        "processes": processes,
+        "containers": containers,
+    });
     let _ = std::fs::create_dir_all(dir);
     let _ = std::fs::write(dir.join("run.json"), body.to_string());
 }
@@ -813,10 +823,10 @@ async fn timeline(
         }
     };
     // Process faults act at their transitions: kill (and a later restart), pause/resume.
-    // A process by the name faults use: a dependency's, or `target` for the target's.
+    // What they act on, by the name faults use: a dependency's, or `target`.
     let process_named = |name: &str| match name {
-        "target" => infra.target_process.as_ref(),
-        dep => proxies.get(dep).and_then(|r| r.process.as_ref()),
+        "target" => infra.target_process.as_ref().map(Started::Target),
+        dep => proxies.get(dep).filter(|r| r.is_started()).map(|r| Started::Dependency(r)),
     };
     let process_of = |f: &fault::Fault| match &f.at {
         Place::Dependency(d) => process_named(d),
@@ -839,7 +849,7 @@ async fn timeline(
             restarts.remove(0);
             if let Some(p) = process_named(dep) {
                 if let Err(e) = p.restart().await {
-                    warn!(dependency = dep, error = %e, "a killed process did not come back");
+                    warn!(dependency = dep, error = %e, "a killed process or container did not come back");
                 }
                 // The restarted process has a new pid: keep `stagegate cleanup` able to find it.
                 write_run_file(infra.report_dir.as_deref(), infra, false);
@@ -853,7 +863,7 @@ async fn timeline(
         if let Some(p) = process_of(f) {
             match (&f.kind, t.start) {
                 (fault::FaultKind::Kill { signal, restart_after }, true) => {
-                    p.kill(signal.parse().unwrap_or(nix::sys::signal::Signal::SIGKILL));
+                    p.kill(signal.parse().unwrap_or(nix::sys::signal::Signal::SIGKILL)).await;
                     if let Some(after) = restart_after {
                         let name = match &f.at {
                             Place::Dependency(d) => d.as_str(),
@@ -862,8 +872,8 @@ async fn timeline(
                         restarts.push((Instant::now() + *after, name));
                     }
                 }
-                (fault::FaultKind::Pause, true) => p.pause(),
-                (fault::FaultKind::Pause, false) => p.resume(),
+                (fault::FaultKind::Pause, true) => p.pause().await,
+                (fault::FaultKind::Pause, false) => p.resume().await,
                 _ => {}
             }
         }
@@ -899,9 +909,10 @@ async fn timeline(
     active.iter_mut().for_each(|a| *a = None);
     apply(&active);
     for dep in infra.deps.iter() {
-        if let Some(p) = &dep.process {
-            p.resume();
-        }
+        dep.resume().await;
+    }
+    if let Some(p) = &infra.target_process {
+        p.resume();
     }
     // A pending restart still happens at a stage's end (the next stage needs the
     // dependency), but not when the run itself is stopping.
@@ -916,12 +927,49 @@ async fn timeline(
     let at_secs = start.elapsed().as_secs_f64();
     for (_, i) in open.drain() {
         records[i].ended_secs = Some(at_secs);
-        records[i].removed =
-            proxies.values().all(|d| !d.gate.is_faulted() && !d.process.as_ref().is_some_and(|p| p.is_paused()))
-                && infra.target_proxy.as_ref().is_none_or(|p| !p.is_faulted());
+        records[i].removed = proxies.values().all(|d| !d.gate.is_faulted() && !d.is_paused())
+            && infra.target_proxy.as_ref().is_none_or(|p| !p.is_faulted())
+            && infra.target_process.as_ref().is_none_or(|p| !p.is_paused());
         let _ = events.send(Event::Fault(records[i].clone()));
     }
     records
+}
+
+/// What a process fault acts on: a dependency stagegate started (a process or a
+/// container), or the target's process.
+enum Started<'a> {
+    Dependency(&'a Running),
+    Target(&'a ManagedProcess),
+}
+
+impl Started<'_> {
+    async fn kill(&self, signal: nix::sys::signal::Signal) {
+        match self {
+            Started::Dependency(d) => d.kill(signal).await,
+            Started::Target(p) => p.kill(signal),
+        }
+    }
+
+    async fn restart(&self) -> Result<(), String> {
+        match self {
+            Started::Dependency(d) => d.restart().await,
+            Started::Target(p) => p.restart().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn pause(&self) {
+        match self {
+            Started::Dependency(d) => d.pause().await,
+            Started::Target(p) => p.pause(),
+        }
+    }
+
+    async fn resume(&self) {
+        match self {
+            Started::Dependency(d) => d.resume().await,
+            Started::Target(p) => p.resume(),
+        }
+    }
 }
 
 /// Sets the verdict and its reasons from the assessments.

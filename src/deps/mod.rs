@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub mod container;
 pub mod process;
 
 use crate::fault::gate::{Gate, Needs};
 use crate::sut::store::KvStore;
+use container::{ContainerError, ManagedContainer};
 use process::{ManagedProcess, ProcessError};
 
 /// The builtin dependencies, by the name a scenario uses.
@@ -63,6 +65,10 @@ pub struct ContainerDef {
     pub port: u16,
     pub env: std::collections::BTreeMap<String, String>,
     pub command: Option<Vec<String>>,
+    /// An HTTP path that answers 2xx when ready; `None`: the port accepts TCP.
+    pub ready_http: Option<String>,
+    #[serde(with = "crate::report::serde_duration")]
+    pub ready_timeout: std::time::Duration,
 }
 
 /// One checked dependency.
@@ -79,10 +85,10 @@ pub enum DepError {
     Start { name: String, source: std::io::Error },
     #[error("the fault proxy for dependency `{name}` could not listen: {source}")]
     Proxy { name: String, source: std::io::Error },
-    #[error("dependency `{name}`: `{kind}` dependencies are not provisioned by this build")]
-    Unsupported { name: String, kind: &'static str },
     #[error("dependency {0}")]
     Process(#[from] ProcessError),
+    #[error("dependency {0}")]
+    Container(#[from] ContainerError),
     #[error("dependency `{name}`: cannot resolve `{address}`: {message}")]
     Address { name: String, address: String, message: String },
 }
@@ -95,6 +101,8 @@ pub struct Running {
     store: Option<KvStore>,
     /// The server stagegate started, for `process` dependencies.
     pub process: Option<ManagedProcess>,
+    /// The container stagegate started, for `container` dependencies.
+    pub container: Option<ManagedContainer>,
 }
 
 impl Running {
@@ -108,11 +116,69 @@ impl Running {
         self.gate.upstream()
     }
 
+    /// Whether stagegate started it (as a process or a container), so process faults
+    /// can act on it.
+    pub fn is_started(&self) -> bool {
+        self.process.is_some() || self.container.is_some()
+    }
+
+    /// Sends `signal` to what stagegate started (its whole process group, or the
+    /// container's main process).
+    pub async fn kill(&self, signal: nix::sys::signal::Signal) {
+        if let Some(p) = &self.process {
+            p.kill(signal);
+        }
+        if let Some(c) = &self.container {
+            c.kill(signal.as_str()).await;
+        }
+    }
+
+    /// Starts a killed dependency again and waits for it; a container that comes back
+    /// at another address gets the proxy pointed at it.
+    pub async fn restart(&self) -> Result<(), String> {
+        if let Some(p) = &self.process {
+            p.restart().await.map_err(|e| e.to_string())?;
+        }
+        if let Some(c) = &self.container {
+            let address = c.restart().await.map_err(|e| e.to_string())?;
+            self.gate.set_upstream(address);
+        }
+        Ok(())
+    }
+
+    /// Freezes it (SIGSTOP to the group, or `docker pause`).
+    pub async fn pause(&self) {
+        if let Some(p) = &self.process {
+            p.pause();
+        }
+        if let Some(c) = &self.container {
+            c.pause().await;
+        }
+    }
+
+    /// Lets a frozen dependency run again.
+    pub async fn resume(&self) {
+        if let Some(p) = &self.process {
+            p.resume();
+        }
+        if let Some(c) = &self.container {
+            c.resume().await;
+        }
+    }
+
+    /// Whether it is frozen now.
+    pub fn is_paused(&self) -> bool {
+        self.process.as_ref().is_some_and(|p| p.is_paused()) || self.container.as_ref().is_some_and(|c| c.is_paused())
+    }
+
     /// Removes every fault, stops the proxy and whatever was started.
     pub async fn stop(self) {
         self.gate.stop().await;
         if let Some(p) = &self.process {
             p.stop().await;
+        }
+        if let Some(c) = self.container {
+            c.stop().await;
         }
         if let Some(store) = self.store {
             store.stop().await;
@@ -139,7 +205,7 @@ pub async fn provision(dep: &Dependency, needs: Needs, log_dir: Option<&std::pat
                     return Err(e);
                 }
             };
-            Ok(Running { name: dep.name.clone(), gate: proxy, store: Some(store), process: None })
+            Ok(Running { name: dep.name.clone(), gate: proxy, store: Some(store), process: None, container: None })
         }
         Provision::External(address) => {
             let resolved = tokio::net::lookup_host(address.as_str()).await.ok().and_then(|mut a| a.next());
@@ -148,7 +214,13 @@ pub async fn provision(dep: &Dependency, needs: Needs, log_dir: Option<&std::pat
                 address: address.clone(),
                 message: "no address found".into(),
             })?;
-            Ok(Running { name: dep.name.clone(), gate: proxy_for(upstream).await?, store: None, process: None })
+            Ok(Running {
+                name: dep.name.clone(),
+                gate: proxy_for(upstream).await?,
+                store: None,
+                process: None,
+                container: None,
+            })
         }
         Provision::Process(def) => {
             let log = log_dir.map(|d| d.join(format!("{}.log", dep.name)));
@@ -158,14 +230,28 @@ pub async fn provision(dep: &Dependency, needs: Needs, log_dir: Option<&std::pat
             let process =
                 ManagedProcess::start(&format!("`{}`", dep.name), def, log, Default::default(), Vec::new()).await?;
             match proxy_for(process.address()).await {
-                Ok(gate) => Ok(Running { name: dep.name.clone(), gate, store: None, process: Some(process) }),
+                Ok(gate) => {
+                    Ok(Running { name: dep.name.clone(), gate, store: None, process: Some(process), container: None })
+                }
                 Err(e) => {
                     process.stop().await;
                     Err(e)
                 }
             }
         }
-        other => Err(DepError::Unsupported { name: dep.name.clone(), kind: other.kind() }),
+        Provision::Container(def) => {
+            let log = log_dir.map(|d| d.join(format!("{}.log", dep.name)));
+            let container = ManagedContainer::start(&format!("`{}`", dep.name), def, log).await?;
+            match proxy_for(container.address()).await {
+                Ok(gate) => {
+                    Ok(Running { name: dep.name.clone(), gate, store: None, process: None, container: Some(container) })
+                }
+                Err(e) => {
+                    container.stop().await;
+                    Err(e)
+                }
+            }
+        }
     }
 }
 
@@ -178,10 +264,5 @@ impl Provision {
             Provision::Process(_) => "process",
             Provision::Container(_) => "container",
         }
-    }
-
-    /// Whether this build can provision the form.
-    pub fn runnable(&self) -> bool {
-        !matches!(self, Provision::Container(_))
     }
 }

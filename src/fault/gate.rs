@@ -30,7 +30,7 @@ pub fn per_request(fault: &Fault, latency_per_request: bool) -> bool {
 pub struct Gate {
     tcp: Option<Proxy>,
     http: Option<HttpProxy>,
-    upstream: SocketAddr,
+    upstream: std::sync::Mutex<SocketAddr>,
     latency_per_request: bool,
 }
 
@@ -84,7 +84,7 @@ impl Gate {
         } else {
             None
         };
-        Ok(Gate { tcp, http, upstream, latency_per_request })
+        Ok(Gate { tcp, http, upstream: std::sync::Mutex::new(upstream), latency_per_request })
     }
 
     /// The address callers are given: the outermost proxy's, or the service's own when
@@ -93,13 +93,24 @@ impl Gate {
         match (&self.tcp, &self.http) {
             (Some(t), _) => t.addr(),
             (None, Some(h)) => h.addr(),
-            (None, None) => self.upstream,
+            (None, None) => self.upstream(),
         }
     }
 
     /// The real service's address, behind every proxy.
     pub fn upstream(&self) -> SocketAddr {
-        self.upstream
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Points the gate at a service that came back at another address (a restarted
+    /// container). Only a TCP proxy can follow; the HTTP proxy keeps its upstream.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
+        if let Some(t) = &self.tcp
+            && self.http.is_none()
+        {
+            t.set_upstream(upstream);
+        }
     }
 
     /// Whether an HTTP proxy stands in front of the service (which then speaks plain

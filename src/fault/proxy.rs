@@ -33,7 +33,8 @@ type ActiveSet = Arc<Vec<Activation>>;
 pub struct Proxy {
     name: String,
     listen: SocketAddr,
-    upstream: SocketAddr,
+    /// Where new connections go; changes when a restarted container comes back elsewhere.
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
     active: watch::Sender<ActiveSet>,
     /// Whether the port is open (a refuse fault on every connection closes it).
     listening: watch::Receiver<bool>,
@@ -67,8 +68,9 @@ impl Proxy {
         let cancel = CancellationToken::new();
         let stats = Arc::new(Stats::default());
         let (open, listening) = watch::channel(true);
-        let task = tokio::spawn(serve(listener, listen, upstream, rx, open, cancel.clone(), stats.clone()));
         debug!(proxy = name, %listen, %upstream, "fault proxy listening");
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let task = tokio::spawn(serve(listener, listen, upstream.clone(), rx, open, cancel.clone(), stats.clone()));
         Ok(Proxy { name: name.to_string(), listen, upstream, active, listening, stats, cancel, task })
     }
 
@@ -79,7 +81,12 @@ impl Proxy {
 
     /// The real dependency's address.
     pub fn upstream(&self) -> SocketAddr {
-        self.upstream
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends new connections to `upstream` from now on (open ones stay where they are).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
     }
 
     /// The dependency's name in the scenario.
@@ -125,7 +132,7 @@ fn refusing(set: &ActiveSet) -> bool {
 async fn serve(
     listener: TcpListener,
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
     mut active: watch::Receiver<ActiveSet>,
     open: watch::Sender<bool>,
     cancel: CancellationToken,
@@ -163,7 +170,8 @@ async fn serve(
                 if let Ok((client, _)) = accepted {
                     let id = stats.connections.fetch_add(1, Ordering::Relaxed);
                     let conn = Connection { id, reset: Default::default(), active: active.clone(), cancel: cancel.child_token(), stats: stats.clone() };
-                    tokio::spawn(conn.run(client, upstream));
+                    let to = *upstream.lock().unwrap_or_else(|p| p.into_inner());
+                    tokio::spawn(conn.run(client, to));
                 }
             }
         }

@@ -431,7 +431,23 @@ fn compile_dependencies(ctx: &mut Ctx, root: &Map<String, Value>) -> Vec<(String
                 ctx.error(&join_key(&at, "container.port"), "the container port must be above 0");
                 continue;
             }
-            Provision::Container(ContainerDef { image: c.image, port: c.port, env: c.env, command: c.command })
+            let ready = c.ready.unwrap_or(ReadySpec { http: None, tcp: None, timeout: None });
+            let ready_at = join_key(&at, "container.ready");
+            if ready.http.as_ref().is_some_and(|h| !h.starts_with('/')) {
+                ctx.error(&join_key(&ready_at, "http"), "not a path").hint = Some("e.g. `/health`".into());
+            }
+            if ready.http.is_some() && ready.tcp == Some(true) {
+                ctx.error(&ready_at, "give `http` or `tcp`, not both");
+            }
+            let timeout = ctx.unit(&join_key(&ready_at, "timeout"), ready.timeout.as_ref(), units::parse_duration);
+            Provision::Container(ContainerDef {
+                image: c.image,
+                port: c.port,
+                env: c.env,
+                command: c.command,
+                ready_http: ready.http,
+                ready_timeout: timeout.unwrap_or(Duration::from_secs(30)),
+            })
         } else {
             continue;
         };

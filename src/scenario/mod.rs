@@ -170,18 +170,16 @@ impl Plan {
     /// What this scenario uses that this build validates but cannot run yet.
     pub fn unsupported(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for d in &self.dependencies {
-            if !d.provision.runnable() {
-                out.push(format!("dependency `{}`: the `{}` form", d.name, d.provision.kind()));
-            }
-        }
-
         for s in &self.stages {
             for (i, f) in s.faults.iter().enumerate() {
                 let started = |d: &str| {
-                    self.dependencies
-                        .iter()
-                        .any(|x| x.name == d && matches!(x.provision, crate::deps::Provision::Process(_)))
+                    self.dependencies.iter().any(|x| {
+                        x.name == d
+                            && matches!(
+                                x.provision,
+                                crate::deps::Provision::Process(_) | crate::deps::Provision::Container(_)
+                            )
+                    })
                 };
                 let runs = match &f.at {
                     crate::fault::Place::Dependency(d) => {

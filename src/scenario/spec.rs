@@ -322,6 +322,10 @@ pub struct ContainerSpec {
     /// Overrides the image's command.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// How to tell it is ready: `http` (a path answering 2xx) or `tcp` (the port accepts
+    /// connections; the default), within `timeout` (default `30s`).
+    #[serde(default)]
+    pub ready: Option<ReadySpec>,
 }
 
 /// `flags:`.
