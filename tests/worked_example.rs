@@ -1,7 +1,9 @@
 //! The worked example (`examples/orders-service`): a Python service backed by a Redis
 //! that stagegate starts from Debian's redis-server, with faults on Redis under both
 //! flag states. The new write path duplicates orders when connections reset; the current
-//! one does not, and the run leaves no process behind.
+//! one does not, and the run leaves no process behind. Defective twins of the service
+//! (`tests/services/bad_example_app.py`: every tenth write dropped, made twice or altered)
+//! are counted exactly, and the service itself is counted clean.
 
 mod common;
 
@@ -37,4 +39,51 @@ fn the_worked_example_rolls_back_the_duplicating_path() {
         assert!(stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"), "pid {pid} outlived the run");
     }
     assert!(run.join("redis.log").exists() && run.join("target.log").exists());
+}
+
+/// Runs the example's service (or its defective twin) for one 2-second stage without
+/// faults or warm-up, so every tenth order is exactly 20 orders.
+fn one_clean_stage(command: &str) -> (std::process::Output, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let set = format!("target.process.command={command}");
+    let out = common::stagegate(&[
+        "run",
+        "-q",
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "examples/orders-service/scenario.yaml",
+        "--set",
+        &set,
+        "--set",
+        "stages=[{ name: only }]",
+        "--set",
+        "workload.duration=2s",
+        "--set",
+        "workload.warmup=0s",
+    ]);
+    let report = common::only_report(dir.path());
+    (out, report["stages"][0]["metrics"]["data"].clone())
+}
+
+#[test]
+fn defective_twins_of_the_example_are_counted_exactly_and_the_example_is_clean() {
+    let redis = r#"--port, "{{ port }}", --redis, "{{ dependencies.redis.address }}""#;
+    let (out, data) = one_clean_stage(&format!("[python3, app.py, {redis}]"));
+    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
+    assert_eq!(data["acked"], 200);
+    for count in ["lost", "duplicated", "corrupted"] {
+        assert_eq!(data[count], 0, "{count}: {data}");
+    }
+    for (bad, count) in [("drop", "lost"), ("duplicate", "duplicated"), ("alter", "corrupted")] {
+        let twin = format!("[python3, ../../tests/services/bad_example_app.py, --bad, {bad}, {redis}]");
+        let (out, data) = one_clean_stage(&twin);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {:?}", common::text(&out));
+        assert_eq!(data[count], 20, "{bad}: {data}");
+        let others: u64 = ["lost", "duplicated", "corrupted"]
+            .iter()
+            .filter(|c| **c != count)
+            .map(|c| data[*c].as_u64().unwrap())
+            .sum();
+        assert_eq!(others, 0, "{bad}: {data}");
+    }
 }

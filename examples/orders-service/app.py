@@ -19,11 +19,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--port", type=int, required=True)
-parser.add_argument("--redis", required=True)
-args = parser.parse_args()
-REDIS_HOST, REDIS_PORT = args.redis.rsplit(":", 1)
+REDIS_HOST, REDIS_PORT = "127.0.0.1", "6379"
 local = threading.local()
 
 
@@ -140,7 +136,18 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(201, json.dumps({"order_id": key}).encode())
 
 
-server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-server.daemon_threads = True
-print("orders service on", args.port, "using redis at", args.redis, flush=True)
-server.serve_forever()
+def main():
+    global REDIS_HOST, REDIS_PORT
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis", required=True)
+    args, _ = parser.parse_known_args()
+    REDIS_HOST, REDIS_PORT = args.redis.rsplit(":", 1)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    print("orders service on", args.port, "using redis at", args.redis, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
