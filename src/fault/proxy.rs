@@ -29,6 +29,9 @@ use super::{Activation, Direction, FaultKind};
 
 type ActiveSet = Arc<Vec<Activation>>;
 
+/// Bytes asked for by one read from a socket.
+const READ_BUFFER: usize = 256 * 1024;
+
 /// A running fault proxy.
 pub struct Proxy {
     name: String,
@@ -270,10 +273,12 @@ impl Connection {
     async fn pump(&self, flow_dir: Direction, mut from: OwnedReadHalf, mut to: OwnedWriteHalf, fds: [RawFd; 2]) {
         let (tx, mut rx) = mpsc::channel::<Chunk>(64);
         let reader = async {
-            let mut buf = BytesMut::with_capacity(32 * 1024);
+            // Large reads keep syscalls and hand-offs few on a busy stream; a small
+            // request still goes on at once with whatever one read returned.
+            let mut buf = BytesMut::new();
             loop {
-                if buf.capacity() < 4096 {
-                    buf.reserve(32 * 1024);
+                if buf.capacity() < READ_BUFFER / 4 {
+                    buf.reserve(READ_BUFFER);
                 }
                 let read = tokio::select! {
                     _ = self.cancel.cancelled() => return,
