@@ -55,7 +55,8 @@ pub enum Command {
         /// Folder that receives one sub-folder per run.
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
-        /// No per-second progress lines.
+        /// No per-second progress lines and no fault start/lift lines (stage results,
+        /// warnings and the summary still print).
         #[arg(long, short)]
         quiet: bool,
     },

@@ -343,6 +343,7 @@ struct StageSink<'a> {
     keys: HashMap<String, Option<Arc<str>>>,
     sent: u64,
     acked: u64,
+    rejected: u64,
     failed: u64,
     events: &'a UnboundedSender<Event>,
     stop: CancellationToken,
@@ -400,7 +401,10 @@ impl Sink for StageSink<'_> {
                 let acks = if s.offset < self.plan.workload.warmup { &mut self.warm_acks } else { &mut self.acks };
                 acks.insert(s.key.clone(), Instant::now());
             }
-            Outcome::Rejected => self.ledger.rejected(&s.key),
+            Outcome::Rejected => {
+                self.ledger.rejected(&s.key);
+                self.rejected += 1;
+            }
             Outcome::Failed => self.failed += 1,
         }
         let variant = self.keys.remove(&s.key).flatten();
@@ -413,6 +417,7 @@ impl Sink for StageSink<'_> {
             elapsed_secs: elapsed.as_secs(),
             sent: self.sent,
             acked: self.acked,
+            rejected: self.rejected,
             failed: self.failed,
         });
         if self.aborted.is_none() && self.plan.criteria.iter().any(|c| c.abort_on_fail) {
@@ -521,6 +526,7 @@ async fn run_stages(
             keys: HashMap::new(),
             sent: 0,
             acked: 0,
+            rejected: 0,
             failed: 0,
             events,
             stop: stop.clone(),

@@ -30,7 +30,7 @@ pub enum Event {
     /// The run stops early: an `abort_on_fail` criterion failed.
     Aborted { stage: String, reason: String },
     /// About once a second during a stage.
-    Progress { stage: String, elapsed_secs: u64, sent: u64, acked: u64, failed: u64 },
+    Progress { stage: String, elapsed_secs: u64, sent: u64, acked: u64, rejected: u64, failed: u64 },
     /// A fault became active or was lifted.
     Fault(FaultRecord),
     /// A stage ended, was observed and judged.

@@ -48,8 +48,11 @@ impl Reporter for TerminalReporter {
                 let state = if state.is_empty() { vec!["no flags".to_string()] } else { state };
                 let _ = writeln!(err, "stage {} `{name}` started [{}]", index + 1, state.join(", "));
             }
-            Event::Progress { stage, elapsed_secs, sent, acked, failed } if self.progress => {
-                let _ = writeln!(err, "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  failed {failed}");
+            Event::Progress { stage, elapsed_secs, sent, acked, rejected, failed } if self.progress => {
+                let _ = writeln!(
+                    err,
+                    "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  rejected {rejected}  failed {failed}"
+                );
             }
             Event::Progress { .. } => {}
             Event::Note { message } => {
@@ -58,6 +61,7 @@ impl Reporter for TerminalReporter {
             Event::Aborted { stage, reason } => {
                 let _ = writeln!(err, "stage `{stage}` aborted: {reason}");
             }
+            Event::Fault(_) if !self.progress => {}
             Event::Fault(f) => match f.ended_secs {
                 None => {
                     let _ = writeln!(err, "  fault {} at {} started at {:.1}s", f.kind, f.at, f.started_secs);
@@ -88,6 +92,17 @@ impl Reporter for TerminalReporter {
                     m.data.duplicated,
                     m.data.corrupted
                 );
+                if let Some(f) = &m.freshness {
+                    let _ = writeln!(
+                        err,
+                        "  freshness p50 {}, p99 {}, max {} over {} records (timed by {})",
+                        ms(f.p50),
+                        ms(f.p99),
+                        ms(f.max),
+                        f.records,
+                        f.observed_by
+                    );
+                }
             }
             Event::Finished(report) => {
                 drop(err);
