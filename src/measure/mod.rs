@@ -217,6 +217,7 @@ impl Recorder {
             phases,
             variants,
             recovery: self.recovery.finish(&baseline, until),
+            recovery_missing: if self.windows.is_empty() { None } else { self.recovery.missing_because(&baseline) },
             freshness: None,
         }
     }
@@ -276,6 +277,9 @@ pub struct StageMetrics {
     pub variants: BTreeMap<String, SliceMetrics>,
     /// How long after the last fault lifted errors and latency were back in band.
     pub recovery: Option<Recovery>,
+    /// Why `recovery` is null, when a stage had faults but no recovery could be measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_missing: Option<String>,
     /// From acknowledgement to first appearance in the output, when arrivals were timed.
     pub freshness: Option<crate::quality::freshness::Freshness>,
 }
@@ -305,6 +309,19 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn a_fault_from_the_start_says_why_there_is_no_recovery() {
+        let mut r = Recorder::new(ms(0), ms(3000), vec![(ms(0), ms(1000))]);
+        for i in 0..30 {
+            r.record(ms(i * 100), ms(2), Outcome::Acked, None);
+        }
+        let m = r.finish(ms(3000), &Judgement::default());
+        assert_eq!(m.recovery, None);
+        assert!(m.recovery_missing.unwrap().contains("no judged request before the first fault"));
+        let quiet = Recorder::new(ms(0), ms(3000), vec![]).finish(ms(3000), &Judgement::default());
+        assert_eq!(quiet.recovery_missing, None, "a stage without faults has nothing to explain");
     }
 
     #[test]

@@ -43,6 +43,20 @@ impl Tracker {
         }
     }
 
+    /// Why [`Tracker::finish`] gives no recovery, in words (`None` when it gives one).
+    pub fn missing_because(&self, before: &SliceMetrics) -> Option<String> {
+        if self.last_end.is_none() {
+            return Some("no fault ended before the stage did".into());
+        }
+        if before.latency.p99.is_none() {
+            return Some(
+                "no judged request before the first fault (it starts at 0s or within the warm-up), so there is no band to come back to"
+                    .into(),
+            );
+        }
+        None
+    }
+
     pub fn finish(&self, before: &SliceMetrics, until: Duration) -> Option<Recovery> {
         let last_end = self.last_end?;
         let p99 = before.latency.p99?;

@@ -146,11 +146,12 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
             (Outcome::Inconclusive, Some(why.to_string()))
         }
         None if matches!(check.metric.base, Base::RecoveryTime) => {
-            let why = match &metrics.recovery {
-                None => "no fault ended before the stage did, or no samples before the first fault",
-                Some(_) => "not back in band before the stage ended",
+            let why = match (&metrics.recovery, &metrics.recovery_missing) {
+                (None, Some(why)) => why.clone(),
+                (None, None) => "no fault ended before the stage did".to_string(),
+                (Some(_), _) => "not back in band before the stage ended".to_string(),
             };
-            (Outcome::Inconclusive, Some(why.to_string()))
+            (Outcome::Inconclusive, Some(why))
         }
         _ if samples < c.min_samples && !matches!(check.metric.base, Base::RecoveryTime) => {
             (Outcome::Inconclusive, Some(format!("{samples} samples, fewer than the {} required", c.min_samples)))
