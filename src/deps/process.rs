@@ -59,6 +59,21 @@ pub fn render(template: &str, values: &minijinja::Value) -> Result<String, Strin
     env.render_str(template, values).map_err(|e| e.to_string())
 }
 
+/// Adds what to do to a template error about a name that only some scenarios define.
+fn with_hint(message: String) -> String {
+    let hint = if message.contains("`sink` is undefined") {
+        Some("`{{ sink.url }}` exists when the target has `http.sink`")
+    } else if message.contains("`dependencies` is undefined") || message.contains("`flags` is undefined") {
+        Some("dependencies and flags are given to the target's process only, not to dependencies")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("{message} (hint: {h})"),
+        None => message,
+    }
+}
+
 /// A free loopback port (the OS picks it; it stays free until the process binds it).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -86,7 +101,10 @@ impl ManagedProcess {
         let render_all = |items: Vec<&String>| -> Result<Vec<String>, ProcessError> {
             items
                 .into_iter()
-                .map(|t| render(t, &values).map_err(|message| ProcessError::Template { name: name.into(), message }))
+                .map(|t| {
+                    render(t, &values)
+                        .map_err(|message| ProcessError::Template { name: name.into(), message: with_hint(message) })
+                })
                 .collect()
         };
         let command = render_all(def.command.iter().collect())?;
