@@ -141,7 +141,12 @@ pub async fn run(
                     .iter()
                     .map(|d| (d.name.clone(), d.real_address().to_string(), d.address().to_string()))
                     .collect(),
-                flags: infra.flags.as_ref().map(|f| f.url()).unwrap_or_default(),
+                // The OFREP endpoint serves whenever a target may read it; it is worth
+                // naming only when there are flags to read.
+                flags: match (&infra.flags, plan.flags.definitions.is_empty()) {
+                    (Some(f), false) => f.url(),
+                    _ => String::new(),
+                },
             });
             samples = run_stages(plan, &infra, &target_url, &cancel, &events, &mut report).await;
         }

@@ -38,7 +38,11 @@ impl Reporter for TerminalReporter {
                 }
             }
             Event::Provisioned { target, dependencies, flags } => {
-                let _ = writeln!(err, "  target {target}, flags {flags}");
+                if flags.is_empty() {
+                    let _ = writeln!(err, "  target {target}");
+                } else {
+                    let _ = writeln!(err, "  target {target}, flags {flags}");
+                }
                 for (name, real, proxy) in dependencies {
                     let _ = writeln!(err, "  dependency {name} at {real}, behind fault proxy {proxy}");
                 }
@@ -125,10 +129,12 @@ pub fn summary(r: &RunReport) -> String {
     }
     s.push('\n');
     let w = r.stages.iter().map(|st| st.name.len()).max().unwrap_or(0).max(16);
-    s.push_str(&format!(
-        "{:<w$} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6}\n",
-        "stage", "requests", "p50", "p99", "errors", "lost", "dup", "corrupt"
-    ));
+    if !r.stages.is_empty() {
+        s.push_str(&format!(
+            "{:<w$} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6}\n",
+            "stage", "requests", "p50", "p99", "errors", "lost", "dup", "corrupt"
+        ));
+    }
     for st in &r.stages {
         let m = &st.metrics;
         s.push_str(&format!(
