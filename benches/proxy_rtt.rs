@@ -100,6 +100,7 @@ fn main() {
         }
         let latency = FaultKind::Latency { delay: Duration::from_millis(50), jitter: Duration::ZERO };
         proxy.set_active(vec![Activation {
+            id: 0,
             index: 0,
             seed: 1,
             fault: Fault {

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::data::{Generator, Schema};
 use crate::exit;
 use crate::report::json::JsonReporter;
 use crate::report::terminal::TerminalReporter;
 use crate::report::{Event, Reporter};
+use crate::runner::Shutdown;
 use crate::scenario::{self, Diagnostics};
 
 /// Rehearse a release stage under chaos and gate on the verdict.
@@ -145,65 +145,20 @@ fn kv_store(port: u16) -> i32 {
                 return exit::RUN_BROKEN;
             }
         };
-        let cancel = CancellationToken::new();
-        tokio::spawn(watch_signals(cancel.clone()));
-        cancel.cancelled().await;
+        let stop = Shutdown::default();
+        tokio::spawn(watch_signals(stop.clone(), "stopping the store"));
+        stop.cancel.cancelled().await;
         store.stop().await;
         exit::PROMOTE
     })
 }
 
 fn cleanup(report_root: &Path) -> i32 {
-    use nix::sys::signal::{Signal, kill, killpg};
-    use nix::unistd::Pid;
-    let Ok(entries) = std::fs::read_dir(report_root) else {
-        println!("nothing to clean: no folder {}", report_root.display());
-        return exit::PROMOTE;
-    };
-    let mut stopped = 0;
-    for entry in entries.flatten() {
-        let path = entry.path().join("run.json");
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let Ok(run) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-        if run["finished"] == true {
-            continue;
-        }
-        let owner = run["stagegate_pid"].as_i64().unwrap_or(0) as i32;
-        if owner > 0 && kill(Pid::from_raw(owner), None).is_ok() {
-            println!("{}: still running (stagegate pid {owner}); left alone", entry.path().display());
-            continue;
-        }
-        for p in run["processes"].as_array().into_iter().flatten() {
-            let pgid = p["pgid"].as_i64().unwrap_or(0) as i32;
-            if pgid > 0 && killpg(Pid::from_raw(pgid), None).is_ok() {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                println!(
-                    "{}: stopped `{}` (process group {pgid})",
-                    entry.path().display(),
-                    p["name"].as_str().unwrap_or("?")
-                );
-                stopped += 1;
-            }
-        }
-        for c in run["containers"].as_array().into_iter().flatten() {
-            let id = c["id"].as_str().unwrap_or_default();
-            if !id.is_empty() && runtime().is_some_and(|rt| rt.block_on(crate::deps::container::remove(id))) {
-                println!(
-                    "{}: removed container `{}` ({})",
-                    entry.path().display(),
-                    c["name"].as_str().unwrap_or("?"),
-                    &id[..id.len().min(12)]
-                );
-                stopped += 1;
-            }
-        }
-        let mut done = run.clone();
-        done["finished"] = serde_json::Value::Bool(true);
-        done["cleaned_up"] = serde_json::Value::Bool(true);
-        let _ = std::fs::write(&path, done.to_string());
+    let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
+    let cleaned = runtime.block_on(crate::deps::cleanup::cleanup(report_root));
+    for line in cleaned.lines {
+        println!("{line}");
     }
-    println!("cleanup: {stopped} process group(s) or container(s) stopped");
     exit::PROMOTE
 }
 
@@ -211,9 +166,11 @@ fn proxy(listen: &str, config: Option<&Path>) -> i32 {
     use crate::fault::api::{ProxySpec, Registry, router};
     let specs: Vec<ProxySpec> = match config {
         None => Vec::new(),
-        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| {
-            serde_json::from_str(&t).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))
-        }) {
+        Some(path) => match crate::limits::read_bounded(path, crate::limits::PROXY_CONFIG_BYTES)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                serde_json::from_str(&t).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))
+            }) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {}: {e}", path.display());
@@ -239,22 +196,23 @@ fn proxy(listen: &str, config: Option<&Path>) -> i32 {
                 return exit::RUN_BROKEN;
             }
         }
-        let cancel = CancellationToken::new();
-        tokio::spawn(watch_signals(cancel.clone()));
-        eprintln!(
-            "stagegate proxy: control API on http://{}",
-            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
-        let shutdown = cancel.clone().cancelled_owned();
-        let served = axum::serve(listener, router(registry.clone())).with_graceful_shutdown(shutdown).await;
-        registry.stop().await;
-        match served {
-            Ok(()) => exit::PROMOTE,
+        let stop = Shutdown::default();
+        tokio::spawn(watch_signals(stop.clone(), "lifting every fault and closing every proxy"));
+        let api = match crate::server::Server::start("proxy control API", listener, router(registry.clone()), None) {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("error: the control API failed: {e}");
-                exit::RUN_BROKEN
+                registry.stop().await;
+                return exit::RUN_BROKEN;
             }
-        }
+        };
+        eprintln!("stagegate proxy: control API on http://{}", api.addr());
+        stop.cancel.cancelled().await;
+        // Faults first: nothing may go on delaying traffic while the API winds down.
+        registry.lift_all();
+        api.stop(stop.force.is_cancelled()).await;
+        registry.stop().await;
+        exit::PROMOTE
     })
 }
 
@@ -326,9 +284,6 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
                         format!("{} criteria", plan.criteria.len())
                     }
                 );
-                for u in plan.unsupported() {
-                    println!("  note: this build cannot run {u} yet; `stagegate run` will refuse it");
-                }
             }
             Err(c) => code = c,
         }
@@ -339,7 +294,7 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
 fn plan(file: &Path, args: &ScenarioArgs) -> i32 {
     match load(file, args, "no plan printed") {
         Ok(plan) => {
-            print!("{}", crate::report::plan::markdown(&plan));
+            print!("{}", plan.secrets.mask(&crate::report::plan::markdown(&plan)));
             exit::PROMOTE
         }
         Err(c) => c,
@@ -371,70 +326,135 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
         Ok(p) => p,
         Err(c) => return c,
     };
-    let unsupported = plan.unsupported();
-    if !unsupported.is_empty() {
-        for u in &unsupported {
-            eprintln!("error: {}: this build cannot run {u} yet", file.display());
+    crate::secrets::install_for_logs(&plan.secrets);
+    crate::health::raise_file_limit();
+    let (report_dir, run_id) = match run_folder(report_root, &plan.name) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: cannot create a report folder under {}: {e}", report_root.display());
+            return exit::RUN_BROKEN;
         }
-        eprintln!("{} error(s) found; nothing was run", unsupported.len());
-        return exit::INVALID_INPUT;
-    }
+    };
     let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-    let report_dir = report_root.join(format!("{}-{stamp}", plan.name));
-    runtime.block_on(async move {
-        let cancel = CancellationToken::new();
-        tokio::spawn(watch_signals(cancel.clone()));
+    let code = runtime.block_on(async move {
+        let stop = Shutdown::default();
+        tokio::spawn(watch_signals(stop.clone(), "lifting every fault and stopping (again to stop at once)"));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let runner = {
             let plan = plan.clone();
-            let dir = report_dir.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move { crate::runner::run(&plan, Some(dir), cancel, tx).await })
+            let out = crate::runner::Output { dir: Some(report_dir.clone()), run_id };
+            let stop = stop.clone();
+            tokio::spawn(async move { crate::runner::run(&plan, out, stop, tx).await })
         };
-        let mut terminal = TerminalReporter { progress: !quiet, secrets: plan.secrets.clone() };
-        let mut json = JsonReporter::new(report_dir, plan.secrets.clone());
+        let mut terminal = TerminalReporter::new(quiet, plan.secrets.clone());
+        let mut json = JsonReporter::new(report_dir.clone(), plan.secrets.clone());
+        // What the events told so far: the report, should the runner itself fail.
+        let mut partial = crate::report::RunReport::begin(&plan, Some(report_dir.clone()));
         while let Some(event) = rx.recv().await {
-            // The JSON file first, so that the summary can say it was written.
-            json.event(&event);
-            terminal.event(&event);
+            partial.follow(&event);
+            deliver(&event, &mut json, &mut terminal);
         }
         let report = match runner.await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("error: the run failed unexpectedly: {e}");
-                return exit::RUN_BROKEN;
+                // A panic in stagegate: the guard already lifted every fault and stopped
+                // every child while unwinding; the report says what was done and why.
+                let why = panic_message(e);
+                partial.error = Some(format!("stagegate itself failed: {why}"));
+                partial.interrupted = true;
+                partial.reasons = vec![format!("the run broke: stagegate itself failed: {why}")];
+                partial.finished_at = chrono::Utc::now().to_rfc3339();
+                deliver(&Event::Finished(Box::new(partial.clone())), &mut json, &mut terminal);
+                partial
             }
         };
         if let Some(Err(e)) = &json.written {
             eprintln!("error: {e}");
+            return exit::RUN_BROKEN;
         }
-        if report.error.is_some() {
-            exit::RUN_BROKEN
-        } else if report.interrupted {
-            exit::INTERRUPTED
-        } else {
-            match report.verdict {
-                Some(crate::verdict::Verdict::Promote) => exit::PROMOTE,
-                Some(crate::verdict::Verdict::Rollback) => exit::ROLLBACK,
-                Some(crate::verdict::Verdict::Inconclusive) => exit::INCONCLUSIVE,
-                None => exit::RUN_BROKEN,
-            }
-        }
-    })
+        exit_code(&report)
+    });
+    // Nothing started by the run may keep the process alive past here.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
-/// Cancels the run on Ctrl-C (SIGINT) or SIGTERM.
-async fn watch_signals(cancel: CancellationToken) {
+/// The JSON file first, so that the summary can say whether it was written.
+fn deliver(event: &Event, json: &mut JsonReporter, terminal: &mut TerminalReporter) {
+    json.event(event);
+    if matches!(event, Event::Finished(_)) {
+        terminal.written = json.written.clone();
+    }
+    terminal.event(event);
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .map_or("a panic".to_string(), |m| format!("panic: {m}")),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The exit code of a finished run.
+fn exit_code(report: &crate::report::RunReport) -> i32 {
+    if report.error.is_some() {
+        exit::RUN_BROKEN
+    } else if report.interrupted {
+        exit::INTERRUPTED
+    } else {
+        match report.verdict {
+            Some(crate::verdict::Verdict::Promote) => exit::PROMOTE,
+            Some(crate::verdict::Verdict::Rollback) => exit::ROLLBACK,
+            Some(crate::verdict::Verdict::Inconclusive) => exit::INCONCLUSIVE,
+            None => exit::RUN_BROKEN,
+        }
+    }
+}
+
+/// A new folder for one run under `root`, and the run's id (the folder's name):
+/// `NAME-TIME`, with `-2`, `-3`... when another run took that name in the same
+/// millisecond. Creating it is atomic, so two runs never share one.
+fn run_folder(root: &Path, name: &str) -> std::io::Result<(PathBuf, String)> {
+    std::fs::create_dir_all(root)?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    for n in 1..10_000 {
+        let id = if n == 1 { format!("{name}-{stamp}") } else { format!("{name}-{stamp}-{n}") };
+        let dir = root.join(&id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((dir, id)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free folder name"))
+}
+
+/// The first Ctrl-C (SIGINT) or SIGTERM stops the run in order (`doing` says what
+/// happens); a second one stops it at once, faults still lifted and children stopped.
+async fn watch_signals(stop: Shutdown, doing: &'static str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return;
     };
-    let name = tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    };
-    // Not `eprintln!`: a closed stderr must not keep the run from stopping.
-    let _ = writeln!(std::io::stderr(), "stagegate: {name} received; lifting every fault and stopping");
-    cancel.cancel();
+    let mut received = 0;
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        received += 1;
+        // Not `eprintln!`: a closed stderr must not keep the run from stopping.
+        if received == 1 {
+            let _ = writeln!(std::io::stderr(), "stagegate: {name} received; {doing}");
+            stop.cancel.cancel();
+        } else {
+            let _ = writeln!(std::io::stderr(), "stagegate: {name} received again; stopping now");
+            stop.cancel.cancel();
+            stop.force.cancel();
+        }
+    }
 }

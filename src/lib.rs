@@ -16,7 +16,12 @@
 //! 5. [`report`] turns the runner's events into the terminal summary and a JSON file;
 //!    [`exit`] maps the outcome to the process exit code.
 //!
-//! Teardown (faults lifted, everything stopped) happens on every path, Ctrl-C included.
+//! Whatever a run starts is adopted by its [`teardown`] guard before it starts and
+//! written into `run.json` ([`deps::runfile`]); faults are lifted and everything is
+//! stopped on every path, Ctrl-C, stagegate's own failures ([`health`]) and panics
+//! included. Every bound on outside input lives in [`limits`]; secrets are masked in
+//! everything written ([`secrets`]); every server stagegate runs stops within a
+//! deadline ([`server`]).
 
 pub mod cli;
 pub mod data;
@@ -24,12 +29,17 @@ pub mod deps;
 pub mod exit;
 pub mod fault;
 pub mod flags;
+pub mod health;
+pub mod limits;
 pub mod measure;
 pub mod quality;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod secrets;
 pub mod seed;
+pub mod server;
 pub mod sut;
+pub mod teardown;
 pub mod verdict;
 pub mod workload;

@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     let cli = stagegate::cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(stagegate::secrets::LogWriter)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STAGEGATE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

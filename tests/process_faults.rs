@@ -144,5 +144,5 @@ fn cleanup_stops_what_a_killed_run_left_behind() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!alive(pid), "cleanup left the store (pid {pid}) running");
     let again = common::stagegate(&["cleanup", "--report-dir", dir.path().to_str().unwrap()]);
-    assert!(common::text(&again).0.contains("0 process group(s) or container(s) stopped"));
+    assert!(common::text(&again).0.contains("cleanup: 0 process group(s), process(es) or container(s) stopped"));
 }

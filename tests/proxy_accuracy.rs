@@ -28,6 +28,7 @@ async fn echo_server() -> SocketAddr {
 fn fault(kind: FaultKind, direction: Direction) -> Activation {
     Activation {
         index: 0,
+        id: 0,
         seed: 1234,
         fault: Fault {
             kind,

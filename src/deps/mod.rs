@@ -3,19 +3,31 @@
 //!
 //! [`Dependency`] is one checked entry of the scenario's `dependencies:` map.
 //! [`provision`] starts what needs starting and a [`Gate`] of fault proxies in front
-//! of it; the system under test is only ever given the outer proxy's address. [`Running::stop`] undoes both, and the runner calls it on every exit path.
+//! of it, each adopted by the run's teardown guard before it starts; the system under
+//! test is only ever given the outer proxy's address. [`runfile`] keeps `run.json`,
+//! [`cleanup`] reads it back after a run was killed outright.
 
 use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub mod cleanup;
 pub mod container;
 pub mod process;
+pub mod runfile;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::fault::gate::{Gate, Needs};
+use crate::fault::timeline::Controllable;
+use crate::health::Trouble;
 use crate::sut::store::KvStore;
+use crate::teardown::Guard;
 use container::{ContainerError, ManagedContainer};
 use process::{ManagedProcess, ProcessError};
+use runfile::RunFile;
 
 /// The builtin dependencies, by the name a scenario uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,18 +103,30 @@ pub enum DepError {
     Container(#[from] ContainerError),
     #[error("dependency `{name}`: cannot resolve `{address}`: {message}")]
     Address { name: String, address: String, message: String },
+    #[error("interrupted while dependency `{name}` was starting")]
+    Cancelled { name: String },
+}
+
+/// What serves a dependency.
+pub enum Server {
+    /// The builtin store, inside stagegate.
+    Builtin(Arc<KvStore>),
+    /// Already serving; nothing to start or stop.
+    External,
+    /// A process stagegate started.
+    Process(Arc<ManagedProcess>),
+    /// A container stagegate started.
+    Container(Arc<ManagedContainer>),
 }
 
 /// A provisioned dependency with its fault proxy.
 pub struct Running {
     pub name: String,
     /// The fault proxies in front of it.
-    pub gate: Gate,
-    store: Option<KvStore>,
-    /// The server stagegate started, for `process` dependencies.
-    pub process: Option<ManagedProcess>,
-    /// The container stagegate started, for `container` dependencies.
-    pub container: Option<ManagedContainer>,
+    pub gate: Arc<Gate>,
+    pub server: Server,
+    /// Its form (`builtin: kv-store`, ...), as the scenario gave it.
+    pub provision: Provision,
 }
 
 impl Running {
@@ -119,140 +143,146 @@ impl Running {
     /// Whether stagegate started it (as a process or a container), so process faults
     /// can act on it.
     pub fn is_started(&self) -> bool {
-        self.process.is_some() || self.container.is_some()
+        matches!(self.server, Server::Process(_) | Server::Container(_))
     }
+}
 
-    /// Sends `signal` to what stagegate started (its whole process group, or the
-    /// container's main process).
-    pub async fn kill(&self, signal: nix::sys::signal::Signal) {
-        if let Some(p) = &self.process {
-            p.kill(signal);
-        }
-        if let Some(c) = &self.container {
-            c.kill(signal.as_str()).await;
+#[async_trait::async_trait]
+impl Controllable for Running {
+    async fn kill(&self, signal: nix::sys::signal::Signal) {
+        match &self.server {
+            Server::Process(p) => p.kill(signal),
+            Server::Container(c) => c.kill(signal.as_str()).await,
+            Server::Builtin(_) | Server::External => {}
         }
     }
 
     /// Starts a killed dependency again and waits for it; a container that comes back
     /// at another address gets the proxy pointed at it.
-    pub async fn restart(&self) -> Result<(), String> {
-        if let Some(p) = &self.process {
-            p.restart().await.map_err(|e| e.to_string())?;
-        }
-        if let Some(c) = &self.container {
-            let address = c.restart().await.map_err(|e| e.to_string())?;
-            self.gate.set_upstream(address);
-        }
-        Ok(())
-    }
-
-    /// Freezes it (SIGSTOP to the group, or `docker pause`).
-    pub async fn pause(&self) {
-        if let Some(p) = &self.process {
-            p.pause();
-        }
-        if let Some(c) = &self.container {
-            c.pause().await;
+    async fn restart(&self, cancel: &CancellationToken) -> Result<(), String> {
+        match &self.server {
+            Server::Process(p) => p.restart(cancel).await.map_err(|e| e.to_string()),
+            Server::Container(c) => {
+                let address = c.restart(cancel).await.map_err(|e| e.to_string())?;
+                self.gate.set_upstream(address);
+                Ok(())
+            }
+            Server::Builtin(_) | Server::External => Ok(()),
         }
     }
 
-    /// Lets a frozen dependency run again.
-    pub async fn resume(&self) {
-        if let Some(p) = &self.process {
-            p.resume();
-        }
-        if let Some(c) = &self.container {
-            c.resume().await;
+    async fn pause(&self) {
+        match &self.server {
+            Server::Process(p) => p.pause(),
+            Server::Container(c) => c.pause().await,
+            Server::Builtin(_) | Server::External => {}
         }
     }
 
-    /// Whether it is frozen now.
-    pub fn is_paused(&self) -> bool {
-        self.process.as_ref().is_some_and(|p| p.is_paused()) || self.container.as_ref().is_some_and(|c| c.is_paused())
+    async fn resume(&self) {
+        match &self.server {
+            Server::Process(p) => p.resume(),
+            Server::Container(c) => c.resume().await,
+            Server::Builtin(_) | Server::External => {}
+        }
     }
 
-    /// Removes every fault, stops the proxy and whatever was started.
-    pub async fn stop(self) {
-        self.gate.stop().await;
-        if let Some(p) = &self.process {
-            p.stop().await;
-        }
-        if let Some(c) = self.container {
-            c.stop().await;
-        }
-        if let Some(store) = self.store {
-            store.stop().await;
+    fn is_paused(&self) -> bool {
+        match &self.server {
+            Server::Process(p) => p.is_paused(),
+            Server::Container(c) => c.is_paused(),
+            Server::Builtin(_) | Server::External => false,
         }
     }
 }
 
-/// Starts `dep` (its output logged under `log_dir`) and the fault proxies `needs` asks
-/// for in front of it (always a TCP proxy; an HTTP one too for request faults).
-pub async fn provision(dep: &Dependency, needs: Needs, log_dir: Option<&std::path::Path>) -> Result<Running, DepError> {
+#[async_trait::async_trait]
+impl Controllable for ManagedProcess {
+    async fn kill(&self, signal: nix::sys::signal::Signal) {
+        ManagedProcess::kill(self, signal);
+    }
+
+    async fn restart(&self, cancel: &CancellationToken) -> Result<(), String> {
+        ManagedProcess::restart(self, cancel).await.map_err(|e| e.to_string())
+    }
+
+    async fn pause(&self) {
+        ManagedProcess::pause(self);
+    }
+
+    async fn resume(&self) {
+        ManagedProcess::resume(self);
+    }
+
+    fn is_paused(&self) -> bool {
+        ManagedProcess::is_paused(self)
+    }
+}
+
+/// What provisioning needs from the run: its guard (everything is adopted there before
+/// it starts), its record, where logs go, its cancellation and its trouble channel.
+pub struct Provisioning<'a> {
+    pub guard: &'a Guard,
+    pub run: Arc<RunFile>,
+    pub log_dir: Option<&'a std::path::Path>,
+    pub cancel: &'a CancellationToken,
+    pub trouble: &'a Trouble,
+}
+
+/// Starts `dep` and the fault proxies `needs` asks for in front of it (always a TCP
+/// proxy; an HTTP one too for request faults), each adopted by the guard first.
+pub async fn provision(dep: &Dependency, needs: Needs, with: &Provisioning<'_>) -> Result<Running, DepError> {
     let needs = Needs { tcp: true, ..needs };
-    let proxy_for = |upstream: SocketAddr| async move {
-        Gate::start(&dep.name, upstream, None, needs, false)
-            .await
-            .map_err(|source| DepError::Proxy { name: dep.name.clone(), source })
-    };
-    match &dep.provision {
+    let name = dep.name.clone();
+    let log = with.log_dir.map(|d| d.join(format!("{name}.log")));
+    let (server, upstream) = match &dep.provision {
         Provision::Builtin(BuiltinDependency::KvStore) => {
-            let store = KvStore::start().await.map_err(|source| DepError::Start { name: dep.name.clone(), source })?;
-            let proxy = match proxy_for(store.addr()).await {
-                Ok(p) => p,
-                Err(e) => {
-                    store.stop().await;
-                    return Err(e);
-                }
-            };
-            Ok(Running { name: dep.name.clone(), gate: proxy, store: Some(store), process: None, container: None })
+            let store = KvStore::start().await.map_err(|source| DepError::Start { name: name.clone(), source })?;
+            let store = with.guard.adopt(Arc::new(store));
+            let addr = store.addr();
+            (Server::Builtin(store), addr)
         }
         Provision::External(address) => {
-            let resolved = tokio::net::lookup_host(address.as_str()).await.ok().and_then(|mut a| a.next());
-            let upstream = resolved.ok_or_else(|| DepError::Address {
-                name: dep.name.clone(),
+            let lookup =
+                tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::lookup_host(address.as_str()));
+            let resolved = tokio::select! {
+                _ = with.cancel.cancelled() => return Err(DepError::Cancelled { name }),
+                r = lookup => r,
+            };
+            let upstream = match resolved {
+                Ok(Ok(mut found)) => found.next(),
+                _ => None,
+            };
+            let upstream = upstream.ok_or_else(|| DepError::Address {
+                name: name.clone(),
                 address: address.clone(),
                 message: "no address found".into(),
             })?;
-            Ok(Running {
-                name: dep.name.clone(),
-                gate: proxy_for(upstream).await?,
-                store: None,
-                process: None,
-                container: None,
-            })
+            (Server::External, upstream)
         }
         Provision::Process(def) => {
-            let log = log_dir.map(|d| d.join(format!("{}.log", dep.name)));
-            if let Some(d) = log_dir {
-                let _ = std::fs::create_dir_all(d);
-            }
+            let label = format!("`{name}`");
             let process =
-                ManagedProcess::start(&format!("`{}`", dep.name), def, log, Default::default(), Vec::new()).await?;
-            match proxy_for(process.address()).await {
-                Ok(gate) => {
-                    Ok(Running { name: dep.name.clone(), gate, store: None, process: Some(process), container: None })
-                }
-                Err(e) => {
-                    process.stop().await;
-                    Err(e)
-                }
-            }
+                ManagedProcess::new(&label, &name, def, log, Default::default(), Vec::new(), with.run.clone())?;
+            let process = with.guard.adopt(Arc::new(process));
+            process.start(with.cancel).await?;
+            let addr = process.address();
+            (Server::Process(process), addr)
         }
         Provision::Container(def) => {
-            let log = log_dir.map(|d| d.join(format!("{}.log", dep.name)));
-            let container = ManagedContainer::start(&format!("`{}`", dep.name), def, log).await?;
-            match proxy_for(container.address()).await {
-                Ok(gate) => {
-                    Ok(Running { name: dep.name.clone(), gate, store: None, process: None, container: Some(container) })
-                }
-                Err(e) => {
-                    container.stop().await;
-                    Err(e)
-                }
-            }
+            let label = format!("`{name}`");
+            let container =
+                with.guard.adopt(Arc::new(ManagedContainer::new(&label, &name, def, log, with.run.clone())));
+            container.start(with.cancel).await?;
+            let addr = container.address();
+            (Server::Container(container), addr)
         }
-    }
+    };
+    let gate = Gate::start(&name, upstream, None, needs, false, Some(with.trouble.clone()))
+        .await
+        .map_err(|source| DepError::Proxy { name: name.clone(), source })?;
+    let gate = with.guard.adopt(Arc::new(gate));
+    Ok(Running { name, gate, server, provision: dep.provision.clone() })
 }
 
 impl Provision {

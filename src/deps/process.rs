@@ -1,25 +1,34 @@
-//! Processes stagegate starts and stops: a dependency's server (and, later, the target).
+//! Processes stagegate starts and stops: a dependency's server, or the target.
 //!
 //! A [`ManagedProcess`] runs its command in its own process group on a free loopback
 //! port (`{{ port }}` in the command and environment), logs its output to a file in the
 //! run's report folder, and is ready when its port accepts connections (or an HTTP path
-//! answers 2xx). Process faults act on the whole group: `kill` sends a signal and may
-//! restart the process; `pause` stops it (SIGSTOP) until `resume`. [`ManagedProcess::stop`]
-//! resumes, sends SIGTERM, and SIGKILL after a grace period; dropping one kills it.
+//! answers 2xx). It is written into `run.json` before it is spawned and again with its
+//! pid once it is, and it carries the run's marker in its environment, so `cleanup` can
+//! always find it. Every wait (readiness, a restart) has a deadline and gives way to the
+//! run's cancellation.
+//!
+//! Process faults act on the whole group: `kill` sends a signal and may restart the
+//! process; `pause` stops it (SIGSTOP) until `resume`. Stopping resumes the group, sends
+//! SIGTERM, waits for every member of the group (not only its leader) up to the grace
+//! period, then sends SIGKILL to whatever is left. Dropping one kills its group.
+//!
+//! Not here: the fault timeline that decides when to kill or pause (`fault::timeline`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::ProcessDef;
-
-/// How long a stopped process gets between SIGTERM and SIGKILL.
-const GRACE: Duration = Duration::from_secs(5);
+use super::runfile::{MARKER, RunFile};
+use crate::limits::PROCESS_GRACE;
 
 /// Why a process could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +41,20 @@ pub enum ProcessError {
     Exited { name: String, status: String, log: String },
     #[error("{name} was not ready within {}{}", crate::scenario::units::format_duration(*.timeout), tail(.log))]
     NotReady { name: String, timeout: Duration, log: String },
+    #[error("interrupted while {name} was starting")]
+    Cancelled { name: String },
 }
 
 fn tail(log: &str) -> String {
     if log.trim().is_empty() { String::new() } else { format!("; its last output:\n{log}") }
 }
 
-/// A running process stagegate manages.
+/// A process stagegate manages (started or not yet).
 pub struct ManagedProcess {
-    name: String,
+    /// How messages name it (`the target`, `` `store` ``).
+    label: String,
+    /// Its entry in `run.json` (`target`, or the dependency's name).
+    entry: String,
     def: ProcessDef,
     command: Vec<String>,
     env: Vec<(String, String)>,
@@ -48,6 +62,7 @@ pub struct ManagedProcess {
     extra_env: Mutex<Vec<(String, String)>>,
     port: u16,
     log: Option<PathBuf>,
+    run: Arc<RunFile>,
     child: Mutex<Option<Child>>,
     pid: Mutex<Option<u32>>,
     paused: Mutex<bool>,
@@ -79,19 +94,78 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Waits until `check` says ready, `exited` says the process is gone, the deadline
+/// passes, or `cancel` fires; polls every 50 ms. Shared by processes and containers.
+pub async fn wait_until_ready<C, F>(
+    timeout: Duration,
+    cancel: &CancellationToken,
+    mut exited: impl FnMut() -> Option<String>,
+    mut check: C,
+) -> Readiness
+where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = exited() {
+            return Readiness::Exited(status);
+        }
+        let ready = tokio::select! {
+            _ = cancel.cancelled() => return Readiness::Cancelled,
+            r = tokio::time::timeout(Duration::from_millis(500), check()) => r.unwrap_or(false),
+        };
+        if ready {
+            return Readiness::Ready;
+        }
+        if Instant::now() >= deadline {
+            return Readiness::TimedOut;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Readiness::Cancelled,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// How a wait for readiness ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    Exited(String),
+    TimedOut,
+    Cancelled,
+}
+
+/// Whether `address` answers: an HTTP GET of `path` with a 2xx, or a TCP connection.
+pub async fn answers(client: &reqwest::Client, address: SocketAddr, http_path: Option<&str>) -> bool {
+    match http_path {
+        Some(path) => client
+            .get(format!("http://{address}{path}"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success()),
+        None => tokio::net::TcpStream::connect(address).await.is_ok(),
+    }
+}
+
 impl ManagedProcess {
-    /// Starts `def` as `name`, logging to `log` (if given), and waits until it is ready.
-    /// Templates see `port` and whatever `context` holds (`dependencies`, `flags`);
-    /// `extra_env` is added to the process's environment.
-    pub async fn start(
-        name: &str,
+    /// Prepares `def` as `label` (its `run.json` entry named `entry`), logging to `log`:
+    /// picks its port and renders its command. Templates see `port` and whatever
+    /// `context` holds (`dependencies`, `flags`, `sink`); `extra_env` is added to its
+    /// environment. Nothing runs until [`ManagedProcess::start`].
+    pub fn new(
+        label: &str,
+        entry: &str,
         def: &ProcessDef,
         log: Option<PathBuf>,
         context: serde_json::Map<String, serde_json::Value>,
         extra_env: Vec<(String, String)>,
+        run: Arc<RunFile>,
     ) -> Result<ManagedProcess, ProcessError> {
         let port = free_port().map_err(|source| ProcessError::Spawn {
-            name: name.into(),
+            name: label.into(),
             program: def.command[0].clone(),
             source,
         })?;
@@ -103,111 +177,95 @@ impl ManagedProcess {
                 .into_iter()
                 .map(|t| {
                     render(t, &values)
-                        .map_err(|message| ProcessError::Template { name: name.into(), message: with_hint(message) })
+                        .map_err(|message| ProcessError::Template { name: label.into(), message: with_hint(message) })
                 })
                 .collect()
         };
         let command = render_all(def.command.iter().collect())?;
         let env_values = render_all(def.env.values().collect())?;
         let env = def.env.keys().cloned().zip(env_values).collect();
-        let p = ManagedProcess {
-            name: name.to_string(),
+        Ok(ManagedProcess {
+            label: label.to_string(),
+            entry: entry.to_string(),
             def: def.clone(),
             command,
             env,
             extra_env: Mutex::new(extra_env),
             port,
             log,
+            run,
             child: Mutex::new(None),
             pid: Mutex::new(None),
             paused: Mutex::new(false),
-        };
-        p.spawn()?;
-        p.wait_ready().await?;
-        Ok(p)
+        })
+    }
+
+    /// Spawns the process and waits until it is ready, its ready timeout passes, or
+    /// `cancel` fires.
+    pub async fn start(&self, cancel: &CancellationToken) -> Result<(), ProcessError> {
+        self.spawn()?;
+        self.wait_ready(cancel).await
     }
 
     fn spawn(&self) -> Result<(), ProcessError> {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .envs(self.env.iter().cloned())
-            .envs(self.extra_env.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned())
+            .envs(lock(&self.extra_env).iter().cloned())
+            .env(MARKER, self.run.run_id())
             .current_dir(&self.def.cwd)
             .kill_on_drop(true)
             .process_group(0);
         cmd.stdin(std::process::Stdio::null());
-        match &self.log {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                let open = || std::fs::OpenOptions::new().create(true).append(true).open(path);
-                match (open(), open()) {
-                    (Ok(out), Ok(err)) => {
-                        cmd.stdout(out).stderr(err);
-                    }
-                    _ => {
-                        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-                    }
-                }
-            }
-            None => {
-                cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-            }
-        }
+        let (out, err) = log_files(self.log.as_deref());
+        cmd.stdout(out).stderr(err);
+        // Written down before it exists: a SIGKILL between spawn and the next write still
+        // leaves its marker for `cleanup` to find.
+        self.run.process_starting(&self.entry);
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
-            name: self.name.clone(),
+            name: self.label.clone(),
             program: self.command[0].clone(),
             source,
         })?;
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = child.id();
-        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        let pid = child.id();
+        if let Some(pid) = pid {
+            self.run.process_started(&self.entry, pid);
+        }
+        *lock(&self.pid) = pid;
+        *lock(&self.child) = Some(child);
         Ok(())
     }
 
     /// The last lines of the process's log.
     fn log_tail(&self) -> String {
         let Some(path) = &self.log else { return String::new() };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let text = crate::limits::read_bounded(path, 16 * 1024 * 1024).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
-    async fn wait_ready(&self) -> Result<(), ProcessError> {
-        let deadline = tokio::time::Instant::now() + self.def.ready_timeout;
+    async fn wait_ready(&self, cancel: &CancellationToken) -> Result<(), ProcessError> {
         let client = reqwest::Client::new();
-        loop {
-            let exited = {
-                let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-                child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-            };
-            if let Some(status) = exited {
-                return Err(ProcessError::Exited {
-                    name: self.name.clone(),
-                    status: status.to_string(),
-                    log: self.log_tail(),
-                });
+        let address = self.address();
+        let path = self.def.ready_http.clone();
+        let readiness = wait_until_ready(
+            self.def.ready_timeout,
+            cancel,
+            || self.exited(),
+            || answers(&client, address, path.as_deref()),
+        )
+        .await;
+        match readiness {
+            Readiness::Ready => Ok(()),
+            Readiness::Exited(status) => {
+                Err(ProcessError::Exited { name: self.label.clone(), status, log: self.log_tail() })
             }
-            let ready = match &self.def.ready_http {
-                Some(path) => client
-                    .get(format!("http://127.0.0.1:{}{path}", self.port))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
-                None => tokio::net::TcpStream::connect(self.address()).await.is_ok(),
-            };
-            if ready {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProcessError::NotReady {
-                    name: self.name.clone(),
-                    timeout: self.def.ready_timeout,
-                    log: self.log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Readiness::TimedOut => Err(ProcessError::NotReady {
+                name: self.label.clone(),
+                timeout: self.def.ready_timeout,
+                log: self.log_tail(),
+            }),
+            Readiness::Cancelled => Err(ProcessError::Cancelled { name: self.label.clone() }),
         }
     }
 
@@ -218,7 +276,7 @@ impl ManagedProcess {
 
     /// Whether the process has exited (it crashed, or a fault killed it); its status.
     pub fn exited(&self) -> Option<String> {
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut child = lock(&self.child);
         child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|s| s.to_string())
     }
 
@@ -229,7 +287,7 @@ impl ManagedProcess {
 
     /// The process group id (the process's pid), while it runs.
     pub fn pid(&self) -> Option<u32> {
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.pid)
     }
 
     fn signal(&self, signal: Signal) {
@@ -240,38 +298,43 @@ impl ManagedProcess {
 
     /// Sends `signal` to the process group (a `kill` fault).
     pub fn kill(&self, signal: Signal) {
-        if *self.paused.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *lock(&self.paused) {
             self.signal(Signal::SIGCONT);
         }
         self.signal(signal);
     }
 
-    /// Starts the process again on the same port (after a `kill` with `restart_after`).
-    pub async fn restart(&self) -> Result<(), ProcessError> {
-        self.reap().await;
+    /// Starts the process again on the same port (after a `kill` with `restart_after`),
+    /// stopping what is left of the old group first.
+    pub async fn restart(&self, cancel: &CancellationToken) -> Result<(), ProcessError> {
+        self.stop_group(false).await;
         self.spawn()?;
-        self.wait_ready().await
+        self.wait_ready(cancel).await
     }
 
     /// Stops the process and starts it again on the same port with `extra_env` in place
     /// of the one it had, waiting until it is ready (the `env` flag provider, between
     /// stages whose flags differ).
-    pub async fn restart_with(&self, extra_env: Vec<(String, String)>) -> Result<(), ProcessError> {
-        self.stop().await;
-        *self.extra_env.lock().unwrap_or_else(|p| p.into_inner()) = extra_env;
+    pub async fn restart_with(
+        &self,
+        extra_env: Vec<(String, String)>,
+        cancel: &CancellationToken,
+    ) -> Result<(), ProcessError> {
+        self.stop_group(false).await;
+        *lock(&self.extra_env) = extra_env;
         self.spawn()?;
-        self.wait_ready().await
+        self.wait_ready(cancel).await
     }
 
     /// Freezes the process group (a `pause` fault).
     pub fn pause(&self) {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.paused) = true;
         self.signal(Signal::SIGSTOP);
     }
 
     /// Lets a paused process group run again.
     pub fn resume(&self) {
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut paused = lock(&self.paused);
         if *paused {
             self.signal(Signal::SIGCONT);
             *paused = false;
@@ -280,38 +343,172 @@ impl ManagedProcess {
 
     /// Whether the process is paused now.
     pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.paused)
     }
 
-    /// Waits for an exited process, so it leaves no zombie.
-    async fn reap(&self) {
-        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+    /// Resumes the group, asks it to stop (SIGTERM), waits for every member up to the
+    /// grace period (none when `forced`), then kills whatever is left (SIGKILL).
+    async fn stop_group(&self, forced: bool) {
+        let Some(pid) = self.pid() else { return };
+        *lock(&self.paused) = false;
+        end_group(pid as i32, if forced { Duration::ZERO } else { PROCESS_GRACE }, || self.reap_if_exited()).await;
+        let child = lock(&self.child).take();
         if let Some(mut c) = child {
-            let _ = tokio::time::timeout(GRACE, c.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.wait()).await;
+        }
+        *lock(&self.pid) = None;
+        self.run.process_stopped(&self.entry);
+    }
+
+    fn reap_if_exited(&self) {
+        if let Some(c) = lock(&self.child).as_mut() {
+            let _ = c.try_wait();
         }
     }
 
-    /// Resumes, asks the group to stop (SIGTERM), and kills it after the grace period.
-    pub async fn stop(&self) {
-        self.resume();
-        self.signal(Signal::SIGTERM);
-        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut c) = child
-            && tokio::time::timeout(GRACE, c.wait()).await.is_err()
-        {
+    /// Stops the process group now, without waiting (the panic path).
+    fn kill_now(&self) {
+        if self.pid().is_some() {
+            self.signal(Signal::SIGCONT);
             self.signal(Signal::SIGKILL);
-            let _ = c.wait().await;
+            if let Some(c) = lock(&self.child).as_mut() {
+                let _ = c.start_kill();
+                let _ = c.try_wait();
+            }
+            *lock(&self.pid) = None;
+            self.run.process_stopped(&self.entry);
         }
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::teardown::Resource for ManagedProcess {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    fn lift(&self) {
+        self.resume();
+    }
+
+    async fn stop(&self, forced: bool) {
+        self.stop_group(forced).await;
+    }
+
+    fn stop_now(&self) {
+        self.kill_now();
     }
 }
 
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
         // A panic or an early return must not leave the group running or frozen.
-        if self.pid().is_some() {
-            self.signal(Signal::SIGCONT);
-            self.signal(Signal::SIGKILL);
+        self.kill_now();
+    }
+}
+
+/// Ends process group `pgid`: resumes it, asks it to stop (SIGTERM), waits for every
+/// live member up to `grace` (calling `reap` meanwhile, so an exited leader is not
+/// counted), then kills whatever is left (SIGKILL), members that ignore SIGTERM included.
+pub async fn end_group(pgid: i32, grace: Duration, mut reap: impl FnMut()) {
+    let group = Pid::from_raw(pgid);
+    let _ = killpg(group, Signal::SIGCONT);
+    if !grace.is_zero() {
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && group_alive(pgid) {
+            reap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    // SIGKILL is delivered asynchronously: wait (briefly) until the group is gone.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline && group_alive(pgid) {
+        reap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether any live (not zombie) process is in process group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok())).any(|pid| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        group == Some(pgid) && state != Some("Z")
+    })
+}
+
+/// Stdout and stderr of a started process: its log file (appended), or nothing.
+pub fn log_files(log: Option<&std::path::Path>) -> (std::process::Stdio, std::process::Stdio) {
+    let Some(path) = log else { return (std::process::Stdio::null(), std::process::Stdio::null()) };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let open = || std::fs::OpenOptions::new().create(true).append(true).open(path);
+    match (open(), open()) {
+        (Ok(out), Ok(err)) => (out.into(), err.into()),
+        _ => (std::process::Stdio::null(), std::process::Stdio::null()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(command: &[&str]) -> ProcessDef {
+        ProcessDef {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: Default::default(),
+            cwd: PathBuf::from("."),
+            ready_http: None,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn detached() -> Arc<RunFile> {
+        RunFile::detached("t")
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_readiness_gives_way_to_cancellation() {
+        let sleeper = def(&["sleep", "30"]);
+        let p = ManagedProcess::new("the target", "target", &sleeper, None, Default::default(), vec![], detached())
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let started = std::time::Instant::now();
+        let err = p.start(&cancel).await.unwrap_err();
+        assert!(matches!(err, ProcessError::Cancelled { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid = p.pid().unwrap() as i32;
+        p.stop_group(false).await;
+        assert!(!group_alive(pid));
+    }
+
+    #[tokio::test]
+    async fn stopping_kills_a_group_member_that_ignores_sigterm() {
+        // The leader exits on SIGTERM; its child ignores SIGTERM and would live on.
+        let script = "(trap '' TERM; exec sleep 60) & exec python3 -m http.server {{ port }} --bind 127.0.0.1";
+        let mut d = def(&["sh", "-c", script]);
+        d.ready_timeout = Duration::from_secs(20);
+        let p = ManagedProcess::new("the target", "target", &d, None, Default::default(), vec![], detached()).unwrap();
+        p.start(&CancellationToken::new()).await.unwrap();
+        let pgid = p.pid().unwrap() as i32;
+        assert!(group_alive(pgid));
+        p.stop_group(false).await;
+        assert!(!group_alive(pgid), "a member of the target's group outlived its stop");
     }
 }

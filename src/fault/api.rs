@@ -134,6 +134,7 @@ fn apply(entry: &Entry) {
         .enumerate()
         .filter_map(|(i, t)| to_fault(t).ok().map(|fault| (i, fault)))
         .map(|(i, fault)| Activation {
+            id: entry.generation << 16 | i as u64,
             index: i,
             fault,
             seed: crate::seed::derive(entry.generation, &entry.upstream, i as u64),
@@ -148,7 +149,7 @@ fn apply(entry: &Entry) {
             direction: Direction::Both,
             predicate: None,
         };
-        active.push(Activation { index: usize::MAX, fault, seed: 0 });
+        active.push(Activation { index: usize::MAX, id: u64::MAX, fault, seed: 0 });
     }
     entry.proxy.set_active(active);
 }
@@ -183,7 +184,7 @@ impl Registry {
         }
         let upstream = resolve(&spec.upstream).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let listen = resolve(&spec.listen).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-        let proxy = Proxy::start_at(&spec.name, listen, upstream)
+        let proxy = Proxy::start_at(&spec.name, listen, upstream, None)
             .await
             .map_err(|e| error(StatusCode::CONFLICT, format!("cannot listen on {listen}: {e}")))?;
         let entry = Entry { proxy, upstream: spec.upstream, enabled: spec.enabled, toxics: Vec::new(), generation: 0 };
@@ -202,6 +203,21 @@ impl Registry {
             e.generation += 1;
             apply(e);
             e.proxy.settled().await;
+        }
+    }
+
+    /// Lifts every toxic of every proxy at once (the first thing a stop does), without
+    /// waiting for a request that holds the registry.
+    pub fn lift_all(&self) {
+        let lifted = match self.proxies.try_lock() {
+            Ok(proxies) => {
+                proxies.values().for_each(|e| e.proxy.set_active(Vec::new()));
+                true
+            }
+            Err(_) => false,
+        };
+        if !lifted {
+            tracing::debug!("the proxy registry is busy; its proxies are lifted when they stop");
         }
     }
 
@@ -232,6 +248,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/proxies/{name}", get(show).post(update).delete(remove))
         .route("/proxies/{name}/toxics", get(toxics).post(add_toxic))
         .route("/proxies/{name}/toxics/{toxic}", get(show_toxic).post(update_toxic).delete(remove_toxic))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::limits::CONTROL_BODY_BYTES))
         .with_state(registry)
 }
 

@@ -122,6 +122,15 @@ fn flips(p: &mut ChunkPlan, seed: u64, passed: u64, len: usize, rate: f64) {
     }
 }
 
+/// Whether a latency fault in `active` still holds chunks flowing `dir` on `conn` (when
+/// none does any more, a chunk already held is released at once: a lifted fault does
+/// not go on delaying traffic).
+pub fn holds(active: &[Activation], conn: u64, dir: Direction) -> bool {
+    active
+        .iter()
+        .any(|a| matches!(a.fault.kind, FaultKind::Latency { .. }) && a.fault.direction.covers(dir) && hits(a, conn))
+}
+
 /// The size of slice number `n` for a slicer fault.
 pub fn slice_size(size: u64, variation: u64, seed: u64, n: u64) -> usize {
     if variation == 0 {
@@ -151,6 +160,7 @@ mod tests {
 
     fn act(kind: FaultKind, probability: f64, direction: Direction) -> Activation {
         Activation {
+            id: 0,
             index: 0,
             seed: 5,
             fault: Fault {

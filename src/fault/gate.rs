@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use super::http::HttpProxy;
 use super::proxy::Proxy;
 use super::{Activation, Fault, FaultKind};
+use crate::health::Trouble;
 
 /// Where a fault acts: on each request (`true`) or on the byte stream.
 ///
@@ -28,6 +29,7 @@ pub fn per_request(fault: &Fault, latency_per_request: bool) -> bool {
 
 /// The proxies in front of one place.
 pub struct Gate {
+    name: String,
     tcp: Option<Proxy>,
     http: Option<HttpProxy>,
     upstream: std::sync::Mutex<SocketAddr>,
@@ -60,23 +62,26 @@ impl Needs {
 impl Gate {
     /// Starts the proxies `needs` asks for in front of `upstream`, named `name` in the
     /// TCP proxy's logs. The HTTP proxy forwards to `base` (`http://` plus the upstream
-    /// address unless given, e.g. for an `https://` service).
+    /// address unless given, e.g. for an `https://` service). The proxies' own failures
+    /// go to `trouble`.
     pub async fn start(
         name: &str,
         upstream: SocketAddr,
         base: Option<&str>,
         needs: Needs,
         latency_per_request: bool,
+        trouble: Option<Trouble>,
     ) -> std::io::Result<Gate> {
         let base = base.map_or_else(|| format!("http://{upstream}"), str::to_string);
-        let http = if needs.http { Some(HttpProxy::start(&base).await?) } else { None };
+        let http = if needs.http { Some(HttpProxy::start(&base, trouble.clone()).await?) } else { None };
         let next = http.as_ref().map_or(upstream, |h| h.addr());
         let tcp = if needs.tcp {
-            match Proxy::start(name, next).await {
+            let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+            match Proxy::start_at(name, any_port, next, trouble).await {
                 Ok(p) => Some(p),
                 Err(e) => {
                     if let Some(h) = http {
-                        h.stop().await;
+                        h.stop(true).await;
                     }
                     return Err(e);
                 }
@@ -84,7 +89,7 @@ impl Gate {
         } else {
             None
         };
-        Ok(Gate { tcp, http, upstream: std::sync::Mutex::new(upstream), latency_per_request })
+        Ok(Gate { name: name.to_string(), tcp, http, upstream: std::sync::Mutex::new(upstream), latency_per_request })
     }
 
     /// The address callers are given: the outermost proxy's, or the service's own when
@@ -135,15 +140,35 @@ impl Gate {
     pub fn is_faulted(&self) -> bool {
         self.tcp.as_ref().is_some_and(|t| t.is_faulted()) || self.http.as_ref().is_some_and(|h| h.is_faulted())
     }
+}
+
+#[async_trait::async_trait]
+impl crate::teardown::Resource for Gate {
+    fn label(&self) -> String {
+        format!("the fault proxy for `{}`", self.name)
+    }
+
+    fn lift(&self) {
+        self.set_active(Vec::new());
+    }
 
     /// Lifts every fault and stops both proxies, the outer one first.
-    pub async fn stop(self) {
+    async fn stop(&self, forced: bool) {
         self.set_active(Vec::new());
-        if let Some(t) = self.tcp {
+        if let Some(t) = &self.tcp {
             t.stop().await;
         }
-        if let Some(h) = self.http {
-            h.stop().await;
+        if let Some(h) = &self.http {
+            h.stop(forced).await;
+        }
+    }
+
+    fn stop_now(&self) {
+        if let Some(t) = &self.tcp {
+            t.stop_now();
+        }
+        if let Some(h) = &self.http {
+            h.stop_now();
         }
     }
 }

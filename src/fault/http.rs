@@ -3,16 +3,19 @@
 //! count.
 //!
 //! [`decide`] is the pure part: given the active faults, a request's method, path and
-//! number, and how many requests each fault has matched so far, it says what to do.
-//! [`HttpProxy`] carries it out and forwards everything else unchanged.
+//! number, and how many requests each activation has matched so far, it says what to do.
+//! [`HttpProxy`] carries it out and forwards everything else unchanged, streaming bodies
+//! both ways (nothing is held whole in memory).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +23,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Activation, FaultKind, HttpMatch, unit};
+use crate::health::Trouble;
+use crate::server::Server;
 
 /// What to do with one request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,8 +33,8 @@ pub struct RequestPlan {
     pub hold: Duration,
     /// Answer with this status and body instead of forwarding.
     pub error: Option<(u16, String)>,
-    /// The faults (by index) that matched, to count towards their `first`.
-    pub matched: Vec<usize>,
+    /// The activations (by id) that matched, to count towards their `first`.
+    pub matched: Vec<u64>,
 }
 
 /// Whether a request matches a fault's predicate.
@@ -39,14 +44,15 @@ pub fn matches(pred: Option<&HttpMatch>, method: &str, path: &str) -> bool {
         && p.path_prefix.as_ref().is_none_or(|prefix| path.starts_with(prefix.as_str()))
 }
 
-/// Decides request number `n`; `seen(i)` is how many requests fault `i` has matched.
-pub fn decide(active: &[Activation], method: &str, path: &str, n: u64, seen: impl Fn(usize) -> u64) -> RequestPlan {
+/// Decides request number `n`; `seen(id)` is how many requests activation `id` has
+/// matched so far.
+pub fn decide(active: &[Activation], method: &str, path: &str, n: u64, seen: impl Fn(u64) -> u64) -> RequestPlan {
     let mut plan = RequestPlan::default();
     for a in active {
         if !matches(a.fault.predicate.as_ref(), method, path) {
             continue;
         }
-        if a.fault.predicate.as_ref().and_then(|p| p.first).is_some_and(|first| seen(a.index) >= first) {
+        if a.fault.predicate.as_ref().and_then(|p| p.first).is_some_and(|first| seen(a.id) >= first) {
             continue;
         }
         if a.fault.probability < 1.0 && unit(a.seed, n) >= a.fault.probability {
@@ -62,7 +68,7 @@ pub fn decide(active: &[Activation], method: &str, path: &str, n: u64, seen: imp
             }
             _ => continue,
         }
-        plan.matched.push(a.index);
+        plan.matched.push(a.id);
     }
     plan
 }
@@ -73,54 +79,55 @@ struct Shared {
     client: reqwest::Client,
     active: watch::Receiver<Arc<Vec<Activation>>>,
     requests: Arc<AtomicU64>,
-    seen: Arc<std::sync::Mutex<std::collections::HashMap<usize, u64>>>,
+    seen: Seen,
+    /// Fires when the proxy stops: held requests end at once.
+    stopping: CancellationToken,
 }
+
+/// How many requests each activation has matched (by activation id).
+type Seen = Arc<std::sync::Mutex<HashMap<u64, u64>>>;
 
 /// A running HTTP fault proxy.
 pub struct HttpProxy {
-    addr: SocketAddr,
+    server: Server,
     active: watch::Sender<Arc<Vec<Activation>>>,
-    seen: Arc<std::sync::Mutex<std::collections::HashMap<usize, u64>>>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    seen: Seen,
+    stopping: CancellationToken,
 }
 
 impl HttpProxy {
     /// Starts a proxy on a free loopback port in front of `upstream` (`http://host:port`).
-    pub async fn start(upstream: &str) -> std::io::Result<HttpProxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+    pub async fn start(upstream: &str, trouble: Option<Trouble>) -> std::io::Result<HttpProxy> {
         let (active, rx) = watch::channel(Arc::new(Vec::new()));
-        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let seen: Seen = Arc::default();
+        let stopping = CancellationToken::new();
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder().pool_max_idle_per_host(1024).build().map_err(std::io::Error::other)?,
+            client: reqwest::Client::builder().pool_max_idle_per_host(64).build().map_err(std::io::Error::other)?,
             active: rx,
             requests: Arc::new(AtomicU64::new(0)),
             seen: seen.clone(),
+            stopping: stopping.clone(),
         };
         let app = Router::new().fallback(forward).with_state(shared);
-        let cancel = CancellationToken::new();
-        let shutdown = cancel.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-        });
-        Ok(HttpProxy { addr, active, seen, cancel, task })
+        let server = Server::start_local("HTTP fault proxy", app, trouble).await?;
+        Ok(HttpProxy { server, active, seen, stopping })
     }
 
     /// The proxy's base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// The proxy's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
-    /// Replaces the active faults; the `first` counts start afresh.
+    /// Replaces the active faults. An activation that stays keeps its `first` count; one
+    /// that ends forgets it.
     pub fn set_active(&self, faults: Vec<Activation>) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| faults.iter().any(|a| a.id == *id));
         self.active.send_replace(Arc::new(faults));
     }
 
@@ -129,18 +136,25 @@ impl HttpProxy {
         !self.active.borrow().is_empty()
     }
 
-    /// Removes every fault and stops serving.
-    pub async fn stop(self) {
+    /// Removes every fault and stops serving, within a deadline (at once when `forced`).
+    pub async fn stop(&self, forced: bool) {
         self.set_active(Vec::new());
-        self.cancel.cancel();
-        let _ = self.task.await;
+        self.stopping.cancel();
+        self.server.stop(forced).await;
+    }
+
+    /// Removes every fault and stops at once (the panic path).
+    pub fn stop_now(&self) {
+        self.set_active(Vec::new());
+        self.stopping.cancel();
+        self.server.stop_now();
     }
 }
 
-/// Hop-by-hop headers are not forwarded.
+/// Hop-by-hop headers are not forwarded (a body's length is: bodies stream through).
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     let mut out = headers.clone();
-    for h in ["connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"] {
+    for h in ["connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "proxy-connection"] {
         out.remove(h);
     }
     out
@@ -154,32 +168,32 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
     let active = s.active.borrow().clone();
     let plan = {
         let mut seen = s.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = decide(&active, method.as_str(), &path, n, |i| seen.get(&i).copied().unwrap_or(0));
-        for i in &plan.matched {
-            *seen.entry(*i).or_insert(0) += 1;
+        let plan = decide(&active, method.as_str(), &path, n, |id| seen.get(&id).copied().unwrap_or(0));
+        for id in &plan.matched {
+            *seen.entry(*id).or_insert(0) += 1;
         }
         plan
     };
     if !plan.hold.is_zero() {
-        tokio::time::sleep(plan.hold).await;
+        tokio::select! {
+            _ = s.stopping.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            _ = tokio::time::sleep(plan.hold) => {}
+        }
     }
     if let Some((status, body)) = plan.error {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return (status, body).into_response();
     }
     let headers = end_to_end(request.headers());
-    let body: Bytes = match axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
-    };
+    // The body streams through in both directions: nothing is buffered whole.
+    let body = reqwest::Body::wrap_stream(request.into_body().into_data_stream());
     let url = format!("{}{}", s.upstream, path_and_query);
     let upstream = s.client.request(method, url).headers(headers).body(body).send().await;
     match upstream {
         Ok(r) => {
             let status = r.status();
             let headers = end_to_end(r.headers());
-            let body = r.bytes().await.unwrap_or_default();
-            let mut response = Response::new(Body::from(body));
+            let mut response = Response::new(Body::from_stream(r.bytes_stream()));
             *response.status_mut() = status;
             *response.headers_mut() = headers;
             response
@@ -196,6 +210,7 @@ mod tests {
     fn act(index: usize, kind: FaultKind, probability: f64, predicate: Option<HttpMatch>) -> Activation {
         Activation {
             index,
+            id: index as u64,
             seed: 3,
             fault: Fault {
                 kind,

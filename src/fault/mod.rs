@@ -2,21 +2,26 @@
 //!
 //! This file holds the pure part: the [`Fault`] a scenario asks for, its [`Schedule`]
 //! inside a stage, and the seeded per-connection choice. Nothing here touches a socket;
-//! [`proxy`] applies these decisions to real TCP traffic.
+//! [`catalog`] lists every kind, [`proxy`] and [`http`] apply these decisions to real
+//! TCP and HTTP traffic, and [`timeline`] plays a stage's faults on the places they name.
 
 pub mod api;
+pub mod catalog;
 pub mod chunk;
 pub mod gate;
 pub mod http;
 pub mod proxy;
 pub mod records;
+pub mod timeline;
+
+pub use timeline::FaultRecord;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 /// Where a fault is injected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Place {
     /// The fault proxy in front of the named dependency (or the dependency's process).
@@ -147,20 +152,9 @@ impl FaultKind {
         }
     }
 
-    /// Whether the TCP proxy applies this kind.
+    /// Whether the TCP proxy applies this kind (on a byte stream).
     pub fn runs_in_proxy(&self) -> bool {
-        matches!(
-            self,
-            FaultKind::Latency { .. }
-                | FaultKind::Bandwidth { .. }
-                | FaultKind::Refuse
-                | FaultKind::Blackhole
-                | FaultKind::Reset { .. }
-                | FaultKind::SlowClose { .. }
-                | FaultKind::Slicer { .. }
-                | FaultKind::LimitData { .. }
-                | FaultKind::Corrupt { .. }
-        )
+        catalog::find(self.name()).is_some_and(|k| k.layer == catalog::Layer::Stream)
     }
 }
 
@@ -231,6 +225,9 @@ pub struct Fault {
 pub struct Activation {
     /// Index of the fault in its stage's list.
     pub index: usize,
+    /// Unique to this activation in the run (a fault that repeats with `every` gets a new
+    /// one each time), so per-activation counts survive other faults' changes.
+    pub id: u64,
     pub fault: Fault,
     /// A seed for this activation's own random choices (which connection, jitter).
     pub seed: u64,

@@ -7,7 +7,10 @@
 //! on. Stamping at arrival keeps a latency fault from compounding when chunks queue up.
 //!
 //! The active faults arrive through a `watch` channel ([`Proxy::set_active`]); an empty
-//! set is a clean pass-through. [`Proxy::stop`] ends the listener and every connection.
+//! set is a clean pass-through. A `refuse` fault closes the listener while a bound socket
+//! keeps the port, so no other program can take it meanwhile; if the proxy still cannot
+//! listen again, that is stagegate's failure (reported to [`Trouble`]), never the
+//! dependency's. [`Proxy::stop`] ends the listener and every connection within a deadline.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -26,6 +29,7 @@ use tracing::{debug, warn};
 
 use super::chunk::{self, Cut, Flow, hits};
 use super::{Activation, Direction, FaultKind};
+use crate::health::Trouble;
 
 type ActiveSet = Arc<Vec<Activation>>;
 
@@ -43,7 +47,7 @@ pub struct Proxy {
     listening: watch::Receiver<bool>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Counters a proxy keeps, for reports and tests.
@@ -57,15 +61,40 @@ pub struct Stats {
     pub chunks_faulted: AtomicU64,
 }
 
+/// A TCP socket bound to `addr` with SO_REUSEPORT, not yet listening. While a refuse
+/// fault closes the proxy's listener, such a socket keeps the port: connections are
+/// refused (no one listens) and no other program can take it (it would need the same
+/// option and owner); lifting the fault makes this socket listen.
+fn bound_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Makes a bound socket listen, as a tokio listener.
+fn listen_on(socket: socket2::Socket) -> std::io::Result<TcpListener> {
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 impl Proxy {
     /// Starts a proxy on a free loopback port, forwarding to `upstream`.
     pub async fn start(name: &str, upstream: SocketAddr) -> std::io::Result<Proxy> {
-        Proxy::start_at(name, "127.0.0.1:0".parse().expect("a literal address"), upstream).await
+        Proxy::start_at(name, "127.0.0.1:0".parse().expect("a literal address"), upstream, None).await
     }
 
-    /// Starts a proxy listening on `listen` (port 0: a free one), forwarding to `upstream`.
-    pub async fn start_at(name: &str, listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(listen).await?;
+    /// Starts a proxy listening on `listen` (port 0: a free one), forwarding to
+    /// `upstream`. A failure of its own (the port lost, descriptors exhausted) is
+    /// reported to `trouble`.
+    pub async fn start_at(
+        name: &str,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        trouble: Option<Trouble>,
+    ) -> std::io::Result<Proxy> {
+        let listener = listen_on(bound_socket(listen)?)?;
         let listen = listener.local_addr()?;
         let (active, rx) = watch::channel(Arc::new(Vec::new()));
         let cancel = CancellationToken::new();
@@ -73,8 +102,18 @@ impl Proxy {
         let (open, listening) = watch::channel(true);
         debug!(proxy = name, %listen, %upstream, "fault proxy listening");
         let upstream = Arc::new(std::sync::Mutex::new(upstream));
-        let task = tokio::spawn(serve(listener, listen, upstream.clone(), rx, open, cancel.clone(), stats.clone()));
-        Ok(Proxy { name: name.to_string(), listen, upstream, active, listening, stats, cancel, task })
+        let place = Place { name: name.to_string(), listen, trouble };
+        let task = tokio::spawn(serve(place, listener, upstream.clone(), rx, open, cancel.clone(), stats.clone()));
+        Ok(Proxy {
+            name: name.to_string(),
+            listen,
+            upstream,
+            active,
+            listening,
+            stats,
+            cancel,
+            task: std::sync::Mutex::new(Some(task)),
+        })
     }
 
     /// The address the system under test is given.
@@ -120,11 +159,32 @@ impl Proxy {
         !self.active.borrow().is_empty()
     }
 
-    /// Removes every fault, closes the listener and every connection, and waits.
-    pub async fn stop(self) {
+    /// Removes every fault, closes the listener and every connection (a held chunk is
+    /// dropped, not delivered late), and waits for that, within a deadline.
+    pub async fn stop(&self) {
         self.set_active(Vec::new());
         self.cancel.cancel();
-        let _ = self.task.await;
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut task) = task
+            && tokio::time::timeout(crate::limits::SERVER_STOP, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+
+    /// Removes every fault and stops at once, without waiting (the panic path).
+    pub fn stop_now(&self) {
+        self.set_active(Vec::new());
+        self.cancel.cancel();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
@@ -132,37 +192,64 @@ fn refusing(set: &ActiveSet) -> bool {
     set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && a.fault.probability >= 1.0)
 }
 
-async fn serve(
-    listener: TcpListener,
+/// Who a proxy is, for its messages and its own failures.
+struct Place {
+    name: String,
     listen: SocketAddr,
+    trouble: Option<Trouble>,
+}
+
+impl Place {
+    fn fail(&self, what: String) {
+        warn!(proxy = %self.name, "{what}");
+        if let Some(t) = &self.trouble {
+            t.fail(format!("the fault proxy for `{}` on {}: {what}", self.name, self.listen));
+        }
+    }
+}
+
+async fn serve(
+    place: Place,
+    listener: TcpListener,
     upstream: Arc<std::sync::Mutex<SocketAddr>>,
     mut active: watch::Receiver<ActiveSet>,
     open: watch::Sender<bool>,
     cancel: CancellationToken,
     stats: Arc<Stats>,
 ) {
+    let listen = place.listen;
     let mut listener = Some(listener);
+    // The socket that keeps the port while a refuse fault has the listener closed.
+    let mut holder: Option<socket2::Socket> = None;
     loop {
         // A refuse fault on every connection closes the port itself, so that clients see
         // "connection refused" exactly as they would with the dependency down.
         let refuse = refusing(&active.borrow_and_update());
         if refuse && listener.is_some() {
-            listener = None;
-            open.send_replace(false);
-            debug!(%listen, "refusing connections");
+            match bound_socket(listen) {
+                Ok(h) => {
+                    holder = Some(h);
+                    listener = None;
+                    open.send_replace(false);
+                    debug!(%listen, "refusing connections");
+                }
+                Err(e) => place.fail(format!("cannot hold the port while refusing connections: {e}")),
+            }
         }
         if !refuse && listener.is_none() {
-            match TcpListener::bind(listen).await {
+            let reopened = match holder.take() {
+                Some(h) => listen_on(h),
+                None => bound_socket(listen).and_then(listen_on),
+            };
+            match reopened {
                 Ok(l) => {
                     listener = Some(l);
                     open.send_replace(true);
                 }
                 Err(e) => {
-                    warn!(%listen, error = %e, "cannot listen again after a refuse fault; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
-                    }
+                    // Never blame the dependency for our own lost port: the run is broken.
+                    place.fail(format!("lost its port and cannot listen again: {e}"));
+                    return;
                 }
             }
         }
@@ -170,11 +257,22 @@ async fn serve(
             _ = cancel.cancelled() => return,
             changed = active.changed() => if changed.is_err() { return },
             accepted = async { listener.as_ref().expect("listening when not refusing").accept().await }, if listener.is_some() => {
-                if let Ok((client, _)) = accepted {
-                    let id = stats.connections.fetch_add(1, Ordering::Relaxed);
-                    let conn = Connection { id, reset: Default::default(), active: active.clone(), cancel: cancel.child_token(), stats: stats.clone() };
-                    let to = *upstream.lock().unwrap_or_else(|p| p.into_inner());
-                    tokio::spawn(conn.run(client, to));
+                match accepted {
+                    Ok((client, _)) => {
+                        let id = stats.connections.fetch_add(1, Ordering::Relaxed);
+                        let conn = Connection { id, reset: Default::default(), active: active.clone(), cancel: cancel.child_token(), stats: stats.clone() };
+                        let to = *upstream.lock().unwrap_or_else(|p| p.into_inner());
+                        tokio::spawn(conn.run(client, to));
+                    }
+                    Err(e) => {
+                        if crate::health::is_own_exhaustion(&e) {
+                            place.fail(format!("cannot accept connections: {e}"));
+                        }
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        }
+                    }
                 }
             }
         }
@@ -344,10 +442,21 @@ impl Connection {
                 if !plan.hold.is_zero() {
                     self.stats.chunks_faulted.fetch_add(1, Ordering::Relaxed);
                     // Chunks keep their order: never release before the previous one.
-                    let release = (arrived + plan.hold).max(last_release);
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return,
-                        _ = sleep_precisely(release) => {}
+                    let mut release = (arrived + plan.hold).max(last_release);
+                    let mut watch = self.active.clone();
+                    watch.borrow_and_update();
+                    loop {
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            _ = sleep_precisely(release) => break,
+                            changed = watch.changed() => {
+                                // Lifted while held: the chunk goes on now.
+                                if changed.is_err() || !chunk::holds(&watch.borrow_and_update(), self.id, flow_dir) {
+                                    release = Instant::now().min(release);
+                                    break;
+                                }
+                            }
+                        }
                     }
                     last_release = release;
                 }
@@ -440,6 +549,7 @@ mod tests {
 
     fn activation(kind: FaultKind, probability: f64) -> Activation {
         Activation {
+            id: 0,
             index: 0,
             seed: 11,
             fault: Fault {

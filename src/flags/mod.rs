@@ -1,12 +1,13 @@
 //! Feature flags: their definitions (with governance metadata) and the provider that
 //! hands each stage's flag state to the system under test.
 //!
-//! [`FlagSet`] is the checked `flags:` section. The provider implemented here is OFREP
-//! ([`ofrep`]): stagegate serves the OpenFeature Remote Evaluation Protocol on loopback
-//! and changes its answers at each stage boundary.
+//! [`FlagSet`] is the checked `flags:` section. [`provider`] hands each stage's state to
+//! the system under test: over OFREP ([`ofrep`]), in a flagd file ([`flagd`]), in a
+//! header, or in a started target's environment.
 
 pub mod flagd;
 pub mod ofrep;
+pub mod provider;
 
 use std::collections::BTreeMap;
 

@@ -7,7 +7,6 @@
 //! [`OfrepServer::picked_up`], until a bulk poll has seen the new state.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +19,10 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::FlagState;
+use crate::health::Trouble;
+use crate::server::Server;
+use axum::extract::DefaultBodyLimit;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 struct Flags {
@@ -38,33 +39,26 @@ struct Shared {
 
 /// A running OFREP endpoint.
 pub struct OfrepServer {
-    addr: SocketAddr,
+    server: Server,
     shared: Shared,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl OfrepServer {
     /// Starts serving on a free loopback port.
-    pub async fn start() -> std::io::Result<OfrepServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+    pub async fn start(trouble: Option<Trouble>) -> std::io::Result<OfrepServer> {
         let shared = Shared { flags: Arc::new(Mutex::new(Flags::default())), served: Arc::new(watch::channel(0).0) };
         let app = Router::new()
             .route("/ofrep/v1/evaluate/flags", post(bulk))
             .route("/ofrep/v1/evaluate/flags/{key}", post(single))
+            .layer(DefaultBodyLimit::max(crate::limits::CONTROL_BODY_BYTES))
             .with_state(shared.clone());
-        let stop = CancellationToken::new();
-        let shutdown = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-        });
-        Ok(OfrepServer { addr, shared, stop, task })
+        let server = Server::start_local("OFREP flag endpoint", app, trouble).await?;
+        Ok(OfrepServer { server, shared })
     }
 
     /// The base URL a client is configured with (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Replaces every flag's state; `seed` buckets fractional exposure. Returns the new
@@ -84,10 +78,24 @@ impl OfrepServer {
         tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Stops serving and waits for the server task to end.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+    /// Stops serving, within a deadline.
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::teardown::Resource for OfrepServer {
+    fn label(&self) -> String {
+        "the OFREP flag endpoint".into()
+    }
+
+    async fn stop(&self, forced: bool) {
+        self.server.stop(forced).await;
+    }
+
+    fn stop_now(&self) {
+        self.server.stop_now();
     }
 }
 
@@ -157,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_single_and_bulk_with_etag() {
-        let server = OfrepServer::start().await.unwrap();
+        let server = OfrepServer::start(None).await.unwrap();
         let g = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(true)))]), 1);
         let client = reqwest::Client::new();
         let one: Value = client
@@ -191,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_flag_answers_by_targeting_key() {
-        let server = OfrepServer::start().await.unwrap();
+        let server = OfrepServer::start(None).await.unwrap();
         let state = FlagState::Split { variants: vec![(json!(true), 0.5)], rest: json!(false) };
         server.set(BTreeMap::from([("f".to_string(), state.clone())]), 9);
         let client = reqwest::Client::new();

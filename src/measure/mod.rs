@@ -120,6 +120,7 @@ impl Slice {
 }
 
 /// Collects the samples of one stage.
+#[derive(Debug, Clone)]
 pub struct Recorder {
     warmup: Duration,
     length: Duration,
@@ -169,16 +170,30 @@ impl Recorder {
         self.recovery.record(offset, micros, outcome == Outcome::Failed);
     }
 
-    /// Judged seconds of each phase inside `[warmup, until)`.
+    /// Judged seconds of each phase inside `[warmup, until)`, computed from the fault
+    /// windows (not by stepping through the stage: a stage may last days).
     fn phase_secs(&self, until: Duration) -> [f64; 3] {
-        let mut secs = [0.0; 3];
-        let step = Duration::from_millis(10);
-        let mut t = self.warmup;
-        while t < until {
-            secs[self.phase(t) as usize] += step.as_secs_f64();
-            t += step;
+        let from = self.warmup;
+        if until <= from {
+            return [0.0; 3];
         }
-        secs
+        let total = (until - from).as_secs_f64();
+        let first = self.windows.iter().map(|(s, _)| *s).min().unwrap_or(until).clamp(from, until);
+        let before = (first - from).as_secs_f64();
+        // The union of the windows, clipped to [from, until).
+        let mut windows: Vec<(Duration, Duration)> =
+            self.windows.iter().map(|(s, e)| ((*s).clamp(from, until), (*e).clamp(from, until))).collect();
+        windows.sort();
+        let mut during = 0.0;
+        let mut reach = from;
+        for (s, e) in windows {
+            let s = s.max(reach);
+            if e > s {
+                during += (e - s).as_secs_f64();
+                reach = e;
+            }
+        }
+        [before, during, (total - before - during).max(0.0)]
     }
 
     /// Summarises the stage as run until `ran` (its length, or less when cut short).
@@ -219,6 +234,7 @@ impl Recorder {
             recovery: self.recovery.finish(&baseline, until),
             recovery_missing: if self.windows.is_empty() { None } else { self.recovery.missing_because(&baseline) },
             freshness: None,
+            output_unseen: None,
         }
     }
 }
@@ -282,6 +298,10 @@ pub struct StageMetrics {
     pub recovery_missing: Option<String>,
     /// From acknowledgement to first appearance in the output, when arrivals were timed.
     pub freshness: Option<crate::quality::freshness::Freshness>,
+    /// Why the output could not be seen, when it could not (then the counts that need
+    /// it, lost and the like, are unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_unseen: Option<String>,
 }
 
 impl StageMetrics {

@@ -27,6 +27,7 @@ pub struct Recovery {
 }
 
 /// Keeps the samples after the last fault's end.
+#[derive(Debug, Clone)]
 pub(super) struct Tracker {
     last_end: Option<Duration>,
     samples: Vec<(Duration, u64, bool)>,

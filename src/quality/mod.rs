@@ -1,19 +1,22 @@
 //! Data quality: the ledger of what was sent and acknowledged, and the counts that
 //! compare it with what the system under test actually produced.
 //!
-//! The [`Ledger`] keeps, per record key, a hash of each field's value as sent and the
-//! record's breakdown [`Tags`]; it never keeps the records themselves.
-//! [`Ledger::judge`] reads the observed output and counts lost, duplicated and corrupted
-//! records, for the whole stage and by phase and flag variant. Fetching the output is
-//! the target's business (see [`crate::sut`]); this file only compares.
+//! The [`Ledger`] keeps, per record key, a hash of each field's value as sent, the
+//! record's breakdown [`Tags`], and what the output showed of it (copies seen, altered,
+//! personal data exposed, first sighting); it never keeps the records themselves.
+//! Observers feed it the output record by record; [`Ledger::judge`] counts lost,
+//! duplicated and corrupted records, for the whole stage and by phase and flag variant.
+//! Fetching the output is the observers' business (see [`crate::sut::observe`]); this
+//! file only compares.
 
 pub mod freshness;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::measure::Phase;
@@ -77,6 +80,9 @@ pub struct Judgement {
     pub by_variant: BTreeMap<String, DataCounts>,
     /// Whether the output was observed at all (without it, lost and the like are unknown).
     pub observed: bool,
+    /// Items of the output that could not be read as records and named no sent key
+    /// (each is also counted in `total.corrupted`).
+    pub unreadable: u64,
 }
 
 #[derive(Debug)]
@@ -88,16 +94,37 @@ struct Entry {
     acked: bool,
     rejected: bool,
     tags: Tags,
+    /// When it was acknowledged, for freshness.
+    acked_at: Option<Instant>,
+    /// When it was first seen in the output.
+    first_seen: Option<Instant>,
+    /// Copies seen in the current look at the output.
+    seen: u32,
+    /// Whether a copy seen differs from what was sent (or could not be read).
+    altered: bool,
+    /// Whether a copy seen shows a `pii` value unmasked.
+    exposed: bool,
 }
 
-/// What was sent in one stage, by record key.
+/// What was sent in one stage, by record key, and what of it the output showed.
+///
+/// The driver notes each record sent, acknowledged or refused; an observer notes each
+/// record of the output as it reads it ([`Ledger::observe`]), so nothing the output holds
+/// is kept beyond a few counters per sent key: a flood of output costs time, not memory.
 #[derive(Debug, Default)]
 pub struct Ledger {
     key_field: String,
     entries: HashMap<String, Entry>,
     names: HashMap<String, Arc<str>>,
     pii_fields: Vec<String>,
+    /// Output field names, by the sent field they carry (`target.http.renamed`).
+    renamed: BTreeMap<String, String>,
+    /// Unreadable output items that name no sent key, in the current look.
+    unreadable: u64,
 }
+
+/// A stage's ledger, shared by the driver's accounting and the observer.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
 
 /// Hash of a JSON value's canonical text (object keys sorted).
 fn hash(value: &Value) -> u64 {
@@ -123,6 +150,31 @@ pub fn key_of(record: &Map<String, Value>, key_field: &str) -> Option<String> {
     }
 }
 
+/// The key an unreadable output item names, if its text still shows
+/// `"<key_field>": <value>` (a record cut short, or stored with broken JSON).
+pub fn salvage_key(raw: &str, key_field: &str) -> Option<String> {
+    let marker = format!("\"{key_field}\"");
+    let at = raw.find(&marker)? + marker.len();
+    let rest = raw[at..].trim_start().strip_prefix(':')?.trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let end = quoted.find('"')?;
+        Some(quoted[..end].to_string())
+    } else {
+        let end = rest.find(|c: char| c == ',' || c == '}' || c == ']' || c.is_whitespace()).unwrap_or(rest.len());
+        (end > 0).then(|| rest[..end].to_string())
+    }
+}
+
+/// Puts the sent field names back on an output record (`renamed` maps sent name to
+/// output name); fields the system under test added stay as they are.
+pub fn rename_back(record: &mut Map<String, Value>, renamed: &BTreeMap<String, String>) {
+    for (sent, output) in renamed {
+        if let Some(v) = record.remove(output) {
+            record.insert(sent.clone(), v);
+        }
+    }
+}
+
 impl Ledger {
     /// An empty ledger for records keyed by `key_field`.
     pub fn new(key_field: &str) -> Self {
@@ -135,6 +187,17 @@ impl Ledger {
         self
     }
 
+    /// Reads output records under the sent names (`renamed` maps sent to output name).
+    pub fn with_renamed(mut self, renamed: BTreeMap<String, String>) -> Self {
+        self.renamed = renamed;
+        self
+    }
+
+    /// This ledger, shared.
+    pub fn shared(self) -> SharedLedger {
+        Arc::new(Mutex::new(self))
+    }
+
     /// Notes that `record` was sent, with its breakdown tags.
     pub fn sent(&mut self, key: &str, record: &Map<String, Value>, tags: Tags) {
         let fields = record
@@ -145,13 +208,26 @@ impl Ledger {
             })
             .collect();
         let pii = self.pii_fields.iter().filter_map(|f| record.get(f)).filter(|v| v.is_string()).map(hash).collect();
-        self.entries.insert(key.to_string(), Entry { fields, pii, acked: false, rejected: false, tags });
+        let entry = Entry {
+            fields,
+            pii,
+            acked: false,
+            rejected: false,
+            tags,
+            acked_at: None,
+            first_seen: None,
+            seen: 0,
+            altered: false,
+            exposed: false,
+        };
+        self.entries.insert(key.to_string(), entry);
     }
 
-    /// Notes that the record with `key` was acknowledged.
-    pub fn acked(&mut self, key: &str) {
+    /// Notes that the record with `key` was acknowledged at `at`.
+    pub fn acked(&mut self, key: &str, at: Instant) {
         if let Some(e) = self.entries.get_mut(key) {
             e.acked = true;
+            e.acked_at.get_or_insert(at);
         }
     }
 
@@ -177,39 +253,78 @@ impl Ledger {
         self.entries.is_empty()
     }
 
-    /// Compares the observed output with the ledger. Output records whose key was not
-    /// sent in this stage are ignored (they belong to another stage).
-    pub fn judge<'a>(&self, observed: impl IntoIterator<Item = &'a Map<String, Value>>) -> Judgement {
-        let mut seen: HashMap<&str, (u64, bool)> = HashMap::new();
-        let mut exposed: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for record in observed {
-            let Some(key) = key_of(record, &self.key_field) else { continue };
-            let Some((stored_key, entry)) = self.entries.get_key_value(key.as_str()) else {
-                continue;
-            };
-            let altered = entry.fields.iter().any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
-            if !entry.pii.is_empty() && record.values().any(|v| leaks(v, &entry.pii)) {
-                exposed.insert(stored_key.as_str());
-            }
-            let slot = seen.entry(stored_key.as_str()).or_insert((0, false));
-            slot.0 += 1;
-            slot.1 |= altered;
+    /// Starts a new look at the whole output (a scan lists all of it again): the copies
+    /// seen are counted afresh; first sightings are kept.
+    pub fn begin_look(&mut self) {
+        for e in self.entries.values_mut() {
+            e.seen = 0;
+            e.altered = false;
+            e.exposed = false;
         }
-        let mut judgement = Judgement { observed: true, ..Default::default() };
-        for (key, entry) in &self.entries {
+        self.unreadable = 0;
+    }
+
+    /// Notes one record of the output, seen at `at`. A record whose key was not sent in
+    /// this stage is ignored (it belongs to another stage).
+    pub fn observe(&mut self, mut record: Map<String, Value>, at: Instant) {
+        if !self.renamed.is_empty() {
+            rename_back(&mut record, &self.renamed);
+        }
+        let Some(key) = key_of(&record, &self.key_field) else { return };
+        let Some(entry) = self.entries.get_mut(key.as_str()) else { return };
+        let altered = entry.fields.iter().any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
+        if !entry.pii.is_empty() && record.values().any(|v| leaks(v, &entry.pii)) {
+            entry.exposed = true;
+        }
+        entry.seen = entry.seen.saturating_add(1);
+        entry.altered |= altered;
+        entry.first_seen.get_or_insert(at);
+    }
+
+    /// Notes one item of the output that is not a readable record (`raw` is its text, or
+    /// its beginning). It is a finding about the system under test, not a reason to stop
+    /// looking: the sent key it names (`key`, or found in its text) counts as seen with
+    /// altered content; one naming no sent key counts as corrupted output of the stage.
+    pub fn observe_unreadable(&mut self, raw: &str, key: Option<&str>, at: Instant) {
+        let key = key.map(str::to_string).or_else(|| salvage_key(raw, &self.key_field));
+        match key.and_then(|k| self.entries.get_mut(k.as_str())) {
+            Some(entry) => {
+                entry.seen = entry.seen.saturating_add(1);
+                entry.altered = true;
+                entry.first_seen.get_or_insert(at);
+            }
+            None => self.unreadable += 1,
+        }
+    }
+
+    /// Whether every acknowledged record has shown in the output.
+    pub fn all_acked_seen(&self) -> bool {
+        self.entries.values().all(|e| !e.acked || e.first_seen.is_some())
+    }
+
+    /// `(acknowledged, first seen)` of every judged record seen after being acknowledged
+    /// (or before: then it is fresh at zero).
+    pub fn arrivals(&self) -> Vec<(Instant, Instant)> {
+        self.entries.values().filter(|e| !e.tags.warmup).filter_map(|e| Some((e.acked_at?, e.first_seen?))).collect()
+    }
+
+    /// Compares what was sent with what the output showed.
+    pub fn judge(&self) -> Judgement {
+        let mut judgement = Judgement { observed: true, unreadable: self.unreadable, ..Default::default() };
+        judgement.total.corrupted += self.unreadable;
+        for entry in self.entries.values() {
             let mut c = DataCounts { sent: 1, acked: entry.acked as u64, ..Default::default() };
-            c.pii_exposed = exposed.contains(key.as_str()) as u64;
-            let seen_as = seen.get(key.as_str());
+            c.pii_exposed = entry.exposed as u64;
+            let seen = entry.seen > 0;
             if entry.tags.invalid {
-                c.accepted_invalid = (entry.acked || seen_as.is_some()) as u64;
+                c.accepted_invalid = (entry.acked || seen) as u64;
             } else {
                 c.rejected_valid = entry.rejected as u64;
-                match seen_as {
-                    None => c.lost = entry.acked as u64,
-                    Some((n, altered)) => {
-                        c.duplicated = (*n > 1) as u64;
-                        c.corrupted = *altered as u64;
-                    }
+                if seen {
+                    c.duplicated = (entry.seen > 1) as u64;
+                    c.corrupted = entry.altered as u64;
+                } else {
+                    c.lost = entry.acked as u64;
                 }
             }
             if entry.tags.warmup {
@@ -237,6 +352,18 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    /// Feeds `output` to the ledger as an observer would, then judges.
+    fn judge(ledger: &mut Ledger, output: impl IntoIterator<Item = Map<String, Value>>) -> Judgement {
+        for r in output {
+            ledger.observe(r, now());
+        }
+        ledger.judge()
+    }
+
     #[test]
     fn counts_lost_duplicated_and_corrupted() {
         let mut ledger = Ledger::new("id");
@@ -246,7 +373,7 @@ mod tests {
             ledger.sent(id, &rec(json!({"id": id, "amount": 1.5, "tags": ["x"]})), tags);
         }
         for id in ["a", "b", "c", "d"] {
-            ledger.acked(id);
+            ledger.acked(id, now());
         }
         ledger.rejected("e");
         let output = [
@@ -260,7 +387,7 @@ mod tests {
             // d: missing entirely -> lost. A record from another stage is ignored.
             rec(json!({"id": "zzz", "amount": 1.5})),
         ];
-        let judged = ledger.judge(output.iter());
+        let judged = judge(&mut ledger, output);
         let expected = DataCounts {
             sent: 5,
             acked: 4,
@@ -282,8 +409,8 @@ mod tests {
     fn a_missing_field_is_corruption() {
         let mut ledger = Ledger::new("id");
         ledger.sent("a", &rec(json!({"id": "a", "city": "Oslo"})), Tags::default());
-        ledger.acked("a");
-        let counts = ledger.judge([rec(json!({"id": "a"}))].iter()).total;
+        ledger.acked("a", now());
+        let counts = judge(&mut ledger, [rec(json!({"id": "a"}))]).total;
         assert_eq!(counts.corrupted, 1);
         assert_eq!(counts.lost, 0);
     }
@@ -292,7 +419,7 @@ mod tests {
     fn unacknowledged_and_absent_is_not_lost() {
         let mut ledger = Ledger::new("id");
         ledger.sent("a", &rec(json!({"id": "a"})), Tags::default());
-        let counts = ledger.judge(std::iter::empty()).total;
+        let counts = judge(&mut ledger, []).total;
         assert_eq!(counts.lost, 0);
         assert_eq!(counts.acked, 0);
     }
@@ -302,14 +429,14 @@ mod tests {
         let mut ledger = Ledger::new("id").with_pii(["email".to_string()]);
         for id in ["a", "b", "c"] {
             ledger.sent(id, &rec(json!({"id": id, "email": format!("{id}@example.com")})), Tags::default());
-            ledger.acked(id);
+            ledger.acked(id, now());
         }
         let output = [
             rec(json!({"id": "a", "email": "a@example.com"})),
             rec(json!({"id": "b", "email": "b***@example.com", "note": {"raw": ["b@example.com"]}})),
             rec(json!({"id": "c", "email": "c***@example.com"})),
         ];
-        let counts = ledger.judge(output.iter()).total;
+        let counts = judge(&mut ledger, output).total;
         assert_eq!(counts.pii_exposed, 2, "unmasked at top level and nested");
         assert_eq!(counts.corrupted, 2, "masking changes a sent field");
     }
@@ -319,9 +446,9 @@ mod tests {
         let mut ledger = Ledger::new("id");
         ledger.sent("w", &rec(json!({"id": "w"})), Tags { warmup: true, ..Default::default() });
         ledger.sent("j", &rec(json!({"id": "j"})), Tags::default());
-        ledger.acked("w");
-        ledger.acked("j");
-        let judged = ledger.judge(std::iter::empty());
+        ledger.acked("w", now());
+        ledger.acked("j", now());
+        let judged = judge(&mut ledger, []);
         assert_eq!((judged.total.sent, judged.total.lost), (1, 1));
         assert_eq!((judged.warmup.sent, judged.warmup.lost), (1, 1));
     }
@@ -332,11 +459,53 @@ mod tests {
         let invalid = Tags { invalid: true, ..Default::default() };
         ledger.sent("a", &rec(json!({"id": "a"})), invalid.clone());
         ledger.sent("b", &rec(json!({"id": "b"})), invalid);
-        ledger.acked("a");
+        ledger.acked("a", now());
         ledger.rejected("b");
-        let counts = ledger.judge([rec(json!({"id": "a"}))].iter()).total;
+        let counts = judge(&mut ledger, [rec(json!({"id": "a"}))]).total;
         assert_eq!(counts.accepted_invalid, 1);
         assert_eq!(counts.rejected_valid, 0);
         assert_eq!(counts.lost, 0);
+    }
+
+    /// Regression: one stored record that is not valid JSON used to blind the run to the
+    /// whole output for every later stage; it is a finding about the system instead.
+    #[test]
+    fn an_unreadable_output_item_is_counted_not_a_reason_to_stop_looking() {
+        let mut ledger = Ledger::new("order_id");
+        for id in ["a", "b", "c"] {
+            ledger.sent(id, &rec(json!({"order_id": id, "n": 1})), Tags::default());
+            ledger.acked(id, now());
+        }
+        ledger.observe(rec(json!({"order_id": "a", "n": 1})), now());
+        // b was stored cut short; its key still shows in the text.
+        ledger.observe_unreadable(r#"{"order_id": "b", "n": 1"#, None, now());
+        // Something unreadable that names no sent key.
+        ledger.observe_unreadable("\u{0}garbage", None, now());
+        let j = ledger.judge();
+        assert_eq!(j.total.lost, 1, "c is lost; b was seen");
+        assert_eq!(j.total.corrupted, 2, "b altered, and the garbage");
+        assert_eq!(j.unreadable, 1);
+        assert!(j.observed);
+    }
+
+    #[test]
+    fn keys_are_salvaged_from_broken_records() {
+        assert_eq!(salvage_key(r#"{"order_id": "k-1", "amount": "#, "order_id").as_deref(), Some("k-1"));
+        assert_eq!(salvage_key(r#"{"id":42,"x":}"#, "id").as_deref(), Some("42"));
+        assert_eq!(salvage_key("not json at all", "id"), None);
+    }
+
+    #[test]
+    fn a_new_look_counts_copies_afresh_but_keeps_first_sightings() {
+        let mut ledger = Ledger::new("id");
+        ledger.sent("a", &rec(json!({"id": "a"})), Tags::default());
+        ledger.acked("a", now());
+        let first = now();
+        ledger.observe(rec(json!({"id": "a"})), first);
+        ledger.begin_look();
+        ledger.observe(rec(json!({"id": "a"})), now());
+        assert_eq!(ledger.judge().total.duplicated, 0, "the same copy listed twice is one copy");
+        assert_eq!(ledger.arrivals()[0].1, first);
+        assert!(ledger.all_acked_seen());
     }
 }

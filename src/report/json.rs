@@ -1,22 +1,23 @@
 //! The JSON reporter: writes `report.json` into the run's report folder when the run
-//! finishes, however it finishes.
+//! finishes, however it finishes, with the scenario's secrets masked value by value.
 
 use std::path::PathBuf;
 
 use super::{Event, Reporter};
+use crate::secrets::Secrets;
 
 /// Writes the final report as pretty JSON.
 pub struct JsonReporter {
     dir: PathBuf,
-    /// `(name, value)` of the scenario's secrets, masked in the file.
-    secrets: Vec<(String, String)>,
+    /// The scenario's secrets, masked value by value (the file stays JSON).
+    secrets: Secrets,
     /// The path written, or why writing failed.
     pub written: Option<Result<PathBuf, String>>,
 }
 
 impl JsonReporter {
     /// A reporter writing into `dir` (created if missing).
-    pub fn new(dir: PathBuf, secrets: Vec<(String, String)>) -> Self {
+    pub fn new(dir: PathBuf, secrets: Secrets) -> Self {
         JsonReporter { dir, secrets, written: None }
     }
 }
@@ -27,13 +28,23 @@ impl Reporter for JsonReporter {
             return;
         };
         let path = self.dir.join("report.json");
-        let result = std::fs::create_dir_all(&self.dir)
-            .and_then(|_| {
-                let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
-                std::fs::write(&path, crate::scenario::mask(&text, &self.secrets) + "\n")
-            })
+        let result = write(&self.dir, &path, report, &self.secrets)
             .map(|_| path.clone())
             .map_err(|e| format!("cannot write {}: {e}", path.display()));
         self.written = Some(result);
     }
+}
+
+fn write(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    report: &super::RunReport,
+    secrets: &Secrets,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut doc = serde_json::to_value(report).map_err(std::io::Error::other)?;
+    secrets.mask_json(&mut doc);
+    let mut text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
+    text.push('\n');
+    crate::deps::runfile::write_atomically(path, text.as_bytes())
 }

@@ -11,6 +11,7 @@ pub mod terminal;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use crate::fault::FaultRecord;
 use crate::flags::FlagState;
 use crate::measure::StageMetrics;
 use crate::verdict::{Assessment, Verdict};
@@ -37,22 +38,6 @@ pub enum Event {
     StageFinished { report: Box<StageReport>, assessments: Vec<Assessment> },
     /// The run is over (whatever the reason); the report is final.
     Finished(Box<RunReport>),
-}
-
-/// One fault's life inside a stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FaultRecord {
-    pub stage: String,
-    /// Position in the stage's `faults` list.
-    pub index: usize,
-    pub kind: String,
-    pub at: String,
-    /// Offset into the stage when it became active, in seconds.
-    pub started_secs: f64,
-    /// Offset when it was lifted; `None` while active.
-    pub ended_secs: Option<f64>,
-    /// Whether the proxy confirmed it carries no fault any more.
-    pub removed: bool,
 }
 
 /// What one stage did.
@@ -101,6 +86,56 @@ pub struct RunReport {
     pub on_verdict: Option<ActionReport>,
     /// Set when a target stagegate started exited on its own during the run.
     pub target_exit: Option<String>,
+}
+
+impl RunReport {
+    /// Takes in what `event` says, so a report can be rebuilt from the events alone
+    /// (when the runner itself failed before its last event).
+    pub fn follow(&mut self, event: &Event) {
+        match event {
+            Event::StageFinished { report, assessments } => {
+                self.stages.push((**report).clone());
+                self.assessments.extend(assessments.iter().cloned());
+            }
+            Event::Fault(f) => match self
+                .faults
+                .iter_mut()
+                .find(|x| x.stage == f.stage && x.index == f.index && x.started_secs == f.started_secs)
+            {
+                Some(known) => *known = f.clone(),
+                None => self.faults.push(f.clone()),
+            },
+            Event::Aborted { reason, .. } => self.aborted = Some(reason.clone()),
+            _ => {}
+        }
+    }
+
+    /// The report of a run of `plan` that is beginning, its files going to `report_dir`.
+    pub fn begin(plan: &crate::scenario::Plan, report_dir: Option<PathBuf>) -> RunReport {
+        RunReport {
+            stagegate_version: env!("CARGO_PKG_VERSION").to_string(),
+            scenario: plan.name.clone(),
+            file: plan.file.clone(),
+            description: plan.description.clone(),
+            seed: plan.seed,
+            seed_source: plan.seed_source.clone(),
+            overrides: plan.overrides.clone(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+            finished_at: String::new(),
+            interrupted: false,
+            aborted: None,
+            error: None,
+            verdict: None,
+            reasons: Vec::new(),
+            warnings: plan.warnings.clone(),
+            stages: Vec::new(),
+            assessments: Vec::new(),
+            faults: Vec::new(),
+            report_dir,
+            on_verdict: None,
+            target_exit: None,
+        }
+    }
 }
 
 /// What an `on_verdict` command did.

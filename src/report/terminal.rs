@@ -5,14 +5,18 @@
 use std::io::Write;
 
 use super::{Event, Reporter, RunReport};
+use crate::secrets::Secrets;
 use crate::verdict::Outcome;
 
 /// Prints progress and the final summary.
 pub struct TerminalReporter {
     /// Print per-second progress lines.
     pub progress: bool,
-    /// `(name, value)` of the scenario's secrets, masked in everything printed.
-    pub secrets: Vec<(String, String)>,
+    /// The scenario's secrets, masked in everything printed.
+    pub secrets: Secrets,
+    /// Where `report.json` went, or why it could not be written (set before the run's
+    /// last event, so the summary tells the truth about it).
+    pub written: Option<Result<std::path::PathBuf, String>>,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -23,102 +27,103 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
+impl TerminalReporter {
+    /// A reporter printing progress lines unless `quiet`.
+    pub fn new(quiet: bool, secrets: Secrets) -> Self {
+        TerminalReporter { progress: !quiet, secrets, written: None }
+    }
+
+    /// Writes one line to stderr, secrets masked; a closed stderr is not an error.
+    fn say(&self, line: impl AsRef<str>) {
+        let mut text = self.secrets.mask(line.as_ref());
+        text.push('\n');
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
 impl Reporter for TerminalReporter {
     fn event(&mut self, event: &Event) {
-        let mut err = std::io::stderr().lock();
         match event {
             Event::Started { name, file, seed, stages, warnings } => {
-                let _ = writeln!(
-                    err,
+                self.say(format!(
                     "stagegate: running `{name}` ({}) with seed {seed}, {stages} stage(s)",
                     file.display()
-                );
+                ));
                 for w in warnings {
-                    let _ = writeln!(err, "warning: {w}");
+                    self.say(format!("warning: {w}"));
                 }
             }
             Event::Provisioned { target, dependencies, flags } => {
                 if flags.is_empty() {
-                    let _ = writeln!(err, "  target {target}");
+                    self.say(format!("  target {target}"));
                 } else {
-                    let _ = writeln!(err, "  target {target}, flags {flags}");
+                    self.say(format!("  target {target}, flags {flags}"));
                 }
                 for (name, real, proxy) in dependencies {
-                    let _ = writeln!(err, "  dependency {name} at {real}, behind fault proxy {proxy}");
+                    self.say(format!("  dependency {name} at {real}, behind fault proxy {proxy}"));
                 }
             }
             Event::StageStarted { index, name, flags } => {
                 let state: Vec<String> = flags.iter().map(|(k, v)| format!("{k}={}", v.describe())).collect();
                 let state = if state.is_empty() { vec!["no flags".to_string()] } else { state };
-                let _ = writeln!(err, "stage {} `{name}` started [{}]", index + 1, state.join(", "));
+                self.say(format!("stage {} `{name}` started [{}]", index + 1, state.join(", ")));
             }
             Event::Progress { stage, elapsed_secs, sent, acked, rejected, failed } if self.progress => {
-                let _ = writeln!(
-                    err,
+                self.say(format!(
                     "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  rejected {rejected}  failed {failed}"
-                );
+                ));
             }
             Event::Progress { .. } => {}
-            Event::Note { message } => {
-                let _ = writeln!(err, "  {message}");
-            }
-            Event::Aborted { stage, reason } => {
-                let _ = writeln!(err, "stage `{stage}` aborted: {reason}");
-            }
+            Event::Note { message } => self.say(format!("  {message}")),
+            Event::Aborted { stage, reason } => self.say(format!("stage `{stage}` aborted: {reason}")),
             Event::Fault(_) if !self.progress => {}
             Event::Fault(f) => match f.ended_secs {
-                None => {
-                    let _ = writeln!(err, "  fault {} at {} started at {:.1}s", f.kind, f.at, f.started_secs);
-                }
-                Some(end) => {
-                    let _ = writeln!(err, "  fault {} at {} lifted at {:.1}s", f.kind, f.at, end);
-                }
+                None => self.say(format!("  fault {} at {} started at {:.1}s", f.kind, f.at, f.started_secs)),
+                Some(end) => self.say(format!("  fault {} at {} lifted at {:.1}s", f.kind, f.at, end)),
             },
             Event::StageFinished { report, .. } => {
                 let m = &report.metrics;
                 if report.dropped > 0 {
-                    let _ = writeln!(
-                        err,
+                    self.say(format!(
                         "warning: {} sends dropped in `{}`: the driver could not keep up with the arrival rate",
                         report.dropped, report.name
-                    );
+                    ));
                 }
-                let _ = writeln!(
-                    err,
-                    "stage `{}` {}: {} requests sent ({} judged after warm-up), p99 {}, {} errors, lost {}, duplicated {}, corrupted {}",
+                let data = if m.data_observed {
+                    format!("lost {}, duplicated {}, corrupted {}", m.data.lost, m.data.duplicated, m.data.corrupted)
+                } else {
+                    format!("output not observed: {}", m.output_unseen.as_deref().unwrap_or("nothing observes it"))
+                };
+                self.say(format!(
+                    "stage `{}` {}: {} requests sent ({} judged after warm-up), p99 {}, {} errors, {data}",
                     report.name,
                     if report.completed { "finished" } else { "cut short" },
                     m.requests + m.warmup_requests,
                     m.requests,
                     ms(m.latency.p99),
                     m.errors,
-                    m.data.lost,
-                    m.data.duplicated,
-                    m.data.corrupted
-                );
+                ));
                 if let Some(f) = &m.freshness {
-                    let _ = writeln!(
-                        err,
+                    self.say(format!(
                         "  freshness p50 {}, p99 {}, max {} over {} records (timed by {})",
                         ms(f.p50),
                         ms(f.p99),
                         ms(f.max),
                         f.records,
                         f.observed_by
-                    );
+                    ));
                 }
             }
             Event::Finished(report) => {
-                drop(err);
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(crate::scenario::mask(&summary(report), &self.secrets).as_bytes());
+                let text = self.secrets.mask(&summary(report, self.written.as_ref()));
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
             }
         }
     }
 }
 
 /// The end-of-run summary as text.
-pub fn summary(r: &RunReport) -> String {
+pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String>>) -> String {
     let mut s = String::new();
     s.push_str(&format!("\n{}  (seed {})\n", r.scenario, r.seed));
     for o in &r.overrides {
@@ -218,8 +223,10 @@ pub fn summary(r: &RunReport) -> String {
         let command = crate::report::plan::shell_words(&action.command);
         s.push_str(&format!("on_verdict: `{command}` {status}: {last}\n"));
     }
-    if let Some(dir) = &r.report_dir {
-        s.push_str(&format!("report: {}\n", dir.join("report.json").display()));
+    match written {
+        Some(Ok(path)) => s.push_str(&format!("report: {}\n", path.display())),
+        Some(Err(e)) => s.push_str(&format!("report NOT WRITTEN: {e}\n")),
+        None => {}
     }
     s
 }

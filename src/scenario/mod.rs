@@ -8,7 +8,6 @@
 
 mod compile;
 pub mod diag;
-mod faults;
 mod interpolate;
 pub mod overrides;
 pub mod schema;
@@ -30,7 +29,6 @@ use crate::workload::Workload;
 
 pub use compile::Ctx;
 pub use diag::{Diagnostic, Diagnostics};
-pub use interpolate::mask;
 pub use overrides::Override;
 
 /// A checked scenario, ready to run.
@@ -55,9 +53,10 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Every `--set` applied, as written.
     pub overrides: Vec<String>,
-    /// `(name, value)` of every `${secret:NAME}`: masked in reports, never serialised.
+    /// The values of every `${secret:NAME}`: masked in everything written, never
+    /// serialised.
     #[serde(skip)]
-    pub secrets: Vec<(String, String)>,
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// One checked stage.
@@ -114,17 +113,39 @@ fn unreadable(file: &Path, what: &str, e: &std::io::Error) -> Diagnostics {
     }])
 }
 
-/// Reads and checks the scenario at `file`.
+/// Reads and checks the scenario at `file` (at most [`crate::limits::SCENARIO_BYTES`]).
 pub fn load(file: &Path, options: &LoadOptions) -> Result<Plan, Diagnostics> {
-    let text = std::fs::read_to_string(file).map_err(|e| unreadable(file, "scenario", &e))?;
+    let text = crate::limits::read_bounded(file, crate::limits::SCENARIO_BYTES)
+        .map_err(|e| unreadable(file, "scenario", &e))?;
     load_str(file, &text, options)
 }
 
 /// Checks a scenario given as text; `file` names it in messages and anchors relative
-/// paths.
+/// paths. Secret values never show in the diagnostics.
 pub fn load_str(file: &Path, text: &str, options: &LoadOptions) -> Result<Plan, Diagnostics> {
     let interpolated = interpolate::interpolate(file, text, &*options.env).map_err(|e| Diagnostics(e).sorted())?;
+    let secrets = crate::secrets::Secrets::new(interpolated.secrets());
+    load_interpolated(file, &interpolated, options, &secrets).map_err(|Diagnostics(list)| {
+        Diagnostics(
+            list.into_iter()
+                .map(|mut d| {
+                    d.message = secrets.mask(&d.message);
+                    d.hint = d.hint.map(|h| secrets.mask(&h));
+                    d
+                })
+                .collect(),
+        )
+    })
+}
+
+fn load_interpolated(
+    file: &Path,
+    interpolated: &interpolate::Interpolated,
+    options: &LoadOptions,
+    secrets: &crate::secrets::Secrets,
+) -> Result<Plan, Diagnostics> {
     let (mut doc, locations) = yaml::to_value(file, &interpolated.text)?;
+    interpolate::substitute(&mut doc, &interpolated.references);
     let mut errors = Vec::new();
     for o in &options.overrides {
         if let Err(message) = overrides::apply(&mut doc, o) {
@@ -141,7 +162,7 @@ pub fn load_str(file: &Path, text: &str, options: &LoadOptions) -> Result<Plan, 
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    let result = compile::compile(file, &locations, doc, options, interpolated.secrets);
+    let result = compile::compile(file, &locations, doc, options, secrets.clone());
     result.map_err(|Diagnostics(list)| {
         // A mistake in an overridden value belongs to the command line, not the file.
         let relabelled = list
@@ -167,44 +188,11 @@ fn under(path: &str, root: &str) -> bool {
 }
 
 impl Plan {
-    /// What this scenario uses that this build validates but cannot run yet.
-    pub fn unsupported(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in &self.stages {
-            for (i, f) in s.faults.iter().enumerate() {
-                let started = |d: &str| {
-                    self.dependencies.iter().any(|x| {
-                        x.name == d
-                            && matches!(
-                                x.provision,
-                                crate::deps::Provision::Process(_) | crate::deps::Provision::Container(_)
-                            )
-                    })
-                };
-                let runs = match &f.at {
-                    crate::fault::Place::Dependency(d) => {
-                        f.kind.runs_in_proxy()
-                            || matches!(f.kind, crate::fault::FaultKind::HttpError { .. })
-                            || (matches!(f.kind, crate::fault::FaultKind::Kill { .. } | crate::fault::FaultKind::Pause)
-                                && started(d))
-                    }
-                    crate::fault::Place::Workload => true,
-                    crate::fault::Place::Target => {
-                        let started = matches!(&self.target, Target::Http(h) if h.process.is_some());
-                        match f.kind {
-                            crate::fault::FaultKind::Latency { .. }
-                            | crate::fault::FaultKind::Bandwidth { .. }
-                            | crate::fault::FaultKind::HttpError { .. } => true,
-                            crate::fault::FaultKind::Kill { .. } | crate::fault::FaultKind::Pause => started,
-                            _ => false,
-                        }
-                    }
-                };
-                if !runs {
-                    out.push(format!("stage `{}` fault {i}: `{}` at `{}`", s.name, f.kind.name(), f.at));
-                }
-            }
+    /// The scenario's folder, which relative paths start from (`.` for a bare file name).
+    pub fn dir(&self) -> PathBuf {
+        match self.file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
         }
-        out
     }
 }

@@ -10,26 +10,9 @@
 
 use serde_json::{Value, json};
 
-use super::faults::{KINDS, parameters};
 use super::spec::ScenarioSpec;
+use crate::fault::catalog::{self, KINDS, PARAMETERS};
 use crate::verdict::Metric;
-
-/// Every parameter a fault kind may take, beyond the common ones.
-const PARAMETERS: [&str; 13] = [
-    "delay",
-    "jitter",
-    "rate",
-    "after",
-    "size",
-    "size_variation",
-    "bytes",
-    "status",
-    "body",
-    "signal",
-    "restart_after",
-    "window",
-    "match",
-];
 
 /// A pattern for `METRIC OP VALUE` naming a known metric.
 fn check_pattern() -> String {
@@ -39,8 +22,9 @@ fn check_pattern() -> String {
 
 fn fault_rules() -> Value {
     let mut rules = Vec::new();
-    for (kind, on_dep, on_target, on_workload) in KINDS {
-        let (required, optional) = parameters(kind);
+    for k in KINDS {
+        let (kind, on_dep, on_target, on_workload) = (k.name, k.at_dependency, k.at_target, k.at_workload);
+        let (required, optional) = (k.required, k.optional);
         let mut props = serde_json::Map::new();
         for p in PARAMETERS {
             if !required.contains(&p) && !optional.contains(&p) {
@@ -53,7 +37,7 @@ fn fault_rules() -> Value {
             _ => json!({ "not": { "const": "workload" } }),
         };
         props.insert("at".into(), at);
-        if on_workload || matches!(kind, "kill" | "pause") {
+        if !k.has_direction() {
             props.insert("direction".into(), Value::Bool(false));
         }
         rules.push(json!({
@@ -120,6 +104,7 @@ pub fn json_schema() -> Value {
     }
     defs["DependencySpec"]["properties"]["external"]["pattern"] = json!(r"^.+:[0-9]{1,5}$");
     let fault = &mut defs["FaultSpec"];
+    fault["properties"]["kind"]["enum"] = json!(catalog::names());
     fault["allOf"] = fault_rules();
     fault["dependentRequired"] = json!({ "every": ["for"] });
     let crit = &mut defs["CriterionMapSpec"];

@@ -3,9 +3,8 @@
 //!
 //! Templates use Jinja syntax (minijinja) over `record` (the record), `key` (its key)
 //! and `flags` (the record's flag values): `{{ record | json }}`, `/orders/{{ key }}`.
-//! [`WriteTemplate`] compiles the `write` request once and renders it per record;
-//! [`read_back`] fetches each sent key with the `read` request (404: absent) and returns
-//! the copies found, for the data-quality checks.
+//! [`WriteTemplate`] compiles a request (the `write`, or the `read` that
+//! [`super::observe::ReadObserver`] sends per key) once and renders it per record.
 
 use std::collections::BTreeMap;
 
@@ -146,150 +145,8 @@ impl WriteTemplate {
     }
 }
 
-/// Reads every key back through `read`, at most `parallel` at a time. Returns the
-/// records found (an array answer counts each element as a copy), or why reading failed.
-pub async fn read_back(
-    client: &reqwest::Client,
-    base_url: &str,
-    read: &WriteTemplate,
-    keys: Vec<String>,
-    parallel: usize,
-) -> Result<Vec<Map<String, Value>>, String> {
-    use futures_util::stream::{self, StreamExt};
-    let results: Vec<Result<Vec<Map<String, Value>>, String>> = stream::iter(keys)
-        .map(|key| async move {
-            let r = read.render(&Map::new(), &key, &Value::Null)?;
-            let mut request = client.request(r.method, format!("{base_url}{}", r.path));
-            for (n, v) in r.headers {
-                request = request.header(n, v);
-            }
-            let answer = request.send().await.map_err(|e| format!("reading `{key}`: {e}"))?;
-            if answer.status() == reqwest::StatusCode::NOT_FOUND {
-                return Ok(Vec::new());
-            }
-            if !answer.status().is_success() {
-                return Err(format!("reading `{key}`: status {}", answer.status()));
-            }
-            match answer.json::<Value>().await.map_err(|e| format!("reading `{key}`: {e}"))? {
-                Value::Object(m) => Ok(vec![m]),
-                Value::Array(items) => Ok(items.into_iter().filter_map(|v| v.as_object().cloned()).collect()),
-                other => Err(format!("reading `{key}`: expected a JSON object or array, got {other}")),
-            }
-        })
-        .buffer_unordered(parallel.max(1))
-        .collect()
-        .await;
-    let mut out = Vec::new();
-    for r in results {
-        out.extend(r?);
-    }
-    Ok(out)
-}
-
-/// One page of a listing: its records and the next cursor, if the answer holds one.
-pub type Page = (Vec<Map<String, Value>>, Option<String>);
-
-/// The records of one listing answer, and the next cursor (if the answer holds one).
-pub fn parse_listing(body: &str, items: &str, cursor_field: Option<&str>) -> Result<Page, String> {
-    let objects = |v: Vec<Value>| v.into_iter().filter_map(|x| x.as_object().cloned()).collect::<Vec<_>>();
-    match serde_json::from_str::<Value>(body) {
-        Ok(Value::Array(list)) => Ok((objects(list), None)),
-        Ok(Value::Object(mut o)) => {
-            let records = match o.remove(items) {
-                Some(Value::Array(list)) => objects(list),
-                _ => return Err(format!("the answer has no `{items}` list")),
-            };
-            let next = cursor_field.and_then(|f| match o.get(f) {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            });
-            Ok((records, next))
-        }
-        // Not one JSON document: JSON lines, one record per line.
-        _ => body
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str::<Map<String, Value>>(l)
-                    .map_err(|e| format!("a listing line is not a JSON object: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|r| (r, None)),
-    }
-}
-
-/// Lists the whole output with `scan`, following its paging (at most 10,000 pages).
-pub async fn scan_all(
-    client: &reqwest::Client,
-    base_url: &str,
-    scan: &super::Scan,
-) -> Result<Vec<Map<String, Value>>, String> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut page = match &scan.paging {
-        super::Paging::Page { start, .. } => *start,
-        _ => 0,
-    };
-    for _ in 0..10_000 {
-        let mut url =
-            reqwest::Url::parse(&format!("{base_url}{}", scan.path)).map_err(|e| format!("the scan URL: {e}"))?;
-        match &scan.paging {
-            super::Paging::Cursor { param, .. } => {
-                if let Some(c) = &cursor {
-                    url.query_pairs_mut().append_pair(param, c);
-                }
-            }
-            super::Paging::Page { param, .. } => {
-                url.query_pairs_mut().append_pair(param, &page.to_string());
-            }
-            super::Paging::None => {}
-        }
-        let request = client.get(url);
-        let answer = request.send().await.map_err(|e| format!("listing the output: {e}"))?;
-        if !answer.status().is_success() {
-            return Err(format!("listing the output: status {}", answer.status()));
-        }
-        let body = answer.text().await.map_err(|e| format!("listing the output: {e}"))?;
-        let field = match &scan.paging {
-            super::Paging::Cursor { field, .. } => Some(field.as_str()),
-            _ => None,
-        };
-        let (records, next) = parse_listing(&body, &scan.items, field)?;
-        let empty = records.is_empty();
-        out.extend(records);
-        match &scan.paging {
-            super::Paging::None => return Ok(out),
-            super::Paging::Cursor { .. } => match next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(out),
-            },
-            super::Paging::Page { .. } => {
-                if empty {
-                    return Ok(out);
-                }
-                page += 1;
-            }
-        }
-    }
-    Err("listing the output: more than 10,000 pages".into())
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn listings_in_every_shape() {
-        let (r, next) = parse_listing(r#"[{"a":1},{"a":2}]"#, "items", None).unwrap();
-        assert_eq!((r.len(), next), (2, None));
-        let (r, next) = parse_listing(r#"{"items":[{"a":1}],"next":"c2"}"#, "items", Some("next")).unwrap();
-        assert_eq!((r.len(), next.as_deref()), (1, Some("c2")));
-        let (r, next) = parse_listing(r#"{"items":[],"next":null}"#, "items", Some("next")).unwrap();
-        assert_eq!((r.len(), next), (0, None));
-        let (r, _) = parse_listing("{\"a\":1}\n{\"a\":2}\n", "items", None).unwrap();
-        assert_eq!(r.len(), 2);
-        assert!(parse_listing(r#"{"rows":[]}"#, "items", None).is_err());
-    }
-
     use super::*;
     use serde_json::json;
 

@@ -7,6 +7,7 @@
 //! their two flag states (see the pipeline's docs).
 
 pub mod http;
+pub mod observe;
 pub mod pipeline;
 pub mod sink;
 pub mod store;

@@ -28,8 +28,29 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Trouble;
+use crate::server::Server;
+
 /// The flag that picks the enrichment path.
 pub const FLAG: &str = "new-enricher";
+
+/// The dependency the pipeline writes to: the one named `store`, or else the only
+/// `builtin: kv-store` one (a `process` or `external` store serving the same protocol,
+/// such as `stagegate kv-store`, must be named `store`).
+pub fn store_dependency<'a>(
+    deps: impl IntoIterator<Item = &'a crate::deps::Dependency> + Clone,
+) -> Result<&'a crate::deps::Dependency, String> {
+    if let Some(d) = deps.clone().into_iter().find(|d| d.name == "store") {
+        return Ok(d);
+    }
+    let builtin = crate::deps::Provision::Builtin(crate::deps::BuiltinDependency::KvStore);
+    let stores: Vec<&crate::deps::Dependency> = deps.into_iter().filter(|d| d.provision == builtin).collect();
+    match stores.as_slice() {
+        [only] => Ok(only),
+        [] => Err("needs a store: a dependency named `store`".into()),
+        _ => Err("writes to the dependency named `store`, and none is (several are kv-stores)".into()),
+    }
+}
 
 /// How long one store call may take before the pipeline gives up on it.
 const STORE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -156,48 +177,56 @@ impl App {
 
 /// A running builtin pipeline.
 pub struct Pipeline {
-    addr: SocketAddr,
+    server: Server,
     cancel: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    poller: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pipeline {
     /// Starts the pipeline on a free loopback port, writing to `store` and reading its
     /// flags from the OFREP endpoint at `ofrep_url`.
-    pub async fn start(store: SocketAddr, ofrep_url: String) -> std::io::Result<Pipeline> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+    pub async fn start(store: SocketAddr, ofrep_url: String, trouble: Option<Trouble>) -> std::io::Result<Pipeline> {
         let app = App {
             store: Arc::new(StoreClient { addr: store, idle: Mutex::new(Vec::new()) }),
             new_enricher: Arc::new(AtomicU8::new(FLAG_OFF)),
             ofrep_url: Arc::from(ofrep_url.as_str()),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder().timeout(STORE_TIMEOUT).build().map_err(std::io::Error::other)?,
         };
         let router = Router::new()
             .route("/orders", post(create))
             .route("/orders/{key}", get(read))
             .route("/health", get(|| async { "ok" }))
             .with_state(app.clone());
+        let server = Server::start_local("builtin pipeline", router, trouble).await?;
         let cancel = CancellationToken::new();
-        let shutdown = cancel.clone().cancelled_owned();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
-        });
         let poller = tokio::spawn(poll_flags(ofrep_url, app.new_enricher.clone(), cancel.clone()));
-        Ok(Pipeline { addr, cancel, tasks: vec![server, poller] })
+        Ok(Pipeline { server, cancel, poller: std::sync::Mutex::new(Some(poller)) })
     }
 
     /// The pipeline's base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::teardown::Resource for Pipeline {
+    fn label(&self) -> String {
+        "the builtin pipeline".into()
     }
 
-    /// Stops serving and polling.
-    pub async fn stop(self) {
+    async fn stop(&self, forced: bool) {
         self.cancel.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        self.server.stop(forced).await;
+        let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(p) = poller {
+            let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
         }
+    }
+
+    fn stop_now(&self) {
+        self.cancel.cancel();
+        self.server.stop_now();
     }
 }
 
@@ -206,7 +235,10 @@ async fn poll_flags(url: String, flag: Arc<AtomicU8>, cancel: CancellationToken)
     let client = reqwest::Client::new();
     let mut etag: Option<String> = None;
     loop {
-        let mut request = client.post(format!("{url}/ofrep/v1/evaluate/flags")).json(&json!({"context": {}}));
+        let mut request = client
+            .post(format!("{url}/ofrep/v1/evaluate/flags"))
+            .timeout(Duration::from_secs(1))
+            .json(&json!({"context": {}}));
         if let Some(tag) = &etag {
             request = request.header("if-none-match", tag);
         }

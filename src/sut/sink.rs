@@ -1,155 +1,187 @@
 //! The output sink: an HTTP endpoint stagegate serves for the system under test to push
-//! its output to (`target.http.sink`).
+//! its output to (`target.http.sink`), and the observer that reads it.
 //!
 //! A POST carries one record (a JSON object), several (a JSON array of objects), or JSON
-//! lines. Each record is renamed back to the sent field names, kept for the stage's
-//! judgement, and its key's first arrival is timed for `freshness`. Anything else is
-//! answered 400 with the reason, so a SUT that pushes the wrong shape hears of it.
+//! lines. Each record goes straight into the running stage's ledger, which times its
+//! key's first arrival for `freshness`; nothing is kept beyond the ledger's counters, so
+//! a flood of pushes costs time, not memory. An item that is not a JSON object is counted
+//! as unreadable output (a finding about the system). A body with no readable record at
+//! all is answered 400 with the reason; bodies are bounded in size. Pushes between
+//! stages belong to no stage and are dropped.
+//!
+//! Not here: comparing the output with what was sent (`quality`).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::SinkDef;
-use crate::quality::freshness::Arrivals;
-use crate::quality::key_of;
-
-struct Shared {
-    key_field: String,
-    renamed: BTreeMap<String, String>,
-    records: Mutex<Vec<Map<String, Value>>>,
-    arrivals: Arrivals,
-}
+use super::observe::{Current, Item, Observer};
+use crate::health::Trouble;
+use crate::quality::SharedLedger;
+use crate::server::Server;
 
 /// A running sink.
 pub struct SinkServer {
     url: String,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    server: Server,
+    current: Arc<Current>,
+    settle: Duration,
 }
 
-/// Puts the sent field names back on an output record (`renamed` maps sent name to
-/// output name); fields the SUT added stay as they are.
-pub fn rename_back(record: &mut Map<String, Value>, renamed: &BTreeMap<String, String>) {
-    for (sent, output) in renamed {
-        if let Some(v) = record.remove(output) {
-            record.insert(sent.clone(), v);
-        }
-    }
-}
-
-/// The records in one pushed body.
-pub fn parse_body(body: &[u8]) -> Result<Vec<Map<String, Value>>, String> {
+/// The items of one pushed body, or why none could be read.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
-    let objects = |values: Vec<Value>| {
-        values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::Object(m) => Ok(m),
-                other => Err(format!("record {i} is not a JSON object: {other}")),
-            })
-            .collect::<Result<Vec<_>, String>>()
+    let of = |v: Value| match v {
+        Value::Object(m) => Item::Record(m),
+        other => Item::Unreadable(other.to_string()),
     };
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(vec![m]),
-        Ok(Value::Array(items)) => objects(items),
-        Ok(other) => Err(format!("expected a JSON object, an array of them or JSON lines, got {other}")),
-        Err(_) => {
-            let mut values = Vec::new();
-            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                values.push(serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?);
-            }
-            objects(values)
-        }
+    let items: Vec<Item> = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(list)) => list.into_iter().map(of).collect(),
+        Ok(v) => vec![of(v)],
+        Err(_) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| match serde_json::from_str::<Value>(l) {
+                Ok(v) => of(v),
+                Err(_) => Item::Unreadable(l.chars().take(256).collect()),
+            })
+            .collect(),
+    };
+    if items.iter().any(|i| matches!(i, Item::Record(_))) {
+        Ok(items)
+    } else if items.is_empty() {
+        Err("the body holds no record".into())
+    } else {
+        Err("expected a JSON object, an array of them or JSON lines; nothing here is a record".into())
     }
 }
 
 impl SinkServer {
-    /// Serves `def` until stopped, noting each record's key (by `key_field`) in `arrivals`.
-    pub async fn start(
-        def: &SinkDef,
-        key_field: &str,
-        renamed: BTreeMap<String, String>,
-        arrivals: Arrivals,
-    ) -> std::io::Result<SinkServer> {
+    /// Serves `def` until stopped.
+    pub async fn start(def: &SinkDef, trouble: Option<Trouble>) -> std::io::Result<SinkServer> {
         let listener = tokio::net::TcpListener::bind(def.listen.as_str()).await?;
-        let addr: SocketAddr = listener.local_addr()?;
-        let shared =
-            Arc::new(Shared { key_field: key_field.to_string(), renamed, records: Mutex::new(Vec::new()), arrivals });
-        let app = Router::new().route(&def.path, post(receive)).with_state(shared.clone());
-        let cancel = CancellationToken::new();
-        let shutdown = cancel.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-        });
-        Ok(SinkServer { url: format!("http://{addr}{}", def.path), shared, cancel, task })
+        let current = Arc::new(Current::default());
+        let app = Router::new()
+            .route(&def.path, post(receive))
+            .layer(DefaultBodyLimit::max(crate::limits::SINK_BODY_BYTES))
+            .with_state(current.clone());
+        let server = Server::start("output sink", listener, app, trouble)?;
+        let url = format!("http://{}{}", server.addr(), def.path);
+        Ok(SinkServer { url, server, current, settle: def.settle })
     }
 
     /// The URL the system under test pushes to.
     pub fn url(&self) -> &str {
         &self.url
     }
+}
 
-    /// Takes every record received so far (the stage's output).
-    pub fn take(&self) -> Vec<Map<String, Value>> {
-        std::mem::take(&mut *self.shared.records.lock().unwrap_or_else(|p| p.into_inner()))
+#[async_trait::async_trait]
+impl crate::teardown::Resource for SinkServer {
+    fn label(&self) -> String {
+        "the output sink".into()
     }
 
-    /// Stops serving.
-    pub async fn stop(self) {
-        self.cancel.cancel();
-        let _ = self.task.await;
+    async fn stop(&self, forced: bool) {
+        self.server.stop(forced).await;
+    }
+
+    fn stop_now(&self) {
+        self.server.stop_now();
     }
 }
 
-async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
-    let now = tokio::time::Instant::now();
-    let mut records = match parse_body(&body) {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+#[async_trait::async_trait]
+impl Observer for SinkServer {
+    fn kind(&self) -> &'static str {
+        "sink"
+    }
+
+    fn timed_by(&self) -> Option<String> {
+        Some("sink".into())
+    }
+
+    fn begin(&self, ledger: SharedLedger) {
+        self.current.set(Some(ledger));
+    }
+
+    async fn collect(&self, cancel: &CancellationToken) -> Result<(), String> {
+        let Some(ledger) = self.current.get() else { return Ok(()) };
+        // Give acknowledged records still on their way the time to arrive.
+        let deadline = Instant::now() + self.settle;
+        while Instant::now() < deadline && !ledger.lock().unwrap_or_else(|p| p.into_inner()).all_acked_seen() {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err("interrupted".into()),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&self) {
+        self.current.set(None);
+    }
+}
+
+async fn receive(State(current): State<Arc<Current>>, body: Bytes) -> Response {
+    let now = Instant::now();
+    let items = match parse_body(&body) {
+        Ok(items) => items,
+        Err(e) => {
+            // Still output of the system under test: counted, then refused.
+            if let Some(ledger) = current.get() {
+                let raw = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+                ledger.lock().unwrap_or_else(|p| p.into_inner()).observe_unreadable(&raw, None, now);
+            }
+            return (StatusCode::BAD_REQUEST, e).into_response();
+        }
     };
-    for r in &mut records {
-        rename_back(r, &s.renamed);
-        if let Some(key) = key_of(r, &s.key_field) {
-            s.arrivals.seen(key, now);
+    let n = items.len();
+    let Some(ledger) = current.get() else {
+        return (StatusCode::OK, axum::Json(serde_json::json!({ "received": 0, "ignored": n }))).into_response();
+    };
+    let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let mut unreadable = 0;
+    for item in items {
+        match item {
+            Item::Record(r) => ledger.observe(r, now),
+            Item::Unreadable(raw) => {
+                unreadable += 1;
+                ledger.observe_unreadable(&raw, None, now);
+            }
         }
     }
-    let n = records.len();
-    s.records.lock().unwrap_or_else(|p| p.into_inner()).extend(records);
-    (StatusCode::OK, axum::Json(serde_json::json!({ "received": n }))).into_response()
+    (StatusCode::OK, axum::Json(serde_json::json!({ "received": n - unreadable, "unreadable": unreadable })))
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    #[test]
-    fn a_body_is_one_record_an_array_or_json_lines() {
-        assert_eq!(parse_body(br#"{"id": 1}"#).unwrap().len(), 1);
-        assert_eq!(parse_body(br#"[{"id": 1}, {"id": 2}]"#).unwrap().len(), 2);
-        assert_eq!(parse_body(b"{\"id\": 1}\n\n{\"id\": 2}\n").unwrap().len(), 2);
-        assert!(parse_body(b"[1, 2]").unwrap_err().contains("record 0 is not a JSON object"));
-        assert!(parse_body(b"{\"id\": 1}\nnot json\n").unwrap_err().starts_with("line 2"));
-        assert!(parse_body(b"42").is_err());
+    fn count(items: &[Item]) -> (usize, usize) {
+        let records = items.iter().filter(|i| matches!(i, Item::Record(_))).count();
+        (records, items.len() - records)
     }
 
     #[test]
-    fn renamed_fields_get_their_sent_names_back() {
-        let mut r = json!({"total": 5, "id": "a", "added": true}).as_object().unwrap().clone();
-        let renamed = BTreeMap::from([("amount".to_string(), "total".to_string())]);
-        rename_back(&mut r, &renamed);
-        assert_eq!(Value::Object(r), json!({"amount": 5, "id": "a", "added": true}));
+    fn a_body_is_one_record_an_array_or_json_lines() {
+        assert_eq!(count(&parse_body(br#"{"id": 1}"#).unwrap()), (1, 0));
+        assert_eq!(count(&parse_body(br#"[{"id": 1}, {"id": 2}]"#).unwrap()), (2, 0));
+        assert_eq!(count(&parse_body(b"{\"id\": 1}\n\n{\"id\": 2}\n").unwrap()), (2, 0));
+        assert_eq!(count(&parse_body(b"{\"id\": 1}\nnot json\n").unwrap()), (1, 1));
+        assert!(parse_body(b"[1, 2]").unwrap_err().contains("nothing here is a record"));
+        assert!(parse_body(b"42").is_err());
+        assert!(parse_body(b"").is_err());
     }
 }

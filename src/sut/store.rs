@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +51,11 @@ impl Log {
 pub struct KvStore {
     addr: SocketAddr,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// The longest request line the store reads; a longer one closes the connection.
+const MAX_LINE: u64 = 4 * 1024 * 1024;
 
 impl KvStore {
     /// Starts the store on a free loopback port.
@@ -79,7 +82,7 @@ impl KvStore {
                 }
             }
         });
-        Ok(KvStore { addr, cancel, task })
+        Ok(KvStore { addr, cancel, task: std::sync::Mutex::new(Some(task)) })
     }
 
     /// The store's own address (the system under test is given the proxy's instead).
@@ -88,9 +91,27 @@ impl KvStore {
     }
 
     /// Stops the store and closes every connection.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(crate::limits::SERVER_STOP, task).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::teardown::Resource for KvStore {
+    fn label(&self) -> String {
+        "the builtin store".into()
+    }
+
+    async fn stop(&self, _forced: bool) {
+        KvStore::stop(self).await;
+    }
+
+    fn stop_now(&self) {
+        self.cancel.cancel();
     }
 }
 
@@ -103,7 +124,7 @@ async fn serve(stream: TcpStream, log: Arc<Mutex<Log>>, stop: CancellationToken)
         line.clear();
         let read = tokio::select! {
             _ = stop.cancelled() => return,
-            r = reader.read_line(&mut line) => r,
+            r = async { (&mut reader).take(MAX_LINE).read_line(&mut line).await } => r,
         };
         // A request is a whole line: one cut off by a closed connection is not applied,
         // as a database does not commit half a statement.
@@ -160,20 +181,32 @@ fn answer(line: &str, log: &Mutex<Log>) -> String {
 /// proxy, so that faults do not disturb the observation). Returns the JSON lines and
 /// the offset to continue from.
 pub async fn scan(addr: SocketAddr, from: usize) -> std::io::Result<(Vec<String>, usize)> {
-    let stream = TcpStream::connect(addr).await?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(format!("SCAN {from}\n").as_bytes()).await?;
-    let mut lines = BufReader::new(read).lines();
     let mut out = Vec::new();
-    while let Some(line) = lines.next_line().await? {
-        if let Some(next) = line.strip_prefix("END ") {
-            return Ok((out, next.trim().parse().unwrap_or(from)));
+    let next = scan_each(addr, from, |line| out.push(line.to_string())).await?;
+    Ok((out, next))
+}
+
+/// Hands each record stored from `from` on to `each`, without holding them all; returns
+/// the offset to continue from. Within 10 s.
+pub async fn scan_each(addr: SocketAddr, from: usize, mut each: impl FnMut(&str)) -> std::io::Result<usize> {
+    let scan = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(format!("SCAN {from}\n").as_bytes()).await?;
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await? {
+            if let Some(next) = line.strip_prefix("END ") {
+                return Ok(next.trim().parse().unwrap_or(from));
+            }
+            if let Some((_, json)) = line.split_once(' ') {
+                each(json);
+            }
         }
-        if let Some((_, json)) = line.split_once(' ') {
-            out.push(json.to_string());
-        }
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "store closed during SCAN"))
+        Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "store closed during SCAN"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), scan)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the store did not answer a SCAN within 10s"))?
 }
 
 #[cfg(test)]

@@ -136,7 +136,8 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
     );
     let (outcome, note) = match measured {
         _ if needs_output && !metrics.data_observed => {
-            (Outcome::Inconclusive, Some("the output was not observed (give the target a `read` request)".to_string()))
+            let why = metrics.output_unseen.as_deref().unwrap_or("nothing observes it");
+            (Outcome::Inconclusive, Some(format!("the output was not observed: {why}")))
         }
         None if matches!(check.metric.base, Base::Freshness(_)) => {
             let why = match &metrics.freshness {
@@ -238,6 +239,96 @@ pub fn abort_reason(criteria: &[Criterion], stage: &str, so_far: &StageMetrics) 
         .filter(|(_, check)| !matches!(check.metric.base, Base::Data(_) | Base::DataRate(_) | Base::RecoveryTime))
         .map(|(c, check)| judge_check(c, check, stage, so_far))
         .find(|a| a.outcome == Outcome::Fail)
+}
+
+/// The enforced `abort_on_fail` check among `assessments` that failed, if any.
+pub fn failed_abort(criteria: &[Criterion], assessments: &[Assessment]) -> Option<Assessment> {
+    criteria
+        .iter()
+        .filter(|c| c.abort_on_fail && c.level == Level::Enforce)
+        .find_map(|c| assessments.iter().find(|a| a.criterion == c.text && a.outcome == Outcome::Fail).cloned())
+}
+
+/// Judges every comparison whose two stages both ran to the end; `samples` are each
+/// finished stage's judged samples.
+pub fn compare_stages(
+    criteria: &[Criterion],
+    samples: &std::collections::HashMap<String, crate::measure::Slice>,
+    completed: impl Fn(&str) -> bool,
+) -> Vec<Assessment> {
+    let mut out = Vec::new();
+    for c in criteria {
+        let Rule::Compare(cmp) = &c.rule else { continue };
+        let (Some(cand), Some(base)) = (samples.get(&cmp.stage), samples.get(&cmp.baseline)) else { continue };
+        if !(completed(&cmp.stage) && completed(&cmp.baseline)) {
+            continue;
+        }
+        let sides = Sides {
+            candidate: &cand.histogram,
+            baseline: &base.histogram,
+            candidate_errors: cand.errors,
+            baseline_errors: base.errors,
+        };
+        out.push(assess_compare(c, cmp, &sides));
+    }
+    out
+}
+
+/// How a run ended, as far as the verdict cares.
+#[derive(Debug, Default)]
+pub struct Ending<'a> {
+    /// Why the run itself broke, if it did.
+    pub error: Option<&'a str>,
+    pub interrupted: bool,
+    /// Why an `abort_on_fail` criterion stopped the run.
+    pub aborted: Option<&'a str>,
+    /// How the target's process ended on its own, if it did.
+    pub target_exit: Option<&'a str>,
+    /// The last stage that started.
+    pub last_stage: Option<&'a str>,
+}
+
+/// The verdict of a run and its reasons in words: none when the run broke or was
+/// interrupted (those are not judgements on the candidate).
+pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>, Vec<String>) {
+    let mut reasons = Vec::new();
+    if let Some(e) = ending.error {
+        reasons.push(format!("the run broke: {e}"));
+        return (None, reasons);
+    }
+    if ending.interrupted {
+        let when = ending.last_stage.map_or("before the first stage".to_string(), |s| format!("during stage `{s}`"));
+        reasons.push(format!("interrupted {when}; no verdict"));
+        return (None, reasons);
+    }
+    let mut v = fold(assessments);
+    if let Some(exit) = ending.target_exit {
+        reasons.push(exit.to_string());
+    }
+    if let Some(reason) = ending.aborted {
+        v = Verdict::Rollback;
+        reasons.push(format!("aborted: {reason}"));
+    }
+    let wanted = match v {
+        Verdict::Rollback => Outcome::Fail,
+        Verdict::Inconclusive => Outcome::Inconclusive,
+        Verdict::Promote => {
+            reasons.push("every criterion held in every stage".into());
+            return (Some(v), reasons);
+        }
+    };
+    for a in assessments.iter().filter(|a| a.outcome == wanted && a.level == Level::Enforce) {
+        let note = a.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+        reasons.push(format!(
+            "stage `{}`: `{}` {}: measured {}, limit {}{note}",
+            a.stage,
+            a.criterion,
+            if wanted == Outcome::Fail { "failed" } else { "inconclusive" },
+            a.measured_text,
+            a.limit_text
+        ));
+    }
+    (Some(v), reasons)
 }
 
 /// Folds every assessment into the verdict, worst wins: an enforced failure rolls back;

@@ -41,6 +41,9 @@ pub struct Sample {
     pub latency: Duration,
     pub outcome: Outcome,
     pub key: String,
+    /// Set when the request failed for want of stagegate's own resources (file
+    /// descriptors, local ports): not the target's doing, and not judged.
+    pub own_failure: Option<String>,
 }
 
 /// What the driver tells its caller while it runs.
@@ -113,6 +116,13 @@ pub async fn drive(
         Arrival::Open(profile) => (Some(pacing::schedule(profile, workload.duration)), 0usize),
         Arrival::Closed { concurrency } => (None, *concurrency as usize),
     };
+    // How many sends the schedule holds, and how many it has given so far: what is left
+    // when the driver falls behind is counted, never walked through.
+    let planned = match &workload.arrival {
+        Arrival::Open(profile) => (profile.expected(workload.duration.as_secs_f64()) - 1e-9).ceil().max(0.0) as u64,
+        Arrival::Closed { .. } => 0,
+    };
+    let mut scheduled = 0u64;
     let mut in_flight = 0usize;
     let mut dropped = 0u64;
     let fields: Vec<String> =
@@ -126,7 +136,10 @@ pub async fn drive(
         // The next send: on schedule (open model), or as soon as a slot frees (closed).
         let intended = match open.as_mut() {
             Some(offsets) => match offsets.next() {
-                Some(offset) => Some(start + offset),
+                Some(offset) => {
+                    scheduled += 1;
+                    Some(start + offset)
+                }
                 None => break,
             },
             None => None,
@@ -163,7 +176,7 @@ pub async fn drive(
         }
         if Instant::now() >= end + DROP_GRACE {
             // Behind schedule past the stage's end: what is left will never be sent.
-            dropped = 1 + open.as_mut().map_or(0, |rest| rest.count() as u64);
+            dropped = planned.saturating_sub(scheduled) + 1;
             break;
         }
         let offset = intended - start;
@@ -221,13 +234,18 @@ pub async fn drive(
             let key = key.clone();
             in_flight += 1;
             tasks.spawn(async move {
+                let mut own_failure = None;
                 let outcome = match request.send().await {
                     Ok(r) if r.status().is_success() => Outcome::Acked,
                     Ok(r) if r.status().is_client_error() => Outcome::Rejected,
-                    _ => Outcome::Failed,
+                    Ok(_) => Outcome::Failed,
+                    Err(e) => {
+                        own_failure = crate::health::chain_is_own_exhaustion(&e);
+                        Outcome::Failed
+                    }
                 };
                 let latency = Instant::now().saturating_duration_since(intended);
-                let _ = tx.send(Sample { offset, latency, outcome, key });
+                let _ = tx.send(Sample { offset, latency, outcome, key, own_failure });
                 drop(permit);
             });
         }

@@ -1,53 +1,16 @@
-//! Checking one fault of a stage: its kind, where it may be placed, which parameters
-//! it takes and which it needs, and its schedule inside the stage.
+//! Checking one fault of a stage against the fault catalog (`fault::catalog`): its
+//! kind, where it may be placed, which parameters it takes and which it needs, and its
+//! schedule inside the stage.
 
 use std::time::Duration;
 
-use super::compile::Ctx;
-use super::spec::FaultSpec;
-use super::units;
-use super::yaml::join_key;
+use super::super::spec::FaultSpec;
+use super::super::units;
+use super::super::yaml::join_key;
+use super::Ctx;
 use crate::deps::{Dependency, Provision};
-use crate::fault::{Direction, Fault, FaultKind, HttpMatch, Place, Schedule};
+use crate::fault::{Direction, Fault, FaultKind, HttpMatch, Place, Schedule, catalog};
 use crate::sut::Target;
-
-/// Every fault kind, with where it may go: (dependency, target, workload).
-pub(crate) const KINDS: [(&str, bool, bool, bool); 16] = [
-    ("latency", true, true, false),
-    ("bandwidth", true, true, false),
-    ("refuse", true, false, false),
-    ("blackhole", true, false, false),
-    ("reset", true, false, false),
-    ("slow_close", true, false, false),
-    ("slicer", true, false, false),
-    ("limit_data", true, false, false),
-    ("corrupt", true, false, false),
-    ("http_error", true, true, false),
-    ("kill", true, true, false),
-    ("pause", true, true, false),
-    ("malformed", false, false, true),
-    ("duplicate", false, false, true),
-    ("out_of_order", false, false, true),
-    ("late", false, false, true),
-];
-
-/// The parameters each kind takes (beyond the common ones), the required first.
-pub(crate) fn parameters(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
-    match kind {
-        "latency" => (&["delay"], &["jitter", "match"]),
-        "bandwidth" => (&["rate"], &[]),
-        "reset" => (&[], &["after"]),
-        "slow_close" => (&["delay"], &[]),
-        "slicer" => (&["size"], &["size_variation", "delay"]),
-        "limit_data" => (&["bytes"], &[]),
-        "corrupt" => (&["rate"], &[]),
-        "http_error" => (&["status"], &["body", "match"]),
-        "kill" => (&[], &["signal", "restart_after"]),
-        "out_of_order" => (&[], &["window"]),
-        "late" => (&["delay"], &[]),
-        _ => (&[], &[]),
-    }
-}
 
 /// Parses a byte rate: `64KB/s`, `1MB/s`, `512B/s`, `2MiB/s`.
 pub fn parse_byte_rate(text: &str) -> Result<u64, String> {
@@ -76,8 +39,6 @@ pub fn parse_byte_rate(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-const SIGNALS: [&str; 6] = ["SIGKILL", "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1"];
-
 /// Checks one fault; `stage` is the stage length when the workload is valid.
 pub(super) fn compile(
     ctx: &mut Ctx,
@@ -87,11 +48,11 @@ pub(super) fn compile(
     target: &Option<Target>,
     stage: Option<Duration>,
 ) -> Option<Fault> {
-    let kinds: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
-    let Some(&(kind_name, on_dep, on_target, on_workload)) = KINDS.iter().find(|k| k.0 == f.kind) else {
-        ctx.unknown(&join_key(path, "kind"), "fault kind", &f.kind, &kinds);
+    let Some(info) = catalog::find(&f.kind) else {
+        ctx.unknown(&join_key(path, "kind"), "fault kind", &f.kind, &catalog::names());
         return None;
     };
+    let (kind_name, on_dep, on_target, on_workload) = (info.name, info.at_dependency, info.at_target, info.at_workload);
     let mut ok = true;
     // Where.
     let dep = deps.iter().find(|(n, _)| *n == f.at).map(|(_, d)| d);
@@ -121,7 +82,7 @@ pub(super) fn compile(
             Some(format!("it goes at {}", allowed.join(" or ")));
         ok = false;
     }
-    if place_ok && matches!(kind_name, "kill" | "pause") {
+    if place_ok && info.needs_started() {
         let startable = match (&place, dep) {
             (Place::Dependency(_), Some(d)) => matches!(d.provision, Provision::Process(_) | Provision::Container(_)),
             (Place::Target, _) => matches!(target, Some(Target::Http(h)) if h.process.is_some()),
@@ -136,7 +97,7 @@ pub(super) fn compile(
         }
     }
     // Which parameters.
-    let (required, optional) = parameters(kind_name);
+    let (required, optional) = (info.required, info.optional);
     let given: [(&str, bool); 13] = [
         ("delay", f.delay.is_some()),
         ("jitter", f.jitter.is_some()),
@@ -169,8 +130,7 @@ pub(super) fn compile(
             ok = false;
         }
     }
-    let proxied = matches!(place, Place::Dependency(_) | Place::Target) && !matches!(kind_name, "kill" | "pause");
-    if f.direction.is_some() && !proxied {
+    if f.direction.is_some() && !info.has_direction() {
         ctx.error(&join_key(path, "direction"), format!("`direction` does not apply to a {kind_name} fault"));
         ok = false;
     }
@@ -224,8 +184,8 @@ pub(super) fn compile(
         "kill" => {
             let signal = f.signal.clone().unwrap_or_else(|| "SIGKILL".into()).to_ascii_uppercase();
             let signal = if signal.starts_with("SIG") { signal } else { format!("SIG{signal}") };
-            if !SIGNALS.contains(&signal.as_str()) {
-                ctx.unknown(&p("signal"), "signal", &signal, &SIGNALS);
+            if !catalog::SIGNALS.contains(&signal.as_str()) {
+                ctx.unknown(&p("signal"), "signal", &signal, &catalog::SIGNALS);
                 ok = false;
             }
             let restart_after = ctx.unit(&p("restart_after"), f.restart_after.as_ref(), units::parse_duration);

@@ -1,0 +1,184 @@
+//! `stagegate cleanup`: stops what runs killed outright (SIGKILL, a power cut of the CI
+//! runner) left behind, from their `run.json`, and nothing else.
+//!
+//! A run qualifies when its record is not finished and its stagegate process is gone
+//! (the pid is checked together with its start time, so a reused pid does not keep a
+//! dead run's leftovers alive). Then, for that run only:
+//!
+//! - each recorded process group is stopped if its leader is still the process the run
+//!   started (same start time); a pid now held by anything else is left alone and said so;
+//! - every process whose environment carries the run's marker ([`MARKER`]) is stopped:
+//!   this finds a process spawned just before stagegate died, before its pid was written;
+//! - every container carrying the run's label ([`LABEL`]) is removed.
+//!
+//! Not here: the record itself ([`super::runfile`]).
+
+use std::path::Path;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use super::runfile::{self, LABEL, MARKER, RunRecord};
+
+/// What a cleanup did, line by line.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    pub lines: Vec<String>,
+    /// Process groups, processes and containers stopped.
+    pub stopped: usize,
+}
+
+/// Cleans every run folder under `report_root`.
+pub async fn cleanup(report_root: &Path) -> Cleaned {
+    let mut out = Cleaned::default();
+    let Ok(entries) = std::fs::read_dir(report_root) else {
+        out.lines.push(format!("nothing to clean: no folder {}", report_root.display()));
+        return out;
+    };
+    let mut folders: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    folders.sort();
+    for folder in folders {
+        let path = folder.join("run.json");
+        if !path.exists() {
+            continue;
+        }
+        let record = match runfile::read(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                out.lines.push(format!("{}: left alone: {e}", path.display()));
+                continue;
+            }
+        };
+        if record.finished {
+            continue;
+        }
+        let folder_name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if record.run != folder_name {
+            out.lines.push(format!(
+                "{}: left alone: it names run `{}`, not its own folder `{folder_name}`",
+                path.display(),
+                record.run
+            ));
+            continue;
+        }
+        let owner = record.stagegate_pid as i32;
+        let owner_alive = owner > 0
+            && runfile::is_alive(owner)
+            && record.stagegate_started.is_none_or(|t| runfile::start_time(owner) == Some(t));
+        if owner_alive {
+            out.lines.push(format!("{}: still running (stagegate pid {owner}); left alone", folder.display()));
+            continue;
+        }
+        clean_run(&folder, &record, &mut out).await;
+        let mut done = record.clone();
+        done.finished = true;
+        done.cleaned_up = true;
+        let _ = runfile::write_atomically(&path, &serde_json::to_vec_pretty(&done).unwrap_or_default());
+    }
+    out.lines.push(format!("cleanup: {} process group(s), process(es) or container(s) stopped", out.stopped));
+    out
+}
+
+async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
+    let here = folder.display();
+    for p in &record.processes {
+        let Some(pgid) = p.pgid.filter(|g| *g > 1) else { continue };
+        match (p.started, runfile::start_time(pgid)) {
+            (_, None) => {}
+            (Some(recorded), Some(now)) if recorded == now => {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                out.lines.push(format!("{here}: stopped `{}` (process group {pgid})", p.name));
+                out.stopped += 1;
+            }
+            (Some(_), Some(_)) => out.lines.push(format!(
+                "{here}: left alone: pid {pgid} (recorded for `{}`) is another process now",
+                p.name
+            )),
+            (None, Some(_)) => out.lines.push(format!(
+                "{here}: left alone: pid {pgid} (recorded for `{}`) has no start time in the record to prove it is the same process",
+                p.name
+            )),
+        }
+    }
+    for pid in marked_processes(&record.run) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            out.lines.push(format!("{here}: stopped process {pid} (started by this run)"));
+            out.stopped += 1;
+        }
+    }
+    match super::container::remove_labelled(&record.run).await {
+        Ok(removed) => {
+            for (docker_name, id) in removed {
+                let dep =
+                    record.containers.iter().find(|c| c.container == docker_name).map_or("?", |c| c.name.as_str());
+                out.lines
+                    .push(format!("{here}: removed container `{dep}` ({docker_name}, {})", &id[..id.len().min(12)]));
+                out.stopped += 1;
+            }
+        }
+        Err(e) if !record.containers.is_empty() => {
+            out.lines.push(format!("{here}: could not remove its containers: {e}"));
+        }
+        Err(_) => {}
+    }
+}
+
+/// Every live process whose environment holds `STAGEGATE_RUN=<run>`, but this one.
+pub fn marked_processes(run: &str) -> Vec<i32> {
+    let needle = format!("{MARKER}={run}");
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .filter(|pid| runfile::is_alive(*pid))
+        .collect()
+}
+
+/// The label filter that selects one run's containers.
+pub fn label_filter(run: &str) -> String {
+    format!("{LABEL}={run}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pid_that_now_belongs_to_another_process_is_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("r-1");
+        std::fs::create_dir_all(&folder).unwrap();
+        // An unrelated process in a group of its own, recorded under a wrong start time.
+        let mut bystander = std::process::Command::new("sleep");
+        std::os::unix::process::CommandExt::process_group(&mut bystander, 0);
+        let mut bystander = bystander.arg("30").spawn().unwrap();
+        let pid = bystander.id() as i32;
+        let record = RunRecord {
+            run: "r-1".into(),
+            stagegate_pid: 999_999_999,
+            processes: vec![runfile::ProcessEntry {
+                name: "store".into(),
+                pgid: Some(pid),
+                started: runfile::start_time(pid).map(|t| t + 1),
+                running: true,
+            }],
+            ..Default::default()
+        };
+        runfile::write_atomically(&folder.join("run.json"), &serde_json::to_vec(&record).unwrap()).unwrap();
+        let cleaned = cleanup(root.path()).await;
+        assert_eq!(cleaned.stopped, 0, "{:?}", cleaned.lines);
+        assert!(cleaned.lines.iter().any(|l| l.contains("is another process now")), "{:?}", cleaned.lines);
+        assert!(runfile::is_alive(pid), "cleanup killed a process it did not start");
+        assert!(runfile::read(&folder.join("run.json")).unwrap().finished);
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+}

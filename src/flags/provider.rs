@@ -1,0 +1,270 @@
+//! Flag providers: how each stage's flag state reaches the system under test.
+//!
+//! [`FlagProvider`] is the seam: the runner hands each stage's flags over before the
+//! stage starts and never asks which provider it has. [`provide`] builds the one the
+//! scenario names (adopting whatever it starts into the run's teardown guard):
+//!
+//! - `ofrep`: stagegate serves OFREP ([`super::ofrep`]); a started target is told
+//!   `{{ flags.url }}`; a hand-over waits (a bounded time) until a bulk poll saw it;
+//! - `flagd-file`: a flagd file rewritten atomically at each stage ([`super::flagd`]);
+//!   a started target is told `{{ flags.file }}`;
+//! - `header`: each request carries the record's flag values in a header;
+//! - `env`: a started target gets `FLAG_*` variables, and is restarted between stages
+//!   whose flags differ.
+//!
+//! Not here: what a flag state is ([`super::FlagState`]) and the OFREP protocol.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::ofrep::OfrepServer;
+use super::{FlagSet, FlagState, Provider, env_vars, flagd};
+use crate::health::Trouble;
+use crate::teardown::Guard;
+
+/// How long a hand-over waits for a polling OFREP client to see the new state.
+const PICK_UP: Duration = Duration::from_secs(3);
+
+/// The flags of one stage: every flag's state.
+pub type StageFlags = BTreeMap<String, FlagState>;
+
+/// What a hand-over asks of the runner before the stage may start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handover {
+    /// The flags are in place.
+    Ready,
+    /// The target sees them only once restarted with this environment.
+    Restart(Vec<(String, String)>),
+}
+
+/// Why a hand-over failed (stagegate's failure, not the target's).
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("the OFREP flag endpoint could not listen: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot write the flag file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+}
+
+/// Hands flag states to the system under test.
+#[async_trait::async_trait]
+pub trait FlagProvider: Send + Sync {
+    /// What a started target's templates see under `flags` (`url`, `file`).
+    fn context(&self) -> Value;
+
+    /// The environment a started target gets at its first start.
+    fn initial_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Where the system under test fetches its flags, to name in progress lines.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+
+    /// Hands `flags` over before a stage; `previous` is the last stage's.
+    async fn hand_over(
+        &self,
+        flags: &StageFlags,
+        previous: Option<&StageFlags>,
+        cancel: &CancellationToken,
+    ) -> Result<Handover, FlagError>;
+
+    /// The header a request carries, given the record's flag values (a JSON object).
+    fn header(&self, _values: &Value) -> Option<(String, String)> {
+        None
+    }
+
+    /// Whether requests need the record's flag values (for [`FlagProvider::header`]).
+    fn wants_values(&self) -> bool {
+        false
+    }
+}
+
+/// Builds the provider `flags` names. `first` is the first stage's flags (in place
+/// before anything starts); `seed` buckets fractional exposure; `report_dir` holds the
+/// flag file unless the scenario names one (relative to `scenario_dir`).
+pub async fn provide(
+    flags: &FlagSet,
+    first: &StageFlags,
+    seed: u64,
+    scenario_dir: &std::path::Path,
+    report_dir: Option<&std::path::Path>,
+    guard: &Guard,
+    trouble: &Trouble,
+) -> Result<Arc<dyn FlagProvider>, FlagError> {
+    Ok(match &flags.provider {
+        Provider::Ofrep => {
+            let server =
+                guard.adopt(Arc::new(OfrepServer::start(Some(trouble.clone())).await.map_err(FlagError::Listen)?));
+            server.set(first.clone(), seed);
+            Arc::new(Ofrep { server, seed, polled: !flags.definitions.is_empty() })
+        }
+        Provider::FlagdFile(file) => {
+            let path = match (file, report_dir) {
+                (Some(f), _) => scenario_dir.join(f),
+                (None, Some(dir)) => dir.join("flags.flagd.json"),
+                (None, None) => std::env::temp_dir().join(format!("stagegate-{}.flagd.json", std::process::id())),
+            };
+            flagd::write(&path, first).map_err(|source| FlagError::File { path: path.clone(), source })?;
+            Arc::new(FlagdFile { path })
+        }
+        Provider::Header(name) => Arc::new(Header { name: name.clone() }),
+        Provider::Env => Arc::new(Env { first: env_vars(first) }),
+    })
+}
+
+struct Ofrep {
+    server: Arc<OfrepServer>,
+    seed: u64,
+    /// Whether a client polls for flags at all (a scenario without flags has none).
+    polled: bool,
+}
+
+#[async_trait::async_trait]
+impl FlagProvider for Ofrep {
+    fn context(&self) -> Value {
+        json!({ "url": self.server.url() })
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        self.polled.then(|| self.server.url())
+    }
+
+    async fn hand_over(
+        &self,
+        flags: &StageFlags,
+        _previous: Option<&StageFlags>,
+        cancel: &CancellationToken,
+    ) -> Result<Handover, FlagError> {
+        let generation = self.server.set(flags.clone(), self.seed);
+        if self.polled {
+            let picked = tokio::select! {
+                _ = cancel.cancelled() => true,
+                picked = self.server.picked_up(generation, PICK_UP) => picked,
+            };
+            if !picked {
+                tracing::warn!("the target did not fetch the new flag state within 3s");
+            }
+        }
+        Ok(Handover::Ready)
+    }
+}
+
+struct FlagdFile {
+    path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl FlagProvider for FlagdFile {
+    fn context(&self) -> Value {
+        json!({ "file": self.path.display().to_string() })
+    }
+
+    async fn hand_over(
+        &self,
+        flags: &StageFlags,
+        _previous: Option<&StageFlags>,
+        _cancel: &CancellationToken,
+    ) -> Result<Handover, FlagError> {
+        flagd::write(&self.path, flags).map_err(|source| FlagError::File { path: self.path.clone(), source })?;
+        Ok(Handover::Ready)
+    }
+}
+
+struct Header {
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl FlagProvider for Header {
+    fn context(&self) -> Value {
+        json!({ "header": self.name })
+    }
+
+    async fn hand_over(
+        &self,
+        _flags: &StageFlags,
+        _previous: Option<&StageFlags>,
+        _cancel: &CancellationToken,
+    ) -> Result<Handover, FlagError> {
+        Ok(Handover::Ready)
+    }
+
+    fn header(&self, values: &Value) -> Option<(String, String)> {
+        let Value::Object(values) = values else { return None };
+        let text: Vec<String> =
+            values.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from))).collect();
+        Some((self.name.clone(), text.join(",")))
+    }
+
+    fn wants_values(&self) -> bool {
+        true
+    }
+}
+
+struct Env {
+    first: Vec<(String, String)>,
+}
+
+#[async_trait::async_trait]
+impl FlagProvider for Env {
+    fn context(&self) -> Value {
+        json!({})
+    }
+
+    fn initial_env(&self) -> Vec<(String, String)> {
+        self.first.clone()
+    }
+
+    async fn hand_over(
+        &self,
+        flags: &StageFlags,
+        previous: Option<&StageFlags>,
+        _cancel: &CancellationToken,
+    ) -> Result<Handover, FlagError> {
+        Ok(match previous {
+            Some(p) if p != flags => Handover::Restart(env_vars(flags)),
+            _ => Handover::Ready,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(on: bool) -> StageFlags {
+        BTreeMap::from([("new-path".to_string(), FlagState::Fixed(json!(on)))])
+    }
+
+    #[tokio::test]
+    async fn env_asks_for_a_restart_only_when_the_flags_change() {
+        let set = FlagSet { provider: Provider::Env, definitions: Vec::new() };
+        let p = provide(&set, &flags(false), 0, std::path::Path::new("."), None, &Guard::new(), &Trouble::new())
+            .await
+            .unwrap();
+        assert_eq!(p.initial_env(), vec![("FLAG_NEW_PATH".to_string(), "false".to_string())]);
+        let cancel = CancellationToken::new();
+        assert_eq!(p.hand_over(&flags(false), None, &cancel).await.unwrap(), Handover::Ready);
+        assert_eq!(p.hand_over(&flags(false), Some(&flags(false)), &cancel).await.unwrap(), Handover::Ready);
+        assert_eq!(
+            p.hand_over(&flags(true), Some(&flags(false)), &cancel).await.unwrap(),
+            Handover::Restart(vec![("FLAG_NEW_PATH".to_string(), "true".to_string())])
+        );
+    }
+
+    #[tokio::test]
+    async fn header_carries_each_records_values() {
+        let set = FlagSet { provider: Provider::Header("X-Flags".into()), definitions: Vec::new() };
+        let p = provide(&set, &flags(true), 0, std::path::Path::new("."), None, &Guard::new(), &Trouble::new())
+            .await
+            .unwrap();
+        assert_eq!(p.header(&json!({"a": true, "b": "blue"})), Some(("X-Flags".into(), "a=true,b=blue".into())));
+    }
+}

@@ -1,0 +1,99 @@
+//! Every bound stagegate puts on what comes from outside it, in one place: files it
+//! reads, answers and pushes from the system under test, rates and durations a scenario
+//! may ask for, and how long an orderly stop may take before it is forced.
+//!
+//! Each bound is generous for honest use and stops a runaway input (a `/dev/zero`
+//! scenario, a 100 MB read-back answer, a sink flooded with records) long before memory
+//! or time runs out. [`read_bounded`] is the one way files from the user are read.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+/// A scenario file.
+pub const SCENARIO_BYTES: u64 = 4 * 1024 * 1024;
+/// A record schema (`synthetic-data/*.yaml`).
+pub const SCHEMA_BYTES: u64 = 1024 * 1024;
+/// A playbook file.
+pub const PLAYBOOK_BYTES: u64 = 1024 * 1024;
+/// A `run.json`, read by `cleanup`.
+pub const RUN_RECORD_BYTES: u64 = 1024 * 1024;
+/// A `stagegate proxy --config` file.
+pub const PROXY_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One read-back answer (one record, or its copies).
+pub const READ_BACK_BYTES: usize = 1024 * 1024;
+/// Read-backs in flight at once.
+pub const READ_BACK_PARALLEL: usize = 32;
+/// One page of a scan.
+pub const SCAN_PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Pages of one listing.
+pub const SCAN_PAGES: usize = 10_000;
+/// One body pushed to the sink.
+pub const SINK_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// One body sent to an endpoint stagegate serves for control (OFREP, the proxy API).
+pub const CONTROL_BODY_BYTES: usize = 1024 * 1024;
+
+/// The highest arrival rate a scenario may ask for, per second. (The driver sustains a
+/// few tens of thousands here; past this the schedule itself stops making sense.)
+pub const MAX_RATE: f64 = 1_000_000.0;
+/// The longest duration any scenario value may have.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The most requests one stage may plan: the ledger keeps about a hundred bytes each.
+pub const MAX_REQUESTS_PER_STAGE: f64 = 50_000_000.0;
+
+/// How long a server stagegate runs (OFREP, sink, a proxy) may take to finish the
+/// requests it is serving once asked to stop; then it is stopped outright.
+pub const SERVER_STOP: Duration = Duration::from_secs(2);
+/// How long a process gets between SIGTERM and SIGKILL.
+pub const PROCESS_GRACE: Duration = Duration::from_secs(5);
+/// How long removing a container may take.
+pub const CONTAINER_STOP: Duration = Duration::from_secs(15);
+
+/// Reads the text file at `path`, refusing more than `limit` bytes (a device such as
+/// `/dev/zero` ends here, not in memory exhaustion). Pipes and other non-regular files
+/// are read too, within the same limit.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {}", human_bytes(limit)),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("it is not UTF-8 text ({e})")))
+}
+
+/// `4 MiB`, `512 KiB`, `100 B`.
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", n / (1024 * 1024))
+    } else if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_file_is_refused_at_the_limit() {
+        let err = read_bounded(Path::new("/dev/zero"), 1024).unwrap_err();
+        assert_eq!(err.to_string(), "it is larger than 1 KiB");
+    }
+
+    #[test]
+    fn a_small_file_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, "version: 1\n").unwrap();
+        assert_eq!(read_bounded(&path, 11).unwrap(), "version: 1\n");
+        assert!(read_bounded(&path, 10).is_err());
+    }
+}

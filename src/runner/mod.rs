@@ -1,0 +1,216 @@
+//! The runner: provision, run each stage, tear down, judge, emitting [`Event`]s. It only
+//! orchestrates; everything it runs sits behind a seam of its own.
+//!
+//! [`run`] never returns an error: a run that breaks (a port that cannot be bound, a
+//! dependency that never gets ready, stagegate running out of descriptors) still
+//! produces a [`RunReport`] with `error` set, and an interrupted run produces one marked
+//! `interrupted`. Whatever the run starts is adopted by a teardown guard *before* it
+//! starts and written into `run.json`; the guard lifts every fault and stops every
+//! process, container and server on every path out of here: the end, an error, Ctrl-C
+//! (a second one forces the stop), or a panic unwinding through it.
+//!
+//! - [`provision`]: the typed set of what runs (flags, dependencies, target, observer);
+//! - [`stage`]: one stage, from flag hand-over to its assessments;
+//! - [`action`]: the `on_verdict` command.
+
+pub mod action;
+pub mod provision;
+pub mod stage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::deps::runfile::RunFile;
+use crate::health::Trouble;
+use crate::report::{Event, RunReport};
+use crate::scenario::Plan;
+use crate::seed;
+use crate::teardown::Guard;
+use crate::verdict;
+
+/// How a run is told to stop: `cancel` (Ctrl-C, SIGTERM) ends it in order; `force` (a
+/// second one) cuts every wait short, faults still lifted and children still stopped.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub cancel: CancellationToken,
+    pub force: CancellationToken,
+}
+
+/// Where a run writes: its folder (and its id, the folder's name).
+pub struct Output {
+    pub dir: Option<PathBuf>,
+    pub run_id: String,
+}
+
+/// Runs `plan`, sending events to `events`; the report is also the last event.
+pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSender<Event>) -> RunReport {
+    let emit = |e: Event| {
+        let _ = events.send(e);
+    };
+    emit(Event::Started {
+        name: plan.name.clone(),
+        file: plan.file.clone(),
+        seed: plan.seed,
+        stages: plan.stages.len(),
+        warnings: plan.warnings.clone(),
+    });
+    let mut report = RunReport::begin(plan, out.dir.clone());
+    // Written before anything starts: without it `cleanup` could not find what does.
+    let run_file = match &out.dir {
+        Some(dir) => match RunFile::create(dir, &out.run_id) {
+            Ok(f) => f,
+            Err(e) => {
+                report.error = Some(format!("cannot write {}: {e}", dir.join("run.json").display()));
+                return finish(plan, report, &events);
+            }
+        },
+        None => RunFile::detached(&out.run_id),
+    };
+    let trouble = Trouble::new();
+    // The stages stop on Ctrl-C, and on stagegate's own failure.
+    let halt = stop.cancel.child_token();
+    let on_trouble = {
+        let (failed, halt) = (trouble.failed().clone(), halt.clone());
+        tokio::spawn(async move {
+            failed.cancelled().await;
+            halt.cancel();
+        })
+    };
+    let guard = Guard::new();
+    let flag_seed = seed::derive(plan.seed, "flags", 0);
+    let cx = provision::Context {
+        guard: &guard,
+        run: run_file.clone(),
+        report_dir: out.dir.as_deref(),
+        cancel: &halt,
+        trouble: &trouble,
+        flag_seed,
+    };
+    let mut samples = HashMap::new();
+    match provision::provision(plan, &cx).await {
+        Err(e) => report.error = Some(e),
+        Ok(provisioned) => {
+            emit(Event::Provisioned {
+                target: provisioned.target.url.clone(),
+                dependencies: provisioned
+                    .deps
+                    .iter()
+                    .map(|d| (d.name.clone(), d.real_address().to_string(), d.address().to_string()))
+                    .collect(),
+                flags: provisioned.flags.endpoint().unwrap_or_default(),
+            });
+            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, flag_seed, &mut report).await;
+        }
+    }
+    // Every fault lifted first, then everything stopped, newest first.
+    guard.teardown(&stop.force).await;
+    sweep(&run_file);
+    if guard.is_done() {
+        run_file.finish();
+    }
+    on_trouble.abort();
+    if let Some(reason) = trouble.reason() {
+        report.error.get_or_insert(reason);
+    }
+    report.interrupted = report.interrupted || stop.cancel.is_cancelled();
+    let completed = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
+    let comparisons = verdict::compare_stages(&plan.criteria, &samples, completed);
+    report.assessments.extend(comparisons);
+    let ending = verdict::Ending {
+        error: report.error.as_deref(),
+        interrupted: report.interrupted,
+        aborted: report.aborted.as_deref(),
+        target_exit: report.target_exit.as_deref(),
+        last_stage: report.stages.last().map(|s| s.name.as_str()),
+    };
+    let (verdict, reasons) = verdict::conclude(&ending, &report.assessments);
+    report.verdict = verdict;
+    report.reasons = reasons;
+    if let Some(v) = report.verdict {
+        report.on_verdict = action::on_verdict(plan, v, out.dir.as_deref(), &run_file, &stop.cancel).await;
+    }
+    finish(plan, report, &events)
+}
+
+fn finish(_plan: &Plan, mut report: RunReport, events: &UnboundedSender<Event>) -> RunReport {
+    report.finished_at = chrono::Utc::now().to_rfc3339();
+    let _ = events.send(Event::Finished(Box::new(report.clone())));
+    report
+}
+
+/// Runs the stages in order until one cannot go on; returns each finished stage's judged
+/// samples, for comparisons.
+async fn run_stages(
+    plan: &Plan,
+    provisioned: &provision::Provisioned,
+    halt: &CancellationToken,
+    trouble: &Trouble,
+    events: &UnboundedSender<Event>,
+    flag_seed: u64,
+    report: &mut RunReport,
+) -> HashMap<String, crate::measure::Slice> {
+    let mut samples = HashMap::new();
+    let client = match reqwest::Client::builder().pool_max_idle_per_host(1024).build() {
+        Ok(c) => c,
+        Err(e) => {
+            report.error = Some(format!("cannot build the HTTP client: {e}"));
+            return samples;
+        }
+    };
+    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, flag_seed };
+    for index in 0..plan.stages.len() {
+        if halt.is_cancelled() {
+            break;
+        }
+        let outcome = match stage::run(&cx, index).await {
+            Ok(o) => o,
+            Err(e) => {
+                if !halt.is_cancelled() {
+                    report.error = Some(e);
+                }
+                break;
+            }
+        };
+        let name = outcome.report.name.clone();
+        let completed = outcome.report.completed;
+        if let Some(exit) = outcome.target_exit {
+            report.target_exit.get_or_insert(exit);
+        }
+        samples.insert(name.clone(), outcome.samples);
+        let _ = events.send(Event::StageFinished {
+            report: Box::new(outcome.report.clone()),
+            assessments: outcome.assessments.clone(),
+        });
+        report.stages.push(outcome.report);
+        report.assessments.extend(outcome.assessments);
+        report.faults.extend(outcome.faults);
+        if let Some(a) = outcome.aborted {
+            let reason = format!(
+                "`{}` failed in stage `{}` (measured {}, limit {}); abort_on_fail stopped the run",
+                a.criterion, a.stage, a.measured_text, a.limit_text
+            );
+            let _ = events.send(Event::Aborted { stage: name, reason: reason.clone() });
+            report.aborted = Some(reason);
+            break;
+        }
+        if !completed {
+            report.interrupted = true;
+            break;
+        }
+    }
+    samples
+}
+
+/// Stops anything still running that carries this run's marker: a process that left its
+/// group (or was spawned by one that did) is still this run's to stop.
+fn sweep(run: &Arc<RunFile>) {
+    for pid in crate::deps::cleanup::marked_processes(&run.run_id()) {
+        tracing::warn!(pid, "a process this run started outlived its group; stopping it");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}

@@ -1,0 +1,378 @@
+//! One stage: hand the flags over, play the fault timeline while the workload is driven
+//! and the output watched, then observe the output, measure and judge.
+//!
+//! [`run`] joins three tasks for the stage's duration: the driver (sending records on
+//! schedule), the fault timeline, and the observer's watch. The driver's callbacks
+//! ([`Accounts`]) only note what happened; judging whether an `abort_on_fail` criterion
+//! already failed runs on a task of its own, from a copy of the measurements taken once a
+//! second, so it never delays a send.
+//!
+//! Not here: provisioning, teardown, the verdict over all stages (`super`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::provision::Provisioned;
+use crate::data::FieldKind;
+use crate::fault::records::RecordFaults;
+use crate::fault::timeline::{self, Clock, Places, StageFaults};
+use crate::fault::{self, FaultRecord, Place};
+use crate::flags::FlagState;
+use crate::flags::provider::Handover;
+use crate::health::Trouble;
+use crate::measure::{Outcome, Recorder, Slice};
+use crate::quality::freshness;
+use crate::quality::{Judgement, Ledger, SharedLedger, Tags};
+use crate::report::{Event, StageReport};
+use crate::scenario::{Plan, Stage};
+use crate::seed;
+use crate::verdict::{self, Assessment};
+use crate::workload::driver::{self, HttpWrite, InputFaults, Sample, Sink};
+
+/// What the stage needs from the run.
+pub struct Context<'a> {
+    pub plan: &'a Plan,
+    pub provisioned: &'a Provisioned,
+    /// Stops the stage (Ctrl-C, or stagegate's own failure).
+    pub halt: &'a CancellationToken,
+    pub trouble: &'a Trouble,
+    pub events: &'a UnboundedSender<Event>,
+    pub client: &'a reqwest::Client,
+    pub flag_seed: u64,
+}
+
+/// How a stage went.
+pub struct StageOutcome {
+    pub report: StageReport,
+    pub assessments: Vec<Assessment>,
+    /// The judged samples, for comparisons.
+    pub samples: Slice,
+    pub faults: Vec<FaultRecord>,
+    /// The `abort_on_fail` criterion that failed, if one did.
+    pub aborted: Option<Assessment>,
+    /// Set when the target process exited on its own during the stage.
+    pub target_exit: Option<String>,
+}
+
+/// Why a stage could not run at all (the harness's failure).
+pub type StageError = String;
+
+/// Runs stage `index` of the plan.
+pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageError> {
+    let plan = cx.plan;
+    let stage = &plan.stages[index];
+    let p = cx.provisioned;
+    let previous = index.checked_sub(1).map(|i| &plan.stages[i].flags);
+    match p.flags.hand_over(&stage.flags, previous, cx.halt).await.map_err(|e| e.to_string())? {
+        Handover::Ready => {}
+        Handover::Restart(env) => {
+            if let Some(process) = &p.target.process {
+                let _ = cx.events.send(Event::Note {
+                    message: format!("restarting the target with stage `{}`'s flags in its environment", stage.name),
+                });
+                process
+                    .restart_with(env, cx.halt)
+                    .await
+                    .map_err(|e| format!("the target could not be restarted for stage `{}`: {e}", stage.name))?;
+            }
+        }
+    }
+    let _ = cx.events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });
+
+    let schema = &plan.workload.schema;
+    let renamed = match &plan.target {
+        crate::sut::Target::Http(h) => h.renamed.clone(),
+        crate::sut::Target::Builtin(_) => Default::default(),
+    };
+    let ledger = Ledger::new(&schema.key)
+        .with_pii(schema.fields.iter().filter(|f| f.pii).map(|f| f.name.clone()))
+        .with_renamed(renamed)
+        .shared();
+    p.observer.begin(ledger.clone());
+
+    let stop = cx.halt.child_token();
+    let windows = fault::windows(&stage.faults, plan.workload.duration);
+    let abort_criteria = plan.criteria.iter().any(|c| c.abort_on_fail);
+    let (snapshots, snapshot_rx) = watch::channel::<Option<(Recorder, Duration)>>(None);
+    let mut accounts = Accounts {
+        plan,
+        stage,
+        flag_seed: cx.flag_seed,
+        ledger: ledger.clone(),
+        recorder: Recorder::new(plan.workload.warmup, plan.workload.duration, windows),
+        variants: HashMap::new(),
+        keys: HashMap::new(),
+        counts: Counts::default(),
+        events: cx.events,
+        provider: p.flags.as_ref(),
+        snapshots: abort_criteria.then_some(snapshots),
+        trouble: cx.trouble,
+    };
+    let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
+    let judge = tokio::spawn(watch_for_abort(
+        plan.criteria.clone(),
+        stage.name.clone(),
+        snapshot_rx,
+        stop.clone(),
+        aborted.clone(),
+    ));
+
+    let start = Instant::now();
+    let over = stop.child_token();
+    let write =
+        HttpWrite { client: cx.client.clone(), base_url: p.target.url.clone(), template: p.target.write.clone() };
+    let input = InputFaults {
+        records: RecordFaults::new(&stage.faults, plan.workload.duration, |i| {
+            seed::derive(plan.seed, "records", (index as u64) << 32 | i as u64)
+        }),
+        timestamps: schema
+            .fields
+            .iter()
+            .filter(|f| matches!(f.kind, FieldKind::Timestamp { .. }))
+            .map(|f| f.name.clone())
+            .collect(),
+        seed: seed::derive(plan.seed, "reorder", index as u64),
+    };
+    let data_seed = seed::derive(plan.seed, "data", index as u64);
+    let drive = async {
+        let d = driver::drive(&write, &plan.workload, data_seed, &input, &stop, &mut accounts).await;
+        over.cancel();
+        d
+    };
+    let places = places(p);
+    let seed_of = |n: u64| seed::derive(plan.seed, "fault", n);
+    let faults = StageFaults {
+        name: &stage.name,
+        index,
+        faults: &stage.faults,
+        duration: plan.workload.duration,
+        seed_of: &seed_of,
+    };
+    let events = cx.events.clone();
+    let mut emit = move |r: &FaultRecord| {
+        let _ = events.send(Event::Fault(r.clone()));
+    };
+    let clock = Clock { start, over: &over, run: cx.halt };
+    let (drive, records, ()) =
+        tokio::join!(drive, timeline::play(&faults, &places, clock, &mut emit), p.observer.watch(&over));
+    judge.abort();
+    let elapsed = start.elapsed();
+    let completed = drive.completed;
+    if drive.dropped > 0 {
+        tracing::warn!(stage = %stage.name, dropped = drive.dropped, "the driver fell behind the arrival rate; sends dropped");
+    }
+
+    let seen = p.observer.collect(cx.halt).await;
+    p.observer.end();
+    let target_exit = p
+        .target
+        .process
+        .as_ref()
+        .and_then(|t| t.exited())
+        .map(|status| format!("the target process exited ({status}) during stage `{}`", stage.name));
+    let (mut judgement, arrivals) = {
+        let ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        (ledger.judge(), ledger.arrivals())
+    };
+    judgement.observed = seen.is_ok();
+    let ran = if completed { plan.workload.duration } else { elapsed };
+    let mut metrics = accounts.recorder.finish(ran, &judgement);
+    if let Err(why) = &seen {
+        metrics.output_unseen = Some(format!("{} ({})", why, p.observer.kind()));
+    }
+    if let (Some(by), true) = (p.observer.timed_by(), seen.is_ok()) {
+        metrics.freshness = Some(freshness::summarize(&arrivals, &by));
+    }
+    let aborted = aborted.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut assessments = Vec::new();
+    if completed || aborted.is_some() {
+        assessments = verdict::assess(&plan.criteria, &stage.name, &metrics);
+    }
+    if let Some(a) = &aborted {
+        // The failing check, judged at the moment the run stopped.
+        assessments.retain(|x| x.criterion != a.criterion);
+        assessments.push(a.clone());
+    }
+    let aborted = aborted.or_else(|| verdict::failed_abort(&plan.criteria, &assessments));
+    Ok(StageOutcome {
+        report: StageReport {
+            name: stage.name.clone(),
+            flags: stage.flags.clone(),
+            completed,
+            dropped: drive.dropped,
+            metrics,
+        },
+        assessments,
+        samples: accounts.recorder.judged.clone(),
+        faults: records,
+        aborted,
+        target_exit,
+    })
+}
+
+/// The places faults act on, by the name faults use.
+fn places(p: &Provisioned) -> Places<'_> {
+    let mut places = Places::default();
+    for d in &p.deps {
+        let at = Place::Dependency(d.name.clone());
+        places.gates.push((at.clone(), d.gate.as_ref()));
+        if d.is_started() {
+            places.processes.push((at, d));
+        }
+    }
+    if let Some(g) = &p.target.gate {
+        places.gates.push((Place::Target, g.as_ref()));
+    }
+    if let Some(t) = &p.target.process {
+        places.processes.push((Place::Target, t.as_ref()));
+    }
+    places
+}
+
+/// Judges the `abort_on_fail` criteria on each copy of the measurements the stage's
+/// accounts send, and stops the stage when one fails.
+async fn watch_for_abort(
+    criteria: Vec<verdict::Criterion>,
+    stage: String,
+    mut snapshots: watch::Receiver<Option<(Recorder, Duration)>>,
+    stop: CancellationToken,
+    aborted: Arc<Mutex<Option<Assessment>>>,
+) {
+    while snapshots.changed().await.is_ok() {
+        let Some((recorder, elapsed)) = snapshots.borrow_and_update().clone() else { continue };
+        let so_far = recorder.finish(elapsed, &Judgement::default());
+        if let Some(a) = verdict::abort_reason(&criteria, &stage, &so_far) {
+            *aborted.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    sent: u64,
+    acked: u64,
+    rejected: u64,
+    failed: u64,
+}
+
+/// The driver's callbacks: the stage's ledger, recorder and progress.
+struct Accounts<'a> {
+    plan: &'a Plan,
+    stage: &'a Stage,
+    flag_seed: u64,
+    ledger: SharedLedger,
+    recorder: Recorder,
+    variants: HashMap<String, Arc<str>>,
+    /// The flag variant of each record in flight, for stages with fractional exposure.
+    keys: HashMap<String, Option<Arc<str>>>,
+    counts: Counts,
+    events: &'a UnboundedSender<Event>,
+    provider: &'a dyn crate::flags::provider::FlagProvider,
+    /// Where a copy of the measurements goes once a second, for the abort judge.
+    snapshots: Option<watch::Sender<Option<(Recorder, Duration)>>>,
+    trouble: &'a Trouble,
+}
+
+impl Accounts<'_> {
+    /// The flag values a record sees in this stage, as a JSON object.
+    fn flag_values(&self, key: &str) -> Value {
+        Value::Object(
+            self.stage
+                .flags
+                .iter()
+                .map(|(n, st)| (n.clone(), st.value_for(n, Some(key), self.flag_seed).clone()))
+                .collect(),
+        )
+    }
+
+    /// The variant label of a record in a stage with fractional exposure
+    /// (`new-enricher=true`); `None` when no flag of the stage is split.
+    fn variant_of(&mut self, key: &str) -> Option<Arc<str>> {
+        let parts: Vec<String> = self
+            .stage
+            .flags
+            .iter()
+            .filter(|(_, s)| matches!(s, FlagState::Split { .. }))
+            .map(|(name, s)| format!("{name}={}", s.value_for(name, Some(key), self.flag_seed)))
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
+        let label = parts.join(",");
+        Some(self.variants.entry(label.clone()).or_insert_with(|| Arc::from(label.as_str())).clone())
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Sink for Accounts<'_> {
+    fn flags(&mut self, key: &str) -> Value {
+        self.flag_values(key)
+    }
+
+    fn headers(&mut self, key: &str) -> Vec<(String, String)> {
+        if !self.provider.wants_values() {
+            return Vec::new();
+        }
+        self.provider.header(&self.flag_values(key)).into_iter().collect()
+    }
+
+    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
+        let variant = self.variant_of(key);
+        let warmup = offset < self.plan.workload.warmup;
+        let tags =
+            Tags { phase: (!warmup).then(|| self.recorder.phase(offset)), variant: variant.clone(), invalid, warmup };
+        self.ledger().sent(key, record, tags);
+        if variant.is_some() {
+            self.keys.insert(key.to_string(), variant);
+        }
+        self.counts.sent += 1;
+    }
+
+    fn sample(&mut self, s: Sample) {
+        if let Some(why) = &s.own_failure {
+            // Not the target's doing: the run is broken, and this request is not judged.
+            self.trouble.fail(format!("stagegate could not send a request: {why}"));
+            return;
+        }
+        match s.outcome {
+            Outcome::Acked => {
+                self.ledger().acked(&s.key, Instant::now());
+                self.counts.acked += 1;
+            }
+            Outcome::Rejected => {
+                self.ledger().rejected(&s.key);
+                self.counts.rejected += 1;
+            }
+            Outcome::Failed => self.counts.failed += 1,
+        }
+        let variant = self.keys.remove(&s.key).flatten();
+        self.recorder.record(s.offset, s.latency, s.outcome, variant.as_deref());
+    }
+
+    fn tick(&mut self, elapsed: Duration) {
+        let c = &self.counts;
+        let _ = self.events.send(Event::Progress {
+            stage: self.stage.name.clone(),
+            elapsed_secs: elapsed.as_secs(),
+            sent: c.sent,
+            acked: c.acked,
+            rejected: c.rejected,
+            failed: c.failed,
+        });
+        if let Some(tx) = &self.snapshots {
+            tx.send_replace(Some((self.recorder.clone(), elapsed)));
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The `criteria` section (checks and comparisons) and `on_verdict`.
+
+use serde_json::{Map, Value};
+
+use super::super::spec::*;
+use super::super::yaml::{join_index, join_key};
+use super::super::{OnVerdict, units};
+use super::Ctx;
+use crate::verdict::{Compare, CompareMetric, Criterion, DEFAULT_MIN_SAMPLES, Level, Rule, parse_check};
+
+pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages: &[String]) -> Vec<Criterion> {
+    let Some(raw) = root.get("criteria") else { return Vec::new() };
+    let Some(list) = raw.as_array() else {
+        ctx.error("criteria", "`criteria` is a list");
+        return Vec::new();
+    };
+    let names: Vec<&str> = stages.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    for (i, value) in list.iter().enumerate() {
+        let at = join_index("criteria", i);
+        let m = match value {
+            Value::String(s) => {
+                match parse_check(s) {
+                    Ok(check) => out.push(Criterion {
+                        text: check.text.clone(),
+                        rule: Rule::Check(check),
+                        stages: None,
+                        level: Level::Enforce,
+                        min_samples: DEFAULT_MIN_SAMPLES,
+                        abort_on_fail: false,
+                    }),
+                    Err(hint) => ctx.error(&at, format!("invalid check `{s}`")).hint = Some(hint),
+                }
+                continue;
+            }
+            Value::Object(_) => match ctx.read::<CriterionMapSpec>(&at, value) {
+                Some(m) => m,
+                None => continue,
+            },
+            other => {
+                ctx.error(&at, format!("a criterion is a string or a map, got {other}")).hint = Some(
+                    "e.g. `- latency.p99 < 250ms` or `- { check: \"errors.rate < 1%\", stages: [candidate] }`".into(),
+                );
+                continue;
+            }
+        };
+        if let Some(c) = compile_criterion(ctx, &at, m, &names) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, stages: &[&str]) -> Option<Criterion> {
+    let level = match m.level.as_deref() {
+        None | Some("enforce") => Level::Enforce,
+        Some("warn") => Level::Warn,
+        Some("observe") => Level::Observe,
+        Some(other) => {
+            ctx.unknown(&join_key(at, "level"), "level", other, &["enforce", "warn", "observe"]);
+            return None;
+        }
+    };
+    let min_samples = m.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES);
+    let abort_on_fail = m.abort_on_fail.unwrap_or(false);
+    let stage_ok = |ctx: &mut Ctx, path: &str, s: &str| {
+        let known = stages.contains(&s);
+        if !known {
+            ctx.unknown(path, "stage", s, stages);
+        }
+        known
+    };
+    match (&m.check, &m.compare) {
+        (Some(_), Some(_)) => {
+            ctx.error(at, "a criterion is either a `check` or a `compare`, not both");
+            None
+        }
+        (None, None) => {
+            ctx.error(at, "a criterion map needs `check` or `compare`").hint =
+                Some("e.g. `{ check: \"errors.rate < 5%\", stages: [outage] }`".into());
+            None
+        }
+        (Some(text), None) => {
+            for key in ["stage", "baseline", "max_regression", "confidence"] {
+                let given = match key {
+                    "stage" => m.stage.is_some(),
+                    "baseline" => m.baseline.is_some(),
+                    "max_regression" => m.max_regression.is_some(),
+                    _ => m.confidence.is_some(),
+                };
+                if given {
+                    ctx.error(&join_key(at, key), format!("`{key}` goes with `compare`, not `check`")).hint =
+                        Some("use `stages: [...]` to pick the stages a check applies to".into());
+                }
+            }
+            let mut ok = true;
+            if let Some(list) = &m.stages {
+                if list.is_empty() {
+                    ctx.error(
+                        &join_key(at, "stages"),
+                        "an empty `stages` list judges nothing; leave it out to judge every stage",
+                    );
+                    ok = false;
+                }
+                for (j, s) in list.iter().enumerate() {
+                    ok &= stage_ok(ctx, &join_index(&join_key(at, "stages"), j), s);
+                }
+            }
+            match parse_check(text) {
+                Ok(check) => ok.then(|| Criterion {
+                    text: check.text.clone(),
+                    rule: Rule::Check(check),
+                    stages: m.stages,
+                    level,
+                    min_samples,
+                    abort_on_fail,
+                }),
+                Err(hint) => {
+                    ctx.error(&join_key(at, "check"), format!("invalid check `{text}`")).hint = Some(hint);
+                    None
+                }
+            }
+        }
+        (None, Some(what)) => {
+            let metric = match what.as_str() {
+                "latency" => CompareMetric::Latency,
+                "errors" | "errors.rate" => CompareMetric::Errors,
+                other => {
+                    ctx.unknown(&join_key(at, "compare"), "comparison metric", other, &["latency", "errors"]);
+                    return None;
+                }
+            };
+            if m.stages.is_some() {
+                ctx.error(&join_key(at, "stages"), "a comparison names its stages with `stage` and `baseline`");
+            }
+            if abort_on_fail {
+                ctx.error(
+                    &join_key(at, "abort_on_fail"),
+                    "a comparison is judged after both stages ran; it cannot abort a stage",
+                );
+            }
+            let stage = m.stage.clone();
+            let baseline = m.baseline.clone();
+            if stage.is_none() {
+                ctx.error(at, "a comparison needs `stage` (the stage under test)");
+            }
+            if baseline.is_none() {
+                ctx.error(at, "a comparison needs `baseline` (the reference stage)");
+            }
+            let (stage, baseline) = (stage?, baseline?);
+            let ok_s = stage_ok(ctx, &join_key(at, "stage"), &stage);
+            let ok_b = stage_ok(ctx, &join_key(at, "baseline"), &baseline);
+            if stage == baseline {
+                ctx.error(&join_key(at, "baseline"), "a stage compared with itself proves nothing");
+                return None;
+            }
+            let max_regression = match &m.max_regression {
+                None => Some(0.0),
+                some => ctx.unit(&join_key(at, "max_regression"), some.as_ref(), units::parse_fraction),
+            };
+            let confidence = match &m.confidence {
+                None => Some(0.95),
+                some => ctx.unit(&join_key(at, "confidence"), some.as_ref(), units::parse_fraction),
+            };
+            if let Some(c) = confidence
+                && !(0.5..1.0).contains(&c)
+            {
+                ctx.error(
+                    &join_key(at, "confidence"),
+                    format!("a confidence must lie in [50%, 100%), got {:.1}%", c * 100.0),
+                );
+                return None;
+            }
+            let text = format!("compare {what}: {stage} vs {baseline}");
+            (ok_s && ok_b).then_some(())?;
+            Some(Criterion {
+                rule: Rule::Compare(Compare {
+                    metric,
+                    stage,
+                    baseline,
+                    max_regression: max_regression?,
+                    confidence: confidence?,
+                }),
+                stages: None,
+                level,
+                min_samples,
+                abort_on_fail: false,
+                text,
+            })
+        }
+    }
+}
+
+pub(super) fn compile_on_verdict(ctx: &mut Ctx, o: OnVerdictSpec) -> OnVerdict {
+    let check = |ctx: &mut Ctx, key: &str, cmd: Option<Vec<String>>| {
+        let cmd = cmd?;
+        if cmd.is_empty() || cmd[0].trim().is_empty() {
+            ctx.error(
+                &join_key("on_verdict", key),
+                "a command is a program and its arguments, e.g. `[./scripts/notify.sh, done]`",
+            );
+            return None;
+        }
+        Some(cmd)
+    };
+    OnVerdict {
+        promote: check(ctx, "promote", o.promote),
+        rollback: check(ctx, "rollback", o.rollback),
+        inconclusive: check(ctx, "inconclusive", o.inconclusive),
+    }
+}

@@ -1,0 +1,231 @@
+//! From the parsed document to a [`Plan`]: every check the format asks for, with every
+//! mistake gathered before giving up.
+//!
+//! Each part of the document is read on its own (each stage, fault, criterion,
+//! dependency and flag), so a mistake in one does not hide the mistakes in the next.
+//! Values are then checked (units, ranges) and cross-checked (a fault `at` an unknown
+//! dependency, a criterion on an unknown stage). One file per section of the format:
+//! [`target`], [`deps`], [`flags`], [`workload`], [`stages`] (with [`faults`]) and
+//! [`criteria`] (with `on_verdict`); this one holds the context that gathers mistakes
+//! and puts the sections together.
+
+mod criteria;
+mod deps;
+mod faults;
+mod flags;
+mod stages;
+mod target;
+mod workload;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::diag::{Diagnostic, Diagnostics, nearest};
+use super::spec::*;
+use super::yaml::{self, Locations, join_key};
+use super::{LoadOptions, Plan};
+use crate::secrets::Secrets;
+
+/// Gathers diagnostics (and warnings) while checking a file, each located by key path.
+pub struct Ctx<'a> {
+    pub file: &'a Path,
+    pub loc: &'a Locations,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    pub fn error(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+        let pos = self.loc.value(path);
+        self.errors.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+            hint: None,
+        });
+        self.errors.last_mut().expect("just pushed")
+    }
+
+    pub fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
+        let pos = self.loc.value(path);
+        self.warnings.push(format!("{}:{}:{}: `{path}`: {message}", self.file.display(), pos.line, pos.column));
+    }
+
+    /// Reads one part of the document into its raw type, reporting a shape mistake.
+    pub fn read<T: DeserializeOwned>(&mut self, path: &str, value: &Value) -> Option<T> {
+        match yaml::parse_value::<T>(self.file, self.loc, path, value.clone()) {
+            Ok(v) => Some(v),
+            Err(d) => {
+                self.errors.push(d);
+                None
+            }
+        }
+    }
+
+    /// Parses an optional unit-bearing value, reporting at `path` on failure.
+    pub fn unit<T>(&mut self, path: &str, text: Option<&Text>, parse: fn(&str) -> Result<T, String>) -> Option<T> {
+        let text = text?;
+        match parse(&text.0) {
+            Ok(v) => Some(v),
+            Err(hint) => {
+                self.error(path, format!("invalid value `{}`", text.0)).hint = Some(hint);
+                None
+            }
+        }
+    }
+
+    /// Reports `name` as unknown among `valid`, with the nearest as a hint.
+    pub fn unknown(&mut self, path: &str, what: &str, name: &str, valid: &[&str]) {
+        let listed = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+        let hint = match nearest(name, valid.iter().copied()) {
+            Some(best) => format!("did you mean `{best}`? (known: {listed})"),
+            None if valid.is_empty() => "none is defined".to_string(),
+            None => format!("known: {listed}"),
+        };
+        self.error(path, format!("unknown {what} `{name}`")).hint = Some(hint);
+    }
+}
+
+const TOP_KEYS: [&str; 11] = [
+    "version",
+    "name",
+    "description",
+    "seed",
+    "target",
+    "dependencies",
+    "flags",
+    "workload",
+    "stages",
+    "criteria",
+    "on_verdict",
+];
+
+pub(in crate::scenario) fn compile(
+    file: &Path,
+    loc: &Locations,
+    doc: Value,
+    options: &LoadOptions,
+    secrets: Secrets,
+) -> Result<Plan, Diagnostics> {
+    let mut ctx = Ctx { file, loc, errors: Vec::new(), warnings: Vec::new() };
+    let Value::Object(root) = doc else {
+        ctx.error("", "a scenario is a map of keys (version, name, target, workload, stages, ...)");
+        return Err(Diagnostics(ctx.errors));
+    };
+    for key in root.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            let elsewhere = super::schema::misplaced_hint(key).map(|h| format!("; {h}")).unwrap_or_default();
+            let hint = nearest(key, TOP_KEYS)
+                .map_or(format!("valid keys here: {}{elsewhere}", TOP_KEYS.join(", ")), |b| {
+                    format!("did you mean `{b}`? valid keys here: {}", TOP_KEYS.join(", "))
+                });
+            let pos = loc.key(key);
+            ctx.errors.push(Diagnostic {
+                file: file.to_path_buf(),
+                line: pos.line,
+                column: pos.column,
+                path: key.clone(),
+                message: format!("unknown key `{key}`"),
+                hint: Some(hint),
+            });
+        }
+    }
+    let plan = build(&mut ctx, &root, options, secrets);
+    match plan {
+        Some(plan) if ctx.errors.is_empty() => Ok(plan),
+        _ => Err(Diagnostics(ctx.errors)),
+    }
+}
+
+/// Reads a top-level key: `None` when absent (reported if `required`) or malformed.
+pub(super) fn top<T: DeserializeOwned>(
+    ctx: &mut Ctx,
+    root: &Map<String, Value>,
+    key: &str,
+    required: bool,
+) -> Option<T> {
+    match root.get(key) {
+        Some(v) => ctx.read(key, v),
+        None => {
+            if required {
+                ctx.error("", format!("missing required key `{key}`"));
+            }
+            None
+        }
+    }
+}
+
+fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secrets: Secrets) -> Option<Plan> {
+    let version: Option<u32> = top(ctx, root, "version", true);
+    if let Some(v) = version
+        && v != 1
+    {
+        ctx.error("version", format!("unsupported format version {v}")).hint =
+            Some("this stagegate reads `version: 1`".into());
+    }
+    let name: Option<String> = top(ctx, root, "name", true);
+    if let Some(n) = &name
+        && (n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    {
+        ctx.error("name", format!("invalid name `{n}`")).hint =
+            Some("use letters, digits, `-`, `_` and `.` (it names the report folder)".into());
+    }
+    let description: Option<String> = top(ctx, root, "description", false);
+    let file_seed: Option<u64> = top(ctx, root, "seed", false);
+    let dependencies = deps::compile_dependencies(ctx, root);
+    let target =
+        top::<TargetSpec>(ctx, root, "target", true).and_then(|t| target::compile_target(ctx, t, &dependencies));
+    let flags = flags::compile_flags(ctx, root, &target);
+    let workload = top::<WorkloadSpec>(ctx, root, "workload", true).and_then(|w| workload::compile_workload(ctx, &w));
+    let stages = stages::compile_stages(ctx, root, &flags, &dependencies, &target, workload.as_ref());
+    let stage_names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let criteria = criteria::compile_criteria(ctx, root, &stage_names);
+    let on_verdict = top::<OnVerdictSpec>(ctx, root, "on_verdict", false)
+        .map(|o| criteria::compile_on_verdict(ctx, o))
+        .unwrap_or_default();
+    if let Some(f) = &flags {
+        for d in &f.definitions {
+            if let Some(exp) = d.expires.filter(|e| *e < options.today) {
+                ctx.warn(
+                    &join_key(&join_key("flags.definitions", &d.key), "expires"),
+                    format_args!("flag `{}` expired on {exp}; remove it or move its date", d.key),
+                );
+            }
+        }
+    }
+    let (seed, seed_source) = match (options.seed, file_seed) {
+        (Some(s), _) => (s, "--seed"),
+        (None, Some(s)) => (s, "file"),
+        (None, None) => (rand::random(), "random"),
+    };
+    Some(Plan {
+        file: ctx.file.to_path_buf(),
+        name: name?,
+        description,
+        seed,
+        seed_source: seed_source.to_string(),
+        target: target?,
+        dependencies: dependencies.into_iter().map(|(_, d)| d).collect(),
+        flags: flags?,
+        workload: workload?,
+        stages,
+        criteria,
+        on_verdict,
+        warnings: std::mem::take(&mut ctx.warnings),
+        overrides: options.overrides.iter().map(|o| o.text.clone()).collect(),
+        secrets,
+    })
+}
+
+/// The scenario's folder, which relative paths start from (`.` for a bare file name:
+/// an empty path is no folder to run a process in).
+pub(super) fn base_dir(ctx: &Ctx) -> PathBuf {
+    match ctx.file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP servers stagegate runs on loopback (the OFREP endpoint, the output sink, the
+//! builtin pipeline, the HTTP fault proxy, the `stagegate proxy` API): one way to serve
+//! an axum router and to stop it within a deadline, whatever its clients do.
+//!
+//! A [`Server`] accepts connections itself and keeps each one in a set it owns. Stopping
+//! it closes the listener, lets requests in flight finish for at most
+//! [`crate::limits::SERVER_STOP`] (idle keep-alive connections close at once), then drops
+//! every connection still open: a client that holds a half-sent request cannot keep a
+//! run from ending. A request's headers must arrive within 30 s.
+//!
+//! Not here: what each server answers (its own module).
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Trouble;
+use crate::limits::SERVER_STOP;
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running HTTP server.
+pub struct Server {
+    name: String,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Serves `app` on `listener`, as `name` in messages. Running out of descriptors
+    /// while accepting is reported to `trouble` (it is stagegate's failure).
+    pub fn start(name: &str, listener: TcpListener, app: Router, trouble: Option<Trouble>) -> std::io::Result<Server> {
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(name.to_string(), listener, app, cancel.clone(), trouble));
+        Ok(Server { name: name.to_string(), addr, cancel, task: Mutex::new(Some(task)) })
+    }
+
+    /// Binds a free loopback port and serves `app` there.
+    pub async fn start_local(name: &str, app: Router, trouble: Option<Trouble>) -> std::io::Result<Server> {
+        Server::start(name, TcpListener::bind("127.0.0.1:0").await?, app, trouble)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it: in-flight requests get [`SERVER_STOP`] to finish (none when `forced`),
+    /// then every connection is dropped.
+    pub async fn stop(&self, forced: bool) {
+        self.cancel.cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut task) = task else { return };
+        if forced {
+            task.abort();
+        }
+        if tokio::time::timeout(SERVER_STOP + Duration::from_millis(500), &mut task).await.is_err() {
+            tracing::warn!(server = %self.name, "did not stop in time; its connections are dropped");
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Stops it without waiting (the panic path).
+    pub fn stop_now(&self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+async fn serve(name: String, listener: TcpListener, app: Router, cancel: CancellationToken, trouble: Option<Trouble>) {
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = TowerToHyperService::new(app.clone());
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    connections.spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                Err(e) => {
+                    if crate::health::is_own_exhaustion(&e)
+                        && let Some(t) = &trouble
+                    {
+                        t.fail(format!("the {name} cannot accept connections: {e}"));
+                    }
+                    tracing::warn!(server = %name, error = %e, "accept failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    // Requests in flight may finish; idle connections close now; the rest are dropped.
+    let _ = tokio::time::timeout(SERVER_STOP, graceful.shutdown()).await;
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_half_sent_request_cannot_hold_the_stop() {
+        let app = Router::new().route("/", axum::routing::post(|body: String| async move { body }));
+        let server = Server::start_local("test server", app, None).await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        // Headers promise a body that never comes.
+        client.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhal").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        server.stop(false).await;
+        let took = started.elapsed();
+        assert!(took < SERVER_STOP + Duration::from_secs(1), "stop took {took:?}");
+        assert!(tokio::net::TcpStream::connect(server.addr()).await.is_err(), "still listening");
+    }
+}
