@@ -14,12 +14,8 @@ use common::{only_report, stagegate, text};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const IMAGE: &str = "stagegate-test/redis:local";
-
 fn build_image() {
-    let out =
-        Command::new("bash").arg("tests/images/redis.sh").arg(IMAGE).current_dir(common::root()).output().unwrap();
-    assert!(out.status.success(), "building {IMAGE}: {:?}", text(&out));
+    common::build_test_image();
 }
 
 fn container_exists(id: &str) -> bool {

@@ -182,7 +182,7 @@ const DEFAULT_START: &str = "2026-01-01T00:00:00Z";
 impl Schema {
     /// Reads and checks the schema file at `path`.
     pub fn load(path: &Path) -> Result<Schema, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::limits::read_bounded(path, crate::limits::SCHEMA_BYTES).map_err(|e| {
             Diagnostics(vec![Diagnostic {
                 file: path.to_path_buf(),
                 line: 0,

@@ -92,6 +92,8 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     };
     let mut samples = HashMap::new();
     match provision::provision(plan, &cx).await {
+        // Stopped while starting: an interrupted run, not a broken one.
+        Err(_) if stop.cancel.is_cancelled() => {}
         Err(e) => report.error = Some(e),
         Ok(provisioned) => {
             emit(Event::Provisioned {

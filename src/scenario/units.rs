@@ -18,8 +18,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if trimmed.parse::<f64>().is_ok() {
         return Err(format!("expected a duration with a unit like `{trimmed}ms` or `{trimmed}s`, got `{trimmed}`"));
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|_| format!("expected a duration like `150ms`, `2s` or `1m`, got `{trimmed}`"))
+    let d = humantime::parse_duration(trimmed)
+        .map_err(|_| format!("expected a duration like `150ms`, `2s` or `1m`, got `{trimmed}`"))?;
+    if d > crate::limits::MAX_DURATION {
+        return Err(format!("`{trimmed}` is longer than the longest duration stagegate schedules (366 days)"));
+    }
+    Ok(d)
 }
 
 /// Parses a rate of events per unit of time: `200/s`, `12000/m`, `5/ms`, `3600/h`.
@@ -38,7 +42,11 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
     if !count.is_finite() || count < 0.0 {
         return Err(format!("a rate cannot be negative, got `{}`", text.trim()));
     }
-    Ok(count * per_second)
+    let rate = count * per_second;
+    if rate > crate::limits::MAX_RATE {
+        return Err(format!("`{}` is above the highest rate stagegate schedules (1000000/s)", text.trim()));
+    }
+    Ok(rate)
 }
 
 /// Parses a fraction: `1%`, `0.5%`, `0.01`. Returns a value in `0.0..=1.0`.
@@ -87,6 +95,16 @@ mod tests {
         let err = parse_duration("150").unwrap_err();
         assert!(err.contains("`150ms`"), "{err}");
         assert!(parse_duration("fast").is_err());
+    }
+
+    /// Regression: `duration: 5000000000000000h` validated, then panicked when the stage
+    /// was scheduled (an instant overflowed); `rate: 1e18/s` validated, then hung.
+    #[test]
+    fn durations_and_rates_past_what_can_be_scheduled_are_refused() {
+        assert!(parse_duration("5000000000000000h").unwrap_err().contains("366 days"));
+        assert!(parse_duration("366days").is_ok());
+        assert!(parse_rate("1e18/s").unwrap_err().contains("1000000/s"));
+        assert!(parse_rate("1000000/s").is_ok());
     }
 
     #[test]

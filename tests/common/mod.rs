@@ -1,6 +1,9 @@
-//! Helpers shared by the integration tests: running the real `stagegate` binary.
+//! Helpers shared by the integration tests: running the real `stagegate` binary,
+//! watching its stderr, signalling it, and finding what a run left behind.
 
 #![allow(dead_code)]
+
+pub mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,4 +34,162 @@ pub fn only_report(dir: &Path) -> serde_json::Value {
 /// Stdout and stderr as text, for assertion messages.
 pub fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A running `stagegate` whose stderr is read line by line as it comes.
+pub struct Running {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `stagegate ARGS` from the repository root with `envs` added.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(bin())
+            .args(args)
+            .envs(envs.iter().copied())
+            .current_dir(root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits (up to `limit`) for a stderr line containing `marker`; returns it.
+    pub fn wait_for(&mut self, marker: &str, limit: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(marker) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("`{marker}` never came on stderr; seen:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the exit (killing it after `limit`); returns the exit code, stdout, the
+    /// whole stderr, and how long the wait took.
+    pub fn finish(mut self, limit: std::time::Duration) -> (Option<i32>, String, String, std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let took = started.elapsed();
+        let out = self.child.wait_with_output().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        self.seen.extend(self.lines.try_iter());
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), self.seen.join("\n"), took)
+    }
+}
+
+/// The run ids (`run.json`'s `run`) of every run folder under `dir`.
+pub fn run_ids(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("run.json")).ok())
+                .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .filter_map(|v| v["run"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live processes carrying run `run`'s marker in their environment.
+pub fn processes_of_run(run: &str) -> Vec<i32> {
+    let needle = format!("STAGEGATE_RUN={run}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let marked = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z");
+        if marked && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Containers (any state) labelled with run `run`.
+pub fn containers_of_run(run: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=stagegate.run={run}")])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+/// What every run under `dir` left behind: processes and containers still there.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    for run in run_ids(dir) {
+        left.extend(processes_of_run(&run).into_iter().map(|p| format!("process {p} of {run}")));
+        left.extend(containers_of_run(&run).into_iter().map(|c| format!("container {c} of {run}")));
+    }
+    left
+}
+
+/// Samples the peak resident memory (VmHWM, in KiB) of process `pid` until it exits.
+pub fn peak_rss_kib(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kib) = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+/// The image the container tests use, built here from Debian's redis-server (nothing is
+/// pulled).
+pub const TEST_IMAGE: &str = "stagegate-test/redis:local";
+
+/// Builds [`TEST_IMAGE`] (quick when it is there already).
+pub fn build_test_image() {
+    let out = Command::new("bash").arg("tests/images/redis.sh").arg(TEST_IMAGE).current_dir(root()).output().unwrap();
+    assert!(out.status.success(), "building {TEST_IMAGE}: {:?}", text(&out));
 }

@@ -16,9 +16,10 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
     let schema = match Schema::load(&data_file) {
         Ok(s) => Some(Arc::new(s)),
         Err(super::Diagnostics(errors)) => {
-            if errors.iter().any(|d| d.line == 0) {
-                ctx.error("workload.data", format!("cannot read the data schema `{}`", data_file.display())).hint =
-                    Some("the path is relative to the scenario file".into());
+            if let Some(unreadable) = errors.iter().find(|d| d.line == 0) {
+                let why = unreadable.message.trim_start_matches("cannot read the data schema: ");
+                ctx.error("workload.data", format!("cannot read the data schema `{}`: {why}", data_file.display()))
+                    .hint = Some("the path is relative to the scenario file".into());
             } else {
                 ctx.errors.extend(errors);
             }
@@ -57,6 +58,15 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
     // Check the arrival model even when the duration is wrong, against a long stage.
     let stage_for_checks = duration.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(24 * 3600));
     let arrival = arrival_spec.and_then(|a| compile_arrival(ctx, "workload.arrival", &a, stage_for_checks, 0));
+    if let (Some(Arrival::Open(profile)), Some(d)) = (&arrival, duration) {
+        let planned = profile.expected(d.as_secs_f64());
+        if planned > crate::limits::MAX_REQUESTS_PER_STAGE {
+            ctx.error("workload.arrival", format!("this plans {planned:.0} requests per stage")).hint = Some(format!(
+                "stagegate keeps a ledger entry for every request; plan at most {:.0} per stage (a lower rate or a shorter stage)",
+                crate::limits::MAX_REQUESTS_PER_STAGE
+            ));
+        }
+    }
     Some(Workload {
         schema: schema?,
         data_file,
@@ -187,7 +197,7 @@ pub(super) fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: D
             return None;
         }
         let path = base_dir(ctx).join(playbook);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::limits::read_bounded(&path, crate::limits::PLAYBOOK_BYTES) {
             Ok(t) => t,
             Err(e) => {
                 ctx.error(&p, format!("cannot read the playbook `{}`: {e}", path.display())).hint =
