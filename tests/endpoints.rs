@@ -36,7 +36,7 @@ fn free_port() -> u16 {
 
 /// Holds a half-sent request on each of `endpoints` of a running run, interrupts it,
 /// and checks that it stops in time, lifts its faults and closes them all.
-fn interrupt_holding(mut run: Running, dir: &tempfile::TempDir, endpoints: Vec<(String, &[u8])>) {
+fn interrupt_holding(run: Running, dir: &tempfile::TempDir, endpoints: Vec<(String, &[u8])>) {
     let held: Vec<TcpStream> = endpoints.iter().map(|(a, start)| half_send(a, start)).collect();
     std::thread::sleep(Duration::from_millis(300));
     run.signal(Signal::SIGINT);
