@@ -38,8 +38,8 @@ impl Secrets {
         &self.0
     }
 
-    /// `text` with every secret value (raw, or escaped as inside a JSON string) replaced
-    /// by `${secret:NAME}`.
+    /// `text` with every secret value replaced by `${secret:NAME}`: raw, escaped as
+    /// inside a JSON string, or percent-encoded as inside a URL.
     pub fn mask(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (name, value) in &self.0 {
@@ -47,8 +47,10 @@ impl Secrets {
             out = out.replace(value, &mark);
             let escaped = serde_json::to_string(value).unwrap_or_default();
             let escaped = &escaped[1..escaped.len().saturating_sub(1).max(1)];
-            if escaped != value && !escaped.is_empty() {
-                out = out.replace(escaped, &mark);
+            for form in [escaped, &percent_encoded(value)] {
+                if form != value && !form.is_empty() {
+                    out = out.replace(form, &mark);
+                }
             }
         }
         out
@@ -77,6 +79,20 @@ impl Secrets {
             _ => {}
         }
     }
+}
+
+/// `value` as a URL carries it: every byte but letters, digits and `-._~` as `%XX`.
+fn percent_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 static FOR_LOGS: RwLock<Option<Secrets>> = RwLock::new(None);
@@ -124,6 +140,7 @@ mod tests {
         let s = Secrets::new(vec![("T".into(), "hun\"ter2".into())]);
         assert_eq!(s.mask("Bearer hun\"ter2"), "Bearer ${secret:T}");
         assert_eq!(s.mask(r#"{"auth":"hun\"ter2"}"#), r#"{"auth":"${secret:T}"}"#);
+        assert_eq!(s.mask("http://u:hun%22ter2@host/"), "http://u:${secret:T}@host/");
     }
 
     /// Regression: masking the report's text turned a secret `true` into

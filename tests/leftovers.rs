@@ -1,0 +1,165 @@
+//! Nothing a run starts outlives it where `cleanup` cannot find it, and `cleanup` stops
+//! nothing the run did not start: processes and containers are written into `run.json`
+//! before they start and again at every restart; a target's child that ignores SIGTERM
+//! is stopped too; a pid that now belongs to another process is left alone. Each test is
+//! named after the problem it guards against, and runs the real binary.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Running;
+use nix::sys::signal::Signal;
+use rand::{RngExt, SeedableRng};
+
+fn cleanup(dir: &std::path::Path) -> String {
+    let out = common::stagegate(&["cleanup", "--report-dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    common::text(&out).0
+}
+
+/// Waits (briefly) until a SIGKILLed run's children are gone, or gives their list.
+fn settle(dir: &std::path::Path) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = common::leftovers(dir);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigkill_during_start_up_leaves_nothing_cleanup_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run =
+        Running::start(&["run", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/never-ready.yaml"], &[]);
+    run.wait_for("stagegate: running", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(800));
+    run.signal(Signal::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    assert!(!common::leftovers(dir.path()).is_empty(), "the starting target should outlive a SIGKILL");
+    let said = cleanup(dir.path());
+    assert!(said.contains("stopped `target`"), "{said}");
+    assert_eq!(settle(dir.path()), Vec::<String>::new(), "{said}");
+}
+
+#[test]
+fn sigkill_after_an_env_restart_leaves_nothing_cleanup_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(
+        &[
+            "run",
+            "--report-dir",
+            dir.path().to_str().unwrap(),
+            "tests/scenarios/env-flags.yaml",
+            "--set",
+            "workload.duration=3s",
+        ],
+        &[],
+    );
+    run.wait_for("restarting the target", Duration::from_secs(30));
+    run.wait_for("stage 3 `closed` started", Duration::from_secs(30));
+    run.signal(Signal::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    let run_file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path().join("run.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let target = run_file["processes"].as_array().unwrap().iter().find(|p| p["name"] == "target").unwrap().clone();
+    let pgid = target["pgid"].as_i64().unwrap() as i32;
+    assert!(
+        common::processes_of_run(run_file["run"].as_str().unwrap()).contains(&pgid),
+        "run.json names the restarted target: {target}"
+    );
+    let said = cleanup(dir.path());
+    assert!(said.contains(&format!("stopped `target` (process group {pgid})")), "{said}");
+    assert_eq!(settle(dir.path()), Vec::<String>::new(), "{said}");
+}
+
+#[test]
+fn cleanup_leaves_alone_a_process_that_took_a_recorded_pgid() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("forged-run");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut bystander = Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut bystander, 0);
+    let mut bystander = bystander.arg("60").spawn().unwrap();
+    let pid = bystander.id();
+    // A dead stagegate's record naming that pid: once without a start time (a record
+    // from before start times, or forged), once with another process's start time.
+    for started in ["null", "1"] {
+        let record = format!(
+            r#"{{"run":"forged-run","stagegate_pid":999999999,"finished":false,
+                "processes":[{{"name":"store","pgid":{pid},"started":{started},"running":true}}],"containers":[]}}"#
+        );
+        std::fs::write(folder.join("run.json"), record).unwrap();
+        let said = cleanup(dir.path());
+        assert!(said.contains("left alone"), "{said}");
+        assert!(bystander.try_wait().unwrap().is_none(), "cleanup killed a process it did not start:\n{said}");
+    }
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
+#[test]
+fn teardown_stops_a_target_child_that_ignores_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let stubborn = "target.process.command=[sh, -c, \"(trap '' TERM; exec sleep 300) & exec python3 ../services/orders_service.py --port {{ port }}\"]";
+    let out = common::stagegate(&[
+        "run",
+        "-q",
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "tests/scenarios/http-service.yaml",
+        "--set",
+        stubborn,
+    ]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(common::leftovers(dir.path()), Vec::<String>::new(), "a child of the target outlived the run");
+}
+
+#[test]
+fn sigkill_at_random_moments_of_start_up_restarts_and_teardown_leaves_nothing_after_cleanup() {
+    common::build_test_image();
+    // Two trials at a time; each kills stagegate at a seeded random moment of a run that
+    // starts a container, a process dependency and a target, restarts both dependencies,
+    // and tears everything down.
+    let trials: Vec<(usize, u64)> = {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        (0..20).map(|i| (i, rng.random_range(0..7000))).collect()
+    };
+    let workers: Vec<_> = trials
+        .chunks(10)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                for (i, after_ms) in chunk {
+                    let dir = tempfile::tempdir().unwrap();
+                    let run = Running::start(
+                        &["run", "-q", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/leftovers.yaml"],
+                        &[],
+                    );
+                    std::thread::sleep(Duration::from_millis(after_ms));
+                    run.signal(Signal::SIGKILL);
+                    let _ = run.finish(Duration::from_secs(10));
+                    let said = cleanup(dir.path());
+                    let left = settle(dir.path());
+                    if !left.is_empty() {
+                        failures.push(format!("trial {i}, SIGKILL after {after_ms} ms: left {left:?}\n{said}"));
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: Vec<String> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
