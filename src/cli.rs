@@ -419,8 +419,11 @@ fn exit_code(report: &crate::report::RunReport) -> i32 {
 /// `NAME-TIME`, with `-2`, `-3`... when another run took that name in the same
 /// millisecond. Creating it is atomic, so two runs never share one.
 fn run_folder(root: &Path, name: &str) -> std::io::Result<(PathBuf, String)> {
+    run_folder_at(root, name, &chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string())
+}
+
+fn run_folder_at(root: &Path, name: &str, stamp: &str) -> std::io::Result<(PathBuf, String)> {
     std::fs::create_dir_all(root)?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     for n in 1..10_000 {
         let id = if n == 1 { format!("{name}-{stamp}") } else { format!("{name}-{stamp}-{n}") };
         let dir = root.join(&id);
@@ -456,5 +459,23 @@ async fn watch_signals(stop: Shutdown, doing: &'static str) {
             stop.cancel.cancel();
             stop.force.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: two runs started in the same millisecond shared a report folder (one
+    /// report lost, run.json overwritten).
+    #[test]
+    fn two_runs_started_in_the_same_millisecond_get_folders_of_their_own() {
+        let root = tempfile::tempdir().unwrap();
+        let stamp = "20261130T120000.000Z";
+        let (a, id_a) = run_folder_at(root.path(), "quick", stamp).unwrap();
+        let (b, id_b) = run_folder_at(root.path(), "quick", stamp).unwrap();
+        assert_ne!(a, b);
+        assert_eq!((id_a.as_str(), id_b.as_str()), ("quick-20261130T120000.000Z", "quick-20261130T120000.000Z-2"));
+        assert!(a.is_dir() && b.is_dir());
     }
 }

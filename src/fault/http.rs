@@ -250,4 +250,28 @@ mod tests {
         let faults = [act(0, lat(10), 1.0, None), act(1, lat(15), 1.0, None)];
         assert_eq!(decide(&faults, "GET", "/", 0, |_| 0).hold, Duration::from_millis(25));
     }
+
+    /// Regression: the proxy read whole bodies before passing them on, so a large or
+    /// slow answer was held in memory and delayed until its end.
+    #[tokio::test]
+    async fn bodies_stream_through_without_waiting_for_their_end() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        // An answer whose first part comes at once and whose rest never does.
+        let app = Router::new().fallback(|| async {
+            let first =
+                futures_util::stream::once(async { Ok::<_, std::io::Error>(axum::body::Bytes::from("first part;")) });
+            let never = futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, std::io::Error>(axum::body::Bytes::from("never"))
+            });
+            Body::from_stream(futures_util::StreamExt::chain(first, never))
+        });
+        tokio::spawn(async move { axum::serve(upstream, app).await });
+        let proxy = HttpProxy::start(&format!("http://{addr}"), None).await.unwrap();
+        let mut answer = reqwest::get(proxy.url()).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), answer.chunk()).await;
+        assert_eq!(first.expect("the first part came through").unwrap().unwrap(), "first part;");
+        proxy.stop(true).await;
+    }
 }

@@ -158,6 +158,12 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let events = cx.events.clone();
     let mut emit = move |r: &FaultRecord| {
         let _ = events.send(Event::Fault(r.clone()));
+        // A way for the tests to make the runner itself fail while a fault is active, to
+        // check that the guard still lifts it and stops everything (debug builds only).
+        #[cfg(debug_assertions)]
+        if r.ended_secs.is_none() && std::env::var_os("STAGEGATE_TEST_PANIC_WHEN_FAULTED").is_some() {
+            panic!("a test asked the runner to fail while `{}` is active", r.kind);
+        }
     };
     let clock = Clock { start, over: &over, run: cx.halt };
     let (drive, records, ()) =

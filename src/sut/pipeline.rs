@@ -71,6 +71,9 @@ struct Conn {
 struct StoreClient {
     addr: SocketAddr,
     idle: Mutex<Vec<Conn>>,
+    /// The pipeline runs inside stagegate: its running out of descriptors is stagegate's
+    /// failure, not the candidate's.
+    trouble: Option<Trouble>,
 }
 
 impl StoreClient {
@@ -82,7 +85,14 @@ impl StoreClient {
             let mut conn = match pooled {
                 Some(c) => c,
                 None => {
-                    let s = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+                    let s = TcpStream::connect(self.addr).await.map_err(|e| {
+                        if crate::health::is_own_exhaustion(&e)
+                            && let Some(t) = &self.trouble
+                        {
+                            t.fail(format!("the builtin pipeline cannot open a connection to its store: {e}"));
+                        }
+                        e.to_string()
+                    })?;
                     let _ = s.set_nodelay(true);
                     let (r, w) = s.into_split();
                     Conn { lines: BufReader::new(r).lines(), write: w, calls: 0 }
@@ -187,7 +197,7 @@ impl Pipeline {
     /// flags from the OFREP endpoint at `ofrep_url`.
     pub async fn start(store: SocketAddr, ofrep_url: String, trouble: Option<Trouble>) -> std::io::Result<Pipeline> {
         let app = App {
-            store: Arc::new(StoreClient { addr: store, idle: Mutex::new(Vec::new()) }),
+            store: Arc::new(StoreClient { addr: store, idle: Mutex::new(Vec::new()), trouble: trouble.clone() }),
             new_enricher: Arc::new(AtomicU8::new(FLAG_OFF)),
             ofrep_url: Arc::from(ofrep_url.as_str()),
             http: reqwest::Client::builder().timeout(STORE_TIMEOUT).build().map_err(std::io::Error::other)?,

@@ -1,0 +1,137 @@
+//! Bounds on everything fed from outside: read-back answers, sink pushes, files read
+//! (a scenario, a schema, a playbook), and durations and rates a scenario may ask for.
+//! A runaway input ends in a clear message or a bounded cost, never in memory
+//! exhaustion or a panic. Each test runs the real binary.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::Running;
+use common::hostile::{self, Behaviour};
+
+/// Peak memory of a run, in MiB, and its exit code and stdout.
+fn run_measured(args: &[&str], env: &[(&str, &str)]) -> (u64, Option<i32>, String, String) {
+    let run = Running::start(args, env);
+    let peak = common::peak_rss_kib(run.child.id());
+    let (code, stdout, stderr, _) = run.finish(Duration::from_secs(120));
+    (peak.join().unwrap() / 1024, code, stdout, stderr)
+}
+
+#[test]
+fn hundred_megabyte_read_backs_stay_within_bounds() {
+    let target = hostile::start(Behaviour { huge_reads: Some(100 * 1024 * 1024), ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let port = target.port.to_string();
+    let (peak_mib, code, stdout, stderr) = run_measured(
+        &[
+            "run",
+            "-q",
+            "--report-dir",
+            dir.path().to_str().unwrap(),
+            "tests/scenarios/hostile.yaml",
+            "--set",
+            "workload.arrival.rate=20/s",
+            "--set",
+            "target.http.timeout=30s",
+        ],
+        &[("HOSTILE_PORT", port.as_str())],
+    );
+    // Every answer past the bound is the target's doing: its records count as corrupted.
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let report = common::only_report(dir.path());
+    let data = &report["stages"][0]["metrics"]["data"];
+    assert_eq!(data["corrupted"], data["acked"], "{data}");
+    eprintln!("peak memory {peak_mib} MiB reading back 100 MB answers");
+    assert!(peak_mib < 300, "peak memory {peak_mib} MiB reading back 100 MB answers");
+}
+
+#[test]
+fn a_sink_flood_stays_within_bounds() {
+    let target = hostile::start(Behaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sink_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sink = format!("target.http.sink={{ listen: \"127.0.0.1:{sink_port}\", settle: 100ms }}");
+    let port = target.port.to_string();
+    let stored = target.stored.clone();
+    // Push every stored order back to the sink as fast as possible, a thousand at a time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut pushed = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let copies: Vec<String> = stored.lock().unwrap().iter().map(|(_, t)| t.clone()).collect();
+                if copies.is_empty() {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let body: Vec<&str> = copies.iter().cycle().take(1000).map(String::as_str).collect();
+                let body = format!("[{}]", body.join(","));
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", sink_port)) else { continue };
+                let head = format!(
+                    "POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                if s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).is_ok() {
+                    let _ = std::io::Read::read(&mut s, &mut [0u8; 256]);
+                    pushed += 1000;
+                }
+            }
+            pushed
+        })
+    };
+    let (peak_mib, code, stdout, stderr) = run_measured(
+        &[
+            "run",
+            "-q",
+            "--report-dir",
+            dir.path().to_str().unwrap(),
+            "tests/scenarios/hostile.yaml",
+            "--set",
+            &sink,
+            "--set",
+            "workload.duration=4s",
+        ],
+        &[("HOSTILE_PORT", port.as_str())],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushed = flood.join().unwrap();
+    assert!(pushed > 100_000, "the flood pushed only {pushed} records");
+    // Every order arrived many times over: duplicates, all counted, none kept.
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report = common::only_report(dir.path());
+    let data = &report["stages"][0]["metrics"]["data"];
+    assert_eq!(data["lost"], 0, "{data}");
+    assert!(data["duplicated"].as_u64().unwrap() > 0, "{data}");
+    eprintln!("peak memory {peak_mib} MiB under a flood of {pushed} records");
+    assert!(peak_mib < 200, "peak memory {peak_mib} MiB under a flood of {pushed} records");
+}
+
+#[test]
+fn endless_files_are_refused_at_once() {
+    for args in [
+        vec!["validate", "/dev/zero"],
+        vec!["validate", "tests/scenarios/tiny.yaml", "--set", "workload.data=/dev/zero"],
+        vec!["validate", "tests/scenarios/tiny.yaml", "--set", "workload.arrival={ playbook: /dev/zero }"],
+    ] {
+        let started = Instant::now();
+        let out = common::stagegate(&args);
+        let (_, stderr) = common::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("it is larger than"), "{args:?}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn a_duration_past_what_can_be_scheduled_is_refused_not_a_panic() {
+    let out =
+        common::stagegate(&["validate", "tests/scenarios/tiny.yaml", "--set", "workload.duration=5000000000000000h"]);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("longer than the longest duration"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
