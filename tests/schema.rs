@@ -96,3 +96,23 @@ fn the_format_reference_documents_every_key() {
         names.iter().filter(|n| !docs.contains(&format!("`{n}`")) && !docs.contains(&format!(".{n}`"))).collect();
     assert!(missing.is_empty(), "docs/format.md does not mention: {missing:?}");
 }
+
+/// The fault catalog is one list in the code; the reference's table of fault kinds is
+/// held to it: every kind the schema allows has its row, with the places it may go.
+#[test]
+fn the_format_reference_lists_every_fault_kind_with_its_places() {
+    let out = stagegate(&["schema"]);
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<String> = schema["$defs"]["FaultSpec"]["properties"]["kind"]["enum"]
+        .as_array()
+        .expect("the schema lists the fault kinds")
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.len(), 16, "{kinds:?}");
+    let docs = std::fs::read_to_string(root().join("docs/format.md")).unwrap();
+    for kind in &kinds {
+        let row = docs.lines().find(|l| l.starts_with(&format!("| `{kind}` |")));
+        assert!(row.is_some(), "docs/format.md has no row for the fault kind `{kind}`");
+    }
+}

@@ -103,7 +103,11 @@ impl HttpProxy {
         let stopping = CancellationToken::new();
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder().pool_max_idle_per_host(64).build().map_err(std::io::Error::other)?,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(std::io::Error::other)?,
             active: rx,
             requests: Arc::new(AtomicU64::new(0)),
             seen: seen.clone(),

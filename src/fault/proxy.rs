@@ -344,24 +344,27 @@ impl Connection {
         let watcher = self.watch_for_refuse();
         let up = self.pump(Direction::Upstream, client_read, server_write, fds);
         let down = self.pump(Direction::Downstream, server_read, client_write, fds);
-        tokio::join!(up, down, watcher);
+        // The connection ends when both directions have, or when a refuse fault closes it;
+        // the watcher must not outlive the pumps (it would keep every closed connection's
+        // task alive until the proxy stops: memory that grew with every connection).
+        let pumps = async { tokio::join!(up, down) };
+        tokio::select! {
+            _ = pumps => {}
+            _ = watcher => {}
+        }
     }
 
     /// Closes this connection when a refuse fault that hits it starts.
+    /// (Any other end of the connection is the pumps' to see: this only waits for
+    /// refuse faults.)
     async fn watch_for_refuse(&self) {
         let mut active = self.active.clone();
-        loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                changed = active.changed() => {
-                    if changed.is_err() { return; }
-                    let set = active.borrow_and_update().clone();
-                    if set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && hits(a, self.id)) {
-                        self.stats.cut.fetch_add(1, Ordering::Relaxed);
-                        self.cancel.cancel();
-                        return;
-                    }
-                }
+        while active.changed().await.is_ok() {
+            let set = active.borrow_and_update().clone();
+            if set.iter().any(|a| matches!(a.fault.kind, FaultKind::Refuse) && hits(a, self.id)) {
+                self.stats.cut.fetch_add(1, Ordering::Relaxed);
+                self.cancel.cancel();
+                return;
             }
         }
     }

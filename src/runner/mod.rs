@@ -20,6 +20,7 @@ pub mod stage;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -156,7 +157,12 @@ async fn run_stages(
     report: &mut RunReport,
 ) -> HashMap<String, crate::measure::Slice> {
     let mut samples = HashMap::new();
-    let client = match reqwest::Client::builder().pool_max_idle_per_host(1024).build() {
+    // Connections stay open for reuse, as a client of the target would keep them; those
+    // idle for a while are closed, so a burst of concurrency does not keep its
+    // connections (and their buffers) for the rest of the run.
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(5)).build();
+    let client = match client {
         Ok(c) => c,
         Err(e) => {
             report.error = Some(format!("cannot build the HTTP client: {e}"));
