@@ -162,7 +162,17 @@ fn load_interpolated(
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    let result = compile::compile(file, &locations, doc, options, secrets.clone());
+    let result = compile::compile(file, &locations, doc, options, secrets.clone()).map(|mut plan| {
+        for (name, value) in secrets.pairs() {
+            if value.chars().count() < 4 {
+                plan.warnings.push(format!(
+                    "secret `{name}` is only {} character(s) long: every occurrence of it in stagegate's output is masked",
+                    value.chars().count()
+                ));
+            }
+        }
+        plan
+    });
     result.map_err(|Diagnostics(list)| {
         // A mistake in an overridden value belongs to the command line, not the file.
         let relabelled = list
