@@ -209,7 +209,7 @@ fn proxy(listen: &str, config: Option<&Path>) -> i32 {
         eprintln!("stagegate proxy: control API on http://{}", api.addr());
         stop.cancel.cancelled().await;
         // Faults first: nothing may go on delaying traffic while the API winds down.
-        registry.lift_all();
+        registry.lift_all().await;
         api.stop(stop.force.is_cancelled()).await;
         registry.stop().await;
         exit::PROMOTE

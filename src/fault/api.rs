@@ -206,18 +206,13 @@ impl Registry {
         }
     }
 
-    /// Lifts every toxic of every proxy at once (the first thing a stop does), without
-    /// waiting for a request that holds the registry.
-    pub fn lift_all(&self) {
-        let lifted = match self.proxies.try_lock() {
-            Ok(proxies) => {
-                proxies.values().for_each(|e| e.proxy.set_active(Vec::new()));
-                true
-            }
-            Err(_) => false,
-        };
-        if !lifted {
-            tracing::debug!("the proxy registry is busy; its proxies are lifted when they stop");
+    /// Lifts every toxic of every proxy (the first thing a stop does). A request that
+    /// holds the registry holds it for a second at most; past that, the proxies are
+    /// lifted as each one stops.
+    pub async fn lift_all(&self) {
+        match tokio::time::timeout(Duration::from_millis(1500), self.proxies.lock()).await {
+            Ok(proxies) => proxies.values().for_each(|e| e.proxy.set_active(Vec::new())),
+            Err(_) => tracing::warn!("the proxy registry is busy; its proxies are lifted as they stop"),
         }
     }
 
