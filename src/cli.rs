@@ -236,8 +236,10 @@ fn load(file: &Path, args: &ScenarioArgs, what: &str) -> Result<scenario::Plan, 
             return Err(exit::INVALID_INPUT);
         }
     };
-    for w in &plan.warnings {
-        eprintln!("{}: {w}", if args.deny_warnings { "error" } else { "warning" });
+    // A run prints its warnings as it starts; the other commands here.
+    let run_prints = what == NOT_RUN && !args.deny_warnings;
+    for w in plan.warnings.iter().filter(|_| !run_prints) {
+        eprintln!("{}: {}", if args.deny_warnings { "error" } else { "warning" }, plan.secrets.mask(w));
     }
     if args.deny_warnings && !plan.warnings.is_empty() {
         eprintln!("{} warning(s) denied by --deny-warnings; {what}", plan.warnings.len());
@@ -321,8 +323,11 @@ fn data(schema: &Path, count: u64, seed: u64) -> i32 {
     exit::PROMOTE
 }
 
+/// What a failed load of `run` says did not happen.
+const NOT_RUN: &str = "nothing was run";
+
 fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32 {
-    let plan = match load(file, args, "nothing was run") {
+    let plan = match load(file, args, NOT_RUN) {
         Ok(p) => p,
         Err(c) => return c,
     };

@@ -4,11 +4,14 @@ use clap::Parser;
 
 fn main() {
     let cli = stagegate::cli::Cli::parse();
+    // stagegate says itself what goes wrong with a container; the container library's
+    // own messages only show when asked for (`STAGEGATE_LOG=testcontainers=debug`).
     tracing_subscriber::fmt()
         .with_writer(stagegate::secrets::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STAGEGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,testcontainers=off,bollard=off")),
         )
         .init();
     std::process::exit(stagegate::cli::execute(cli));

@@ -14,6 +14,10 @@ use std::sync::RwLock;
 
 use serde_json::Value;
 
+/// The shortest secret value stagegate accepts: every occurrence of a secret is masked,
+/// and a shorter one would mask ordinary words and numbers.
+pub const MIN_LEN: usize = 4;
+
 /// The secret values of one scenario, by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Secrets(Vec<(String, String)>);

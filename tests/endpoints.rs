@@ -106,7 +106,8 @@ fn half_sent_requests_on_the_sink_and_the_http_fault_proxy_cannot_hold_sigint() 
     );
     let target = run.wait_for("  target ", Duration::from_secs(30));
     run.wait_for("stage 1 `only` started", Duration::from_secs(30));
-    let gate = addresses(&target).remove(0);
+    let gate =
+        addresses(target.split("behind fault proxy").nth(1).expect("the target's fault proxy is named")).remove(0);
     let endpoints = vec![(gate, HALF_HTTP), (format!("127.0.0.1:{sink_port}"), HALF_HTTP)];
     interrupt_holding(run, &dir, endpoints);
 }

@@ -122,9 +122,12 @@ fn sigint_during_on_verdict_stops_it_and_its_children() {
     run.signal(Signal::SIGINT);
     let (code, stdout, stderr, took) = run.finish(Duration::from_secs(30));
     assert!(took < Duration::from_secs(5), "took {took:?}\n{stderr}");
-    // The verdict stands; the action was stopped, and said so.
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    // The verdict stands in the report; the action was stopped, and the run says it was
+    // interrupted (a CI stage must not go on as if the action had finished).
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
     let report = common::only_report(&reports);
+    assert_eq!(report["verdict"], "PROMOTE");
+    assert_eq!(report["interrupted"], true);
     assert!(report["on_verdict"]["output"].as_str().unwrap().contains("interrupted"), "{}", report["on_verdict"]);
     assert!(common::leftovers(&reports).is_empty(), "{:?}", common::leftovers(&reports));
 }

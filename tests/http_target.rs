@@ -99,7 +99,7 @@ fn killing_the_target_loses_what_it_held_and_it_comes_back() {
         &format!("{SERVICE}]"),
         &[
             "--set",
-            "stages[0].faults=[{ kind: kill, at: target, restart_after: 500ms, from: 1s, for: 500ms }]",
+            "stages[0].faults=[{ kind: kill, at: target, restart_after: 500ms, from: 1s, for: 1s }]",
             "--set",
             "workload.duration=3s",
         ],

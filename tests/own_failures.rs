@@ -98,7 +98,14 @@ fn a_panic_in_the_runner_still_lifts_every_fault_stops_everything_and_writes_a_p
         &[("STAGEGATE_TEST_PANIC_WHEN_FAULTED", "1")],
     );
     let target = run.wait_for("  target ", Duration::from_secs(30));
-    let gate = target.split_whitespace().nth(1).unwrap().trim_start_matches("http://").to_string();
+    let gate = target
+        .split("behind fault proxy http://")
+        .nth(1)
+        .expect("the fault proxy is named")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     let (code, stdout, stderr, _) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(4), "{stdout}\n{stderr}");
     let report = common::only_report(dir.path());

@@ -1,7 +1,9 @@
 //! Secrets as values, not text: a `${secret:NAME}` value never shows in progress lines,
-//! the plan, diagnostics, logs, the report or `on_verdict` output (raw, JSON-escaped or
-//! percent-encoded), and no value from the environment can change a scenario's
-//! structure or make the report stop being JSON. Each test runs the real binary.
+//! the plan, diagnostics, logs (stagegate's and its processes'), the report or
+//! `on_verdict` output (raw, JSON-escaped or percent-encoded); no value from the
+//! environment can change a scenario's structure or make the report stop being JSON;
+//! a secret too short to mask without garbling the output is refused. Each test runs
+//! the real binary.
 
 mod common;
 
@@ -47,6 +49,9 @@ fn secrets_never_show_in_progress_lines_plan_logs_report_or_on_verdict_output() 
     assert_eq!(report["description"], "token ${secret:SG_QUOTED} at ${secret:SG_TRUE}");
     assert!(report["on_verdict"]["output"].as_str().unwrap().contains("called with ${secret:SG_PASSWORD}"));
     assert_clean("run.json", &std::fs::read_to_string(run.join("run.json")).unwrap());
+    let log = std::fs::read_to_string(run.join("target.log")).unwrap();
+    assert!(log.contains("started with ${secret:SG_PASSWORD}"), "the target's log is kept, masked:\n{log}");
+    assert_clean("target.log", &log);
 
     let plan = stagegate_with_env(&["plan", "tests/scenarios/secret-everywhere.yaml"], &env());
     assert_eq!(plan.status.code(), Some(0));
@@ -83,4 +88,17 @@ fn a_value_from_the_environment_cannot_change_the_scenarios_structure() {
     let (stdout, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("valid (2 stages"), "{stdout}");
+}
+
+#[test]
+fn a_secret_too_short_to_mask_cleanly_is_refused() {
+    let out = stagegate_with_env(
+        &["validate", "tests/scenarios/secret-everywhere.yaml"],
+        &[("SG_PASSWORD", "e"), ("SG_QUOTED", QUOTED), ("SG_TRUE", "true")],
+    );
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("secret `SG_PASSWORD` is shorter than 4 characters"), "{stderr}");
+    assert!(stderr.contains("secret-everywhere.yaml:10:"), "located at its reference: {stderr}");
+    assert!(!stderr.contains("${secret:SG_PASSWORD}rror"), "{stderr}");
 }

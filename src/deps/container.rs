@@ -298,9 +298,10 @@ impl ManagedContainer {
         if self.removed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let handle = self.container.lock().await.take();
-        if let Some(c) = handle {
-            let _ = tokio::time::timeout(CONTAINER_STOP, c.rm()).await;
+        // Removed by name below; the library's handle would try again on drop (and
+        // complain, or race this removal), so it is let go without its drop.
+        if let Some(c) = self.container.lock().await.take() {
+            std::mem::forget(c);
         }
         if let Ok(client) = docker(&self.label) {
             let _ = tokio::time::timeout(CONTAINER_STOP, remove_by(&client, &self.docker_name)).await;

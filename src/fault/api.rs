@@ -30,6 +30,8 @@ use super::{Activation, Direction, Fault, FaultKind, Place, Schedule};
 /// A toxic as Toxiproxy clients send and read it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Toxic {
+    /// Optional, as with Toxiproxy: `TYPE_STREAM` (e.g. `latency_downstream`) when absent.
+    #[serde(default)]
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,

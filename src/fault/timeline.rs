@@ -119,6 +119,9 @@ pub async fn play(
             _ = tokio::time::sleep_until(due) => {}
         }
         let f = &stage.faults[t.index];
+        // When it was applied: before the action, which may take a moment (a container's
+        // kill goes through Docker).
+        let at = at_secs();
         let layer = catalog::find(f.kind.name()).map(|k| k.layer);
         match layer {
             Some(Layer::Stream | Layer::Request) => {
@@ -158,13 +161,13 @@ pub async fn play(
                 index: t.index,
                 kind: f.kind.name().to_string(),
                 at: f.at.to_string(),
-                started_secs: at_secs(),
+                started_secs: at,
                 ended_secs: None,
                 removed: false,
             });
             emit(&records[records.len() - 1]);
         } else if let Some(i) = open.remove(&t.index) {
-            records[i].ended_secs = Some(at_secs());
+            records[i].ended_secs = Some(at);
             records[i].removed = true;
             emit(&records[i]);
         }

@@ -22,7 +22,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::measure::Phase;
 
 /// Data-quality counts of one stage (or one slice of it). See the scenario format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// When the output was not seen, the counts that need it are unknown, and written as
+/// `null` (never as a count that looks measured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DataCounts {
     /// Records sent to the system under test.
     pub sent: u64,
@@ -40,10 +42,30 @@ pub struct DataCounts {
     pub accepted_invalid: u64,
     /// Records whose personal data (`pii: true` fields) appears unmasked in the output.
     pub pii_exposed: u64,
+    /// Set when the output was not seen: the counts above that need it are unknown.
+    pub unobserved: bool,
+}
+
+impl Serialize for DataCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let known = |v: u64| (!self.unobserved).then_some(v);
+        let mut st = s.serialize_struct("DataCounts", 8)?;
+        st.serialize_field("sent", &self.sent)?;
+        st.serialize_field("acked", &self.acked)?;
+        st.serialize_field("lost", &known(self.lost))?;
+        st.serialize_field("duplicated", &known(self.duplicated))?;
+        st.serialize_field("corrupted", &known(self.corrupted))?;
+        st.serialize_field("rejected_valid", &self.rejected_valid)?;
+        st.serialize_field("accepted_invalid", &known(self.accepted_invalid))?;
+        st.serialize_field("pii_exposed", &known(self.pii_exposed))?;
+        st.end()
+    }
 }
 
 impl DataCounts {
     fn add(&mut self, o: &DataCounts) {
+        self.unobserved |= o.unobserved;
         self.sent += o.sent;
         self.acked += o.acked;
         self.lost += o.lost;
@@ -104,6 +126,18 @@ struct Entry {
     altered: bool,
     /// Whether a copy seen shows a `pii` value unmasked.
     exposed: bool,
+}
+
+impl Judgement {
+    /// The same counts, marked unknown where they need the output (it was not seen).
+    pub fn unobserved(mut self) -> Judgement {
+        self.observed = false;
+        self.total.unobserved = true;
+        self.warmup.unobserved = true;
+        self.by_phase.iter_mut().for_each(|c| c.unobserved = true);
+        self.by_variant.values_mut().for_each(|c| c.unobserved = true);
+        self
+    }
 }
 
 /// What was sent in one stage, by record key, and what of it the output showed.
@@ -397,6 +431,7 @@ mod tests {
             rejected_valid: 1,
             accepted_invalid: 0,
             pii_exposed: 0,
+            unobserved: false,
         };
         assert_eq!(judged.total, expected);
         assert_eq!(judged.by_phase[Phase::During as usize], expected);

@@ -23,7 +23,14 @@ pub enum Event {
     /// The plan is checked and the run begins.
     Started { name: String, file: PathBuf, seed: u64, stages: usize, warnings: Vec<String> },
     /// Everything is up: the target, each dependency behind its proxy, the flag endpoint.
-    Provisioned { target: String, dependencies: Vec<(String, String, String)>, flags: String },
+    Provisioned {
+        /// The target's own address.
+        target: String,
+        /// The fault proxy in front of it, when a stage faults it.
+        target_proxy: Option<String>,
+        dependencies: Vec<(String, String, String)>,
+        flags: String,
+    },
     /// A stage begins with this flag state.
     StageStarted { index: usize, name: String, flags: BTreeMap<String, FlagState> },
     /// Something the run did between stages that a user should know of.

@@ -19,6 +19,11 @@ pub struct TerminalReporter {
     pub written: Option<Result<std::path::PathBuf, String>>,
 }
 
+/// A count that needs the output, or `-` when the output was not seen.
+fn count(v: u64, unobserved: bool) -> String {
+    if unobserved { "-".into() } else { v.to_string() }
+}
+
 fn ms(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
@@ -53,12 +58,15 @@ impl Reporter for TerminalReporter {
                     self.say(format!("warning: {w}"));
                 }
             }
-            Event::Provisioned { target, dependencies, flags } => {
-                if flags.is_empty() {
-                    self.say(format!("  target {target}"));
-                } else {
-                    self.say(format!("  target {target}, flags {flags}"));
+            Event::Provisioned { target, target_proxy, dependencies, flags } => {
+                let mut line = format!("  target {target}");
+                if let Some(proxy) = target_proxy {
+                    line.push_str(&format!(", behind fault proxy {proxy}"));
                 }
+                if !flags.is_empty() {
+                    line.push_str(&format!(", flags {flags}"));
+                }
+                self.say(line);
                 for (name, real, proxy) in dependencies {
                     self.say(format!("  dependency {name} at {real}, behind fault proxy {proxy}"));
                 }
@@ -149,9 +157,9 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
             ms(m.latency.p50),
             ms(m.latency.p99),
             m.error_rate() * 100.0,
-            m.data.lost,
-            m.data.duplicated,
-            m.data.corrupted,
+            count(m.data.lost, m.data.unobserved),
+            count(m.data.duplicated, m.data.unobserved),
+            count(m.data.corrupted, m.data.unobserved),
             if st.completed { "" } else { "  (cut short)" }
         ));
     }
@@ -165,9 +173,9 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
                 ms(v.latency.p50),
                 ms(v.latency.p99),
                 v.error_rate() * 100.0,
-                v.data.lost,
-                v.data.duplicated,
-                v.data.corrupted
+                count(v.data.lost, v.data.unobserved),
+                count(v.data.duplicated, v.data.unobserved),
+                count(v.data.corrupted, v.data.unobserved)
             ));
         }
     }

@@ -97,8 +97,10 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         Err(_) if stop.cancel.is_cancelled() => {}
         Err(e) => report.error = Some(e),
         Ok(provisioned) => {
+            let gate = provisioned.target.gate.is_some();
             emit(Event::Provisioned {
-                target: provisioned.target.url.clone(),
+                target: provisioned.target.base.clone(),
+                target_proxy: gate.then(|| provisioned.target.url.clone()),
                 dependencies: provisioned
                     .deps
                     .iter()
@@ -112,6 +114,9 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     // Every fault lifted first, then everything stopped, newest first.
     guard.teardown(&stop.force).await;
     sweep(&run_file);
+    if let Some(dir) = &out.dir {
+        mask_logs(dir, &plan.secrets);
+    }
     if guard.is_done() {
         run_file.finish();
     }
@@ -135,6 +140,11 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     report.reasons = reasons;
     if let Some(v) = report.verdict {
         report.on_verdict = action::on_verdict(plan, v, out.dir.as_deref(), &run_file, &stop.cancel).await;
+        if stop.cancel.is_cancelled() && report.on_verdict.is_some() {
+            // The verdict stands in the report, but the run did not finish its job.
+            report.interrupted = true;
+            report.reasons.push(format!("interrupted while the {v} action ran; it was stopped before it finished"));
+        }
     }
     finish(plan, report, &events)
 }
@@ -211,6 +221,35 @@ async fn run_stages(
         }
     }
     samples
+}
+
+/// Masks the scenario's secrets in the logs of the processes the run started (they are
+/// the processes' own words, and may repeat a secret they were given).
+fn mask_logs(dir: &std::path::Path, secrets: &crate::secrets::Secrets) {
+    use std::io::{BufRead, Read, Write};
+    if secrets.is_empty() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for log in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "log")) {
+        let masked = log.with_extension("log.masking");
+        let result = (|| -> std::io::Result<()> {
+            let mut reader = std::io::BufReader::new(std::fs::File::open(&log)?);
+            let mut writer = std::io::BufWriter::new(std::fs::File::create(&masked)?);
+            let mut line = Vec::new();
+            // A line is read up to 1 MiB at a time: a log need not hold newlines.
+            while (&mut reader).take(1024 * 1024).read_until(b'\n', &mut line)? > 0 {
+                writer.write_all(secrets.mask(&String::from_utf8_lossy(&line)).as_bytes())?;
+                line.clear();
+            }
+            writer.flush()?;
+            std::fs::rename(&masked, &log)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&masked);
+            tracing::warn!(log = %log.display(), error = %e, "could not mask secrets in a log");
+        }
+    }
 }
 
 /// Stops anything still running that carries this run's marker: a process that left its

@@ -187,7 +187,9 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         let ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
         (ledger.judge(), ledger.arrivals())
     };
-    judgement.observed = seen.is_ok();
+    if seen.is_err() {
+        judgement = judgement.unobserved();
+    }
     let ran = if completed { plan.workload.duration } else { elapsed };
     let mut metrics = accounts.recorder.finish(ran, &judgement);
     if let Err(why) = &seen {

@@ -33,6 +33,9 @@ pub struct Reference {
     pub secret: bool,
     /// Written inside quotes as the whole scalar (`"${X}"`): a string whatever it holds.
     pub quoted: bool,
+    /// Where it is written (1-based line and column).
+    pub line: usize,
+    pub column: usize,
 }
 
 /// The text with placeholders, and what each one stands for.
@@ -125,7 +128,14 @@ pub fn interpolate(
                         let next = after[consumed..].chars().next();
                         let quoted = matches!((before, next), (Some('"'), Some('"')) | (Some('\''), Some('\'')));
                         out.text.push_str(&placeholder(out.references.len(), width));
-                        out.references.push(Reference { name: name.to_string(), value, secret, quoted });
+                        out.references.push(Reference {
+                            name: name.to_string(),
+                            value,
+                            secret,
+                            quoted,
+                            line: line_no + 1,
+                            column,
+                        });
                     }
                     None => errors.push(error(
                         file,

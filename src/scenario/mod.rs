@@ -124,6 +124,7 @@ pub fn load(file: &Path, options: &LoadOptions) -> Result<Plan, Diagnostics> {
 /// paths. Secret values never show in the diagnostics.
 pub fn load_str(file: &Path, text: &str, options: &LoadOptions) -> Result<Plan, Diagnostics> {
     let interpolated = interpolate::interpolate(file, text, &*options.env).map_err(|e| Diagnostics(e).sorted())?;
+    short_secrets(file, &interpolated)?;
     let secrets = crate::secrets::Secrets::new(interpolated.secrets());
     load_interpolated(file, &interpolated, options, &secrets).map_err(|Diagnostics(list)| {
         Diagnostics(
@@ -162,17 +163,7 @@ fn load_interpolated(
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    let result = compile::compile(file, &locations, doc, options, secrets.clone()).map(|mut plan| {
-        for (name, value) in secrets.pairs() {
-            if value.chars().count() < 4 {
-                plan.warnings.push(format!(
-                    "secret `{name}` is only {} character(s) long: every occurrence of it in stagegate's output is masked",
-                    value.chars().count()
-                ));
-            }
-        }
-        plan
-    });
+    let result = compile::compile(file, &locations, doc, options, secrets.clone());
     result.map_err(|Diagnostics(list)| {
         // A mistake in an overridden value belongs to the command line, not the file.
         let relabelled = list
@@ -190,6 +181,34 @@ fn load_interpolated(
             .collect();
         Diagnostics(relabelled).sorted()
     })
+}
+
+/// Refuses secrets too short to mask: a secret is masked wherever it shows in
+/// stagegate's output, and one of a few characters would mask ordinary words and
+/// numbers (and so give itself away). Said once per secret, at its first reference; the
+/// rest of the file is not checked until it is fixed.
+fn short_secrets(file: &Path, interpolated: &interpolate::Interpolated) -> Result<(), Diagnostics> {
+    let mut named = std::collections::BTreeSet::new();
+    let short: Vec<Diagnostic> = interpolated
+        .references
+        .iter()
+        .filter(|r| r.secret && r.value.chars().count() < crate::secrets::MIN_LEN && named.insert(r.name.clone()))
+        .map(|r| Diagnostic {
+            file: file.to_path_buf(),
+            line: r.line,
+            column: r.column,
+            path: String::new(),
+            message: format!(
+                "secret `{}` is shorter than {} characters: masking it would garble stagegate's output",
+                r.name,
+                crate::secrets::MIN_LEN
+            ),
+            hint: Some(
+                "a secret is masked wherever it appears; use a longer value, or `${NAME}` if it is no secret".into(),
+            ),
+        })
+        .collect();
+    if short.is_empty() { Ok(()) } else { Err(Diagnostics(short)) }
 }
 
 /// Whether key path `path` is `root` or lies inside it.

@@ -140,11 +140,14 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
             (Outcome::Inconclusive, Some(format!("the output was not observed: {why}")))
         }
         None if matches!(check.metric.base, Base::Freshness(_)) => {
-            let why = match &metrics.freshness {
-                None => "freshness needs an observer that times arrivals (`sink`, or a `scan` with `every`)",
-                Some(_) => "no acknowledged record was seen in the output",
+            let why = match (&metrics.freshness, &metrics.output_unseen) {
+                (_, Some(unseen)) => format!("the output was not observed: {unseen}"),
+                (None, None) => {
+                    "freshness needs an observer that times arrivals (`sink`, or a `scan` with `every`)".to_string()
+                }
+                (Some(_), None) => "no acknowledged record was seen in the output".to_string(),
             };
-            (Outcome::Inconclusive, Some(why.to_string()))
+            (Outcome::Inconclusive, Some(why))
         }
         None if matches!(check.metric.base, Base::RecoveryTime) => {
             let why = match (&metrics.recovery, &metrics.recovery_missing) {

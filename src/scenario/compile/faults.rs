@@ -236,6 +236,32 @@ pub(super) fn compile(
         );
         ok = false;
     }
+    if let (Some(stage), Some(len)) = (stage, length)
+        && from < stage
+        && from + len > stage
+        && f.every.is_none()
+    {
+        ctx.warn(
+            &p("for"),
+            format_args!(
+                "the fault would last to {} but the stage ends at {}: it is lifted there",
+                units::format_duration(from + len),
+                units::format_duration(stage)
+            ),
+        );
+    }
+    if let (Some(FaultKind::Kill { restart_after: Some(after), .. }), Some(len)) = (&kind, length)
+        && *after >= len
+    {
+        ctx.warn(
+            &p("for"),
+            format_args!(
+                "the kill's window ({}) ends before its restart ({} after the kill): the rest of the outage counts in the `after` phase; give `for` at least `restart_after` plus the time to get ready",
+                units::format_duration(len),
+                units::format_duration(*after)
+            ),
+        );
+    }
     if length.is_some_and(|l| l.is_zero()) {
         ctx.error(&p("for"), "a fault must last longer than zero");
         ok = false;

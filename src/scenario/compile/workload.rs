@@ -18,8 +18,11 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
         Err(super::Diagnostics(errors)) => {
             if let Some(unreadable) = errors.iter().find(|d| d.line == 0) {
                 let why = unreadable.message.trim_start_matches("cannot read the data schema: ");
-                ctx.error("workload.data", format!("cannot read the data schema `{}`: {why}", data_file.display()))
-                    .hint = Some("the path is relative to the scenario file".into());
+                let d =
+                    ctx.error("workload.data", format!("cannot read the data schema `{}`: {why}", data_file.display()));
+                if std::path::Path::new(&w.data).is_relative() {
+                    d.hint = Some("the path is relative to the scenario file".into());
+                }
             } else {
                 ctx.errors.extend(errors);
             }
@@ -200,8 +203,10 @@ pub(super) fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: D
         let text = match crate::limits::read_bounded(&path, crate::limits::PLAYBOOK_BYTES) {
             Ok(t) => t,
             Err(e) => {
-                ctx.error(&p, format!("cannot read the playbook `{}`: {e}", path.display())).hint =
-                    Some("the path is relative to the scenario file".into());
+                let d = ctx.error(&p, format!("cannot read the playbook `{}`: {e}", path.display()));
+                if std::path::Path::new(playbook).is_relative() {
+                    d.hint = Some("the path is relative to the scenario file".into());
+                }
                 return None;
             }
         };
