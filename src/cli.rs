@@ -313,14 +313,18 @@ fn data(schema: &Path, count: u64, seed: u64) -> i32 {
     };
     let mut generator = Generator::new(schema, seed);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for _ in 0..count {
-        let line = serde_json::Value::Object(generator.next_record()).to_string();
-        if writeln!(out, "{line}").is_err() {
-            return exit::PROMOTE; // a closed pipe (`| head`) is not an error
+    let written = (0..count)
+        .try_for_each(|_| writeln!(out, "{}", serde_json::Value::Object(generator.next_record())))
+        .and_then(|_| out.flush());
+    match written {
+        Ok(()) => exit::PROMOTE,
+        // A closed pipe (`| head`) is not an error; a full disk is.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::PROMOTE,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write the records: {e}");
+            exit::RUN_BROKEN
         }
     }
-    let _ = out.flush();
-    exit::PROMOTE
 }
 
 /// What a failed load of `run` says did not happen.
@@ -333,6 +337,10 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
     };
     crate::secrets::install_for_logs(&plan.secrets);
     crate::health::raise_file_limit();
+    // Whatever the run starts and its descendants start, even those that leave their
+    // process group and session, are adopted by stagegate when their parent dies, so
+    // the run's end can still stop them.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
     let (report_dir, run_id) = match run_folder(report_root, &plan.name) {
         Ok(x) => x,
         Err(e) => {

@@ -39,8 +39,16 @@ pub const CONTROL_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// The longest duration any scenario value may have.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
-/// The most requests one stage may plan: the ledger keeps about a hundred bytes each.
-pub const MAX_REQUESTS_PER_STAGE: f64 = 50_000_000.0;
+/// The most requests one stage may send: the ledger keeps about 500 bytes for each
+/// (measured), so this is about 5 GB. An open model that plans more is refused; a closed
+/// model, whose count depends on the target's speed, stops sending here.
+pub const MAX_REQUESTS_PER_STAGE: f64 = 10_000_000.0;
+
+/// The longest a single request may be waited for (`workload.timeout`, `http.timeout`).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The most records an `out_of_order` fault holds back (they are generated ahead).
+pub const MAX_REORDER_WINDOW: u32 = 10_000;
 
 /// How long a server stagegate runs (OFREP, sink, a proxy) may take to finish the
 /// requests it is serving once asked to stop; then it is stopped outright.
@@ -50,13 +58,34 @@ pub const PROCESS_GRACE: Duration = Duration::from_secs(5);
 /// How long removing a container may take.
 pub const CONTAINER_STOP: Duration = Duration::from_secs(15);
 
+/// How long reading a file given by the user may take.
+pub const READ_WAIT: Duration = Duration::from_secs(30);
+
 /// Reads the text file at `path`, refusing more than `limit` bytes (a device such as
 /// `/dev/zero` ends here, not in memory exhaustion). Pipes and other non-regular files
 /// are read too, within the same limit.
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    read_bounded_within(path, limit, READ_WAIT)
+}
+
+fn read_bounded_within(path: &Path, limit: u64, wait: Duration) -> std::io::Result<String> {
+    // Opening and reading a pipe no one writes to would wait forever: it is done on a
+    // thread of its own, given [`READ_WAIT`].
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    std::thread::spawn(move || {
+        let read = std::fs::File::open(&owned).and_then(|file| {
+            let mut bytes = Vec::new();
+            file.take(limit + 1).read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let _ = tx.send(read);
+    });
+    let bytes = rx.recv_timeout(wait).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("it could not be read within {}s (a pipe no one writes to?)", wait.as_secs()),
+        )
+    })??;
     if bytes.len() as u64 > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -95,5 +124,14 @@ mod tests {
         std::fs::write(&path, "version: 1\n").unwrap();
         assert_eq!(read_bounded(&path, 11).unwrap(), "version: 1\n");
         assert!(read_bounded(&path, 10).is_err());
+    }
+
+    #[test]
+    fn a_pipe_no_one_writes_to_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("scenario.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_bounded_within(&fifo, 1024, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     }
 }

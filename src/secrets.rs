@@ -20,7 +20,12 @@ pub const MIN_LEN: usize = 4;
 
 /// The secret values of one scenario, by name.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Secrets(Vec<(String, String)>);
+pub struct Secrets {
+    pairs: Vec<(String, String)>,
+    /// Per secret: its mark (`${secret:NAME}`) and every form its value takes, worked
+    /// out once (logs are masked line by line).
+    masks: Vec<(String, Vec<String>)>,
+}
 
 impl Secrets {
     /// Secrets from `(name, value)` pairs; empty values are never masked.
@@ -29,32 +34,29 @@ impl Secrets {
         // Longer values first, so a secret inside another is not half-masked.
         pairs.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         pairs.dedup();
-        Secrets(pairs)
+        let masks = pairs.iter().map(|(name, value)| (format!("${{secret:{name}}}"), forms(value))).collect();
+        Secrets { pairs, masks }
     }
 
     /// Whether there is nothing to mask.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs.is_empty()
     }
 
     /// `(name, value)` of each secret.
     pub fn pairs(&self) -> &[(String, String)] {
-        &self.0
+        &self.pairs
     }
 
-    /// `text` with every secret value replaced by `${secret:NAME}`: raw, escaped as
-    /// inside a JSON string, or percent-encoded as inside a URL.
+    /// `text` with every secret value replaced by `${secret:NAME}`, in every form it
+    /// takes in stagegate's output: raw, escaped as inside a JSON string or a Rust debug
+    /// string, percent-encoded as any part of a URL encodes it, and whatever its ASCII
+    /// letter case (a URL's host is lower-cased, an HTTP method upper-cased).
     pub fn mask(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for (name, value) in &self.0 {
-            let mark = format!("${{secret:{name}}}");
-            out = out.replace(value, &mark);
-            let escaped = serde_json::to_string(value).unwrap_or_default();
-            let escaped = &escaped[1..escaped.len().saturating_sub(1).max(1)];
-            for form in [escaped, &percent_encoded(value)] {
-                if form != value && !form.is_empty() {
-                    out = out.replace(form, &mark);
-                }
+        for (mark, forms) in &self.masks {
+            for form in forms {
+                out = replace_ignoring_ascii_case(&out, form, mark);
             }
         }
         out
@@ -85,18 +87,52 @@ impl Secrets {
     }
 }
 
-/// `value` as a URL carries it: every byte but letters, digits and `-._~` as `%XX`.
-fn percent_encoded(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// Every form `value` takes in output: raw, JSON- and debug-escaped, and percent-encoded
+/// as a URL's fragment, query, path, user info or component encodes it (the WHATWG URL
+/// sets), fully, and as a form field.
+fn forms(value: &str) -> Vec<String> {
+    use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
+    const FRAGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'<').add(b'>').add(b'`');
+    const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
+    const PATH: &AsciiSet = &QUERY.add(b'?').add(b'`').add(b'{').add(b'}');
+    const USERINFO: &AsciiSet =
+        &PATH.add(b'/').add(b':').add(b';').add(b'=').add(b'@').add(b'[').add(b'\\').add(b']').add(b'^').add(b'|');
+    const COMPONENT: &AsciiSet = &USERINFO.add(b'$').add(b'%').add(b'&').add(b'+').add(b',');
+    let quoted = |s: String| s.get(1..s.len().saturating_sub(1)).unwrap_or_default().to_string();
+    let mut out =
+        vec![value.to_string(), quoted(serde_json::to_string(value).unwrap_or_default()), quoted(format!("{value:?}"))];
+    for set in [FRAGMENT, QUERY, PATH, USERINFO, COMPONENT, NON_ALPHANUMERIC] {
+        out.push(utf8_percent_encode(value, set).to_string());
+    }
+    out.push(utf8_percent_encode(value, NON_ALPHANUMERIC).to_string().replace("%20", "+"));
+    let mut unique = Vec::new();
+    for f in out {
+        if !f.is_empty() && !unique.contains(&f) {
+            unique.push(f);
+        }
+    }
+    // Longer forms first, so a form inside another is not half-masked.
+    unique.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    unique
+}
+
+/// `text` with every occurrence of `what`, in any ASCII letter case, replaced by `with`.
+fn replace_ignoring_ascii_case(text: &str, what: &str, with: &str) -> String {
+    let (hay, needle) = (text.to_ascii_lowercase(), what.to_ascii_lowercase());
+    if needle.is_empty() || !hay.contains(&needle) {
+        return text.to_string();
+    }
+    // Lower-casing ASCII keeps every byte where it was, so positions carry over.
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(at) = hay[from..].find(&needle) {
+        let start = from + at;
+        out.push_str(&text[from..start]);
+        out.push_str(with);
+        from = start + needle.len();
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 static FOR_LOGS: RwLock<Option<Secrets>> = RwLock::new(None);
@@ -145,6 +181,16 @@ mod tests {
         assert_eq!(s.mask("Bearer hun\"ter2"), "Bearer ${secret:T}");
         assert_eq!(s.mask(r#"{"auth":"hun\"ter2"}"#), r#"{"auth":"${secret:T}"}"#);
         assert_eq!(s.mask("http://u:hun%22ter2@host/"), "http://u:${secret:T}@host/");
+        assert_eq!(s.mask(r#"invalid type: string "hun\"ter2""#), r#"invalid type: string "${secret:T}""#);
+    }
+
+    #[test]
+    fn url_encodings_and_letter_case_are_masked_too() {
+        let s = Secrets::new(vec![("Q".into(), "q t!x".into()), ("H".into(), "SeCrEtHoSt".into())]);
+        assert_eq!(s.mask("http://127.0.0.1:1/q%20t!x/orders"), "http://127.0.0.1:1/${secret:Q}/orders");
+        assert_eq!(s.mask("?k=q+t%21x"), "?k=${secret:Q}");
+        assert_eq!(s.mask("connecting to secrethost.invalid"), "connecting to ${secret:H}.invalid");
+        assert_eq!(s.mask("unknown HTTP method SECRETHOST"), "unknown HTTP method ${secret:H}");
     }
 
     /// Regression: masking the report's text turned a secret `true` into

@@ -135,3 +135,17 @@ fn a_duration_past_what_can_be_scheduled_is_refused_not_a_panic() {
     assert!(stderr.contains("longer than the longest duration"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn records_that_cannot_be_written_are_an_error_not_a_success() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["data", "synthetic-data/orders.yaml", "--count", "10000"])
+        .current_dir(common::root())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("cannot write the records"), "{stderr}");
+}

@@ -91,9 +91,12 @@ fn cleanup_leaves_alone_a_process_that_took_a_recorded_pgid() {
     std::os::unix::process::CommandExt::process_group(&mut bystander, 0);
     let mut bystander = bystander.arg("60").spawn().unwrap();
     let pid = bystander.id();
-    // A dead stagegate's record naming that pid: once without a start time (a record
-    // from before start times, or forged), once with another process's start time.
-    for started in ["null", "1"] {
+    // A dead stagegate's record naming that pid: without a start time (a record from
+    // before start times, or forged), with another process's start time, and with its
+    // own start time (the forger read /proc) but not the run's marker.
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let own = own[own.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().to_string();
+    for started in ["null", "1", own.as_str()] {
         let record = format!(
             r#"{{"run":"forged-run","stagegate_pid":999999999,"finished":false,
                 "processes":[{{"name":"store","pgid":{pid},"started":{started},"running":true}}],"containers":[]}}"#
@@ -162,4 +165,88 @@ fn sigkill_at_random_moments_of_start_up_restarts_and_teardown_leaves_nothing_af
         .collect();
     let failures: Vec<String> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn on_verdict_reads_its_report_and_leaves_nothing_even_from_a_new_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let action = "on_verdict={ promote: [sh, -c, \"test -s \\\"$STAGEGATE_REPORT\\\" && echo the report is there; setsid sleep 300 & sleep 300 &\"] }";
+    let out = common::stagegate(&[
+        "run",
+        "-q",
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "tests/scenarios/tiny.yaml",
+        "--set",
+        action,
+    ]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report = common::only_report(dir.path());
+    assert!(
+        report["on_verdict"]["output"].as_str().unwrap().contains("the report is there"),
+        "{}",
+        report["on_verdict"]
+    );
+    assert_eq!(settle(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn sigkill_during_on_verdict_leaves_nothing_cleanup_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let reports = dir.path().join("reports");
+    let action = format!(
+        "on_verdict={{ promote: [sh, -c, \"trap '' TERM INT; setsid sleep 300 & sleep 300 & touch {}; wait\"] }}",
+        started.display()
+    );
+    let run = Running::start(
+        &["run", "-q", "--report-dir", reports.to_str().unwrap(), "tests/scenarios/tiny.yaml", "--set", &action],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "on_verdict never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.signal(Signal::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    assert!(!common::leftovers(&reports).is_empty(), "the action should outlive a SIGKILL");
+    let said = cleanup(&reports);
+    assert_eq!(settle(&reports), Vec::<String>::new(), "{said}");
+}
+
+/// Every live process whose command line is `args`.
+fn processes_running(args: &[&str]) -> Vec<i32> {
+    let wanted = args.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes()))
+        .collect()
+}
+
+#[test]
+fn a_descendant_that_leaves_its_session_and_environment_is_still_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    // A child in a new session with a cleared environment: no group, no marker.
+    let escapee = "target.process.command=[sh, -c, \"setsid env -i sleep 301.25 & exec python3 ../services/orders_service.py --port {{ port }}\"]";
+    let out = common::stagegate(&[
+        "run",
+        "-q",
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "tests/scenarios/http-service.yaml",
+        "--set",
+        escapee,
+    ]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    std::thread::sleep(Duration::from_millis(300));
+    let left = processes_running(&["sleep", "301.25"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "the escapee outlived the run: {left:?}");
 }

@@ -191,3 +191,18 @@ fn the_builtin_pipeline_writes_to_its_store_not_the_first_dependency() {
         "a refused store should fail the orders: {errors} of {requests}\n{stdout}\n{stderr}"
     );
 }
+
+#[test]
+fn running_out_of_file_descriptors_while_reading_back_breaks_the_run_not_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    // Writes go one at a time; the read-back after the stage opens many connections at once.
+    let command = format!(
+        "ulimit -n 40; exec {} run -q --report-dir {} tests/scenarios/http-service.yaml --set workload.arrival.rate=20/s",
+        common::bin().display(),
+        dir.path().display()
+    );
+    let out = std::process::Command::new("sh").args(["-c", &command]).current_dir(common::root()).output().unwrap();
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stdout}\n{stderr}");
+    assert!(stdout.contains("could not read") && stdout.contains("Too many open files"), "{stdout}");
+}

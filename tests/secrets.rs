@@ -102,3 +102,20 @@ fn a_secret_too_short_to_mask_cleanly_is_refused() {
     assert!(stderr.contains("secret-everywhere.yaml:10:"), "located at its reference: {stderr}");
     assert!(!stderr.contains("${secret:SG_PASSWORD}rror"), "{stderr}");
 }
+
+#[test]
+fn a_secret_cannot_name_what_becomes_a_folder_or_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("named.yaml");
+    let text = std::fs::read_to_string(common::root().join("tests/scenarios/tiny.yaml"))
+        .unwrap()
+        .replace("name: tiny", "name: ${secret:SG_PASSWORD}")
+        .replace("name: candidate", "name: \"${secret:SG_PASSWORD}\"")
+        .replace("../../synthetic-data", &common::root().join("synthetic-data").display().to_string());
+    std::fs::write(&scenario, text).unwrap();
+    let out = stagegate_with_env(&["validate", scenario.to_str().unwrap()], &env());
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("a name cannot hold a secret").count(), 2, "{stderr}");
+    assert_clean("the diagnostics", &stderr);
+}

@@ -292,7 +292,12 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
         "uuid" => Some(FieldKind::Uuid),
         "sequence" => match f.start.as_deref().map(str::parse::<i64>) {
             None => Some(FieldKind::Sequence { start: 1 }),
-            Some(Ok(start)) => Some(FieldKind::Sequence { start }),
+            // Room for the most records a run could send, so the keys never wrap around.
+            Some(Ok(start)) if (-(1i64 << 62)..(1i64 << 62)).contains(&start) => Some(FieldKind::Sequence { start }),
+            Some(Ok(_)) => {
+                ctx.error(&join_key(at, "start"), "a sequence must start within ±2^62, so its keys never wrap around");
+                None
+            }
             Some(Err(_)) => {
                 ctx.error(&join_key(at, "start"), "a sequence starts at a whole number, e.g. `start: 1000`");
                 None

@@ -1,12 +1,13 @@
 //! `stagegate cleanup`: stops what runs killed outright (SIGKILL, a power cut of the CI
 //! runner) left behind, from their `run.json`, and nothing else.
 //!
-//! A run qualifies when its record is not finished and its stagegate process is gone
-//! (the pid is checked together with its start time, so a reused pid does not keep a
-//! dead run's leftovers alive). Then, for that run only:
+//! A run qualifies when its record is not finished and its stagegate is gone: nothing
+//! holds the run's lock file any more (a live stagegate holds it, in whatever pid
+//! namespace or container it runs). Then, for that run only:
 //!
 //! - each recorded process group is stopped if its leader is still the process the run
-//!   started (same start time); a pid now held by anything else is left alone and said so;
+//!   started (same start time, and the run's marker in its environment); a pid now held
+//!   by anything else is left alone and said so;
 //! - every process whose environment carries the run's marker ([`MARKER`]) is stopped:
 //!   this finds a process spawned just before stagegate died, before its pid was written;
 //! - every container carrying the run's label ([`LABEL`]) is removed.
@@ -18,7 +19,7 @@ use std::path::Path;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use super::runfile::{self, LABEL, MARKER, RunRecord};
+use super::runfile::{self, LABEL, RunRecord};
 
 /// What a cleanup did, line by line.
 #[derive(Debug, Default)]
@@ -61,10 +62,17 @@ pub async fn cleanup(report_root: &Path) -> Cleaned {
             ));
             continue;
         }
+        // A live stagegate holds the run's lock (which works across pid namespaces and
+        // containers sharing the folder); older records are judged by pid and start time.
         let owner = record.stagegate_pid as i32;
-        let owner_alive = owner > 0
-            && runfile::is_alive(owner)
-            && record.stagegate_started.is_none_or(|t| runfile::start_time(owner) == Some(t));
+        let owner_alive = match runfile::is_locked(&folder) {
+            Some(locked) => locked,
+            None => {
+                owner > 0
+                    && runfile::is_alive(owner)
+                    && record.stagegate_started.is_none_or(|t| runfile::start_time(owner) == Some(t))
+            }
+        };
         if owner_alive {
             out.lines.push(format!("{}: still running (stagegate pid {owner}); left alone", folder.display()));
             continue;
@@ -85,6 +93,12 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
         let Some(pgid) = p.pgid.filter(|g| *g > 1) else { continue };
         match (p.started, runfile::start_time(pgid)) {
             (_, None) => {}
+            (Some(recorded), Some(now)) if recorded == now && !runfile::carries_marker(pgid, &record.run) => {
+                out.lines.push(format!(
+                    "{here}: left alone: pid {pgid} (recorded for `{}`) does not carry this run's marker",
+                    p.name
+                ));
+            }
             (Some(recorded), Some(now)) if recorded == now => {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGCONT);
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -127,18 +141,12 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
 
 /// Every live process whose environment holds `STAGEGATE_RUN=<run>`, but this one.
 pub fn marked_processes(run: &str) -> Vec<i32> {
-    let needle = format!("{MARKER}={run}");
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
-        })
-        .filter(|pid| runfile::is_alive(*pid))
+        .filter(|pid| *pid != me && runfile::carries_marker(*pid, run) && runfile::is_alive(*pid))
         .collect()
 }
 
@@ -180,5 +188,24 @@ mod tests {
         assert!(runfile::read(&folder.join("run.json")).unwrap().finished);
         bystander.kill().unwrap();
         bystander.wait().unwrap();
+    }
+
+    /// Regression: a live run in another pid namespace (or container) records a pid that
+    /// means something else here; its lock says it is alive.
+    #[tokio::test]
+    async fn a_run_whose_lock_is_held_is_left_alone_whatever_its_pid() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("r-2");
+        std::fs::create_dir_all(&folder).unwrap();
+        let record = RunRecord { run: "r-2".into(), stagegate_pid: 1, ..Default::default() };
+        runfile::write_atomically(&folder.join("run.json"), &serde_json::to_vec(&record).unwrap()).unwrap();
+        let lock = std::fs::File::create(folder.join(runfile::LOCK)).unwrap();
+        lock.try_lock().unwrap();
+        let cleaned = cleanup(root.path()).await;
+        assert!(cleaned.lines.iter().any(|l| l.contains("still running")), "{:?}", cleaned.lines);
+        assert!(!runfile::read(&folder.join("run.json")).unwrap().finished);
+        drop(lock);
+        let cleaned = cleanup(root.path()).await;
+        assert!(!cleaned.lines.iter().any(|l| l.contains("still running")), "{:?}", cleaned.lines);
     }
 }

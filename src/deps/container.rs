@@ -137,7 +137,11 @@ impl ManagedContainer {
             request = request.with_cmd(cmd.clone());
         }
         // Written down before it exists: an interrupted creation is found by its name.
-        self.run.container_starting(&self.entry, &self.docker_name);
+        self.run.container_starting(&self.entry, &self.docker_name).map_err(|e| ContainerError::Start {
+            name: name.clone(),
+            image: self.def.image.clone(),
+            message: format!("it cannot be recorded in run.json ({e})"),
+        })?;
         let started = tokio::select! {
             _ = cancel.cancelled() => return Err(ContainerError::Cancelled { name: name.clone() }),
             r = tokio::time::timeout(self.def.ready_timeout + Duration::from_secs(30), request.start()) => r,

@@ -43,6 +43,8 @@ pub enum ProcessError {
     NotReady { name: String, timeout: Duration, log: String },
     #[error("interrupted while {name} was starting")]
     Cancelled { name: String },
+    #[error("{name} was not started: it cannot be recorded in run.json ({source})")]
+    Record { name: String, source: std::io::Error },
 }
 
 fn tail(log: &str) -> String {
@@ -221,7 +223,9 @@ impl ManagedProcess {
         cmd.stdout(out).stderr(err);
         // Written down before it exists: a SIGKILL between spawn and the next write still
         // leaves its marker for `cleanup` to find.
-        self.run.process_starting(&self.entry);
+        self.run
+            .process_starting(&self.entry)
+            .map_err(|source| ProcessError::Record { name: self.label.clone(), source })?;
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
             name: self.label.clone(),
             program: self.command[0].clone(),

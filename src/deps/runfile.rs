@@ -80,7 +80,13 @@ pub struct ContainerEntry {
 pub struct RunFile {
     path: Option<PathBuf>,
     record: Mutex<RunRecord>,
+    /// `run.lock`, held locked for as long as this stagegate lives: `cleanup` tells a
+    /// live run from a dead one by it, whatever pid namespace either runs in.
+    _lock: Option<std::fs::File>,
 }
+
+/// The lock file next to `run.json`.
+pub const LOCK: &str = "run.lock";
 
 impl RunFile {
     /// Creates `run.json` in `dir` for run `run`; fails when it cannot be written (then
@@ -94,14 +100,20 @@ impl RunFile {
             stagegate_started: start_time(pid as i32),
             ..Default::default()
         };
-        let file = RunFile { path: Some(dir.join("run.json")), record: Mutex::new(record) };
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+        lock.try_lock().map_err(|e| std::io::Error::other(format!("{LOCK} is locked by another run: {e}")))?;
+        let file = RunFile { path: Some(dir.join("run.json")), record: Mutex::new(record), _lock: Some(lock) };
         file.write(&file.lock())?;
         Ok(Arc::new(file))
     }
 
     /// A record kept in memory only (runs without a report folder, unit tests).
     pub fn detached(run: &str) -> Arc<RunFile> {
-        Arc::new(RunFile { path: None, record: Mutex::new(RunRecord { run: run.to_string(), ..Default::default() }) })
+        Arc::new(RunFile {
+            path: None,
+            record: Mutex::new(RunRecord { run: run.to_string(), ..Default::default() }),
+            _lock: None,
+        })
     }
 
     /// The run's id.
@@ -114,15 +126,16 @@ impl RunFile {
         self.lock().clone()
     }
 
-    /// Notes that process `name` is about to be spawned (a restart keeps the entry).
-    pub fn process_starting(&self, name: &str) {
-        self.update(|r| {
+    /// Notes that process `name` is about to be spawned (a restart keeps the entry). An
+    /// error means it must not be spawned: `cleanup` could not find it by its record.
+    pub fn process_starting(&self, name: &str) -> std::io::Result<()> {
+        self.try_update(|r| {
             if let Some(p) = r.processes.iter_mut().find(|p| p.name == name) {
                 p.running = true;
             } else {
                 r.processes.push(ProcessEntry { name: name.to_string(), running: true, ..Default::default() });
             }
-        });
+        })
     }
 
     /// Notes the pid (and group) process `name` got.
@@ -146,9 +159,10 @@ impl RunFile {
         });
     }
 
-    /// Notes that a container named `container` is about to be created for `name`.
-    pub fn container_starting(&self, name: &str, container: &str) {
-        self.update(|r| {
+    /// Notes that a container named `container` is about to be created for `name`. An
+    /// error means it must not be created.
+    pub fn container_starting(&self, name: &str, container: &str) -> std::io::Result<()> {
+        self.try_update(|r| {
             r.containers.retain(|c| c.name != name);
             r.containers.push(ContainerEntry {
                 name: name.to_string(),
@@ -156,7 +170,7 @@ impl RunFile {
                 id: None,
                 running: true,
             });
-        });
+        })
     }
 
     /// Notes the id the container of `name` got.
@@ -183,11 +197,15 @@ impl RunFile {
     }
 
     fn update(&self, change: impl FnOnce(&mut RunRecord)) {
-        let mut record = self.lock();
-        change(&mut record);
-        if let Err(e) = self.write(&record) {
+        if let Err(e) = self.try_update(change) {
             tracing::warn!(error = %e, "cannot update run.json; `stagegate cleanup` may not find what this run started");
         }
+    }
+
+    fn try_update(&self, change: impl FnOnce(&mut RunRecord)) -> std::io::Result<()> {
+        let mut record = self.lock();
+        change(&mut record);
+        self.write(&record)
     }
 
     fn write(&self, record: &RunRecord) -> std::io::Result<()> {
@@ -200,12 +218,45 @@ impl RunFile {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a reader (or a
-/// crash) never sees half of it.
+/// Writes `bytes` to `path` through a new temporary file and a rename, so a reader (or
+/// a crash) never sees half of it. The temporary file is created afresh (never opened
+/// if something, a link say, is already at its name), so nothing else is written through.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_data()));
+    match written.and_then(|_| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Whether the run whose folder is `dir` is still alive: its stagegate holds `run.lock`.
+/// `None` when there is no lock file (a record from before locks).
+pub fn is_locked(dir: &Path) -> Option<bool> {
+    let file = std::fs::OpenOptions::new().write(true).open(dir.join(LOCK)).ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
+/// Whether process `pid` carries run `run`'s marker in its environment.
+pub fn carries_marker(pid: i32, run: &str) -> bool {
+    let needle = format!("{MARKER}={run}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
 }
 
 /// Reads a `run.json` (at most 1 MiB of it).
@@ -237,7 +288,7 @@ mod tests {
     fn entries_are_written_before_and_after_a_start() {
         let dir = tempfile::tempdir().unwrap();
         let file = RunFile::create(dir.path(), "r1").unwrap();
-        file.process_starting("store");
+        file.process_starting("store").unwrap();
         let on_disk = read(&dir.path().join("run.json")).unwrap();
         assert_eq!(on_disk.processes[0].pgid, None, "recorded before it has a pid");
         assert!(on_disk.processes[0].running);
@@ -245,7 +296,7 @@ mod tests {
         let on_disk = read(&dir.path().join("run.json")).unwrap();
         assert_eq!(on_disk.processes[0].pgid, Some(std::process::id() as i32));
         assert_eq!(on_disk.processes[0].started, start_time(std::process::id() as i32));
-        file.container_starting("db", "stagegate-r1-db");
+        file.container_starting("db", "stagegate-r1-db").unwrap();
         file.container_started("db", "abc");
         file.process_stopped("store");
         file.finish();
@@ -265,5 +316,30 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(start_time(pid), None, "a reaped process has no start time");
         assert!(!is_alive(pid));
+    }
+
+    /// Regression: `cleanup` wrote run.json through a fixed temporary name that someone
+    /// could have made a link to another file.
+    #[test]
+    fn writing_never_follows_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious.txt");
+        std::fs::write(&precious, "keep me").unwrap();
+        let run = dir.path().join("run.json");
+        std::os::unix::fs::symlink(&precious, &run).unwrap();
+        std::os::unix::fs::symlink(&precious, dir.path().join("run.json.tmp")).unwrap();
+        write_atomically(&run, b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        assert!(!std::fs::symlink_metadata(&run).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_live_run_holds_its_lock_and_a_dead_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RunFile::create(dir.path(), "r1").unwrap();
+        assert_eq!(is_locked(dir.path()), Some(true));
+        drop(file);
+        assert_eq!(is_locked(dir.path()), Some(false));
+        assert_eq!(is_locked(&dir.path().join("nowhere")), None);
     }
 }

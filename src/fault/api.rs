@@ -186,9 +186,18 @@ impl Registry {
         }
         let upstream = resolve(&spec.upstream).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let listen = resolve(&spec.listen).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        let to_itself =
+            || error(StatusCode::BAD_REQUEST, format!("proxy `{}` would forward to itself ({upstream})", spec.name));
+        if listen == upstream {
+            return Err(to_itself());
+        }
         let proxy = Proxy::start_at(&spec.name, listen, upstream, None)
             .await
             .map_err(|e| error(StatusCode::CONFLICT, format!("cannot listen on {listen}: {e}")))?;
+        if proxy.addr() == upstream {
+            proxy.stop().await;
+            return Err(to_itself());
+        }
         let entry = Entry { proxy, upstream: spec.upstream, enabled: spec.enabled, toxics: Vec::new(), generation: 0 };
         apply(&entry);
         entry.proxy.settled().await;

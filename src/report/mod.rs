@@ -43,6 +43,9 @@ pub enum Event {
     Fault(FaultRecord),
     /// A stage ended, was observed and judged.
     StageFinished { report: Box<StageReport>, assessments: Vec<Assessment> },
+    /// The verdict is known and the report written out, before the `on_verdict` action
+    /// runs (which may read it).
+    Judged(Box<RunReport>),
     /// The run is over (whatever the reason); the report is final.
     Finished(Box<RunReport>),
 }

@@ -122,6 +122,7 @@ impl Reporter for TerminalReporter {
                     ));
                 }
             }
+            Event::Judged(_) => {}
             Event::Finished(report) => {
                 let text = self.secrets.mask(&summary(report, self.written.as_ref()));
                 let _ = std::io::stdout().lock().write_all(text.as_bytes());
@@ -217,6 +218,9 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
     }
     if let Some(e) = &r.error {
         s.push_str(&format!("run BROKEN: {e}\n"));
+    }
+    if let Some(Err(e)) = written {
+        s.push_str(&format!("run BROKEN: {e}; do not gate on the verdict below\n"));
     }
     match r.verdict {
         Some(v) => s.push_str(&format!("verdict: {v}  (seed {})\n", r.seed)),

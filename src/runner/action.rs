@@ -4,8 +4,8 @@
 //! `STAGEGATE_VERDICT` and `STAGEGATE_REPORT` in its environment, recorded in `run.json`
 //! before it is spawned. It gets 60 s; Ctrl-C or SIGTERM stop it at once. When it exits,
 //! whatever it left running in its group is stopped too (children that keep its output
-//! open would otherwise hold the run). The last 4 KiB of its output go in the report,
-//! with secrets masked.
+//! open would otherwise hold the run). The last 4096 characters of its output go in the
+//! report, secrets masked before the cut.
 //!
 //! Not here: deciding the verdict (`verdict`).
 
@@ -25,8 +25,11 @@ use crate::verdict::Verdict;
 
 /// How long the command may run.
 const TIME_LIMIT: Duration = Duration::from_secs(60);
-/// How much of its output is kept (the end).
+/// How much of its output goes in the report (the end).
 const TAIL: usize = 4096;
+/// How much is read before secrets are masked and the end is cut: more than is kept, so
+/// the cut never falls inside a secret that would then escape its mask.
+const READ_TAIL: usize = 4 * TAIL;
 /// How long its group gets to stop once asked.
 const GRACE: Duration = Duration::from_secs(2);
 /// Its entry in `run.json`.
@@ -40,11 +43,7 @@ pub async fn on_verdict(
     run: &Arc<RunFile>,
     cancel: &CancellationToken,
 ) -> Option<ActionReport> {
-    let command = match verdict {
-        Verdict::Promote => plan.on_verdict.promote.clone(),
-        Verdict::Rollback => plan.on_verdict.rollback.clone(),
-        Verdict::Inconclusive => plan.on_verdict.inconclusive.clone(),
-    }?;
+    let command = plan.on_verdict.command(verdict)?.clone();
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..])
         .current_dir(plan.dir())
@@ -58,7 +57,13 @@ pub async fn on_verdict(
     if let Some(r) = report_dir {
         cmd.env("STAGEGATE_REPORT", r.join("report.json"));
     }
-    run.process_starting(ENTRY);
+    if let Err(e) = run.process_starting(ENTRY) {
+        return Some(ActionReport {
+            command,
+            exit_code: None,
+            output: format!("not started: it cannot be recorded in run.json ({e})"),
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -95,7 +100,11 @@ pub async fn on_verdict(
     let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     readers.abort_all();
     run.process_stopped(ENTRY);
-    let mut text = output.lock().unwrap_or_else(|p| p.into_inner()).text();
+    let text = plan.secrets.mask(&output.lock().unwrap_or_else(|p| p.into_inner()).text());
+    let mut text = match text.char_indices().rev().nth(TAIL - 1) {
+        Some((at, _)) => text[at..].to_string(),
+        None => text,
+    };
     if let Some(n) = note {
         text.push_str(n);
     }
@@ -109,8 +118,8 @@ struct Tail(Vec<u8>);
 impl Tail {
     fn push(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
-        if self.0.len() > TAIL {
-            let cut = self.0.len() - TAIL;
+        if self.0.len() > READ_TAIL {
+            let cut = self.0.len() - READ_TAIL;
             self.0.drain(..cut);
         }
     }

@@ -113,13 +113,6 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     }
     // Every fault lifted first, then everything stopped, newest first.
     guard.teardown(&stop.force).await;
-    sweep(&run_file);
-    if let Some(dir) = &out.dir {
-        mask_logs(dir, &plan.secrets);
-    }
-    if guard.is_done() {
-        run_file.finish();
-    }
     on_trouble.abort();
     if let Some(reason) = trouble.reason() {
         report.error.get_or_insert(reason);
@@ -138,13 +131,27 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     let (verdict, reasons) = verdict::conclude(&ending, &report.assessments);
     report.verdict = verdict;
     report.reasons = reasons;
-    if let Some(v) = report.verdict {
+    if let Some(v) = report.verdict
+        && plan.on_verdict.command(v).is_some()
+    {
+        // The report exists before the action runs, which may read it (STAGEGATE_REPORT).
+        report.finished_at = chrono::Utc::now().to_rfc3339();
+        emit(Event::Judged(Box::new(report.clone())));
         report.on_verdict = action::on_verdict(plan, v, out.dir.as_deref(), &run_file, &stop.cancel).await;
         if stop.cancel.is_cancelled() && report.on_verdict.is_some() {
             // The verdict stands in the report, but the run did not finish its job.
             report.interrupted = true;
             report.reasons.push(format!("interrupted while the {v} action ran; it was stopped before it finished"));
         }
+    }
+    // What outlived its group (the action's too) carries the run's marker, or was
+    // adopted by stagegate when its parent died: stopped here. Only then is the record done.
+    sweep(&run_file);
+    if let Some(dir) = &out.dir {
+        mask_logs(dir, &plan.secrets);
+    }
+    if guard.is_done() {
+        run_file.finish();
     }
     finish(plan, report, &events)
 }
@@ -252,12 +259,47 @@ fn mask_logs(dir: &std::path::Path, secrets: &crate::secrets::Secrets) {
     }
 }
 
-/// Stops anything still running that carries this run's marker: a process that left its
-/// group (or was spawned by one that did) is still this run's to stop.
+/// Stops anything still running that this run started: a process that carries the
+/// run's marker but left its group, or one that escaped both (a new session, a cleared
+/// environment) and was adopted by stagegate, the subreaper of everything it starts.
 fn sweep(run: &Arc<RunFile>) {
-    for pid in crate::deps::cleanup::marked_processes(&run.run_id()) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let orphans = adopted_children();
+    for pid in crate::deps::cleanup::marked_processes(&run.run_id()).into_iter().chain(orphans.iter().copied()) {
         tracing::warn!(pid, "a process this run started outlived its group; stopping it");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    // Adopted processes are stagegate's children now: reap them (within a second), so
+    // none stays a zombie.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    for pid in orphans {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        while let Ok(WaitStatus::StillAlive) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The processes whose parent is stagegate once everything it started has been stopped
+/// and reaped: descendants that outlived their parents and were adopted.
+fn adopted_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            parent == Some(me)
+        })
+        .collect()
 }

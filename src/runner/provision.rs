@@ -144,11 +144,16 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
                 .any(|c| matches!(&c.rule, Rule::Check(check) if matches!(check.metric.base, Base::Freshness(_))));
             let observer: Arc<dyn Observer> = match (sink, &h.scan, &h.read) {
                 (Some(sink), _, _) => sink,
-                (None, Some(scan), _) => Arc::new(ScanObserver::new(&base, scan.clone(), h.timeout, wants_freshness)?),
+                (None, Some(scan), _) => {
+                    let trouble = cx.trouble.clone();
+                    Arc::new(ScanObserver::new(&base, scan.clone(), h.timeout, wants_freshness, trouble)?)
+                }
                 (None, None, Some(read)) => {
                     let read =
                         WriteTemplate::compile(read, &h.headers, None).map_err(|e| format!("target.http.read: {e}"))?;
-                    Arc::new(ReadObserver::new(&base, read, h.timeout)?)
+                    // Reading a stage's output back may take as long as the stage, or 30 s.
+                    let limit = plan.workload.duration.max(std::time::Duration::from_secs(30));
+                    Arc::new(ReadObserver::new(&base, read, h.timeout, limit, cx.trouble.clone())?)
                 }
                 (None, None, None) => Arc::new(Unobserved),
             };

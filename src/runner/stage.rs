@@ -171,6 +171,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     judge.abort();
     let elapsed = start.elapsed();
     let completed = drive.completed;
+    if drive.capped {
+        let _ = cx.events.send(Event::Note {
+            message: format!(
+                "stage `{}` stopped sending at {} requests, the most stagegate keeps for one stage",
+                stage.name,
+                crate::limits::MAX_REQUESTS_PER_STAGE
+            ),
+        });
+    }
     if drive.dropped > 0 {
         tracing::warn!(stage = %stage.name, dropped = drive.dropped, "the driver fell behind the arrival rate; sends dropped");
     }
@@ -190,7 +199,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     if seen.is_err() {
         judgement = judgement.unobserved();
     }
-    let ran = if completed { plan.workload.duration } else { elapsed };
+    let ran = if completed && !drive.capped { plan.workload.duration } else { elapsed };
     let mut metrics = accounts.recorder.finish(ran, &judgement);
     if let Err(why) = &seen {
         metrics.output_unseen = Some(format!("{} ({})", why, p.observer.kind()));

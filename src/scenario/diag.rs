@@ -35,6 +35,13 @@ impl Diagnostic {
     }
 }
 
+/// `text` with control characters (a terminal escape sequence, a tab, a carriage
+/// return from a scenario value) written as `\u{..}`, so a message cannot drive the
+/// terminal it is printed on.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() }).collect()
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -42,12 +49,12 @@ impl fmt::Display for Diagnostic {
             write!(f, ":{}:{}", self.line, self.column)?;
         }
         if self.path.is_empty() {
-            write!(f, ": {}", self.message)?;
+            write!(f, ": {}", printable(&self.message))?;
         } else {
-            write!(f, ": `{}`: {}", self.path, self.message)?;
+            write!(f, ": `{}`: {}", printable(&self.path), printable(&self.message))?;
         }
         if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
+            write!(f, "\n  hint: {}", printable(hint))?;
         }
         Ok(())
     }

@@ -114,7 +114,15 @@ pub fn interpolate(
                 None => (body, None),
             };
             let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if secret && default.is_some() {
+                errors.push(error(
+                    file,
+                    line_no + 1,
+                    column,
+                    &format!("`${{secret:{body}}}` gives a secret a default"),
+                    "a secret takes no default in the file (it would be in the file for all to read); set it in the environment",
+                ));
+            } else if !valid {
                 errors.push(error(
                     file,
                     line_no + 1,
@@ -299,5 +307,11 @@ mod tests {
         assert!(err[0].message.contains("`MISSING`"));
         let i = interpolate(Path::new("s.yaml"), "a: ${SEED} b\n", &env).unwrap();
         assert_eq!(i.text.chars().count(), "a: ${SEED} b\n".chars().count());
+    }
+
+    #[test]
+    fn a_secret_takes_no_default() {
+        let err = interpolate(Path::new("s.yaml"), "auth: ${secret:TOKEN:-letmein}\n", &env).unwrap_err();
+        assert!(err[0].message.contains("gives a secret a default"), "{}", err[0].message);
     }
 }

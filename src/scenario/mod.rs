@@ -76,6 +76,17 @@ pub struct OnVerdict {
     pub inconclusive: Option<Vec<String>>,
 }
 
+impl OnVerdict {
+    /// The command for `verdict`, if the scenario gives one.
+    pub fn command(&self, verdict: crate::verdict::Verdict) -> Option<&Vec<String>> {
+        match verdict {
+            crate::verdict::Verdict::Promote => self.promote.as_ref(),
+            crate::verdict::Verdict::Rollback => self.rollback.as_ref(),
+            crate::verdict::Verdict::Inconclusive => self.inconclusive.as_ref(),
+        }
+    }
+}
+
 /// Looks up an environment variable by name.
 pub type EnvLookup = Box<dyn Fn(&str) -> Option<String>>;
 
@@ -163,7 +174,10 @@ fn load_interpolated(
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    let result = compile::compile(file, &locations, doc, options, secrets.clone());
+    let result = compile::compile(file, &locations, doc, options, secrets.clone()).and_then(|plan| {
+        named_by_secrets(file, &locations, &plan)?;
+        Ok(plan)
+    });
     result.map_err(|Diagnostics(list)| {
         // A mistake in an overridden value belongs to the command line, not the file.
         let relabelled = list
@@ -181,6 +195,41 @@ fn load_interpolated(
             .collect();
         Diagnostics(relabelled).sorted()
     })
+}
+
+/// Refuses a secret in a name that becomes a folder or file name (the scenario's, a
+/// dependency's) or that reports print as a heading (a stage's): masking cannot reach a
+/// path on disk.
+fn named_by_secrets(file: &Path, locations: &yaml::Locations, plan: &Plan) -> Result<(), Diagnostics> {
+    if plan.secrets.is_empty() {
+        return Ok(());
+    }
+    let holds_secret = |text: &str| plan.secrets.mask(text) != text;
+    let mut named: Vec<(String, bool)> = vec![("name".to_string(), holds_secret(&plan.name))];
+    named.extend(plan.dependencies.iter().map(|d| (yaml::join_key("dependencies", &d.name), holds_secret(&d.name))));
+    named.extend(
+        plan.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("{}.name", yaml::join_index("stages", i)), holds_secret(&s.name))),
+    );
+    let errors: Vec<Diagnostic> = named
+        .into_iter()
+        .filter(|(_, secret)| *secret)
+        .map(|(path, _)| {
+            let pos = if path.starts_with("dependencies.") { locations.key(&path) } else { locations.value(&path) };
+            Diagnostic {
+                file: file.to_path_buf(),
+                line: pos.line,
+                column: pos.column,
+                path,
+                message: "a name cannot hold a secret: names become folder and file names, which masking cannot reach"
+                    .into(),
+                hint: Some("use `${NAME}` for a value that is no secret".into()),
+            }
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors)) }
 }
 
 /// Refuses secrets too short to mask: a secret is masked wherever it shows in

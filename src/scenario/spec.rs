@@ -555,8 +555,10 @@ pub struct FaultSpec {
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub restart_after: Option<Text>,
-    /// out_of_order: how many records may be reordered among each other. Default 10.
+    /// out_of_order: how many records may be reordered among each other, 2 to 10000.
+    /// Default 10.
     #[serde(default)]
+    #[schemars(range(min = 2, max = 10000))]
     pub window: Option<u32>,
     /// http_error and HTTP latency: only requests that match.
     #[serde(default, rename = "match")]

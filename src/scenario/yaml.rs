@@ -89,6 +89,10 @@ enum Frame {
 struct Indexer {
     stack: Vec<Frame>,
     locations: Locations,
+    /// Keys written twice in one map: (key path, where first, where again). YAML says a
+    /// key is unique; a parser that keeps the last one silently would drop the first
+    /// (a whole `criteria` list, say).
+    duplicates: Vec<(String, Pos, Pos)>,
 }
 
 impl Indexer {
@@ -109,7 +113,12 @@ impl Indexer {
                         _ => "?".to_string(),
                     };
                     let full = join_key(path, &name);
-                    self.locations.keys.entry(full).or_insert(pos);
+                    match self.locations.keys.get(&full) {
+                        Some(first) if matches!(event, Event::Scalar(..)) => self.duplicates.push((full, *first, pos)),
+                        _ => {
+                            self.locations.keys.insert(full, pos);
+                        }
+                    }
                     *key = Some(name);
                     None
                 }
@@ -144,21 +153,42 @@ impl MarkedEventReceiver for Indexer {
     }
 }
 
-/// Builds the location index of a YAML text, or the syntax error that stops it.
-pub fn index(file: &Path, text: &str) -> Result<Locations, Diagnostic> {
+/// Builds the location index of a YAML text, or the mistakes that stop it: a syntax
+/// error, or keys written twice in one map.
+pub fn index(file: &Path, text: &str) -> Result<Locations, Diagnostics> {
     let mut indexer = Indexer::default();
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut indexer, false).map_err(|e| {
         let pos = Pos::from(*e.marker());
-        Diagnostic {
+        Diagnostics(vec![Diagnostic {
             file: file.to_path_buf(),
             line: pos.line,
             column: pos.column,
             path: String::new(),
             message: format!("this is not valid YAML: {}", e.info()),
             hint: Some("YAML nests by indentation: check that this line and the one above line up with their siblings, with spaces, not tabs".into()),
-        }
+        }])
     })?;
+    if !indexer.duplicates.is_empty() {
+        return Err(Diagnostics(
+            indexer
+                .duplicates
+                .into_iter()
+                .map(|(path, first, again)| Diagnostic {
+                    file: file.to_path_buf(),
+                    line: again.line,
+                    column: again.column,
+                    path: path.clone(),
+                    message: format!(
+                        "`{}` is given twice in the same map (first at line {})",
+                        path.rsplit('.').next().unwrap_or(&path),
+                        first.line
+                    ),
+                    hint: Some("a key may appear once; the second would silently replace the first".into()),
+                })
+                .collect(),
+        ));
+    }
     Ok(indexer.locations)
 }
 
@@ -168,7 +198,7 @@ pub fn index(file: &Path, text: &str) -> Result<Locations, Diagnostic> {
 /// number belongs) stop here with one diagnostic, since the document's shape is unknown
 /// past them.
 pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, Locations), Diagnostics> {
-    let locations = index(file, text).map_err(|d| Diagnostics(vec![d]))?;
+    let locations = index(file, text)?;
     let deserializer = serde_yaml::Deserializer::from_str(text);
     match serde_path_to_error::deserialize::<_, T>(deserializer) {
         Ok(value) => Ok((value, locations)),
@@ -183,7 +213,7 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, Locatio
 /// Reads `text` (the contents of `file`) into a generic document, with the location
 /// index. Only syntax errors stop here; shapes are checked part by part afterwards.
 pub fn to_value(file: &Path, text: &str) -> Result<(serde_json::Value, Locations), Diagnostics> {
-    let locations = index(file, text).map_err(|d| Diagnostics(vec![d]))?;
+    let locations = index(file, text)?;
     match serde_yaml::from_str::<serde_json::Value>(text) {
         Ok(v) => Ok((v, locations)),
         Err(e) => Err(Diagnostics(vec![structural(file, &locations, String::new(), &e)])),

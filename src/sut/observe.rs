@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::WriteTemplate;
 use super::{Paging, Scan, store};
+use crate::health::Trouble;
 use crate::limits::{READ_BACK_BYTES, READ_BACK_PARALLEL, SCAN_PAGE_BYTES, SCAN_PAGES};
 use crate::quality::SharedLedger;
 use crate::quality::freshness;
@@ -206,15 +207,33 @@ pub struct ReadObserver {
     client: reqwest::Client,
     base_url: String,
     read: WriteTemplate,
+    /// How long reading a stage's output back may take in all.
+    limit: Duration,
+    trouble: Trouble,
     current: Current,
+}
+
+/// A request of stagegate's that failed: the other end's doing, or stagegate running
+/// out of its own resources (then the run is broken, not the output unseen).
+fn failed(e: &reqwest::Error, what: &str, trouble: &Trouble) -> String {
+    if let Some(why) = crate::health::chain_is_own_exhaustion(e) {
+        trouble.fail(format!("stagegate could not {what}: {why}"));
+    }
+    format!("{what}: {e}")
 }
 
 impl ReadObserver {
     /// Reads from `base_url` (the target's own, behind no fault) with `read`, each
-    /// request within `timeout`.
-    pub fn new(base_url: &str, read: WriteTemplate, timeout: Duration) -> Result<ReadObserver, String> {
+    /// request within `timeout`, all of a stage's within `limit`.
+    pub fn new(
+        base_url: &str,
+        read: WriteTemplate,
+        timeout: Duration,
+        limit: Duration,
+        trouble: Trouble,
+    ) -> Result<ReadObserver, String> {
         let client = reqwest::Client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
-        Ok(ReadObserver { client, base_url: base_url.to_string(), read, current: Current::default() })
+        Ok(ReadObserver { client, base_url: base_url.to_string(), read, limit, trouble, current: Current::default() })
     }
 
     /// Reads one key back into the ledger.
@@ -224,7 +243,7 @@ impl ReadObserver {
         for (n, v) in r.headers {
             request = request.header(n, v);
         }
-        let answer = request.send().await.map_err(|e| format!("reading `{key}`: {e}"))?;
+        let answer = request.send().await.map_err(|e| failed(&e, &format!("read `{key}` back"), &self.trouble))?;
         if answer.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(());
         }
@@ -285,6 +304,12 @@ impl Observer for ReadObserver {
             .collect::<Vec<Result<(), String>>>();
         let results = tokio::select! {
             _ = cancel.cancelled() => return Err("interrupted".into()),
+            _ = tokio::time::sleep(self.limit) => {
+                return Err(format!(
+                    "reading the output back took longer than {}",
+                    crate::scenario::units::format_duration(self.limit)
+                ));
+            }
             r = reads => r,
         };
         results.into_iter().collect::<Result<Vec<()>, String>>().map(|_| ())
@@ -350,16 +375,23 @@ pub struct ScanObserver {
     scan: Scan,
     /// How often to list while a stage runs (to time arrivals), if at all.
     every: Option<Duration>,
+    trouble: Trouble,
     current: Current,
 }
 
 impl ScanObserver {
     /// Lists from `base_url` (the target's own) with `scan`, each request within
     /// `timeout`; `freshness_wanted` polls every 500 ms when `every` is not set.
-    pub fn new(base_url: &str, scan: Scan, timeout: Duration, freshness_wanted: bool) -> Result<ScanObserver, String> {
+    pub fn new(
+        base_url: &str,
+        scan: Scan,
+        timeout: Duration,
+        freshness_wanted: bool,
+        trouble: Trouble,
+    ) -> Result<ScanObserver, String> {
         let client = reqwest::Client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
         let every = scan.every.or(freshness_wanted.then_some(Duration::from_millis(500)));
-        Ok(ScanObserver { client, base_url: base_url.to_string(), scan, every, current: Current::default() })
+        Ok(ScanObserver { client, base_url: base_url.to_string(), scan, every, trouble, current: Current::default() })
     }
 
     /// Lists the whole output into the ledger, as a new look.
@@ -384,7 +416,7 @@ impl ScanObserver {
                 }
                 Paging::None => {}
             }
-            let answer = self.client.get(url).send().await.map_err(|e| format!("listing the output: {e}"))?;
+            let answer = self.client.get(url).send().await.map_err(|e| failed(&e, "list the output", &self.trouble))?;
             if !answer.status().is_success() {
                 return Err(format!("listing the output: status {}", answer.status()));
             }

@@ -92,6 +92,9 @@ pub struct Drive {
     /// Sends the schedule asked for that never left because the stage was over before
     /// the driver got to them (the driver could not keep up with the arrival rate).
     pub dropped: u64,
+    /// Set when the stage stopped sending at the most requests a stage may send
+    /// ([`crate::limits::MAX_REQUESTS_PER_STAGE`]).
+    pub capped: bool,
 }
 
 /// Drives one stage.
@@ -125,6 +128,7 @@ pub async fn drive(
     let mut scheduled = 0u64;
     let mut in_flight = 0usize;
     let mut dropped = 0u64;
+    let mut capped = false;
     let fields: Vec<String> =
         workload.schema.fields.iter().map(|f| f.name.clone()).filter(|f| *f != key_field).collect();
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
@@ -177,6 +181,10 @@ pub async fn drive(
         if Instant::now() >= end + DROP_GRACE {
             // Behind schedule past the stage's end: what is left will never be sent.
             dropped = planned.saturating_sub(scheduled) + 1;
+            break;
+        }
+        if index as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE {
+            capped = true;
             break;
         }
         let offset = intended - start;
@@ -272,5 +280,5 @@ pub async fn drive(
         }
     }
     while tasks.join_next().await.is_some() {}
-    Drive { completed, dropped }
+    Drive { completed, dropped, capped }
 }

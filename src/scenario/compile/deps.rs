@@ -25,6 +25,16 @@ pub(super) fn compile_dependencies(ctx: &mut Ctx, root: &Map<String, Value>) -> 
             ctx.error(&at, format!("`{name}` is reserved for fault placement; name the dependency otherwise"));
             continue;
         }
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || name.starts_with('.')
+        {
+            ctx.error(&at, format!("invalid dependency name `{name}`")).hint = Some(
+                "use letters, digits, `-`, `_` and `.` (not first): it names the dependency's log file and container"
+                    .into(),
+            );
+            continue;
+        }
         let Some(d) = ctx.read::<DependencySpec>(&at, value) else { continue };
         let forms = [d.builtin.is_some(), d.external.is_some(), d.process.is_some(), d.container.is_some()];
         if forms.iter().filter(|x| **x).count() != 1 {

@@ -203,6 +203,14 @@ pub(super) fn compile(
                 ctx.error(&p("window"), "a window below 2 records cannot reorder anything");
                 ok = false;
             }
+            if window > crate::limits::MAX_REORDER_WINDOW {
+                ctx.error(&p("window"), format!("a window of {window} records is more than stagegate holds back"))
+                    .hint = Some(format!(
+                    "at most {} records are held back to be sent out of order",
+                    crate::limits::MAX_REORDER_WINDOW
+                ));
+                ok = false;
+            }
             Some(FaultKind::OutOfOrder { window })
         }
         "late" => delay.map(|delay| FaultKind::Late { delay }),

@@ -98,6 +98,9 @@ pub(super) fn compile_http(ctx: &mut Ctx, h: HttpTargetSpec, process: Option<Pro
     }
     let timeout =
         ctx.unit("target.http.timeout", h.timeout.as_ref(), units::parse_duration).unwrap_or(Duration::from_secs(2));
+    if timeout > crate::limits::MAX_REQUEST_TIMEOUT {
+        ctx.error("target.http.timeout", "a request timeout must be at most 10m");
+    }
     let write = compile_request(ctx, "target.http.write", h.write, "POST");
     let read = h.read.map(|r| compile_request(ctx, "target.http.read", r, "GET"));
     let scan = h.scan.map(|s| {

@@ -41,6 +41,11 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
         None => Some(Duration::from_secs(2)),
         some => ctx.unit("workload.timeout", some.as_ref(), units::parse_duration),
     };
+    if timeout.is_some_and(|t| t > crate::limits::MAX_REQUEST_TIMEOUT) {
+        ctx.error("workload.timeout", "a request timeout must be at most 10m").hint = Some(
+            "a request still unanswered after that long has failed; stagegate waits for it at a stage's end".into(),
+        );
+    }
     if timeout.is_some_and(|t| t.is_zero()) {
         ctx.error("workload.timeout", "a request timeout must be above zero");
     }
