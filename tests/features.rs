@@ -188,6 +188,7 @@ fn a_playbook_shapes_the_load_the_plan_predicts() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["scenarios/daily-cycle.yaml"];
     args.extend(sets);
+    args.extend(["--set", common::RELAXED_HEALTH]);
     let out = run_in(&dir, &args);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");

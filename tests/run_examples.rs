@@ -8,7 +8,15 @@ use common::{only_report, stagegate, text};
 #[test]
 fn quickstart_promotes_and_writes_a_json_report() {
     let reports = tempfile::tempdir().unwrap();
-    let out = stagegate(&["run", "-q", "scenarios/quickstart.yaml", "--report-dir", reports.path().to_str().unwrap()]);
+    let out = stagegate(&[
+        "run",
+        "-q",
+        "scenarios/quickstart.yaml",
+        "--report-dir",
+        reports.path().to_str().unwrap(),
+        "--set",
+        common::RELAXED_HEALTH,
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("verdict: PROMOTE  (seed 42)"), "{stdout}");
@@ -39,8 +47,15 @@ fn quickstart_promotes_and_writes_a_json_report() {
 #[test]
 fn rollback_demo_names_stage_criterion_and_value() {
     let reports = tempfile::tempdir().unwrap();
-    let out =
-        stagegate(&["run", "-q", "scenarios/rollback-demo.yaml", "--report-dir", reports.path().to_str().unwrap()]);
+    let out = stagegate(&[
+        "run",
+        "-q",
+        "scenarios/rollback-demo.yaml",
+        "--report-dir",
+        reports.path().to_str().unwrap(),
+        "--set",
+        common::RELAXED_HEALTH,
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let reason = stdout.lines().find(|l| l.contains("failed: measured")).unwrap_or_else(|| panic!("{stdout}"));
@@ -70,7 +85,15 @@ fn data_is_byte_identical_for_a_seed() {
 #[test]
 fn bad_input_catches_the_candidate_accepting_and_duplicating() {
     let reports = tempfile::tempdir().unwrap();
-    let out = stagegate(&["run", "-q", "scenarios/bad-input.yaml", "--report-dir", reports.path().to_str().unwrap()]);
+    let out = stagegate(&[
+        "run",
+        "-q",
+        "scenarios/bad-input.yaml",
+        "--report-dir",
+        reports.path().to_str().unwrap(),
+        "--set",
+        common::RELAXED_HEALTH,
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let report = only_report(reports.path());

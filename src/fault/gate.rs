@@ -136,6 +136,18 @@ impl Gate {
         }
     }
 
+    /// How late both proxies released what they held since the last call.
+    pub fn take_hold_overruns(&self) -> hdrhistogram::Histogram<u64> {
+        let mut all = crate::measure::new_histogram();
+        if let Some(t) = &self.tcp {
+            let _ = all.add(t.stats().hold_overrun.take());
+        }
+        if let Some(h) = &self.http {
+            let _ = all.add(h.take_hold_overruns());
+        }
+        all
+    }
+
     /// Whether any fault is active in either proxy.
     pub fn is_faulted(&self) -> bool {
         self.tcp.as_ref().is_some_and(|t| t.is_faulted()) || self.http.as_ref().is_some_and(|h| h.is_faulted())

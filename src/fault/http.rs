@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Activation, FaultKind, HttpMatch, unit};
 use crate::health::Trouble;
+use crate::measure::lateness::LagBook;
 use crate::server::Server;
 
 /// What to do with one request.
@@ -82,6 +83,7 @@ struct Shared {
     seen: Seen,
     /// Fires when the proxy stops: held requests end at once.
     stopping: CancellationToken,
+    hold_overrun: LagBook,
 }
 
 /// How many requests each activation has matched (by activation id).
@@ -93,6 +95,7 @@ pub struct HttpProxy {
     active: watch::Sender<Arc<Vec<Activation>>>,
     seen: Seen,
     stopping: CancellationToken,
+    hold_overrun: LagBook,
 }
 
 impl HttpProxy {
@@ -101,6 +104,7 @@ impl HttpProxy {
         let (active, rx) = watch::channel(Arc::new(Vec::new()));
         let seen: Seen = Arc::default();
         let stopping = CancellationToken::new();
+        let hold_overrun = LagBook::default();
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             client: reqwest::Client::builder()
@@ -112,10 +116,11 @@ impl HttpProxy {
             requests: Arc::new(AtomicU64::new(0)),
             seen: seen.clone(),
             stopping: stopping.clone(),
+            hold_overrun: hold_overrun.clone(),
         };
         let app = Router::new().fallback(forward).with_state(shared);
         let server = Server::start_local("HTTP fault proxy", app, trouble).await?;
-        Ok(HttpProxy { server, active, seen, stopping })
+        Ok(HttpProxy { server, active, seen, stopping, hold_overrun })
     }
 
     /// The proxy's base URL.
@@ -138,6 +143,11 @@ impl HttpProxy {
     /// Whether any fault is active now.
     pub fn is_faulted(&self) -> bool {
         !self.active.borrow().is_empty()
+    }
+
+    /// How late held requests left since the last call.
+    pub fn take_hold_overruns(&self) -> hdrhistogram::Histogram<u64> {
+        self.hold_overrun.take()
     }
 
     /// Removes every fault and stops serving, within a deadline (at once when `forced`).
@@ -179,9 +189,14 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
         plan
     };
     if !plan.hold.is_zero() {
+        let due = tokio::time::Instant::now() + plan.hold;
         tokio::select! {
             _ = s.stopping.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
-            _ = tokio::time::sleep(plan.hold) => {}
+            _ = tokio::time::sleep_until(due) => {
+                // The timer's millisecond step is its resolution, not lateness.
+                let late = tokio::time::Instant::now().saturating_duration_since(due);
+                s.hold_overrun.record(late.saturating_sub(Duration::from_millis(1)));
+            }
         }
     }
     if let Some((status, body)) = plan.error {

@@ -59,6 +59,8 @@ pub struct Stats {
     pub cut: AtomicU64,
     /// Chunks a fault held back or dropped.
     pub chunks_faulted: AtomicU64,
+    /// How late held chunks left against their planned release.
+    pub hold_overrun: crate::measure::lateness::LagBook,
 }
 
 /// A TCP socket bound to `addr` with SO_REUSEPORT, not yet listening. While a refuse
@@ -451,7 +453,10 @@ impl Connection {
                     loop {
                         tokio::select! {
                             _ = self.cancel.cancelled() => return,
-                            _ = sleep_precisely(release) => break,
+                            _ = sleep_precisely(release) => {
+                                self.stats.hold_overrun.record(Instant::now().saturating_duration_since(release));
+                                break;
+                            }
                             changed = watch.changed() => {
                                 // Lifted while held: the chunk goes on now.
                                 if changed.is_err() || !chunk::holds(&watch.borrow_and_update(), self.id, flow_dir) {

@@ -8,6 +8,7 @@
 //! one, `after` they lifted) and its flag variant. [`StageMetrics`] is the summary that
 //! criteria read. Data-quality counts come from [`crate::quality`].
 
+pub mod lateness;
 mod recovery;
 
 use std::collections::BTreeMap;

@@ -57,9 +57,11 @@ pub struct StageReport {
     pub flags: BTreeMap<String, FlagState>,
     /// Whether the stage ran its whole duration.
     pub completed: bool,
-    /// Scheduled sends dropped because the driver fell behind (0 on a healthy run).
-    pub dropped: u64,
     pub metrics: StageMetrics,
+    /// How well stagegate kept its own schedule (send lag, timers, proxy holds, dropped
+    /// sends, CPU); when it fell behind, `behind` says how and timing criteria were not
+    /// judged.
+    pub health: crate::measure::lateness::StageHealth,
 }
 
 /// The full account of a run, written as JSON and summarised on the terminal.

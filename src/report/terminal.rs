@@ -91,12 +91,6 @@ impl Reporter for TerminalReporter {
             },
             Event::StageFinished { report, .. } => {
                 let m = &report.metrics;
-                if report.dropped > 0 {
-                    self.say(format!(
-                        "warning: {} sends dropped in `{}`: the driver could not keep up with the arrival rate",
-                        report.dropped, report.name
-                    ));
-                }
                 let data = if m.data_observed {
                     format!("lost {}, duplicated {}, corrupted {}", m.data.lost, m.data.duplicated, m.data.corrupted)
                 } else {
@@ -120,6 +114,17 @@ impl Reporter for TerminalReporter {
                         f.records,
                         f.observed_by
                     ));
+                }
+                let h = &report.health;
+                self.say(format!("  stagegate: {}", h.line()));
+                if h.held_back_by_target > 0 {
+                    self.say(format!(
+                        "  {} sends never left: the target held the most requests stagegate keeps in flight",
+                        h.held_back_by_target
+                    ));
+                }
+                if let Some(why) = &h.behind {
+                    self.say(format!("warning: stage `{}`: {why}; its timing criteria are not judged", report.name));
                 }
             }
             Event::Judged(_) => {}
@@ -182,11 +187,24 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
     }
     if !r.assessments.is_empty() {
         s.push_str("\ncriteria\n");
+        let mut said: Vec<&str> = Vec::new();
         for a in &r.assessments {
-            let mark = match a.outcome {
-                Outcome::Pass => "pass",
-                Outcome::Fail => "FAIL",
-                Outcome::Inconclusive => "????",
+            // A criterion that does not decide the verdict never reads as a failure.
+            let mark = match (a.outcome, a.level) {
+                (Outcome::Pass, _) => "pass",
+                (Outcome::Fail, crate::verdict::Level::Enforce) => "FAIL",
+                (Outcome::Fail, crate::verdict::Level::Warn) => "warn",
+                (Outcome::Fail, crate::verdict::Level::Observe) => "observe",
+                (Outcome::Inconclusive, _) => "????",
+            };
+            // A reason shared by several criteria is written once.
+            let note = match a.note.as_deref() {
+                Some(n) if said.contains(&n) => Some("as above"),
+                Some(n) => {
+                    said.push(n);
+                    Some(n)
+                }
+                None => None,
             };
             let level = match a.level {
                 crate::verdict::Level::Enforce => "",
@@ -194,12 +212,12 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
                 crate::verdict::Level::Observe => " [observe]",
             };
             s.push_str(&format!(
-                "  {mark}  {:<w$} {:<28} measured {:>9}  limit {}{level}{}\n",
+                "  {mark:<7}  {:<w$} {:<28} measured {:>9}  limit {}{level}{}\n",
                 a.stage,
                 a.criterion,
                 a.measured_text,
                 a.limit_text,
-                a.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
+                note.map(|n| format!("  ({n})")).unwrap_or_default()
             ));
         }
     }

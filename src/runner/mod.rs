@@ -119,7 +119,8 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     }
     report.interrupted = report.interrupted || stop.cancel.is_cancelled();
     let completed = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
-    let comparisons = verdict::compare_stages(&plan.criteria, &samples, completed);
+    let behind = |name: &str| report.stages.iter().find(|s| s.name == name).and_then(|s| s.health.behind.clone());
+    let comparisons = verdict::compare_stages(&plan.criteria, &samples, completed, behind);
     report.assessments.extend(comparisons);
     let ending = verdict::Ending {
         error: report.error.as_deref(),

@@ -53,6 +53,8 @@ pub struct TargetSide {
     pub process: Option<Arc<ManagedProcess>>,
     /// The fault proxies in front of the target, when a stage faults it.
     pub gate: Option<Arc<Gate>>,
+    /// The runtime the target runs on, when it runs inside stagegate (the builtin one).
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What provisioning needs from the run.
@@ -91,16 +93,27 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
             let store = store_dependency(&plan.dependencies).map_err(|m| format!("the builtin pipeline {m}"))?;
             let store = deps.iter().find(|d| d.name == store.name).ok_or("the builtin pipeline has no store")?;
             let ofrep = flags.context()["url"].as_str().unwrap_or_default().to_string();
-            let pipeline = Pipeline::start(store.address(), ofrep, Some(cx.trouble.clone()))
-                .await
-                .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
+            let pipeline =
+                crate::sut::on_builtin_runtime(Pipeline::start(store.address(), ofrep, Some(cx.trouble.clone())))
+                    .await
+                    .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
             let pipeline = cx.guard.adopt(Arc::new(pipeline));
             let orders =
                 RequestTemplate { method: "POST".into(), path: "/orders".into(), body: None, headers: BTreeMap::new() };
             let write = WriteTemplate::compile(&orders, &BTreeMap::new(), Some(RECORD_JSON))?;
             let url = pipeline.url();
             let observer: Arc<dyn Observer> = Arc::new(StoreObserver::new(store.real_address()));
-            (TargetSide { url: url.clone(), base: url, write: Arc::new(write), process: None, gate: None }, observer)
+            (
+                TargetSide {
+                    url: url.clone(),
+                    base: url,
+                    write: Arc::new(write),
+                    process: None,
+                    gate: None,
+                    runtime: crate::sut::builtin_runtime().ok(),
+                },
+                observer,
+            )
         }
         Target::Http(h) => {
             let mut context = Map::new();
@@ -157,7 +170,10 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
                 }
                 (None, None, None) => Arc::new(Unobserved),
             };
-            (TargetSide { url: base.clone(), base, write: Arc::new(write), process, gate: None }, observer)
+            (
+                TargetSide { url: base.clone(), base, write: Arc::new(write), process, gate: None, runtime: None },
+                observer,
+            )
         }
     };
     let needs = Needs::of(plan.stages.iter().flat_map(|s| &s.faults).filter(|f| f.at == Place::Target), true, false);

@@ -27,6 +27,7 @@ use crate::fault::{self, FaultRecord, Place};
 use crate::flags::FlagState;
 use crate::flags::provider::Handover;
 use crate::health::Trouble;
+use crate::measure::lateness::{CpuClock, Lag, SendLag, StageHealth, TimerProbe};
 use crate::measure::{Outcome, Recorder, Slice};
 use crate::quality::freshness;
 use crate::quality::{Judgement, Ledger, SharedLedger, Tags};
@@ -114,6 +115,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         provider: p.flags.as_ref(),
         snapshots: abort_criteria.then_some(snapshots),
         trouble: cx.trouble,
+        send_lag: SendLag::default(),
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
     let judge = tokio::spawn(watch_for_abort(
@@ -124,6 +126,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         aborted.clone(),
     ));
 
+    // stagegate's own lateness over the stage: what the proxies held before it is not
+    // the stage's.
+    let places = places(p);
+    for (_, gate) in &places.gates {
+        gate.take_hold_overruns();
+    }
+    let cpu_before = CpuClock::now();
+    let probe = TimerProbe::start(&tokio::runtime::Handle::current());
+    let builtin_probe = p.target.runtime.as_ref().map(TimerProbe::start);
     let start = Instant::now();
     let over = stop.child_token();
     let write =
@@ -146,7 +157,6 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         over.cancel();
         d
     };
-    let places = places(p);
     let seed_of = |n: u64| seed::derive(plan.seed, "fault", n);
     let faults = StageFaults {
         name: &stage.name,
@@ -171,6 +181,23 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     judge.abort();
     let elapsed = start.elapsed();
     let completed = drive.completed;
+    let mut overruns = crate::measure::new_histogram();
+    for (_, gate) in &places.gates {
+        let _ = overruns.add(gate.take_hold_overruns());
+    }
+    let (send_lag, per_second) = std::mem::take(&mut accounts.send_lag).finish();
+    let mut health = StageHealth {
+        send_lag,
+        timer_lag: Lag::of(&probe.finish()),
+        builtin_timer_lag: builtin_probe.and_then(|p| Lag::of(&p.finish())),
+        proxy_hold_overrun: Lag::of(&overruns),
+        dropped: drive.dropped,
+        held_back_by_target: drive.held_back,
+        cpu: cpu_before.until(&CpuClock::now()),
+        per_second,
+        behind: None,
+    };
+    health.behind = health.behind(&plan.health);
     if drive.capped {
         let _ = cx.events.send(Event::Note {
             message: format!(
@@ -179,9 +206,6 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
                 crate::limits::MAX_REQUESTS_PER_STAGE
             ),
         });
-    }
-    if drive.dropped > 0 {
-        tracing::warn!(stage = %stage.name, dropped = drive.dropped, "the driver fell behind the arrival rate; sends dropped");
     }
 
     let seen = p.observer.collect(cx.halt).await;
@@ -217,15 +241,20 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         assessments.retain(|x| x.criterion != a.criterion);
         assessments.push(a.clone());
     }
+    if let Some(behind) = &health.behind {
+        let overload = if metrics.errors > 0 {
+            Some(format!("{} requests failed while it was behind, so the counts may be the overload's", metrics.errors))
+        } else if health.builtin_timer_lag.is_some_and(|l| l.p99_ms > plan.health.timer_lag_p99.as_secs_f64() * 1000.0)
+        {
+            Some("the builtin target runs inside stagegate and was held up too (its store calls may have timed out and been retried), so the counts may be the overload's".to_string())
+        } else {
+            None
+        };
+        verdict::hold_back(&mut assessments, &plan.criteria, behind, overload.as_deref());
+    }
     let aborted = aborted.or_else(|| verdict::failed_abort(&plan.criteria, &assessments));
     Ok(StageOutcome {
-        report: StageReport {
-            name: stage.name.clone(),
-            flags: stage.flags.clone(),
-            completed,
-            dropped: drive.dropped,
-            metrics,
-        },
+        report: StageReport { name: stage.name.clone(), flags: stage.flags.clone(), completed, metrics, health },
         assessments,
         samples: accounts.recorder.judged.clone(),
         faults: records,
@@ -297,6 +326,7 @@ struct Accounts<'a> {
     /// Where a copy of the measurements goes once a second, for the abort judge.
     snapshots: Option<watch::Sender<Option<(Recorder, Duration)>>>,
     trouble: &'a Trouble,
+    send_lag: SendLag,
 }
 
 impl Accounts<'_> {
@@ -374,6 +404,7 @@ impl Sink for Accounts<'_> {
             }
             Outcome::Failed => self.counts.failed += 1,
         }
+        self.send_lag.record(s.offset, s.send_lag);
         let variant = self.keys.remove(&s.key).flatten();
         self.recorder.record(s.offset, s.latency, s.outcome, variant.as_deref());
     }

@@ -49,6 +49,8 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     pub criteria: Vec<Criterion>,
     pub on_verdict: OnVerdict,
+    /// How far behind its schedule stagegate may fall before timing is not trusted.
+    pub health: crate::measure::lateness::HealthLimits,
     /// Things worth knowing that do not stop the run (an expired flag, say).
     pub warnings: Vec<String>,
     /// Every `--set` applied, as written.

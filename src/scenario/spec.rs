@@ -124,6 +124,11 @@ pub struct ScenarioSpec {
     /// Commands run once at the end, by verdict.
     #[serde(default)]
     pub on_verdict: Option<OnVerdictSpec>,
+    /// How far behind its own schedule stagegate may fall in a stage before that stage's
+    /// timing criteria (latency, errors, throughput, recovery, freshness, comparisons)
+    /// are INCONCLUSIVE instead of judged.
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
 }
 
 /// `target:`: exactly one of `builtin` or `http` (with an optional `process`).
@@ -657,4 +662,26 @@ pub struct OnVerdictSpec {
     #[serde(default)]
     #[schemars(length(min = 1))]
     pub inconclusive: Option<Vec<String>>,
+}
+
+/// `health:`: limits on stagegate's own lateness in a stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// How late requests may leave against their intended time, at p99. Default `5ms`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub send_lag_p99: Option<Text>,
+    /// How late stagegate's timers (and the builtin target's) may fire, at p99, beyond
+    /// their millisecond resolution. Default `10ms`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub timer_lag_p99: Option<Text>,
+    /// How late a fault proxy may release data it held, at p99. Default `5ms`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub proxy_hold_overrun_p99: Option<Text>,
+    /// Scheduled sends that may be dropped because stagegate fell behind. Default `0`.
+    #[serde(default)]
+    pub dropped: Option<u64>,
 }

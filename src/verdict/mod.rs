@@ -185,6 +185,34 @@ pub fn assess(criteria: &[Criterion], stage: &str, metrics: &StageMetrics) -> Ve
         .collect()
 }
 
+/// Whether a metric's value depends on when things happened (latency, errors,
+/// throughput, acknowledgements, recovery, freshness), so that stagegate falling behind
+/// its schedule changes it; data-quality counts do not.
+pub fn timing_dependent(base: Base) -> bool {
+    match base {
+        Base::Data(f) | Base::DataRate(f) => matches!(f, DataField::Sent | DataField::Acked),
+        _ => true,
+    }
+}
+
+/// Holds back the judgement of a stage in which stagegate fell behind its schedule
+/// (`behind` says how): every timing-dependent criterion becomes INCONCLUSIVE with that
+/// reason; a data-quality count that failed does too when `overload` says the overload
+/// itself made requests time out (and how), since the count may be its doing.
+pub fn hold_back(assessments: &mut [Assessment], criteria: &[Criterion], behind: &str, overload: Option<&str>) {
+    for a in assessments.iter_mut() {
+        let base = criteria.iter().find(|c| c.text == a.criterion).and_then(|c| c.check()).map(|c| c.metric.base);
+        let timing = base.is_none_or(timing_dependent);
+        let note = match (timing, overload) {
+            (true, _) => behind.to_string(),
+            (false, Some(why)) if a.outcome == Outcome::Fail => format!("{behind}; {why}"),
+            _ => continue,
+        };
+        a.outcome = Outcome::Inconclusive;
+        a.note = Some(note);
+    }
+}
+
 /// Judges one comparison; `sides` are the two stages' judged samples.
 pub fn assess_compare(c: &Criterion, cmp: &Compare, sides: &Sides) -> Assessment {
     let n = sides.candidate.len().min(sides.baseline.len());
@@ -253,11 +281,13 @@ pub fn failed_abort(criteria: &[Criterion], assessments: &[Assessment]) -> Optio
 }
 
 /// Judges every comparison whose two stages both ran to the end; `samples` are each
-/// finished stage's judged samples.
+/// finished stage's judged samples; `behind` says why stagegate could not keep its
+/// schedule in a stage, if it could not (the comparison is then not judged).
 pub fn compare_stages(
     criteria: &[Criterion],
     samples: &std::collections::HashMap<String, crate::measure::Slice>,
     completed: impl Fn(&str) -> bool,
+    behind: impl Fn(&str) -> Option<String>,
 ) -> Vec<Assessment> {
     let mut out = Vec::new();
     for c in criteria {
@@ -272,7 +302,14 @@ pub fn compare_stages(
             candidate_errors: cand.errors,
             baseline_errors: base.errors,
         };
-        out.push(assess_compare(c, cmp, &sides));
+        let mut a = assess_compare(c, cmp, &sides);
+        if let Some((stage, why)) =
+            [&cmp.stage, &cmp.baseline].into_iter().find_map(|s| behind(s).map(|why| (s.clone(), why)))
+        {
+            a.outcome = Outcome::Inconclusive;
+            a.note = Some(format!("in stage `{stage}`, {why}"));
+        }
+        out.push(a);
     }
     out
 }
@@ -320,16 +357,44 @@ pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>
             return (Some(v), reasons);
         }
     };
-    for a in assessments.iter().filter(|a| a.outcome == wanted && a.level == Level::Enforce) {
-        let note = a.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
-        reasons.push(format!(
-            "stage `{}`: `{}` {}: measured {}, limit {}{note}",
-            a.stage,
-            a.criterion,
-            if wanted == Outcome::Fail { "failed" } else { "inconclusive" },
-            a.measured_text,
-            a.limit_text
-        ));
+    let enforced = assessments.iter().filter(|a| a.outcome == wanted && a.level == Level::Enforce);
+    if wanted == Outcome::Fail {
+        for a in enforced {
+            let note = a.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+            reasons.push(format!(
+                "stage `{}`: `{}` failed: measured {}, limit {}{note}",
+                a.stage, a.criterion, a.measured_text, a.limit_text
+            ));
+        }
+        return (Some(v), reasons);
+    }
+    // Inconclusive: one line per stage and reason, naming the criteria it holds back,
+    // then what to change, once.
+    let mut groups: Vec<(&str, Option<&str>, Vec<&str>)> = Vec::new();
+    for a in enforced {
+        match groups.iter_mut().find(|g| g.0 == a.stage && g.1 == a.note.as_deref()) {
+            Some(g) => g.2.push(&a.criterion),
+            None => groups.push((&a.stage, a.note.as_deref(), vec![&a.criterion])),
+        }
+    }
+    for (stage, note, criteria) in &groups {
+        let named = criteria.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+        reasons.push(format!("stage `{stage}`: {named} inconclusive: {}", note.unwrap_or("not enough evidence")));
+    }
+    let notes = || groups.iter().filter_map(|g| g.1);
+    if notes().any(|n| n.contains("stagegate fell behind")) {
+        reasons.push(
+            "to judge it: run where stagegate has the CPU it needs (fewer busy neighbours), lower the rate, or \
+             raise the `health:` limits if that lateness is acceptable"
+                .into(),
+        );
+    }
+    if notes().any(|n| n.contains("samples, fewer than")) {
+        reasons.push(
+            "to get enough samples: lengthen the stages (`workload.duration`), raise the rate, or lower the \
+             criterion's `min_samples`"
+                .into(),
+        );
     }
     (Some(v), reasons)
 }

@@ -44,6 +44,10 @@ pub struct Sample {
     /// Set when the request failed for want of stagegate's own resources (file
     /// descriptors, local ports): not the target's doing, and not judged.
     pub own_failure: Option<String>,
+    /// How long after its intended time the request left, by stagegate's own doing (a
+    /// wait for a free slot while the target holds the most requests in flight is not
+    /// counted: that is the target's).
+    pub send_lag: Duration,
 }
 
 /// What the driver tells its caller while it runs.
@@ -95,6 +99,10 @@ pub struct Drive {
     /// Set when the stage stopped sending at the most requests a stage may send
     /// ([`crate::limits::MAX_REQUESTS_PER_STAGE`]).
     pub capped: bool,
+    /// Sends that never left because the target held [`MAX_IN_FLIGHT`] requests at once
+    /// until the stage was over (its slowness, not stagegate's; counted apart from
+    /// `dropped`).
+    pub held_back: u64,
 }
 
 /// Drives one stage.
@@ -128,7 +136,11 @@ pub async fn drive(
     let mut scheduled = 0u64;
     let mut in_flight = 0usize;
     let mut dropped = 0u64;
+    let mut held_back = 0u64;
     let mut capped = false;
+    // Time spent waiting for a free slot since the driver was last on time: the target's
+    // backpressure, taken out of the send lag.
+    let mut slot_wait = Duration::ZERO;
     let fields: Vec<String> =
         workload.schema.fields.iter().map(|f| f.name.clone()).filter(|f| *f != key_field).collect();
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
@@ -180,8 +192,17 @@ pub async fn drive(
         }
         if Instant::now() >= end + DROP_GRACE {
             // Behind schedule past the stage's end: what is left will never be sent.
-            dropped = planned.saturating_sub(scheduled) + 1;
+            let left = planned.saturating_sub(scheduled) + 1;
+            if slot_wait.is_zero() {
+                dropped = left;
+            } else {
+                held_back = left;
+            }
             break;
+        }
+        let loop_lag = Instant::now().saturating_duration_since(intended);
+        if loop_lag.is_zero() {
+            slot_wait = Duration::ZERO;
         }
         if index as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE {
             capped = true;
@@ -222,11 +243,15 @@ pub async fn drive(
         headers.extend(sink.headers(&key));
         let url = format!("{}{}", write.base_url, rendered.path);
         let copies = if fate.duplicate { 2 } else { 1 };
+        let own_lag = loop_lag.saturating_sub(slot_wait);
         for _ in 0..copies {
+            let waited = Instant::now();
             let permit = tokio::select! {
                 _ = cancel.cancelled() => { completed = false; break; }
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
+            slot_wait += waited.elapsed();
+            let spawned = Instant::now();
             let mut request = write
                 .client
                 .request(rendered.method.clone(), &url)
@@ -242,6 +267,7 @@ pub async fn drive(
             let key = key.clone();
             in_flight += 1;
             tasks.spawn(async move {
+                let send_lag = own_lag + spawned.elapsed();
                 let mut own_failure = None;
                 let outcome = match request.send().await {
                     Ok(r) if r.status().is_success() => Outcome::Acked,
@@ -253,7 +279,7 @@ pub async fn drive(
                     }
                 };
                 let latency = Instant::now().saturating_duration_since(intended);
-                let _ = tx.send(Sample { offset, latency, outcome, key, own_failure });
+                let _ = tx.send(Sample { offset, latency, outcome, key, own_failure, send_lag });
                 drop(permit);
             });
         }
@@ -280,5 +306,5 @@ pub async fn drive(
         }
     }
     while tasks.join_next().await.is_some() {}
-    Drive { completed, dropped, capped }
+    Drive { completed, dropped, capped, held_back }
 }

@@ -25,7 +25,8 @@ use serde_json::{Map, Value};
 use super::diag::{Diagnostic, Diagnostics, nearest};
 use super::spec::*;
 use super::yaml::{self, Locations, join_key};
-use super::{LoadOptions, Plan};
+use super::{LoadOptions, Plan, units};
+use crate::measure::lateness::HealthLimits;
 use crate::secrets::Secrets;
 
 /// Gathers diagnostics (and warnings) while checking a file, each located by key path.
@@ -90,7 +91,7 @@ impl Ctx<'_> {
     }
 }
 
-const TOP_KEYS: [&str; 11] = [
+const TOP_KEYS: [&str; 12] = [
     "version",
     "name",
     "description",
@@ -102,6 +103,7 @@ const TOP_KEYS: [&str; 11] = [
     "stages",
     "criteria",
     "on_verdict",
+    "health",
 ];
 
 pub(in crate::scenario) fn compile(
@@ -187,6 +189,7 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
     let on_verdict = top::<OnVerdictSpec>(ctx, root, "on_verdict", false)
         .map(|o| criteria::compile_on_verdict(ctx, o))
         .unwrap_or_default();
+    let health = top::<HealthSpec>(ctx, root, "health", false).map(|h| compile_health(ctx, h)).unwrap_or_default();
     if let Some(f) = &flags {
         for d in &f.definitions {
             if let Some(exp) = d.expires.filter(|e| *e < options.today) {
@@ -215,11 +218,43 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
         stages,
         criteria,
         on_verdict,
+        health,
         warnings: std::mem::take(&mut ctx.warnings),
         overrides: options.overrides.iter().map(|o| o.text.clone()).collect(),
         secrets,
     })
 }
+
+/// The `health:` section: each limit given, or its default.
+fn compile_health(ctx: &mut Ctx, h: HealthSpec) -> HealthLimits {
+    let d = HealthLimits::default();
+    let limit = |ctx: &mut Ctx, key: &str, text: Option<&Text>, default| {
+        let path = join_key("health", key);
+        match ctx.unit(&path, text, units::parse_duration) {
+            Some(v) if v > MAX_HEALTH_LIMIT => {
+                ctx.error(&path, "a lateness limit is at most 1m").hint =
+                    Some("past a minute of lateness no timing figure means anything".into());
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    };
+    HealthLimits {
+        send_lag_p99: limit(ctx, "send_lag_p99", h.send_lag_p99.as_ref(), d.send_lag_p99),
+        timer_lag_p99: limit(ctx, "timer_lag_p99", h.timer_lag_p99.as_ref(), d.timer_lag_p99),
+        proxy_hold_overrun_p99: limit(
+            ctx,
+            "proxy_hold_overrun_p99",
+            h.proxy_hold_overrun_p99.as_ref(),
+            d.proxy_hold_overrun_p99,
+        ),
+        dropped: h.dropped.unwrap_or(d.dropped),
+    }
+}
+
+/// The largest lateness limit a scenario may set.
+const MAX_HEALTH_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The scenario's folder, which relative paths start from (`.` for a bare file name:
 /// an empty path is no folder to run a process in).
