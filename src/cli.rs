@@ -125,8 +125,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Plan { file, scenario } => plan(&file, &scenario),
         Command::Schema => {
             let text = serde_json::to_string_pretty(&scenario::schema::json_schema()).unwrap_or_default();
-            println!("{text}");
-            exit::PROMOTE
+            print_out(&format!("{text}\n")).err().unwrap_or(exit::PROMOTE)
         }
         Command::Data { schema, count, seed } => data(&schema, count, seed),
         Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
@@ -146,7 +145,11 @@ fn kv_store(port: u16) -> i32 {
             }
         };
         let stop = Shutdown::default();
-        tokio::spawn(watch_signals(stop.clone(), "stopping the store"));
+        if let Err(e) = watch_signals(stop.clone(), "stopping the store") {
+            eprintln!("error: cannot watch for Ctrl-C: {e}");
+            store.stop().await;
+            return exit::RUN_BROKEN;
+        }
         stop.cancel.cancelled().await;
         store.stop().await;
         exit::PROMOTE
@@ -156,10 +159,8 @@ fn kv_store(port: u16) -> i32 {
 fn cleanup(report_root: &Path) -> i32 {
     let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     let cleaned = runtime.block_on(crate::deps::cleanup::cleanup(report_root));
-    for line in cleaned.lines {
-        println!("{line}");
-    }
-    exit::PROMOTE
+    let text: String = cleaned.lines.iter().map(|l| format!("{l}\n")).collect();
+    print_out(&text).err().unwrap_or(exit::PROMOTE)
 }
 
 fn proxy(listen: &str, config: Option<&Path>) -> i32 {
@@ -197,7 +198,11 @@ fn proxy(listen: &str, config: Option<&Path>) -> i32 {
             }
         }
         let stop = Shutdown::default();
-        tokio::spawn(watch_signals(stop.clone(), "lifting every fault and closing every proxy"));
+        if let Err(e) = watch_signals(stop.clone(), "lifting every fault and closing every proxy") {
+            eprintln!("error: cannot watch for Ctrl-C: {e}");
+            registry.stop().await;
+            return exit::RUN_BROKEN;
+        }
         let api = match crate::server::Server::start("proxy control API", listener, router(registry.clone()), None) {
             Ok(s) => s,
             Err(e) => {
@@ -262,12 +267,31 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Prints every diagnostic and a count; `what` says what did not happen.
 fn print_diagnostics(d: &Diagnostics, what: &str) {
+    /// Mistakes printed at most; the count says how many there were.
+    const SHOWN: usize = 100;
     let mut err = std::io::stderr().lock();
-    for diag in &d.0 {
+    for diag in d.0.iter().take(SHOWN) {
         let _ = writeln!(err, "error: {diag}");
     }
     let n = d.0.len();
+    if n > SHOWN {
+        let _ = writeln!(err, "... and {} more", n - SHOWN);
+    }
     let _ = writeln!(err, "{n} error{} found; {what}", if n == 1 { "" } else { "s" });
+}
+
+/// Writes `text` to stdout. A reader that went away (`| head`) is no error; any other
+/// failure (a full disk) is said on stderr and gives the exit code to return.
+fn print_out(text: &str) -> Result<(), i32> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+            Err(exit::RUN_BROKEN)
+        }
+    }
 }
 
 fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
@@ -276,8 +300,8 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
         match load(file, args, "the scenario is not valid") {
             Ok(plan) => {
                 let plural = |n: usize, word: &str| if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") };
-                println!(
-                    "{}: valid ({}, {})",
+                let said = print_out(&format!(
+                    "{}: valid ({}, {})\n",
                     file.display(),
                     plural(plan.stages.len(), "stage"),
                     if plan.criteria.len() == 1 {
@@ -285,7 +309,10 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
                     } else {
                         format!("{} criteria", plan.criteria.len())
                     }
-                );
+                ));
+                if let Err(c) = said {
+                    return c;
+                }
             }
             Err(c) => code = c,
         }
@@ -295,10 +322,7 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
 
 fn plan(file: &Path, args: &ScenarioArgs) -> i32 {
     match load(file, args, "no plan printed") {
-        Ok(plan) => {
-            print!("{}", plan.secrets.mask(&crate::report::plan::markdown(&plan)));
-            exit::PROMOTE
-        }
+        Ok(plan) => print_out(&plan.secrets.mask(&crate::report::plan::markdown(&plan))).err().unwrap_or(exit::PROMOTE),
         Err(c) => c,
     }
 }
@@ -331,6 +355,13 @@ fn data(schema: &Path, count: u64, seed: u64) -> i32 {
 const NOT_RUN: &str = "nothing was run";
 
 fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32 {
+    // Ctrl-C is taken from the first moment: one that comes while the scenario is read
+    // makes the run stop before anything starts.
+    let stop = Shutdown::default();
+    if let Err(e) = watch_signals(stop.clone(), "lifting every fault and stopping (again to stop at once)") {
+        eprintln!("error: cannot watch for Ctrl-C: {e}");
+        return exit::RUN_BROKEN;
+    }
     let plan = match load(file, args, NOT_RUN) {
         Ok(p) => p,
         Err(c) => return c,
@@ -350,8 +381,6 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
     };
     let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     let code = runtime.block_on(async move {
-        let stop = Shutdown::default();
-        tokio::spawn(watch_signals(stop.clone(), "lifting every fault and stopping (again to stop at once)"));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let runner = {
             let plan = plan.clone();
@@ -451,28 +480,30 @@ fn run_folder_at(root: &Path, name: &str, stamp: &str) -> std::io::Result<(PathB
 
 /// The first Ctrl-C (SIGINT) or SIGTERM stops the run in order (`doing` says what
 /// happens); a second one stops it at once, faults still lifted and children stopped.
-async fn watch_signals(stop: Shutdown, doing: &'static str) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return;
-    };
-    let mut received = 0;
-    loop {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
-        received += 1;
-        // Not `eprintln!`: a closed stderr must not keep the run from stopping.
-        if received == 1 {
-            let _ = writeln!(std::io::stderr(), "stagegate: {name} received; {doing}");
-            stop.cancel.cancel();
-        } else {
-            let _ = writeln!(std::io::stderr(), "stagegate: {name} received again; stopping now");
-            stop.cancel.cancel();
-            stop.force.cancel();
+///
+/// The handlers are in place when this returns, and a thread of its own takes the
+/// signals: one that arrives before anything else runs, or while the runtime's threads
+/// are busy, is never lost.
+fn watch_signals(stop: Shutdown, doing: &'static str) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new().name("stagegate-signals".into()).spawn(move || {
+        let mut received = 0;
+        for signal in signals.forever() {
+            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            received += 1;
+            // Not `eprintln!`: a closed stderr must not keep the run from stopping.
+            if received == 1 {
+                let _ = writeln!(std::io::stderr(), "stagegate: {name} received; {doing}");
+                stop.cancel.cancel();
+            } else {
+                let _ = writeln!(std::io::stderr(), "stagegate: {name} received again; stopping now");
+                stop.cancel.cancel();
+                stop.force.cancel();
+            }
         }
-    }
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

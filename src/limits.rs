@@ -60,12 +60,21 @@ pub const CONTAINER_STOP: Duration = Duration::from_secs(15);
 
 /// How long reading a file given by the user may take.
 pub const READ_WAIT: Duration = Duration::from_secs(30);
+/// How long reading a named pipe may take (one no one writes to would wait forever).
+pub const PIPE_WAIT: Duration = Duration::from_secs(5);
 
 /// Reads the text file at `path`, refusing more than `limit` bytes (a device such as
 /// `/dev/zero` ends here, not in memory exhaustion). Pipes and other non-regular files
 /// are read too, within the same limit.
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
-    read_bounded_within(path, limit, READ_WAIT)
+    use std::os::unix::fs::FileTypeExt;
+    let pipe = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    let mut text = read_bounded_within(path, limit, if pipe { PIPE_WAIT } else { READ_WAIT })?;
+    // A byte-order mark some editors write is not part of the text.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }
 
 fn read_bounded_within(path: &Path, limit: u64, wait: Duration) -> std::io::Result<String> {

@@ -19,12 +19,21 @@ use serde_json::Value;
 pub const MIN_LEN: usize = 4;
 
 /// The secret values of one scenario, by name.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Secrets {
     pairs: Vec<(String, String)>,
-    /// Per secret: its mark (`${secret:NAME}`) and every form its value takes, worked
-    /// out once (logs are masked line by line).
-    masks: Vec<(String, Vec<String>)>,
+    /// Every form of every secret's value, found in one pass (a mark put in is never
+    /// searched again), the longest at each place, whatever its ASCII letter case;
+    /// worked out once (logs are masked line by line).
+    finder: Option<aho_corasick::AhoCorasick>,
+    /// The mark (`${secret:NAME}`) of each of the finder's patterns.
+    marks: Vec<String>,
+}
+
+impl PartialEq for Secrets {
+    fn eq(&self, other: &Secrets) -> bool {
+        self.pairs == other.pairs
+    }
 }
 
 impl Secrets {
@@ -34,8 +43,24 @@ impl Secrets {
         // Longer values first, so a secret inside another is not half-masked.
         pairs.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         pairs.dedup();
-        let masks = pairs.iter().map(|(name, value)| (format!("${{secret:{name}}}"), forms(value))).collect();
-        Secrets { pairs, masks }
+        let mut patterns = Vec::new();
+        let mut marks = Vec::new();
+        for (name, value) in &pairs {
+            for form in forms(value) {
+                patterns.push(form);
+                marks.push(format!("${{secret:{name}}}"));
+            }
+        }
+        let finder = (!patterns.is_empty())
+            .then(|| {
+                aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                    .build(&patterns)
+                    .ok()
+            })
+            .flatten();
+        Secrets { pairs, finder, marks }
     }
 
     /// Whether there is nothing to mask.
@@ -53,12 +78,15 @@ impl Secrets {
     /// string, percent-encoded as any part of a URL encodes it, and whatever its ASCII
     /// letter case (a URL's host is lower-cased, an HTTP method upper-cased).
     pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for (mark, forms) in &self.masks {
-            for form in forms {
-                out = replace_ignoring_ascii_case(&out, form, mark);
-            }
+        let Some(finder) = &self.finder else { return text.to_string() };
+        let mut out = String::with_capacity(text.len());
+        let mut from = 0;
+        for m in finder.find_iter(text) {
+            out.push_str(&text[from..m.start()]);
+            out.push_str(&self.marks[m.pattern().as_usize()]);
+            from = m.end();
         }
+        out.push_str(&text[from..]);
         out
     }
 
@@ -105,6 +133,25 @@ fn forms(value: &str) -> Vec<String> {
         out.push(utf8_percent_encode(value, set).to_string());
     }
     out.push(utf8_percent_encode(value, NON_ALPHANUMERIC).to_string().replace("%20", "+"));
+    // RFC 3986's unreserved characters left as they are, with and without `/` (as
+    // Python's `quote` and JavaScript's `encodeURIComponent` do), and every byte encoded.
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    out.push(utf8_percent_encode(value, UNRESERVED).to_string());
+    const UNRESERVED_PATH: &AsciiSet = &UNRESERVED.remove(b'/');
+    out.push(utf8_percent_encode(value, UNRESERVED_PATH).to_string());
+    out.push(value.bytes().map(|b| format!("%{b:02X}")).collect());
+    // JSON as other writers escape it: non-ASCII as `\uXXXX` (Python's default), `<`,
+    // `>` and `&` too (Go's), every character, and a JSON string inside another.
+    let json = quoted(serde_json::to_string(value).unwrap_or_default());
+    out.push(json_ascii(value, false));
+    out.push(json_ascii(value, true));
+    out.push(value.encode_utf16().map(|u| format!("\\u{u:04x}")).collect());
+    out.push(quoted(serde_json::to_string(&json).unwrap_or_default()));
+    // Backslashes doubled and nothing else (a Python `repr`, a shell's quoting).
+    out.push(value.replace('\\', "\\\\"));
+    // Letter case beyond ASCII (ASCII case is ignored when matching anyway).
+    out.push(value.to_uppercase());
+    out.push(value.to_lowercase());
     let mut unique = Vec::new();
     for f in out {
         if !f.is_empty() && !unique.contains(&f) {
@@ -116,22 +163,22 @@ fn forms(value: &str) -> Vec<String> {
     unique
 }
 
-/// `text` with every occurrence of `what`, in any ASCII letter case, replaced by `with`.
-fn replace_ignoring_ascii_case(text: &str, what: &str, with: &str) -> String {
-    let (hay, needle) = (text.to_ascii_lowercase(), what.to_ascii_lowercase());
-    if needle.is_empty() || !hay.contains(&needle) {
-        return text.to_string();
+/// `value` as a JSON string's inside with every non-ASCII character as `\uXXXX`, and
+/// with `html` also `<`, `>` and `&`.
+fn json_ascii(value: &str, html: bool) -> String {
+    let escaped = serde_json::to_string(value).unwrap_or_default();
+    let inner = escaped.get(1..escaped.len().saturating_sub(1)).unwrap_or_default();
+    let mut out = String::with_capacity(inner.len());
+    for c in inner.chars() {
+        if !c.is_ascii() || (html && matches!(c, '<' | '>' | '&')) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
     }
-    // Lower-casing ASCII keeps every byte where it was, so positions carry over.
-    let mut out = String::with_capacity(text.len());
-    let mut from = 0;
-    while let Some(at) = hay[from..].find(&needle) {
-        let start = from + at;
-        out.push_str(&text[from..start]);
-        out.push_str(with);
-        from = start + needle.len();
-    }
-    out.push_str(&text[from..]);
     out
 }
 
@@ -195,6 +242,25 @@ mod tests {
 
     /// Regression: masking the report's text turned a secret `true` into
     /// `${secret:FLAG}` where JSON needs a literal, and the report stopped being JSON.
+    /// Regression: an attacker's trial found these forms unmasked in a target's log.
+    #[test]
+    fn other_writers_escapes_and_encodings_are_masked_too() {
+        let s = Secrets::new(vec![("A".into(), "Pa&ss<\u{e9}>Word9".into()), ("B".into(), "Ab\"c\\d/e f%g+h".into())]);
+        for leaked in [
+            "Pa&ss<\\u00e9>Word9",                        // Python's json.dumps
+            "Pa\\u0026ss\\u003c\\u00e9\\u003eWord9",      // Go's encoding/json
+            "PA&SS<\u{c9}>WORD9",                         // upper case beyond ASCII
+            "Ab%22c%5Cd/e%20f%25g%2Bh",                   // a path, `/` kept
+            "%41%62%22%63%5C%64%2F%65%20%66%25%67%2B%68", // every byte
+            "\\\"Ab\\\\\\\"c\\\\\\\\d/e f%g+h\\\"",       // JSON inside JSON
+            "'Ab\"c\\\\d/e f%g+h'",                       // Python's repr
+        ] {
+            let masked = s.mask(&format!("x {leaked} y"));
+            assert!(masked.contains("${secret:"), "not masked: {leaked} -> {masked}");
+            assert!(!masked.contains("Word9") && !masked.contains("f%g") && !masked.contains("%66%25"), "{masked}");
+        }
+    }
+
     #[test]
     fn a_json_document_stays_json_whatever_the_secret() {
         for secret in ["true", "e", "\"", "1", "{"] {

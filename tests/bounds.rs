@@ -149,3 +149,93 @@ fn records_that_cannot_be_written_are_an_error_not_a_success() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("cannot write the records"), "{stderr}");
 }
+
+/// Regression: `schema`, `plan`, `validate` and `cleanup` panicked when stdout could not
+/// be written.
+#[test]
+fn output_that_cannot_be_written_is_an_error_not_a_panic() {
+    let cleanup_root = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["schema"],
+        vec!["plan", "tests/scenarios/tiny.yaml"],
+        vec!["validate", "tests/scenarios/tiny.yaml"],
+        vec!["cleanup", "--report-dir", cleanup_root.path().to_str().unwrap()],
+    ] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = std::process::Command::new(common::bin())
+            .args(&args)
+            .current_dir(common::root())
+            .stdout(full)
+            .output()
+            .unwrap();
+        let (_, stderr) = common::text(&out);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot write to stdout"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// Regression: a named pipe no one writes to, given as a scenario, waited forever.
+#[test]
+fn a_pipe_no_one_writes_to_is_refused_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("scenario.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
+    let started = Instant::now();
+    let out = common::stagegate(&["validate", fifo.to_str().unwrap()]);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a pipe no one writes to"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+}
+
+/// Regression: `.inf` and `.nan` read as "not given", so a default quietly applied.
+#[test]
+fn infinity_and_not_a_number_are_refused_not_defaulted() {
+    for set in [
+        "stages[0].faults=[{kind: out_of_order, at: workload, window: .inf}]",
+        "criteria=[{check: 'latency.p99 < 1s', min_samples: .nan}]",
+        "seed=-.Inf",
+    ] {
+        let out = common::stagegate(&["validate", "tests/scenarios/tiny.yaml", "--set", set]);
+        let (_, stderr) = common::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+        assert!(stderr.contains("infinity and not-a-number"), "{set}: {stderr}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.yaml");
+    let text = std::fs::read_to_string(common::root().join("tests/scenarios/tiny.yaml")).unwrap();
+    std::fs::write(&file, text.replace("seed: 3", "seed: .nan")).unwrap();
+    let out = common::stagegate(&["validate", file.to_str().unwrap()]);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("s.yaml:4:7: `seed`: infinity and not-a-number"), "{stderr}");
+}
+
+/// Regression: a `--set` value with a key given twice kept the last one.
+#[test]
+fn a_key_given_twice_in_a_set_value_is_refused() {
+    let out = common::stagegate(&[
+        "validate",
+        "tests/scenarios/tiny.yaml",
+        "--set",
+        "workload={data: ../../synthetic-data/orders.yaml, arrival: {rate: 10/s}, duration: 1s, duration: 7s}",
+    ]);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`duration` is given twice"), "{stderr}");
+}
+
+/// Regression: a byte-order mark at the start of a scenario was taken for a second
+/// document.
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bom.yaml");
+    let text = std::fs::read_to_string(common::root().join("tests/scenarios/tiny.yaml")).unwrap();
+    let text = text.replace("../../synthetic-data", &common::root().join("synthetic-data").display().to_string());
+    std::fs::write(&file, format!("\u{feff}{text}")).unwrap();
+    let out = common::stagegate(&["validate", file.to_str().unwrap()]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+}

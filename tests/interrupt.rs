@@ -119,3 +119,38 @@ fn sigterm_mid_each_fault_lifts_it_and_writes_an_interrupted_report() {
         interrupt_mid_fault(Signal::SIGTERM, fault);
     }
 }
+
+/// Regression: a Ctrl-C in the first moments of a run (before its signal watch began)
+/// was lost, and the run went on to a verdict.
+#[test]
+fn sigint_at_the_first_moment_stops_the_run_before_anything_starts() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(common::bin())
+            .args(["run", "-q", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/tiny.yaml"])
+            .current_dir(common::root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // As soon as the process is stagegate, before it could have done anything.
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("stagegate")) {
+            assert!(Instant::now() < deadline, "the binary never started");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        kill(Pid::from_raw(pid), Signal::SIGINT).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // Either the signal came before the handler (killed by it) or it was handled:
+        // never a verdict.
+        match out.status.code() {
+            Some(130) => assert!(stdout.contains("verdict: none"), "{stdout}"),
+            None => {}
+            Some(c) => panic!("exit {c} after an early Ctrl-C:\n{stdout}"),
+        }
+        assert!(!stdout.contains("verdict: PROMOTE"), "{stdout}");
+    }
+}

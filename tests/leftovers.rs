@@ -250,3 +250,72 @@ fn a_descendant_that_leaves_its_session_and_environment_is_still_stopped() {
     }
     assert!(left.is_empty(), "the escapee outlived the run: {left:?}");
 }
+
+/// Regression: `STAGEGATE_REPORT` was relative to where stagegate ran, but `on_verdict`
+/// runs in the scenario's folder.
+#[test]
+fn on_verdict_finds_the_report_from_the_scenarios_folder() {
+    let cwd = tempfile::tempdir().unwrap();
+    let scenario = common::root().join("tests/scenarios/tiny.yaml");
+    let action = "on_verdict={ promote: [sh, -c, \"test -s \\\"$STAGEGATE_REPORT\\\" && echo found it\"] }";
+    let out = Command::new(common::bin())
+        .args(["run", "-q", "--report-dir", "rel", scenario.to_str().unwrap(), "--set", action])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = common::only_report(&cwd.path().join("rel"));
+    assert!(report["on_verdict"]["output"].as_str().unwrap().contains("found it"), "{}", report["on_verdict"]);
+}
+
+/// Regression: a copy of a live run's folder, its stagegate pid edited to a dead one,
+/// made `cleanup` stop the live run's processes.
+#[test]
+fn cleanup_of_a_copied_record_leaves_a_live_runs_processes_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("live");
+    let bin = common::bin();
+    let run = Running::start(
+        &[
+            "run",
+            "-q",
+            "--report-dir",
+            reports.to_str().unwrap(),
+            "tests/scenarios/process-store.yaml",
+            "--set",
+            "workload.duration=30s",
+        ],
+        &[("STAGEGATE_BIN", bin.to_str().unwrap())],
+    );
+    // Wait until the store is recorded with its pid.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (folder, store) = loop {
+        assert!(Instant::now() < deadline, "the store was never recorded");
+        let found = std::fs::read_dir(&reports).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).and_then(|e| {
+            let record: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path().join("run.json")).ok()?).ok()?;
+            let pgid = record["processes"][0]["pgid"].as_i64()?;
+            Some((e.path(), pgid as i32))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The forger's copy: same run, no lock, a dead stagegate.
+    let forged = dir.path().join("forged");
+    let copy = forged.join(folder.file_name().unwrap());
+    std::fs::create_dir_all(&copy).unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("run.json")).unwrap()).unwrap();
+    record["stagegate_pid"] = serde_json::json!(999_999);
+    record["stagegate_started"] = serde_json::Value::Null;
+    std::fs::write(copy.join("run.json"), record.to_string()).unwrap();
+    let said = cleanup(&forged);
+    assert!(said.contains("the run is alive"), "{said}");
+    assert!(std::fs::metadata(format!("/proc/{store}")).is_ok(), "cleanup stopped a live run's store: {said}");
+    run.signal(Signal::SIGINT);
+    let (code, ..) = run.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(130));
+}

@@ -89,6 +89,15 @@ pub async fn cleanup(report_root: &Path) -> Cleaned {
 
 async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
     let here = folder.display();
+    // A record can be copied or edited; the processes cannot. One that carries this
+    // run's marker under a live stagegate (which adopts everything its run starts)
+    // belongs to a run still alive somewhere: nothing of it is touched.
+    if let Some((pid, owner)) = marked_processes(&record.run).into_iter().find_map(|p| live_owner(p).map(|o| (p, o))) {
+        out.lines.push(format!(
+            "{here}: left alone: process {pid} of this run still runs under stagegate (pid {owner}): the run is alive"
+        ));
+        return;
+    }
     for p in &record.processes {
         let Some(pgid) = p.pgid.filter(|g| *g > 1) else { continue };
         match (p.started, runfile::start_time(pgid)) {
@@ -137,6 +146,37 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
         }
         Err(_) => {}
     }
+}
+
+/// The live stagegate above `pid` in its parent chain, if any: a run's processes stay
+/// below their stagegate (it is their subreaper) for as long as it lives.
+pub fn live_owner(pid: i32) -> Option<i32> {
+    let me = std::process::id() as i32;
+    let mut at = pid;
+    for _ in 0..64 {
+        let parent = parent_of(at)?;
+        if parent <= 1 {
+            return None;
+        }
+        if parent != me && is_stagegate(parent) {
+            return Some(parent);
+        }
+        at = parent;
+    }
+    None
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether process `pid` runs a stagegate binary.
+fn is_stagegate(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().starts_with("stagegate")))
+        .unwrap_or(false)
 }
 
 /// Every live process whose environment holds `STAGEGATE_RUN=<run>`, but this one.

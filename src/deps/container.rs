@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ContainerDef;
 use super::process::{Readiness, answers, wait_until_ready};
-use super::runfile::{LABEL, RunFile};
+use super::runfile::{LABEL, OWNER_LABEL, RunFile};
 use crate::limits::CONTAINER_STOP;
 
 /// Why a container could not be started or is not ready.
@@ -129,7 +129,8 @@ impl ManagedContainer {
             .with_wait_for(WaitFor::Nothing)
             .with_network("bridge")
             .with_container_name(self.docker_name.clone())
-            .with_label(LABEL, self.run.run_id());
+            .with_label(LABEL, self.run.run_id())
+            .with_label(OWNER_LABEL, super::runfile::owner_label());
         for (k, v) in &self.def.env {
             request = request.with_env_var(k, v);
         }
@@ -376,6 +377,11 @@ pub async fn remove_labelled(run: &str) -> Result<Vec<(String, String)>, String>
     for c in list {
         let Some(id) = c.id else { continue };
         let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_default().trim_start_matches('/').to_string();
+        // The stagegate that started it still lives: a run alive somewhere, whatever a
+        // record says.
+        if c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)).is_some_and(|o| super::runfile::owner_alive(o)) {
+            continue;
+        }
         if remove_by(&client, &id).await {
             removed.push((name, id));
         }

@@ -23,6 +23,23 @@ pub const MARKER: &str = "STAGEGATE_RUN";
 /// The Docker label every container stagegate starts carries: the run's id.
 pub const LABEL: &str = "stagegate.run";
 
+/// The Docker label naming the stagegate that started a container: `PID:START_TIME`
+/// (`cleanup` leaves a container alone while that process lives).
+pub const OWNER_LABEL: &str = "stagegate.owner";
+
+/// This process as [`OWNER_LABEL`] names it.
+pub fn owner_label() -> String {
+    let pid = std::process::id() as i32;
+    format!("{pid}:{}", start_time(pid).unwrap_or(0))
+}
+
+/// Whether the process an [`OWNER_LABEL`] value names is still alive.
+pub fn owner_alive(label: &str) -> bool {
+    let Some((pid, started)) = label.split_once(':') else { return false };
+    let (Ok(pid), Ok(started)) = (pid.parse::<i32>(), started.parse::<u64>()) else { return false };
+    pid > 1 && start_time(pid) == Some(started)
+}
+
 /// The content of `run.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -261,6 +278,12 @@ pub fn carries_marker(pid: i32, run: &str) -> bool {
 
 /// Reads a `run.json` (at most 1 MiB of it).
 pub fn read(path: &Path) -> Result<RunRecord, String> {
+    // stagegate writes run records as plain files: anything else (a pipe, a device) is
+    // not one, and reading it could wait forever.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => return Err("not a run record: not a plain file".into()),
+        _ => {}
+    }
     let text = crate::limits::read_bounded(path, crate::limits::RUN_RECORD_BYTES).map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| format!("not a run record: {e}"))
 }

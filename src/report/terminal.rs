@@ -130,7 +130,13 @@ impl Reporter for TerminalReporter {
             Event::Judged(_) => {}
             Event::Finished(report) => {
                 let text = self.secrets.mask(&summary(report, self.written.as_ref()));
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                let mut out = std::io::stdout().lock();
+                if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    // The verdict stands (the report has it); the summary is lost, and said so.
+                    let _ = writeln!(std::io::stderr(), "stagegate: the summary could not be written to stdout: {e}");
+                }
             }
         }
     }

@@ -55,7 +55,9 @@ pub async fn on_verdict(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(r) = report_dir {
-        cmd.env("STAGEGATE_REPORT", r.join("report.json"));
+        // Absolute: the command runs in the scenario's folder, not stagegate's.
+        let report = r.join("report.json");
+        cmd.env("STAGEGATE_REPORT", std::path::absolute(&report).unwrap_or(report));
     }
     if let Err(e) = run.process_starting(ENTRY) {
         return Some(ActionReport {

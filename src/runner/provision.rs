@@ -159,7 +159,9 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
                 (Some(sink), _, _) => sink,
                 (None, Some(scan), _) => {
                     let trouble = cx.trouble.clone();
-                    Arc::new(ScanObserver::new(&base, scan.clone(), h.timeout, wants_freshness, trouble)?)
+                    // One listing may take as long as the stage, or 30 s.
+                    let limit = plan.workload.duration.max(std::time::Duration::from_secs(30));
+                    Arc::new(ScanObserver::new(&base, scan.clone(), h.timeout, limit, wants_freshness, trouble)?)
                 }
                 (None, None, Some(read)) => {
                     let read =

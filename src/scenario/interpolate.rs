@@ -210,6 +210,9 @@ fn typed(r: &Reference) -> Value {
         return Value::String(r.value.clone());
     }
     match serde_yaml::from_str::<Value>(&r.value) {
+        // `.nan` or `.inf` would read as null: they stay text (and are refused where a
+        // number belongs).
+        Ok(Value::Null) if !matches!(r.value.trim(), "null" | "Null" | "NULL" | "~") => Value::String(r.value.clone()),
         Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)) if !r.value.trim().is_empty() => v,
         _ => Value::String(r.value.clone()),
     }

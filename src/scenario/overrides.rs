@@ -57,6 +57,14 @@ pub fn parse(arg: &str) -> Result<Override, String> {
     let value: Value = if value.trim().is_empty() {
         Value::String(String::new())
     } else {
+        // Checked like a file: keys given twice, infinities.
+        if let Err(d) = super::yaml::index(std::path::Path::new("--set"), value) {
+            let first = d.0.first().map(|d| {
+                let at = if d.path.is_empty() { String::new() } else { format!(" (at `{}`)", d.path) };
+                format!("{}{at}", d.message)
+            });
+            return Err(format!("`--set {arg}`: {}", first.unwrap_or_else(|| "the value is not valid YAML".into())));
+        }
         serde_yaml::from_str(value).map_err(|e| format!("`--set {arg}`: the value is not valid YAML: {e}"))?
     };
     Ok(Override { path: path.trim().to_string(), value, text: arg.to_string() })

@@ -92,7 +92,7 @@ pub struct ScenarioSpec {
     #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// Scenario name: letters, digits, `-`, `_`, `.`; used in report folder names.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"))]
     pub name: String,
     /// One line on what the rehearsal decides.
     #[serde(default)]

@@ -39,7 +39,10 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
         "h" => 1.0 / 3600.0,
         _ => return Err(hint()),
     };
-    if !count.is_finite() || count < 0.0 {
+    if !count.is_finite() {
+        return Err(format!("a rate is a finite number per unit of time, got `{}`", text.trim()));
+    }
+    if count < 0.0 {
         return Err(format!("a rate cannot be negative, got `{}`", text.trim()));
     }
     let rate = count * per_second;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::diag::{Diagnostic, Diagnostics, nearest};
 
@@ -93,6 +93,15 @@ struct Indexer {
     /// key is unique; a parser that keeps the last one silently would drop the first
     /// (a whole `criteria` list, say).
     duplicates: Vec<(String, Pos, Pos)>,
+    /// Values written as `.inf` or `.nan`: YAML numbers that no setting can hold (a
+    /// reader would turn them into null, "not given", and a default would quietly apply).
+    non_finite: Vec<(String, Pos)>,
+}
+
+/// Whether a plain scalar is YAML's infinity or not-a-number.
+fn is_non_finite(text: &str) -> bool {
+    let t = text.strip_prefix(['-', '+']).unwrap_or(text);
+    matches!(t, ".inf" | ".Inf" | ".INF") || matches!(text, ".nan" | ".NaN" | ".NAN")
 }
 
 impl Indexer {
@@ -133,6 +142,11 @@ impl MarkedEventReceiver for Indexer {
         match &event {
             Event::Scalar(..) | Event::Alias(..) => {
                 if let Some(path) = self.place(&event, pos) {
+                    if let Event::Scalar(text, TScalarStyle::Plain, ..) = &event
+                        && is_non_finite(text)
+                    {
+                        self.non_finite.push((path.clone(), pos));
+                    }
                     self.locations.values.entry(path).or_insert(pos);
                 }
             }
@@ -169,6 +183,22 @@ pub fn index(file: &Path, text: &str) -> Result<Locations, Diagnostics> {
             hint: Some("YAML nests by indentation: check that this line and the one above line up with their siblings, with spaces, not tabs".into()),
         }])
     })?;
+    if !indexer.non_finite.is_empty() {
+        return Err(Diagnostics(
+            indexer
+                .non_finite
+                .into_iter()
+                .map(|(path, at)| Diagnostic {
+                    file: file.to_path_buf(),
+                    line: at.line,
+                    column: at.column,
+                    path,
+                    message: "infinity and not-a-number are not values stagegate can use".into(),
+                    hint: Some("write a finite number, or leave the key out for its default".into()),
+                })
+                .collect(),
+        ));
+    }
     if !indexer.duplicates.is_empty() {
         return Err(Diagnostics(
             indexer

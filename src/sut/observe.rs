@@ -375,27 +375,50 @@ pub struct ScanObserver {
     scan: Scan,
     /// How often to list while a stage runs (to time arrivals), if at all.
     every: Option<Duration>,
+    /// How long one listing of the whole output may take, all its pages together.
+    limit: Duration,
     trouble: Trouble,
     current: Current,
 }
 
 impl ScanObserver {
     /// Lists from `base_url` (the target's own) with `scan`, each request within
-    /// `timeout`; `freshness_wanted` polls every 500 ms when `every` is not set.
+    /// `timeout` and a whole listing within `limit`; `freshness_wanted` polls every
+    /// 500 ms when `every` is not set.
     pub fn new(
         base_url: &str,
         scan: Scan,
         timeout: Duration,
+        limit: Duration,
         freshness_wanted: bool,
         trouble: Trouble,
     ) -> Result<ScanObserver, String> {
         let client = reqwest::Client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
         let every = scan.every.or(freshness_wanted.then_some(Duration::from_millis(500)));
-        Ok(ScanObserver { client, base_url: base_url.to_string(), scan, every, trouble, current: Current::default() })
+        Ok(ScanObserver {
+            client,
+            base_url: base_url.to_string(),
+            scan,
+            every,
+            limit,
+            trouble,
+            current: Current::default(),
+        })
     }
 
-    /// Lists the whole output into the ledger, as a new look.
+    /// Lists the whole output into the ledger, as a new look, within the listing's limit
+    /// (a cursor that never ends, page after page just in time, stops there).
     async fn list(&self, ledger: &SharedLedger) -> Result<(), String> {
+        match tokio::time::timeout(self.limit, self.list_pages(ledger)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "listing the output took longer than {} (its pages never ended?)",
+                crate::scenario::units::format_duration(self.limit)
+            )),
+        }
+    }
+
+    async fn list_pages(&self, ledger: &SharedLedger) -> Result<(), String> {
         let mut cursor: Option<String> = None;
         let mut page = match &self.scan.paging {
             Paging::Page { start, .. } => *start,

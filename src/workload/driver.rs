@@ -274,7 +274,10 @@ pub async fn drive(
                     Ok(r) if r.status().is_client_error() => Outcome::Rejected,
                     Ok(_) => Outcome::Failed,
                     Err(e) => {
-                        own_failure = crate::health::chain_is_own_exhaustion(&e);
+                        // A request that cannot even be built (a URL the rendered
+                        // settings made invalid) never reached the target.
+                        own_failure = crate::health::chain_is_own_exhaustion(&e)
+                            .or_else(|| e.is_builder().then(|| format!("the request could not be built ({e})")));
                         Outcome::Failed
                     }
                 };

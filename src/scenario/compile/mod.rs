@@ -118,8 +118,15 @@ pub(in crate::scenario) fn compile(
         ctx.error("", "a scenario is a map of keys (version, name, target, workload, stages, ...)");
         return Err(Diagnostics(ctx.errors));
     };
+    // A file of thousands of stray keys is refused as fast as one with a few: past a
+    // hundred, they are counted, not described.
+    let mut unknown = 0usize;
     for key in root.keys() {
         if !TOP_KEYS.contains(&key.as_str()) {
+            unknown += 1;
+            if unknown > 100 {
+                continue;
+            }
             let elsewhere = super::schema::misplaced_hint(key).map(|h| format!("; {h}")).unwrap_or_default();
             let hint = nearest(key, TOP_KEYS)
                 .map_or(format!("valid keys here: {}{elsewhere}", TOP_KEYS.join(", ")), |b| {
@@ -135,6 +142,9 @@ pub(in crate::scenario) fn compile(
                 hint: Some(hint),
             });
         }
+    }
+    if unknown > 100 {
+        ctx.error("", format!("{} more unknown keys at the top level", unknown - 100));
     }
     let plan = build(&mut ctx, &root, options, secrets);
     match plan {
@@ -171,10 +181,10 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
     }
     let name: Option<String> = top(ctx, root, "name", true);
     if let Some(n) = &name
-        && (n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && (n.is_empty() || n.starts_with('.') || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
     {
         ctx.error("name", format!("invalid name `{n}`")).hint =
-            Some("use letters, digits, `-`, `_` and `.` (it names the report folder)".into());
+            Some("use letters, digits, `-`, `_` and `.` (not first): it names the report folder".into());
     }
     let description: Option<String> = top(ctx, root, "description", false);
     let file_seed: Option<u64> = top(ctx, root, "seed", false);

@@ -43,6 +43,9 @@ pub(super) fn compile_stages(
         if !seen.insert(st.name.clone()) {
             ctx.error(&join_key(&at, "name"), format!("stage `{}` is defined twice", st.name));
         }
+        if st.name.chars().any(char::is_control) {
+            ctx.error(&join_key(&at, "name"), "a stage's name cannot hold control characters (it is printed)");
+        }
         if st.name.trim().is_empty() {
             ctx.error(&join_key(&at, "name"), "a stage needs a name");
         }
