@@ -154,7 +154,7 @@ fn the_plan_shows_stages_faults_load_criteria_and_actions() {
         "`recovery.time < 2s`",
         "`compare latency: candidate vs baseline`",
         "| ROLLBACK | 1 | `sh -c 'echo keep the new path off: $STAGEGATE_VERDICT'` |",
-        "max regression 50.0%, confidence 95%",
+        "max regression +50.0%, confidence 95%",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }

@@ -120,6 +120,69 @@ impl Slice {
     }
 }
 
+/// How many time windows a stage's judged time is cut into, for comparisons.
+const WINDOWS: u32 = 40;
+/// The shortest window.
+const MIN_WINDOW: Duration = Duration::from_millis(250);
+
+/// One time window of a stage's judged requests: its figures, for comparisons (which
+/// test windows rather than requests, since requests close in time are not
+/// independent).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Window {
+    /// Its start, from the stage's start.
+    pub from_secs: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Latency by time window, at two significant digits (a window's median needs no more).
+#[derive(Debug, Clone)]
+struct Windows {
+    from: Duration,
+    width: Duration,
+    slices: Vec<(Histogram<u64>, u64)>,
+}
+
+impl Windows {
+    fn new(from: Duration, length: Duration) -> Windows {
+        let judged = length.saturating_sub(from);
+        let width = (judged / WINDOWS).max(MIN_WINDOW);
+        Windows { from, width, slices: Vec::new() }
+    }
+
+    fn record(&mut self, offset: Duration, micros: u64, failed: bool) {
+        let at = (offset.saturating_sub(self.from).as_nanos() / self.width.as_nanos().max(1)) as usize;
+        if at > WINDOWS as usize * 2 {
+            return;
+        }
+        while self.slices.len() <= at {
+            let h = Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds are valid");
+            self.slices.push((h, 0));
+        }
+        let (h, errors) = &mut self.slices[at];
+        h.saturating_record(micros);
+        *errors += u64::from(failed);
+    }
+
+    fn list(&self) -> Vec<Window> {
+        self.slices
+            .iter()
+            .enumerate()
+            .filter(|(_, (h, _))| !h.is_empty())
+            .map(|(i, (h, errors))| Window {
+                from_secs: (self.from + self.width * i as u32).as_secs_f64(),
+                requests: h.len(),
+                errors: *errors,
+                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+            .collect()
+    }
+}
+
 /// Collects the samples of one stage.
 #[derive(Debug, Clone)]
 pub struct Recorder {
@@ -132,6 +195,7 @@ pub struct Recorder {
     phases: [Slice; 3],
     variants: BTreeMap<String, Slice>,
     recovery: recovery::Tracker,
+    by_time: Windows,
 }
 
 impl Recorder {
@@ -148,6 +212,7 @@ impl Recorder {
             phases: Default::default(),
             variants: BTreeMap::new(),
             recovery: recovery::Tracker::new(last_end.filter(|e| *e < length)),
+            by_time: Windows::new(warmup, length),
         }
     }
 
@@ -169,6 +234,12 @@ impl Recorder {
             self.variants.entry(v.to_string()).or_default().record(micros, outcome);
         }
         self.recovery.record(offset, micros, outcome == Outcome::Failed);
+        self.by_time.record(offset, micros, outcome == Outcome::Failed);
+    }
+
+    /// The judged requests' figures by time window (the empty ones left out).
+    pub fn windows(&self) -> Vec<Window> {
+        self.by_time.list()
     }
 
     /// Judged seconds of each phase inside `[warmup, until)`, computed from the fault

@@ -98,6 +98,9 @@ pub struct RunReport {
     pub on_verdict: Option<ActionReport>,
     /// Set when a target stagegate started exited on its own during the run.
     pub target_exit: Option<String>,
+    /// How many statistical tests (comparisons) the run made: they form one family,
+    /// adjusted together (Holm) so that a good release rarely fails any by chance.
+    pub statistical_tests: usize,
 }
 
 impl RunReport {
@@ -146,6 +149,7 @@ impl RunReport {
             report_dir,
             on_verdict: None,
             target_exit: None,
+            statistical_tests: 0,
         }
     }
 }

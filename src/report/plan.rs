@@ -198,7 +198,7 @@ pub fn markdown(plan: &Plan) -> String {
         };
         let mut extra = vec![format!("{:?}", c.level).to_lowercase(), format!("min {} samples", c.min_samples)];
         if let Rule::Compare(cmp) = &c.rule {
-            extra.push(format!("max regression {:.1}%", cmp.max_regression * 100.0));
+            extra.push(format!("max regression {}", cmp.tolerance.text(cmp.metric)));
             extra.push(format!("confidence {:.0}%", cmp.confidence * 100.0));
         }
         if c.abort_on_fail {

@@ -120,7 +120,9 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     report.interrupted = report.interrupted || stop.cancel.is_cancelled();
     let completed = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
     let behind = |name: &str| report.stages.iter().find(|s| s.name == name).and_then(|s| s.health.behind.clone());
-    let comparisons = verdict::compare_stages(&plan.criteria, &samples, completed, behind);
+    let judged_secs = plan.workload.duration.saturating_sub(plan.workload.warmup).as_secs_f64();
+    let (comparisons, tests) = verdict::compare_stages(&plan.criteria, &samples, completed, behind, judged_secs);
+    report.statistical_tests = tests;
     report.assessments.extend(comparisons);
     let ending = verdict::Ending {
         error: report.error.as_deref(),
@@ -173,7 +175,7 @@ async fn run_stages(
     events: &UnboundedSender<Event>,
     flag_seed: u64,
     report: &mut RunReport,
-) -> HashMap<String, crate::measure::Slice> {
+) -> HashMap<String, verdict::StageSamples> {
     let mut samples = HashMap::new();
     // Connections stay open for reuse, as a client of the target would keep them; those
     // idle for a while are closed, so a burst of concurrency does not keep its
@@ -206,7 +208,14 @@ async fn run_stages(
         if let Some(exit) = outcome.target_exit {
             report.target_exit.get_or_insert(exit);
         }
-        samples.insert(name.clone(), outcome.samples);
+        samples.insert(
+            name.clone(),
+            verdict::StageSamples {
+                windows: outcome.windows,
+                requests: outcome.samples.requests,
+                errors: outcome.samples.errors,
+            },
+        );
         let _ = events.send(Event::StageFinished {
             report: Box::new(outcome.report.clone()),
             assessments: outcome.assessments.clone(),

@@ -55,6 +55,8 @@ pub struct StageOutcome {
     pub assessments: Vec<Assessment>,
     /// The judged samples, for comparisons.
     pub samples: Slice,
+    /// The judged requests by time window, for comparisons.
+    pub windows: Vec<crate::measure::Window>,
     pub faults: Vec<FaultRecord>,
     /// The `abort_on_fail` criterion that failed, if one did.
     pub aborted: Option<Assessment>,
@@ -257,6 +259,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         report: StageReport { name: stage.name.clone(), flags: stage.flags.clone(), completed, metrics, health },
         assessments,
         samples: accounts.recorder.judged.clone(),
+        windows: accounts.recorder.windows(),
         faults: records,
         aborted,
         target_exit,

@@ -72,6 +72,12 @@ text_schema!(FractionText, "A share: `1%`, `0.5%` or a number from 0 to 1.", {
         { "type": "number", "minimum": 0, "maximum": 1 }
     ]
 });
+text_schema!(ToleranceText, "An allowed regression: relative (`10%`) or, for latency, absolute (`+5ms`).", {
+    "anyOf": [
+        { "type": "string", "pattern": "^\\s*(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)\\s*%\\s*$|^\\s*\\+?\\s*[0-9]+(\\.[0-9]+)?\\s*(us|µs|ms|s)\\s*$|\\$\\{" },
+        { "type": "number", "minimum": 0, "maximum": 1 }
+    ]
+});
 text_schema!(ByteRateText, "Bytes per second: `64KB/s`, `1MB/s`, `512B/s`, `1MiB/s`.", {
     "type": "string",
     "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*(B|KB|MB|GB|KiB|MiB)/s\\s*$|\\$\\{"
@@ -626,9 +632,11 @@ pub struct CriterionMapSpec {
     /// The reference stage.
     #[serde(default)]
     pub baseline: Option<String>,
-    /// The allowed regression of `stage` over `baseline`, e.g. `10%`. Default `0%`.
+    /// The allowed regression of `stage` over `baseline`: relative (`10%`) or, for
+    /// latency, absolute (`+5ms`, which suits fast services whose relative noise is
+    /// large). Default `10%` for latency, one point (`1%`) for errors.
     #[serde(default)]
-    #[schemars(with = "Option<FractionText>")]
+    #[schemars(with = "Option<ToleranceText>")]
     pub max_regression: Option<Text>,
     /// Confidence of the statistical test, e.g. `95%`. Default `95%`.
     #[serde(default)]

@@ -1,28 +1,58 @@
 //! Comparisons of a stage against a baseline stage, with a tolerance and a confidence.
 //!
-//! Latency: a Mann-Whitney U test on the two latency distributions (read straight from
-//! the HdrHistograms, ties corrected), after stretching the baseline by the allowed
-//! regression. If the candidate is significantly slower than the stretched baseline the
-//! comparison fails; if it is significantly faster than it, it passes (the regression
-//! is within tolerance with that confidence); otherwise the evidence is not enough and
-//! the comparison is INCONCLUSIVE.
+//! Latency: each stage's judged time is cut into windows (`crate::measure::Window`) and
+//! the comparison tests the windows' medians, not the requests (requests close in time
+//! share their fate, so testing them one by one is overconfident). The baseline's
+//! window medians are moved by the tolerance (`10%`: stretched; `+5ms`: shifted), then
+//! two one-sided Mann-Whitney tests ask whether the candidate's windows are slower than
+//! that (FAIL, once Holm's adjustment over every comparison of the run agrees) or faster
+//! (PASS). Before a PASS, the comparison checks it could have seen a regression of the
+//! tolerance's size at all (the smallest shift its windows can detect with 80% power);
+//! when it could not, it is INCONCLUSIVE and says how long the stages would need to be.
+//! Every comparison reports the median and p99 difference with bootstrap confidence
+//! intervals over windows.
 //!
-//! Errors: the same two one-sided tests on the difference of two error proportions
-//! (normal approximation), with the tolerance in percentage points.
+//! Errors: two one-sided tests on the difference of the two error proportions (normal
+//! approximation), with the tolerance in percentage points.
+//!
+//! The statistics themselves are in [`super::stats`].
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::Outcome;
+use super::stats::{self, Alternative, Method};
+use crate::measure::Window;
 
 /// What a comparison looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompareMetric {
-    /// The whole latency distribution.
+    /// The latency of the stages' time windows.
     Latency,
     /// The error proportion.
     Errors,
+}
+
+/// How much worse the candidate may be.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tolerance {
+    /// Latency: a share of the baseline (0.1 = 10% slower). Errors: percentage points
+    /// as a fraction (0.01 = one point).
+    Relative(f64),
+    /// Latency only: milliseconds on top of the baseline.
+    AbsoluteMs(f64),
+}
+
+impl Tolerance {
+    /// The tolerance as written back: `+10.0%`, `+5.0ms`, `+1.00 points`.
+    pub fn text(self, metric: CompareMetric) -> String {
+        match (self, metric) {
+            (Tolerance::Relative(r), CompareMetric::Latency) => format!("{:+.1}%", r * 100.0),
+            (Tolerance::AbsoluteMs(ms), _) => format!("{ms:+.1}ms"),
+            (Tolerance::Relative(r), CompareMetric::Errors) => format!("{:+.2} points", r * 100.0),
+        }
+    }
 }
 
 /// A comparison criterion.
@@ -31,196 +61,260 @@ pub struct Compare {
     pub metric: CompareMetric,
     pub stage: String,
     pub baseline: String,
-    /// Latency: allowed relative slow-down (0.1 = 10%). Errors: allowed rise of the error
-    /// rate in absolute terms (0.01 = one percentage point).
-    pub max_regression: f64,
+    pub tolerance: Tolerance,
     /// Confidence of each one-sided test (0.95).
     pub confidence: f64,
 }
 
-/// The two samples a comparison reads.
+/// The two stages a comparison reads.
 pub struct Sides<'a> {
-    pub candidate: &'a Histogram<u64>,
-    pub baseline: &'a Histogram<u64>,
+    pub candidate: &'a [Window],
+    pub baseline: &'a [Window],
+    pub candidate_requests: u64,
+    pub baseline_requests: u64,
     pub candidate_errors: u64,
     pub baseline_errors: u64,
+    /// Judged seconds of one stage (to say how long a stage would need to be).
+    pub judged_secs: f64,
 }
 
-/// The result of a comparison: its outcome, the measured effect and a note.
-#[derive(Debug, Clone, PartialEq)]
+/// What a comparison measured, before the family of tests is taken into account.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
-    pub outcome: Outcome,
-    /// Latency: median ratio minus one; errors: rate difference.
+    /// Latency: the ratio of the window medians' medians minus one; errors: the rate
+    /// difference.
     pub effect: f64,
+    /// One-sided p-value of a regression beyond the tolerance.
     pub p_worse: f64,
+    /// One-sided p-value of staying within it.
     pub p_better: f64,
+    /// Latency: the candidate's median minus the baseline's, in ms, with its interval.
+    pub median_diff_ms: Option<f64>,
+    pub median_ci_ms: Option<(f64, f64)>,
+    /// Latency: the same for the windows' p99.
+    pub p99_diff_ms: Option<f64>,
+    pub p99_ci_ms: Option<(f64, f64)>,
+    /// Latency: the tolerance in ms, and the smallest shift the windows could detect.
+    pub tolerance_ms: Option<f64>,
+    pub detectable_ms: Option<f64>,
+    /// Windows on each side (candidate, baseline).
+    pub windows: (usize, usize),
+    /// Why no test could be made, when none could.
+    pub untestable: Option<String>,
+    pub judged_secs: f64,
 }
 
-/// The standard normal distribution function.
-pub fn normal_cdf(z: f64) -> f64 {
-    // Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7.
-    let x = z.abs() / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let poly =
-        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let erf = 1.0 - poly * (-x * x).exp();
-    if z >= 0.0 { 0.5 * (1.0 + erf) } else { 0.5 * (1.0 - erf) }
-}
+/// The fewest windows a side needs for a test.
+const MIN_WINDOWS: usize = 3;
 
-/// Decides from the two one-sided p-values.
-fn decide(p_worse: f64, p_better: f64, confidence: f64) -> Outcome {
-    let alpha = 1.0 - confidence;
-    if p_worse < alpha {
-        Outcome::Fail
-    } else if p_better < alpha {
-        Outcome::Pass
-    } else {
-        Outcome::Inconclusive
-    }
-}
-
-/// Runs the comparison on two samples.
+/// Runs the comparison's tests.
 pub fn compare(c: &Compare, s: &Sides) -> Comparison {
     match c.metric {
-        CompareMetric::Latency => latency(c, s.candidate, s.baseline),
+        CompareMetric::Latency => latency(c, s),
         CompareMetric::Errors => errors(c, s),
     }
 }
 
-fn latency(c: &Compare, cand: &Histogram<u64>, base: &Histogram<u64>) -> Comparison {
-    let n = cand.len() as f64;
-    let m = base.len() as f64;
-    let median = |h: &Histogram<u64>| h.value_at_quantile(0.5).max(1) as f64;
-    let effect = if n > 0.0 && m > 0.0 { median(cand) / median(base) - 1.0 } else { 0.0 };
-    if n == 0.0 || m == 0.0 {
-        return Comparison { outcome: Outcome::Inconclusive, effect, p_worse: 1.0, p_better: 1.0 };
+fn empty(s: &Sides, why: impl Into<String>) -> Comparison {
+    Comparison {
+        effect: 0.0,
+        p_worse: 1.0,
+        p_better: 1.0,
+        median_diff_ms: None,
+        median_ci_ms: None,
+        p99_diff_ms: None,
+        p99_ci_ms: None,
+        tolerance_ms: None,
+        detectable_ms: None,
+        windows: (s.candidate.len(), s.baseline.len()),
+        untestable: Some(why.into()),
+        judged_secs: s.judged_secs,
     }
-    let stretch = 1.0 + c.max_regression;
-    let xs: Vec<(f64, f64)> =
-        cand.iter_recorded().map(|v| (v.value_iterated_to() as f64, v.count_at_value() as f64)).collect();
-    let ys: Vec<(f64, f64)> =
-        base.iter_recorded().map(|v| (v.value_iterated_to() as f64 * stretch, v.count_at_value() as f64)).collect();
-    // U of the candidate: for each candidate value, baseline values below it plus half
-    // the equal ones; ties also feed the variance correction.
-    let (mut i, mut j) = (0, 0);
-    let mut below = 0.0;
-    let mut u = 0.0;
-    let mut ties = 0.0;
-    while i < xs.len() || j < ys.len() {
-        let xv = xs.get(i).map_or(f64::INFINITY, |x| x.0);
-        let yv = ys.get(j).map_or(f64::INFINITY, |y| y.0);
-        let both = i < xs.len() && j < ys.len();
-        if both && (xv - yv).abs() <= 1e-9 * xv.max(yv) {
-            let (a, b) = (xs[i].1, ys[j].1);
-            u += a * (below + b / 2.0);
-            below += b;
-            let t = a + b;
-            ties += t * t * t - t;
-            i += 1;
-            j += 1;
-        } else if xv < yv {
-            u += xs[i].1 * below;
-            ties += xs[i].1.powi(3) - xs[i].1;
-            i += 1;
-        } else {
-            below += ys[j].1;
-            ties += ys[j].1.powi(3) - ys[j].1;
-            j += 1;
-        }
+}
+
+fn latency(c: &Compare, s: &Sides) -> Comparison {
+    let cand: Vec<f64> = s.candidate.iter().map(|w| w.p50_ms).collect();
+    let base: Vec<f64> = s.baseline.iter().map(|w| w.p50_ms).collect();
+    if cand.len() < MIN_WINDOWS || base.len() < MIN_WINDOWS {
+        return empty(
+            s,
+            format!("too few time windows to compare ({} and {}; {MIN_WINDOWS} needed)", cand.len(), base.len()),
+        );
     }
-    let total = n + m;
-    let mean = n * m / 2.0;
-    let var = n * m / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
-    let (p_worse, p_better) = if var <= 0.0 {
-        (1.0, 1.0)
-    } else {
-        let z = (u - mean) / var.sqrt();
-        (1.0 - normal_cdf(z), normal_cdf(z))
+    let (Some(mc), Some(mb)) = (stats::median(&cand), stats::median(&base)) else { return empty(s, "no samples") };
+    let moved: Vec<f64> = base
+        .iter()
+        .map(|b| match c.tolerance {
+            Tolerance::Relative(r) => b * (1.0 + r),
+            Tolerance::AbsoluteMs(ms) => b + ms,
+        })
+        .collect();
+    let p = |alt| stats::mann_whitney(&cand, &moved, alt, Method::Auto).map_or(1.0, |r| r.p);
+    let (p_worse, p_better) = (p(Alternative::Greater), p(Alternative::Less));
+    let level = c.confidence;
+    let seed = 0x5eed_c0de;
+    let cand99: Vec<f64> = s.candidate.iter().map(|w| w.p99_ms).collect();
+    let base99: Vec<f64> = s.baseline.iter().map(|w| w.p99_ms).collect();
+    let tolerance_ms = match c.tolerance {
+        Tolerance::Relative(r) => r * mb,
+        Tolerance::AbsoluteMs(ms) => ms,
     };
-    Comparison { outcome: decide(p_worse, p_better, c.confidence), effect, p_worse, p_better }
+    Comparison {
+        effect: if mb > 0.0 { mc / mb - 1.0 } else { 0.0 },
+        p_worse,
+        p_better,
+        median_diff_ms: Some(mc - mb),
+        median_ci_ms: stats::bootstrap_difference(&cand, &base, stats::median, level, 2000, seed),
+        p99_diff_ms: stats::median(&cand99).zip(stats::median(&base99)).map(|(a, b)| a - b),
+        p99_ci_ms: stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1),
+        tolerance_ms: Some(tolerance_ms),
+        detectable_ms: stats::detectable_shift(&cand, &base, 1.0 - c.confidence),
+        windows: (cand.len(), base.len()),
+        untestable: None,
+        judged_secs: s.judged_secs,
+    }
 }
 
 fn errors(c: &Compare, s: &Sides) -> Comparison {
-    let (nc, nb) = (s.candidate.len() as f64, s.baseline.len() as f64);
+    let (nc, nb) = (s.candidate_requests as f64, s.baseline_requests as f64);
     if nc == 0.0 || nb == 0.0 {
-        return Comparison { outcome: Outcome::Inconclusive, effect: 0.0, p_worse: 1.0, p_better: 1.0 };
+        return empty(s, "no requests to compare");
     }
+    let tolerance = match c.tolerance {
+        Tolerance::Relative(r) => r,
+        Tolerance::AbsoluteMs(_) => 0.0,
+    };
     let (pc, pb) = (s.candidate_errors as f64 / nc, s.baseline_errors as f64 / nb);
     let d = pc - pb;
     let se = (pc * (1.0 - pc) / nc + pb * (1.0 - pb) / nb).sqrt();
     let (p_worse, p_better) = if se == 0.0 {
-        if d > c.max_regression { (0.0, 1.0) } else { (1.0, 0.0) }
+        if d > tolerance { (0.0, 1.0) } else { (1.0, 0.0) }
     } else {
-        (1.0 - normal_cdf((d - c.max_regression) / se), normal_cdf((d - c.max_regression) / se))
+        let z = (d - tolerance) / se;
+        (stats::normal_sf(z), 1.0 - stats::normal_sf(z))
     };
-    Comparison { outcome: decide(p_worse, p_better, c.confidence), effect: d, p_worse, p_better }
+    Comparison { effect: d, p_worse, p_better, untestable: None, ..empty(s, "") }
+}
+
+/// The outcome of a comparison whose regression p-value, adjusted over the run's family
+/// of tests, is `p_worse_adjusted`; and a note on why when it is not a pass.
+pub fn decide(c: &Compare, r: &Comparison, p_worse_adjusted: f64) -> (Outcome, Option<String>) {
+    let alpha = 1.0 - c.confidence;
+    if let Some(why) = &r.untestable {
+        return (Outcome::Inconclusive, Some(why.clone()));
+    }
+    if p_worse_adjusted < alpha {
+        return (Outcome::Fail, None);
+    }
+    if let (Some(tol), Some(seen)) = (r.tolerance_ms, r.detectable_ms)
+        && seen > tol
+    {
+        // The stage would need (seen / tol)^2 times as many windows: as much longer.
+        let need = (r.judged_secs * (seen / tol).powi(2)).ceil();
+        return (
+            Outcome::Inconclusive,
+            Some(format!(
+                "too few windows to see a {} regression (the smallest these could see: {seen:.1}ms); run {}s or more",
+                c.tolerance.text(c.metric),
+                need.max(1.0)
+            )),
+        );
+    }
+    if r.p_better < alpha {
+        (Outcome::Pass, None)
+    } else {
+        (Outcome::Inconclusive, Some("not enough evidence either way".into()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::measure::new_histogram;
     use rand::rngs::Xoshiro256PlusPlus;
     use rand::{RngExt, SeedableRng};
 
-    fn sample(seed: u64, n: usize, median_us: f64) -> Histogram<u64> {
+    /// `n` windows around a median of `median_ms`, spread as real windows are.
+    fn windows(seed: u64, n: usize, median_ms: f64) -> Vec<Window> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let mut h = new_histogram();
-        for _ in 0..n {
-            // Log-normal-ish spread around the median.
-            let f: f64 = rng.random_range(-0.5..0.5);
-            h.record((median_us * (f * 1.5).exp()) as u64).unwrap();
-        }
-        h
+        (0..n)
+            .map(|i| {
+                let f: f64 = rng.random_range(-0.1..0.1);
+                let p50 = median_ms * (1.0 + f);
+                Window { from_secs: i as f64 * 0.5, requests: 100, errors: 0, p50_ms: p50, p99_ms: p50 * 3.0 }
+            })
+            .collect()
     }
 
-    fn spec(tol: f64) -> Compare {
-        Compare {
-            metric: CompareMetric::Latency,
-            stage: "c".into(),
-            baseline: "b".into(),
-            max_regression: tol,
-            confidence: 0.95,
-        }
+    fn spec(tolerance: Tolerance) -> Compare {
+        Compare { metric: CompareMetric::Latency, stage: "c".into(), baseline: "b".into(), tolerance, confidence: 0.95 }
     }
 
-    fn run(c: &Compare, cand: &Histogram<u64>, base: &Histogram<u64>) -> Comparison {
-        compare(c, &Sides { candidate: cand, baseline: base, candidate_errors: 0, baseline_errors: 0 })
+    fn run(c: &Compare, cand: &[Window], base: &[Window]) -> (Outcome, Option<String>, Comparison) {
+        let sides = Sides {
+            candidate: cand,
+            baseline: base,
+            candidate_requests: 1000,
+            baseline_requests: 1000,
+            candidate_errors: 0,
+            baseline_errors: 0,
+            judged_secs: 20.0,
+        };
+        let r = compare(c, &sides);
+        let (o, why) = decide(c, &r, r.p_worse);
+        (o, why, r)
     }
 
     #[test]
-    fn the_same_distribution_passes_within_tolerance() {
-        let r = run(&spec(0.10), &sample(1, 2000, 1000.0), &sample(2, 2000, 1000.0));
-        assert_eq!(r.outcome, Outcome::Pass, "{r:?}");
+    fn the_same_service_passes_within_tolerance() {
+        let (o, why, r) = run(&spec(Tolerance::Relative(0.10)), &windows(1, 40, 10.0), &windows(2, 40, 10.0));
+        assert_eq!(o, Outcome::Pass, "{why:?} {r:?}");
+        let (lo, hi) = r.median_ci_ms.unwrap();
+        assert!(lo < 0.0 && hi > 0.0, "the interval holds no difference: {lo} {hi}");
     }
 
     #[test]
     fn a_30_percent_slowdown_fails_a_10_percent_tolerance() {
-        let r = run(&spec(0.10), &sample(1, 2000, 1300.0), &sample(2, 2000, 1000.0));
-        assert_eq!(r.outcome, Outcome::Fail, "{r:?}");
+        let (o, _, r) = run(&spec(Tolerance::Relative(0.10)), &windows(1, 40, 13.0), &windows(2, 40, 10.0));
+        assert_eq!(o, Outcome::Fail, "{r:?}");
         assert!((0.2..0.4).contains(&r.effect), "{r:?}");
     }
 
     #[test]
-    fn a_slowdown_at_the_tolerance_with_few_samples_is_inconclusive() {
-        let r = run(&spec(0.10), &sample(1, 40, 1100.0), &sample(2, 40, 1000.0));
-        assert_eq!(r.outcome, Outcome::Inconclusive, "{r:?}");
+    fn an_absolute_tolerance_allows_that_many_milliseconds() {
+        let (o, _, r) = run(&spec(Tolerance::AbsoluteMs(5.0)), &windows(1, 40, 13.0), &windows(2, 40, 10.0));
+        assert_eq!(o, Outcome::Pass, "{r:?}");
+        let (o, ..) = run(&spec(Tolerance::AbsoluteMs(1.0)), &windows(1, 40, 13.0), &windows(2, 40, 10.0));
+        assert_eq!(o, Outcome::Fail);
+    }
+
+    #[test]
+    fn too_few_windows_to_see_the_tolerance_is_inconclusive_and_says_how_long_to_run() {
+        let (o, why, _) = run(&spec(Tolerance::Relative(0.01)), &windows(1, 5, 10.0), &windows(2, 5, 10.0));
+        assert_eq!(o, Outcome::Inconclusive);
+        let why = why.unwrap();
+        assert!(why.contains("too few windows to see a +1.0% regression"), "{why}");
+        assert!(why.contains("s or more"), "{why}");
     }
 
     #[test]
     fn error_rates_compare_in_points() {
-        let h = sample(1, 1000, 1000.0);
-        let c = Compare { metric: CompareMetric::Errors, max_regression: 0.01, ..spec(0.0) };
-        let worse = compare(&c, &Sides { candidate: &h, baseline: &h, candidate_errors: 80, baseline_errors: 10 });
-        assert_eq!(worse.outcome, Outcome::Fail);
-        let same = compare(&c, &Sides { candidate: &h, baseline: &h, candidate_errors: 0, baseline_errors: 0 });
-        assert_eq!(same.outcome, Outcome::Pass);
-    }
-
-    #[test]
-    fn normal_cdf_is_accurate() {
-        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
-        assert!((normal_cdf(1.959_964) - 0.975).abs() < 1e-6);
-        assert!((normal_cdf(-1.644_854) - 0.05).abs() < 1e-6);
+        let c = Compare {
+            metric: CompareMetric::Errors,
+            tolerance: Tolerance::Relative(0.01),
+            ..spec(Tolerance::Relative(0.0))
+        };
+        let sides = |ce, be| Sides {
+            candidate: &[],
+            baseline: &[],
+            candidate_requests: 1000,
+            baseline_requests: 1000,
+            candidate_errors: ce,
+            baseline_errors: be,
+            judged_secs: 10.0,
+        };
+        let worse = compare(&c, &sides(80, 10));
+        assert_eq!(decide(&c, &worse, worse.p_worse).0, Outcome::Fail);
+        let same = compare(&c, &sides(0, 0));
+        assert_eq!(decide(&c, &same, same.p_worse).0, Outcome::Pass);
     }
 }

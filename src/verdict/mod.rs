@@ -10,9 +10,10 @@
 
 mod check;
 mod compare;
+pub mod stats;
 
 pub use check::{Base, Check, DataField, Metric, Op, Quantile, parse_check};
-pub use compare::{Compare, CompareMetric, Comparison, Sides, compare as run_compare};
+pub use compare::{Compare, CompareMetric, Comparison, Sides, Tolerance, compare as run_compare, decide};
 
 use serde::Serialize;
 
@@ -213,35 +214,53 @@ pub fn hold_back(assessments: &mut [Assessment], criteria: &[Criterion], behind:
     }
 }
 
-/// Judges one comparison; `sides` are the two stages' judged samples.
-pub fn assess_compare(c: &Criterion, cmp: &Compare, sides: &Sides) -> Assessment {
-    let n = sides.candidate.len().min(sides.baseline.len());
-    let result = run_compare(cmp, sides);
-    let (outcome, note) = if n < c.min_samples {
-        (Outcome::Inconclusive, format!("{n} samples, fewer than the {} required", c.min_samples))
-    } else {
-        let note = format!(
-            "one-sided tests at {:.0}% confidence: p = {:.3} for a regression beyond the tolerance, p = {:.3} for staying within it",
+/// An assessment of comparison `c` from its result and outcome.
+fn compare_assessment(
+    c: &Criterion,
+    cmp: &Compare,
+    r: &Comparison,
+    outcome: Outcome,
+    why: Option<String>,
+    adjusted: Option<(f64, usize)>,
+) -> Assessment {
+    let ms = |v: f64| format!("{v:+.1}ms");
+    let ci = |ci: Option<(f64, f64)>| ci.map(|(a, b)| format!(" [{a:+.1}, {b:+.1}]")).unwrap_or_default();
+    let mut parts = Vec::new();
+    if let Some(d) = r.median_diff_ms {
+        parts.push(format!(
+            "median {} ({:+.1}%), {:.0}% interval{} ms",
+            ms(d),
+            r.effect * 100.0,
             cmp.confidence * 100.0,
-            result.p_worse,
-            result.p_better
-        );
-        let note = if result.outcome == Outcome::Inconclusive {
-            format!("not enough evidence either way: {note}")
-        } else {
-            note
-        };
-        (result.outcome, note)
-    };
-    let (measured_text, limit_text) = match cmp.metric {
-        CompareMetric::Latency => (
-            format!("{:+.1}% median", result.effect * 100.0),
-            format!("<= {:+.1}% vs {}", cmp.max_regression * 100.0, cmp.baseline),
-        ),
-        CompareMetric::Errors => (
-            format!("{:+.2} points", result.effect * 100.0),
-            format!("<= {:+.2} points vs {}", cmp.max_regression * 100.0, cmp.baseline),
-        ),
+            ci(r.median_ci_ms)
+        ));
+    }
+    if let Some(d) = r.p99_diff_ms {
+        parts.push(format!("p99 {}{} ms", ms(d), ci(r.p99_ci_ms)));
+    }
+    if r.untestable.is_none() {
+        let family = adjusted
+            .filter(|(_, n)| *n > 1)
+            .map(|(p, n)| format!(" (Holm-adjusted over the run's {n} tests: {p:.3})"))
+            .unwrap_or_default();
+        parts.push(format!(
+            "p = {:.3} for a regression beyond {}{family}, p = {:.3} for staying within it",
+            r.p_worse,
+            cmp.tolerance.text(cmp.metric),
+            r.p_better
+        ));
+    }
+    if cmp.metric == CompareMetric::Latency && r.untestable.is_none() {
+        let seen = r.detectable_ms.map(|d| format!(", smallest detectable shift {d:.1}ms")).unwrap_or_default();
+        parts.push(format!("{}+{} windows{seen}", r.windows.0, r.windows.1));
+    }
+    let mut note = parts.join("; ");
+    if let Some(why) = why {
+        note = if note.is_empty() { why } else { format!("{why}: {note}") };
+    }
+    let measured_text = match cmp.metric {
+        CompareMetric::Latency => format!("{:+.1}% median", r.effect * 100.0),
+        CompareMetric::Errors => format!("{:+.2} points", r.effect * 100.0),
     };
     Assessment {
         stage: cmp.stage.clone(),
@@ -250,9 +269,9 @@ pub fn assess_compare(c: &Criterion, cmp: &Compare, sides: &Sides) -> Assessment
             CompareMetric::Latency => "latency".into(),
             CompareMetric::Errors => "errors".into(),
         },
-        measured: Some(result.effect),
+        measured: Some(r.effect),
         measured_text,
-        limit_text,
+        limit_text: format!("<= {} vs {}", cmp.tolerance.text(cmp.metric), cmp.baseline),
         outcome,
         level: c.level,
         note: Some(note),
@@ -280,16 +299,35 @@ pub fn failed_abort(criteria: &[Criterion], assessments: &[Assessment]) -> Optio
         .find_map(|c| assessments.iter().find(|a| a.criterion == c.text && a.outcome == Outcome::Fail).cloned())
 }
 
+/// What a finished stage offers comparisons.
+#[derive(Debug, Clone, Default)]
+pub struct StageSamples {
+    pub windows: Vec<crate::measure::Window>,
+    pub requests: u64,
+    pub errors: u64,
+}
+
 /// Judges every comparison whose two stages both ran to the end; `samples` are each
-/// finished stage's judged samples; `behind` says why stagegate could not keep its
-/// schedule in a stage, if it could not (the comparison is then not judged).
+/// finished stage's; `behind` says why stagegate could not keep its schedule in a
+/// stage, if it could not (the comparison is then not judged); `judged_secs` is a
+/// stage's judged time. The comparisons that are tested form one family: a regression
+/// fails only when Holm's adjustment over all of them still finds it, so the chance of
+/// any false ROLLBACK in the run stays at each comparison's confidence. Returns the
+/// assessments and how many statistical tests were made.
 pub fn compare_stages(
     criteria: &[Criterion],
-    samples: &std::collections::HashMap<String, crate::measure::Slice>,
+    samples: &std::collections::HashMap<String, StageSamples>,
     completed: impl Fn(&str) -> bool,
     behind: impl Fn(&str) -> Option<String>,
-) -> Vec<Assessment> {
-    let mut out = Vec::new();
+    judged_secs: f64,
+) -> (Vec<Assessment>, usize) {
+    struct Pending<'a> {
+        c: &'a Criterion,
+        cmp: &'a Compare,
+        r: Comparison,
+        held: Option<String>,
+    }
+    let mut pending = Vec::new();
     for c in criteria {
         let Rule::Compare(cmp) = &c.rule else { continue };
         let (Some(cand), Some(base)) = (samples.get(&cmp.stage), samples.get(&cmp.baseline)) else { continue };
@@ -297,21 +335,44 @@ pub fn compare_stages(
             continue;
         }
         let sides = Sides {
-            candidate: &cand.histogram,
-            baseline: &base.histogram,
+            candidate: &cand.windows,
+            baseline: &base.windows,
+            candidate_requests: cand.requests,
+            baseline_requests: base.requests,
             candidate_errors: cand.errors,
             baseline_errors: base.errors,
+            judged_secs,
         };
-        let mut a = assess_compare(c, cmp, &sides);
-        if let Some((stage, why)) =
+        let r = run_compare(cmp, &sides);
+        let n = cand.requests.min(base.requests);
+        let held = if let Some((stage, why)) =
             [&cmp.stage, &cmp.baseline].into_iter().find_map(|s| behind(s).map(|why| (s.clone(), why)))
         {
-            a.outcome = Outcome::Inconclusive;
-            a.note = Some(format!("in stage `{stage}`, {why}"));
-        }
-        out.push(a);
+            Some(format!("in stage `{stage}`, {why}"))
+        } else if n < c.min_samples {
+            Some(format!("{n} samples, fewer than the {} required", c.min_samples))
+        } else {
+            None
+        };
+        pending.push(Pending { c, cmp, r, held });
     }
-    out
+    let tested: Vec<usize> =
+        (0..pending.len()).filter(|i| pending[*i].held.is_none() && pending[*i].r.untestable.is_none()).collect();
+    let adjusted = stats::holm(&tested.iter().map(|i| pending[*i].r.p_worse).collect::<Vec<_>>());
+    let family = tested.len();
+    let out = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let adj = tested.iter().position(|t| *t == i).map(|k| adjusted[k]);
+            let (outcome, why) = match &p.held {
+                Some(why) => (Outcome::Inconclusive, Some(why.clone())),
+                None => decide(p.cmp, &p.r, adj.unwrap_or(p.r.p_worse)),
+            };
+            compare_assessment(p.c, p.cmp, &p.r, outcome, why, adj.map(|a| (a, family)))
+        })
+        .collect();
+    (out, family)
 }
 
 /// How a run ended, as far as the verdict cares.

@@ -6,7 +6,13 @@ use super::super::spec::*;
 use super::super::yaml::{join_index, join_key};
 use super::super::{OnVerdict, units};
 use super::Ctx;
-use crate::verdict::{Compare, CompareMetric, Criterion, DEFAULT_MIN_SAMPLES, Level, Rule, parse_check};
+use crate::verdict::{Compare, CompareMetric, Criterion, DEFAULT_MIN_SAMPLES, Level, Rule, Tolerance, parse_check};
+
+/// A latency comparison's tolerance when none is given: noise alone moves a service's
+/// median by a few percent from run to run.
+const DEFAULT_LATENCY_TOLERANCE: f64 = 0.10;
+/// An error comparison's tolerance when none is given: one percentage point.
+const DEFAULT_ERRORS_TOLERANCE: f64 = 0.01;
 
 pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages: &[String]) -> Vec<Criterion> {
     let Some(raw) = root.get("criteria") else { return Vec::new() };
@@ -154,9 +160,27 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, st
                 ctx.error(&join_key(at, "baseline"), "a stage compared with itself proves nothing");
                 return None;
             }
-            let max_regression = match &m.max_regression {
-                None => Some(0.0),
-                some => ctx.unit(&join_key(at, "max_regression"), some.as_ref(), units::parse_fraction),
+            let tolerance = match &m.max_regression {
+                None if metric == CompareMetric::Latency => Some(Tolerance::Relative(DEFAULT_LATENCY_TOLERANCE)),
+                None => Some(Tolerance::Relative(DEFAULT_ERRORS_TOLERANCE)),
+                Some(text) => {
+                    let key = join_key(at, "max_regression");
+                    let t = text.0.trim();
+                    if t.ends_with('%') || t.parse::<f64>().is_ok() {
+                        ctx.unit(&key, Some(text), units::parse_fraction).map(Tolerance::Relative)
+                    } else if metric == CompareMetric::Latency {
+                        let d = ctx.unit(
+                            &key,
+                            Some(&Text(t.trim_start_matches('+').trim().to_string())),
+                            units::parse_duration,
+                        );
+                        d.map(|d| Tolerance::AbsoluteMs(d.as_secs_f64() * 1000.0))
+                    } else {
+                        ctx.error(&key, format!("invalid value `{t}`")).hint =
+                            Some("an error rate's tolerance is in points, e.g. `1%`".into());
+                        None
+                    }
+                }
             };
             let confidence = match &m.confidence {
                 None => Some(0.95),
@@ -178,7 +202,7 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, st
                     metric,
                     stage,
                     baseline,
-                    max_regression: max_regression?,
+                    tolerance: tolerance?,
                     confidence: confidence?,
                 }),
                 stages: None,
