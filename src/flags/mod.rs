@@ -123,6 +123,18 @@ impl FlagState {
         }
     }
 
+    /// The share of records that see `value` (1 or 0 for a fixed state).
+    pub fn share_of(&self, value: &Value) -> f64 {
+        match self {
+            FlagState::Fixed(v) => f64::from(u8::from(v == value)),
+            FlagState::Split { variants, rest } => {
+                let listed: f64 = variants.iter().filter(|(v, _)| v == value).map(|(_, s)| s).sum();
+                let all: f64 = variants.iter().map(|(_, s)| s).sum();
+                listed + if rest == value { (1.0 - all).max(0.0) } else { 0.0 }
+            }
+        }
+    }
+
     /// Every value this state can take, for per-variant reporting.
     pub fn values(&self) -> Vec<&Value> {
         match self {

@@ -3,8 +3,11 @@
 //! The system under test evaluates its flags here, one at a time
 //! (`POST /ofrep/v1/evaluate/flags/{key}`) or all at once (`POST /ofrep/v1/evaluate/flags`,
 //! with an `ETag` so that polling clients get `304 Not Modified` while nothing changed).
-//! The runner calls [`OfrepServer::set`] at each stage boundary and may wait, with
-//! [`OfrepServer::picked_up`], until a bulk poll has seen the new state.
+//! The runner calls [`OfrepServer::set`] at each stage boundary and, when a client polls
+//! in bulk, waits with [`OfrepServer::picked_up`] until a poll has seen the new state (a
+//! client that evaluates per request needs no wait). The server counts what is asked of
+//! each flag ([`OfrepServer::take_exposure`]), so a stage whose changed flag was never
+//! evaluated is known not to have run the new path.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +38,48 @@ struct Flags {
 struct Shared {
     flags: Arc<Mutex<Flags>>,
     served: Arc<watch::Sender<u64>>,
+    tally: Arc<Mutex<Tally>>,
+    /// Whether any client ever asked for every flag at once (a polling client, which
+    /// must see a new state before a stage starts).
+    bulk_seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Distinct targeting keys kept per flag and variant; past it they are counted no more
+/// (the count says "at least").
+const MAX_KEYS: usize = 100_000;
+
+/// What the system under test asked of each flag since the last take.
+#[derive(Debug, Default)]
+struct Tally {
+    flags: BTreeMap<String, FlagTally>,
+}
+
+#[derive(Debug, Default)]
+struct FlagTally {
+    /// Evaluations of the flag on its own, by variant, and their distinct keys.
+    single: BTreeMap<String, (u64, std::collections::HashSet<String>)>,
+    /// Answers to a request for every flag (which hold this one).
+    bulk: u64,
+}
+
+/// What the system under test asked of one flag over a stage.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct FlagExposure {
+    /// How the system under test got the flag: `evaluated` (OFREP), `header` (sent with
+    /// each request), `environment` (given at start).
+    pub how: &'static str,
+    /// Evaluations or requests, by variant (the value as text).
+    pub by_variant: BTreeMap<String, VariantExposure>,
+    /// Answers to requests for every flag at once (OFREP bulk evaluation).
+    pub bulk_fetches: u64,
+}
+
+/// One variant's count.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct VariantExposure {
+    pub evaluations: u64,
+    /// Distinct targeting keys (at most 100000 counted).
+    pub keys: u64,
 }
 
 /// A running OFREP endpoint.
@@ -46,7 +91,12 @@ pub struct OfrepServer {
 impl OfrepServer {
     /// Starts serving on a free loopback port.
     pub async fn start(trouble: Option<Trouble>) -> std::io::Result<OfrepServer> {
-        let shared = Shared { flags: Arc::new(Mutex::new(Flags::default())), served: Arc::new(watch::channel(0).0) };
+        let shared = Shared {
+            flags: Arc::new(Mutex::new(Flags::default())),
+            served: Arc::new(watch::channel(0).0),
+            tally: Arc::default(),
+            bulk_seen: Arc::default(),
+        };
         let app = Router::new()
             .route("/ofrep/v1/evaluate/flags", post(bulk))
             .route("/ofrep/v1/evaluate/flags/{key}", post(single))
@@ -76,6 +126,29 @@ impl OfrepServer {
     pub async fn picked_up(&self, generation: u64, limit: Duration) -> bool {
         let mut rx = self.shared.served.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether a client ever fetched every flag at once (then it holds the state it
+    /// fetched until it polls again).
+    pub fn bulk_clients(&self) -> bool {
+        self.shared.bulk_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the system under test asked of each flag since the last call.
+    pub fn take_exposure(&self) -> BTreeMap<String, FlagExposure> {
+        let tally = std::mem::take(&mut *self.shared.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        tally
+            .flags
+            .into_iter()
+            .map(|(flag, t)| {
+                let by_variant = t
+                    .single
+                    .into_iter()
+                    .map(|(v, (n, keys))| (v, VariantExposure { evaluations: n, keys: keys.len() as u64 }))
+                    .collect();
+                (flag, FlagExposure { how: "evaluated", by_variant, bulk_fetches: t.bulk })
+            })
+            .collect()
     }
 
     /// Stops serving, within a deadline.
@@ -124,7 +197,19 @@ async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::bo
     let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
     let target = targeting_key(&body);
     match flags.states.get(&key) {
-        Some(state) => Json(evaluation(&key, state, target.as_deref(), flags.seed)).into_response(),
+        Some(state) => {
+            let answer = evaluation(&key, state, target.as_deref(), flags.seed);
+            let variant = answer["variant"].as_str().unwrap_or_default().to_string();
+            let mut tally = s.tally.lock().unwrap_or_else(|p| p.into_inner());
+            let (n, keys) = tally.flags.entry(key.clone()).or_default().single.entry(variant).or_default();
+            *n += 1;
+            if let Some(t) = target
+                && keys.len() < MAX_KEYS
+            {
+                keys.insert(t);
+            }
+            Json(answer).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({ "key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": "no such flag in this scenario" })),
@@ -139,8 +224,13 @@ async fn bulk(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Byt
         let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
         let list: Vec<Value> =
             flags.states.iter().map(|(k, st)| evaluation(k, st, target.as_deref(), flags.seed)).collect();
+        let mut tally = s.tally.lock().unwrap_or_else(|p| p.into_inner());
+        for flag in flags.states.keys() {
+            tally.flags.entry(flag.clone()).or_default().bulk += 1;
+        }
         (json!({ "flags": list }), flags.generation)
     };
+    s.bulk_seen.store(true, std::sync::atomic::Ordering::Relaxed);
     s.served.send_if_modified(|g| {
         let newer = generation > *g;
         if newer {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::ofrep::OfrepServer;
+use super::ofrep::{FlagExposure, OfrepServer};
 use super::{FlagSet, FlagState, Provider, env_vars, flagd};
 use crate::health::Trouble;
 use crate::teardown::Guard;
@@ -84,6 +84,28 @@ pub trait FlagProvider: Send + Sync {
     fn wants_values(&self) -> bool {
         false
     }
+
+    /// What the system under test asked of each flag since the last call, when the
+    /// provider can see it (OFREP); `None` when it cannot (a flag file is read unseen).
+    fn take_exposure(&self) -> Option<BTreeMap<String, FlagExposure>> {
+        None
+    }
+
+    /// How the flags reach the system under test, for the exposure a stage reports.
+    fn delivery(&self) -> Delivery;
+}
+
+/// How flags reach the system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// It asks stagegate (OFREP): what it asked is known.
+    Evaluated,
+    /// Each request carries them (a header): what was sent is known.
+    Header,
+    /// Given at start (environment variables).
+    Environment,
+    /// A file it reads unseen.
+    File,
 }
 
 /// Builds the provider `flags` names. `first` is the first stage's flags (in place
@@ -143,7 +165,9 @@ impl FlagProvider for Ofrep {
         cancel: &CancellationToken,
     ) -> Result<Handover, FlagError> {
         let generation = self.server.set(flags.clone(), self.seed);
-        if self.polled {
+        // Only a client that fetches every flag ahead (and polls) must be waited for; one
+        // that evaluates per request sees the new state at its next evaluation.
+        if self.polled && self.server.bulk_clients() {
             let picked = tokio::select! {
                 _ = cancel.cancelled() => true,
                 picked = self.server.picked_up(generation, PICK_UP) => picked,
@@ -153,6 +177,14 @@ impl FlagProvider for Ofrep {
             }
         }
         Ok(Handover::Ready)
+    }
+
+    fn take_exposure(&self) -> Option<BTreeMap<String, FlagExposure>> {
+        Some(self.server.take_exposure())
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::Evaluated
     }
 }
 
@@ -174,6 +206,10 @@ impl FlagProvider for FlagdFile {
     ) -> Result<Handover, FlagError> {
         flagd::write(&self.path, flags).map_err(|source| FlagError::File { path: self.path.clone(), source })?;
         Ok(Handover::Ready)
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::File
     }
 }
 
@@ -206,6 +242,10 @@ impl FlagProvider for Header {
     fn wants_values(&self) -> bool {
         true
     }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::Header
+    }
 }
 
 struct Env {
@@ -232,6 +272,10 @@ impl FlagProvider for Env {
             Some(p) if p != flags => Handover::Restart(env_vars(flags)),
             _ => Handover::Ready,
         })
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::Environment
     }
 }
 

@@ -62,6 +62,12 @@ pub struct StageReport {
     /// sends, CPU); when it fell behind, `behind` says how and timing criteria were not
     /// judged.
     pub health: crate::measure::lateness::StageHealth,
+    /// What the system under test asked of each flag (OFREP), or was sent of it (a
+    /// header) or given (the environment), by value; empty for a flag file.
+    pub flag_exposure: BTreeMap<String, crate::flags::ofrep::FlagExposure>,
+    /// Why the stage's new flag states cannot have been exercised, when they cannot (its
+    /// criteria are then INCONCLUSIVE).
+    pub unexposed: Option<String>,
 }
 
 /// The full account of a run, written as JSON and summarised on the terminal.

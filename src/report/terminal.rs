@@ -117,6 +117,27 @@ impl Reporter for TerminalReporter {
                 }
                 let h = &report.health;
                 self.say(format!("  stagegate: {}", h.line()));
+                for (flag, e) in &report.flag_exposure {
+                    let values: Vec<String> = e
+                        .by_variant
+                        .iter()
+                        .map(|(v, x)| match e.how {
+                            "environment" => v.clone(),
+                            "header" => format!("{v} {}", x.evaluations),
+                            _ => format!("{v} {} ({} keys)", x.evaluations, x.keys),
+                        })
+                        .collect();
+                    let bulk = if e.bulk_fetches > 0 {
+                        format!(", fetched in bulk {}", e.bulk_fetches)
+                    } else {
+                        String::new()
+                    };
+                    let values = if values.is_empty() { "-".to_string() } else { values.join(", ") };
+                    self.say(format!("  flag {flag} {}: {values}{bulk}", e.how));
+                }
+                if let Some(why) = &report.unexposed {
+                    self.say(format!("warning: stage `{}`: {why}; its criteria are not judged", report.name));
+                }
                 if h.held_back_by_target > 0 {
                     self.say(format!(
                         "  {} sends never left: the target held the most requests stagegate keeps in flight",

@@ -9,7 +9,7 @@
 //!
 //! Not here: provisioning, teardown, the verdict over all stages (`super`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ use crate::fault::records::RecordFaults;
 use crate::fault::timeline::{self, Clock, Places, StageFaults};
 use crate::fault::{self, FaultRecord, Place};
 use crate::flags::FlagState;
-use crate::flags::provider::Handover;
+use crate::flags::ofrep::{FlagExposure, VariantExposure};
+use crate::flags::provider::{Delivery, Handover};
 use crate::health::Trouble;
 use crate::measure::lateness::{CpuClock, Lag, SendLag, StageHealth, TimerProbe};
 use crate::measure::{Outcome, Recorder, Slice};
@@ -87,6 +88,8 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             }
         }
     }
+    // What was asked of the flags before the stage is not the stage's.
+    let _ = p.flags.take_exposure();
     let _ = cx.events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });
 
     let schema = &plan.workload.schema;
@@ -118,6 +121,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         snapshots: abort_criteria.then_some(snapshots),
         trouble: cx.trouble,
         send_lag: SendLag::default(),
+        sent_values: BTreeMap::new(),
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
     let judge = tokio::spawn(watch_for_abort(
@@ -243,6 +247,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         assessments.retain(|x| x.criterion != a.criterion);
         assessments.push(a.clone());
     }
+    let exposure = exposure_of(p.flags.as_ref(), stage, std::mem::take(&mut accounts.sent_values));
+    let unexposed = if index > 0 && p.flags.delivery() == Delivery::Evaluated {
+        never_ran(plan, stage, &exposure, accounts.counts.sent)
+    } else {
+        None
+    };
+    if let Some(why) = &unexposed {
+        verdict::hold_all(&mut assessments, why);
+    }
     if let Some(behind) = &health.behind {
         let overload = if metrics.errors > 0 {
             Some(format!("{} requests failed while it was behind, so the counts may be the overload's", metrics.errors))
@@ -256,7 +269,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     }
     let aborted = aborted.or_else(|| verdict::failed_abort(&plan.criteria, &assessments));
     Ok(StageOutcome {
-        report: StageReport { name: stage.name.clone(), flags: stage.flags.clone(), completed, metrics, health },
+        report: StageReport {
+            name: stage.name.clone(),
+            flags: stage.flags.clone(),
+            completed,
+            metrics,
+            health,
+            flag_exposure: exposure,
+            unexposed,
+        },
         assessments,
         samples: accounts.recorder.judged.clone(),
         windows: accounts.recorder.windows(),
@@ -264,6 +285,71 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         aborted,
         target_exit,
     })
+}
+
+/// What the system under test asked of (or was sent of) each flag in the stage.
+fn exposure_of(
+    provider: &dyn crate::flags::provider::FlagProvider,
+    stage: &Stage,
+    sent: BTreeMap<String, BTreeMap<String, u64>>,
+) -> BTreeMap<String, FlagExposure> {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    match provider.delivery() {
+        Delivery::Evaluated => provider.take_exposure().unwrap_or_default(),
+        Delivery::Header => sent
+            .into_iter()
+            .map(|(flag, values)| {
+                let by_variant =
+                    values.into_iter().map(|(v, n)| (v, VariantExposure { evaluations: n, keys: n })).collect();
+                (flag, FlagExposure { how: "header", by_variant, bulk_fetches: 0 })
+            })
+            .collect(),
+        Delivery::Environment => stage
+            .flags
+            .iter()
+            .map(|(flag, state)| {
+                let by_variant = BTreeMap::from([(text(state.value_for(flag, None, 0)), VariantExposure::default())]);
+                (flag.clone(), FlagExposure { how: "environment", by_variant, bulk_fetches: 0 })
+            })
+            .collect(),
+        Delivery::File => BTreeMap::new(),
+    }
+}
+
+/// Why the stage's new flag states cannot have been exercised, if they cannot: a flag
+/// that differs from the first stage's was never evaluated, or a split flag was
+/// evaluated for far fewer keys with its new values than the split sends there.
+fn never_ran(plan: &Plan, stage: &Stage, exposure: &BTreeMap<String, FlagExposure>, sent: u64) -> Option<String> {
+    let first = &plan.stages.first()?.flags;
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    for (flag, state) in &stage.flags {
+        if first.get(flag) == Some(state) {
+            continue;
+        }
+        let seen = exposure.get(flag);
+        let asked = seen.map_or(0, |e| e.bulk_fetches + e.by_variant.values().map(|v| v.evaluations).sum::<u64>());
+        if asked == 0 {
+            return Some(format!("`{flag}` was never evaluated in `{}`: the new path did not run", stage.name));
+        }
+        // A split checked key by key: the keys that got a value other than the first
+        // stage's, against how many records the split sends there.
+        let (FlagState::Split { .. }, Some(FlagState::Fixed(before)), Some(e)) = (state, first.get(flag), seen) else {
+            continue;
+        };
+        let keyed: u64 = e.by_variant.values().map(|v| v.keys).sum();
+        if keyed == 0 {
+            continue;
+        }
+        let new_keys: u64 = e.by_variant.iter().filter(|(v, _)| **v != text(before)).map(|(_, x)| x.keys).sum();
+        let expected = sent as f64 * (1.0 - state.share_of(before));
+        if expected >= 10.0 && (new_keys as f64) < expected / 2.0 {
+            return Some(format!(
+                "`{flag}` was evaluated for {new_keys} keys with its new values in `{}`, far fewer than the ~{expected:.0} the split sends there: the new path barely ran",
+                stage.name
+            ));
+        }
+    }
+    None
 }
 
 /// The places faults act on, by the name faults use.
@@ -330,6 +416,8 @@ struct Accounts<'a> {
     snapshots: Option<watch::Sender<Option<(Recorder, Duration)>>>,
     trouble: &'a Trouble,
     send_lag: SendLag,
+    /// The flag values sent with requests, by flag and value (a `header` provider).
+    sent_values: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Accounts<'_> {
@@ -384,6 +472,13 @@ impl Sink for Accounts<'_> {
         let tags =
             Tags { phase: (!warmup).then(|| self.recorder.phase(offset)), variant: variant.clone(), invalid, warmup };
         self.ledger().sent(key, record, tags);
+        if self.provider.delivery() == Delivery::Header {
+            for (flag, state) in &self.stage.flags {
+                let value = state.value_for(flag, Some(key), self.flag_seed);
+                let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+                *self.sent_values.entry(flag.clone()).or_default().entry(text).or_default() += 1;
+            }
+        }
         if variant.is_some() {
             self.keys.insert(key.to_string(), variant);
         }

@@ -214,6 +214,15 @@ pub fn hold_back(assessments: &mut [Assessment], criteria: &[Criterion], behind:
     }
 }
 
+/// Holds back every criterion of a stage that cannot speak for the candidate (its new
+/// flag states never ran): all become INCONCLUSIVE with `why`.
+pub fn hold_all(assessments: &mut [Assessment], why: &str) {
+    for a in assessments.iter_mut() {
+        a.outcome = Outcome::Inconclusive;
+        a.note = Some(why.to_string());
+    }
+}
+
 /// An assessment of comparison `c` from its result and outcome.
 fn compare_assessment(
     c: &Criterion,
