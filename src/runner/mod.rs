@@ -119,7 +119,11 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     }
     report.interrupted = report.interrupted || stop.cancel.is_cancelled();
     let completed = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
-    let behind = |name: &str| report.stages.iter().find(|s| s.name == name).and_then(|s| s.health.behind.clone());
+    // A stage whose timing cannot be trusted, or whose new flag states never ran, cannot
+    // speak in a comparison either.
+    let behind = |name: &str| {
+        report.stages.iter().find(|s| s.name == name).and_then(|s| s.health.behind.clone().or(s.unexposed.clone()))
+    };
     let judged_secs = plan.workload.duration.saturating_sub(plan.workload.warmup).as_secs_f64();
     let (comparisons, tests) = verdict::compare_stages(&plan.criteria, &samples, completed, behind, judged_secs);
     report.statistical_tests = tests;
