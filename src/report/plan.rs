@@ -86,8 +86,10 @@ pub fn markdown(plan: &Plan) -> String {
         let _ = writeln!(s, "- override: `--set {o}`");
     }
     match &plan.target {
-        Target::Builtin(_) => {
-            let _ = writeln!(s, "- target: the builtin `orders-pipeline`");
+        Target::Builtin(_, defects) => {
+            let names = defects.names();
+            let said = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            let _ = writeln!(s, "- target: the builtin `orders-pipeline` (the candidate path's defects: {said})");
         }
         Target::Http(h) => {
             let started = if h.process.is_some() { ", started by stagegate" } else { "" };

@@ -89,14 +89,18 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
         deps.push(deps::provision(dep, needs, &with).await.map_err(|e| e.to_string())?);
     }
     let (mut target, observer) = match &plan.target {
-        Target::Builtin(BuiltinTarget::OrdersPipeline) => {
+        Target::Builtin(BuiltinTarget::OrdersPipeline, defects) => {
             let store = store_dependency(&plan.dependencies).map_err(|m| format!("the builtin pipeline {m}"))?;
             let store = deps.iter().find(|d| d.name == store.name).ok_or("the builtin pipeline has no store")?;
             let ofrep = flags.context()["url"].as_str().unwrap_or_default().to_string();
-            let pipeline =
-                crate::sut::on_builtin_runtime(Pipeline::start(store.address(), ofrep, Some(cx.trouble.clone())))
-                    .await
-                    .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
+            let pipeline = crate::sut::on_builtin_runtime(Pipeline::start(
+                store.address(),
+                ofrep,
+                *defects,
+                Some(cx.trouble.clone()),
+            ))
+            .await
+            .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
             let pipeline = cx.guard.adopt(Arc::new(pipeline));
             let orders =
                 RequestTemplate { method: "POST".into(), path: "/orders".into(), body: None, headers: BTreeMap::new() };

@@ -95,7 +95,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let schema = &plan.workload.schema;
     let renamed = match &plan.target {
         crate::sut::Target::Http(h) => h.renamed.clone(),
-        crate::sut::Target::Builtin(_) => Default::default(),
+        crate::sut::Target::Builtin(..) => Default::default(),
     };
     let ledger = Ledger::new(&schema.key)
         .with_pii(schema.fields.iter().filter(|f| f.pii).map(|f| f.name.clone()))

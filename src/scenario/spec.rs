@@ -151,6 +151,12 @@ pub struct TargetSpec {
     /// Optional, with `http`: stagegate starts and stops the service itself.
     #[serde(default)]
     pub process: Option<ProcessSpec>,
+    /// With `builtin`: the defects the candidate path (`new-enricher` on) has, for
+    /// rehearsing what must be caught: `drop-on-timeout`, `duplicate-on-retry`,
+    /// `slow-20ms`, `alter-field`, `accept-malformed`, `hang-on-blackhole`. Default:
+    /// `[duplicate-on-retry, accept-malformed]`; `[]` for a candidate without defects.
+    #[serde(default)]
+    pub defects: Option<Vec<String>>,
 }
 
 /// An HTTP system under test.

@@ -45,7 +45,7 @@ pub async fn on_builtin_runtime<T: Send + 'static>(
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// A system under test that ships inside stagegate.
-    Builtin(BuiltinTarget),
+    Builtin(BuiltinTarget, pipeline::Defects),
     /// Any HTTP service, optionally started by stagegate.
     Http(Box<HttpTarget>),
 }

@@ -5,11 +5,13 @@
 //! its store over TCP, through stagegate's fault proxy. It reads its flags from the
 //! OFREP endpoint, polling with an ETag, as an OpenFeature client would.
 //!
-//! The two paths differ the way a real candidate might: the current one (`v1`) writes
-//! with an idempotency token, so its retries are safe; the new one (`v2`) retries
-//! without a token, so when the store applies a write but the answer is lost (a reset
-//! connection), the retry stores the order twice. A fault on the store reveals it. The
-//! new path also checks fewer fields, so malformed input reveals it too.
+//! The two paths differ the way a real candidate might. The current one (`v1`) writes
+//! with an idempotency token, so its retries are safe, and checks every field. The new
+//! one (`v2`) has the [`Defects`] the scenario names (`target.defects`); by default it
+//! retries without a token, so when the store applies a write but the answer is lost (a
+//! reset connection) the retry stores the order twice, and checks fewer fields, so some
+//! malformed input gets through. A fault on the store, or bad input, reveals them. With
+//! `defects: []` the new path is as sound as the current one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -52,6 +54,66 @@ pub fn store_dependency<'a>(
     }
 }
 
+/// Defects the candidate path (`new-enricher` on) can be given, for rehearsing what a
+/// rehearsal must catch (`target.defects`). The current path never has any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Defects {
+    /// A store call that timed out is not retried, and the order is acknowledged anyway:
+    /// it is lost.
+    pub drop_on_timeout: bool,
+    /// Retries carry no idempotency token: a write the store applied but whose answer
+    /// was lost is stored twice.
+    pub duplicate_on_retry: bool,
+    /// 20 ms more per order.
+    pub slow_20ms: bool,
+    /// The stored order's `currency` is lower-cased: a sent field changed.
+    pub alter_field: bool,
+    /// The contact and event-time fields are not checked: some malformed orders pass.
+    pub accept_malformed: bool,
+    /// Store calls have no timeout: a store that swallows traffic holds every order.
+    pub hang_on_blackhole: bool,
+}
+
+impl Defects {
+    /// Every defect's name in a scenario.
+    pub const NAMES: [&'static str; 6] =
+        ["drop-on-timeout", "duplicate-on-retry", "slow-20ms", "alter-field", "accept-malformed", "hang-on-blackhole"];
+
+    /// The candidate path when a scenario names no defects: it forgot its idempotency
+    /// token and two field checks (what the example scenarios catch).
+    pub fn unless_named() -> Defects {
+        Defects { duplicate_on_retry: true, accept_malformed: true, ..Defects::default() }
+    }
+
+    /// Turns on the defect called `name`; `false` for an unknown name.
+    pub fn turn_on(&mut self, name: &str) -> bool {
+        let slot = match name {
+            "drop-on-timeout" => &mut self.drop_on_timeout,
+            "duplicate-on-retry" => &mut self.duplicate_on_retry,
+            "slow-20ms" => &mut self.slow_20ms,
+            "alter-field" => &mut self.alter_field,
+            "accept-malformed" => &mut self.accept_malformed,
+            "hang-on-blackhole" => &mut self.hang_on_blackhole,
+            _ => return false,
+        };
+        *slot = true;
+        true
+    }
+
+    /// The names of the defects that are on.
+    pub fn names(&self) -> Vec<&'static str> {
+        let on = [
+            self.drop_on_timeout,
+            self.duplicate_on_retry,
+            self.slow_20ms,
+            self.alter_field,
+            self.accept_malformed,
+            self.hang_on_blackhole,
+        ];
+        Defects::NAMES.iter().zip(on).filter(|(_, on)| *on).map(|(n, _)| *n).collect()
+    }
+}
+
 /// How long one store call may take before the pipeline gives up on it.
 const STORE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Store calls per order, the first included.
@@ -80,6 +142,11 @@ impl StoreClient {
     /// Sends one request line and reads the answer line, plus the `N <count>` lines
     /// that follow it when the answer announces them.
     async fn call(&self, line: &str) -> Result<Vec<String>, String> {
+        self.call_within(line, Some(STORE_TIMEOUT)).await
+    }
+
+    /// [`StoreClient::call`] with its own time limit (`None`: wait as long as it takes).
+    async fn call_within(&self, line: &str, limit: Option<Duration>) -> Result<Vec<String>, String> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let attempt = async {
             let mut conn = match pooled {
@@ -117,7 +184,11 @@ impl StoreClient {
             }
             Ok((answer, conn))
         };
-        match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
+        let done = match limit {
+            Some(limit) => tokio::time::timeout(limit, attempt).await,
+            None => Ok(attempt.await),
+        };
+        match done {
             Ok(Ok((answer, mut conn))) => {
                 conn.calls += 1;
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,17 +202,20 @@ impl StoreClient {
         }
     }
 
-    /// Appends with retries; `token` makes the retries idempotent.
-    async fn append(&self, key: &str, token: Option<&str>, json: &str) -> Result<(), String> {
+    /// Appends with retries; `token` makes the retries idempotent. `defects` are the
+    /// path's (no timeout, or giving up on a timeout and calling it done).
+    async fn append(&self, key: &str, token: Option<&str>, json: &str, defects: Defects) -> Result<(), String> {
         let line = format!("APPEND {key} {} {json}\n", token.unwrap_or("-"));
+        let limit = (!defects.hang_on_blackhole).then_some(STORE_TIMEOUT);
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
             }
-            match self.call(&line).await {
+            match self.call_within(&line, limit).await {
                 Ok(answer) if answer[0].starts_with("OK ") => return Ok(()),
                 Ok(answer) => last = answer.join(" "),
+                Err(e) if defects.drop_on_timeout && e.contains("timed out") => return Ok(()),
                 Err(e) => last = e,
             }
         }
@@ -157,6 +231,8 @@ const FLAG_PER_KEY: u8 = 2;
 
 #[derive(Clone)]
 struct App {
+    /// The candidate path's defects.
+    defects: Defects,
     store: Arc<StoreClient>,
     new_enricher: Arc<AtomicU8>,
     ofrep_url: Arc<str>,
@@ -195,8 +271,14 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts the pipeline on a free loopback port, writing to `store` and reading its
     /// flags from the OFREP endpoint at `ofrep_url`.
-    pub async fn start(store: SocketAddr, ofrep_url: String, trouble: Option<Trouble>) -> std::io::Result<Pipeline> {
+    pub async fn start(
+        store: SocketAddr,
+        ofrep_url: String,
+        defects: Defects,
+        trouble: Option<Trouble>,
+    ) -> std::io::Result<Pipeline> {
         let app = App {
+            defects,
             store: Arc::new(StoreClient { addr: store, idle: Mutex::new(Vec::new()), trouble: trouble.clone() }),
             new_enricher: Arc::new(AtomicU8::new(FLAG_OFF)),
             ofrep_url: Arc::from(ofrep_url.as_str()),
@@ -275,10 +357,10 @@ async fn poll_flags(url: String, flag: Arc<AtomicU8>, cancel: CancellationToken)
     }
 }
 
-/// Checks an order; the error is the reason given to the client. The current path
-/// checks every field of an order; the new path forgot the contact and event-time fields,
-/// so it lets some malformed orders through.
-fn validate(order: &Map<String, Value>, new: bool) -> Result<(), String> {
+/// Checks an order; the error is the reason given to the client. Every field is checked,
+/// unless `lax` (the `accept-malformed` defect): then the contact and event-time fields
+/// are not, and some malformed orders get through.
+fn validate(order: &Map<String, Value>, lax: bool) -> Result<(), String> {
     let text = |k: &str| order.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     text("order_id").ok_or("order_id must be a non-empty string")?;
     text("customer").ok_or("customer must be a non-empty string")?;
@@ -294,7 +376,7 @@ fn validate(order: &Map<String, Value>, new: bool) -> Result<(), String> {
     if items < 1 {
         return Err("items must be at least 1".into());
     }
-    if !new {
+    if !lax {
         text("email").filter(|e| e.contains('@')).ok_or("email must be an address")?;
         text("city").ok_or("city must be a non-empty string")?;
         order.get("customer_id").and_then(Value::as_i64).ok_or("customer_id must be an integer")?;
@@ -335,13 +417,23 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
     };
     let key = order.get("order_id").and_then(Value::as_str).unwrap_or_default().to_string();
     let new = app.new_path_for(&key).await;
-    if let Err(reason) = validate(&order, new) {
+    let defects = if new { app.defects } else { Defects::default() };
+    if defects.slow_20ms {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(reason) = validate(&order, defects.accept_malformed) {
         return (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response();
     }
-    let enriched = Value::Object(enrich(order, new)).to_string();
-    // v1 passes the order id as idempotency token; v2 forgot to.
-    let token = (!new).then_some(key.as_str());
-    match app.store.append(&key, token, &enriched).await {
+    let mut enriched = enrich(order, new);
+    if defects.alter_field
+        && let Some(Value::String(c)) = enriched.get_mut("currency")
+    {
+        *c = c.to_lowercase();
+    }
+    let enriched = Value::Object(enriched).to_string();
+    // The order id is the idempotency token, unless the path forgot it.
+    let token = (!defects.duplicate_on_retry).then_some(key.as_str());
+    match app.store.append(&key, token, &enriched, defects).await {
         Ok(()) => (StatusCode::CREATED, axum::Json(json!({ "order_id": key }))).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
     }

@@ -40,7 +40,7 @@ pub(super) fn compile_flags(ctx: &mut Ctx, root: &Map<String, Value>, target: &O
         ok = false;
     }
     match (target, &provider) {
-        (Some(Target::Builtin(_)), p) if *p != Provider::Ofrep => {
+        (Some(Target::Builtin(..)), p) if *p != Provider::Ofrep => {
             ctx.error("flags.provider", format!("the builtin target reads its flags over OFREP, not `{}`", p.name()))
                 .hint = Some("use `provider: ofrep` (the default)".into());
             ok = false;

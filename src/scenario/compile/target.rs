@@ -80,9 +80,25 @@ pub(super) fn compile_target(ctx: &mut Ctx, t: TargetSpec, deps: &[(String, Depe
                 ctx.error("target.builtin", format!("the builtin target `{name}` {message}")).hint =
                     Some("add `dependencies: { store: { builtin: kv-store } }`".into());
             }
-            Some(Target::Builtin(*builtin))
+            let defects = match t.defects {
+                None => crate::sut::pipeline::Defects::unless_named(),
+                Some(names) => {
+                    let mut defects = crate::sut::pipeline::Defects::default();
+                    for (i, name) in names.iter().enumerate() {
+                        if !defects.turn_on(name) {
+                            let at = super::super::yaml::join_index("target.defects", i);
+                            ctx.unknown(&at, "defect", name, &crate::sut::pipeline::Defects::NAMES);
+                        }
+                    }
+                    defects
+                }
+            };
+            Some(Target::Builtin(*builtin, defects))
         }
         (None, Some(h)) => {
+            if t.defects.is_some() {
+                ctx.error("target.defects", "`defects` are the builtin target's; an `http` target has its own");
+            }
             let process = match t.process {
                 Some(p) => Some(compile_process(ctx, "target.process", p)?),
                 None => None,
