@@ -196,14 +196,24 @@ pub fn bootstrap_difference(
     Some((at(tail), at(1.0 - tail)))
 }
 
+/// A spread that a few extreme windows (a fault's) do not inflate: the median absolute
+/// deviation, scaled to match the standard deviation of normal data.
+pub fn robust_spread(v: &[f64]) -> f64 {
+    let Some(m) = median(v) else { return 0.0 };
+    let deviations: Vec<f64> = v.iter().map(|x| (x - m).abs()).collect();
+    median(&deviations).unwrap_or(0.0) * 1.4826
+}
+
 /// The smallest shift of the candidate's windows a one-sided test at `alpha` would see
-/// with 80% power, from the spread of both sides' windows (a normal approximation,
+/// with 80% power, from the spread of both sides' windows (a normal approximation on
+/// their robust spread, since a rank test is not moved by a few extreme windows either,
 /// scaled by the rank test's efficiency against the t test, 3/pi).
 pub fn detectable_shift(candidate: &[f64], baseline: &[f64], alpha: f64) -> Option<f64> {
     if candidate.len() < 2 || baseline.len() < 2 {
         return None;
     }
-    let se = (std_dev(candidate).powi(2) / candidate.len() as f64 + std_dev(baseline).powi(2) / baseline.len() as f64)
+    let se = (robust_spread(candidate).powi(2) / candidate.len() as f64
+        + robust_spread(baseline).powi(2) / baseline.len() as f64)
         .sqrt();
     let efficiency = 3.0 / std::f64::consts::PI;
     Some((normal_quantile(1.0 - alpha) + normal_quantile(0.8)) * se / efficiency.sqrt())
@@ -243,6 +253,17 @@ mod tests {
         // 3 against 3, x all above y: one arrangement of twenty.
         let p = mann_whitney(&[4.0, 5.0, 6.0], &[1.0, 2.0, 3.0], Alternative::Greater, Method::Exact).unwrap().p;
         assert!((p - 0.05).abs() < 1e-12, "{p}");
+    }
+
+    #[test]
+    fn a_few_extreme_windows_do_not_hide_what_the_rest_can_see() {
+        let calm: Vec<f64> = (0..40).map(|i| 10.0 + (i % 5) as f64 * 0.1).collect();
+        let mut faulted = calm.clone();
+        for w in faulted.iter_mut().take(4) {
+            *w = 400.0;
+        }
+        let both = detectable_shift(&faulted, &faulted, 0.05).unwrap();
+        assert!(both < 1.0, "four fault windows made the test blind: {both}");
     }
 
     #[test]
