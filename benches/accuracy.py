@@ -62,6 +62,7 @@ def main():
     parser.add_argument("--label", default="quiet")
     parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "stagegate"))
     parser.add_argument("--only", help="run only the case whose name contains this")
+    parser.add_argument("--why", action="store_true", help="print each inconclusive seed's reasons to stderr")
     args = parser.parse_args()
     if not os.access(args.binary, os.X_OK):
         sys.exit(f"no binary at {args.binary}: run `cargo build --release` first")
@@ -78,6 +79,8 @@ def main():
             verdicts[verdict] += 1
             if expected and expected in failed:
                 right += 1
+            if args.why and unsure:
+                print(f"  {name} seed {seed}: " + " | ".join(unsure), file=sys.stderr, flush=True)
             for note in unsure:
                 why["stagegate fell behind" if "fell behind" in note else note.split(":")[0][:40]] += 1
         n = args.seeds

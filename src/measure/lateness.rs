@@ -188,7 +188,15 @@ pub struct Lag {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The third largest sample: a p99 limit is exceeded only when at least
+    /// [`MIN_LATE_SAMPLES`] samples are over it, so that one hiccup among a hundred
+    /// samples (where the p99 is the second largest) does not discard a stage.
+    #[serde(skip)]
+    pub third_max_ms: f64,
 }
+
+/// How many samples must be over a p99 limit before it counts as exceeded.
+pub const MIN_LATE_SAMPLES: u64 = 3;
 
 impl Lag {
     /// The quantiles of `h` (microseconds); `None` when it is empty.
@@ -197,12 +205,32 @@ impl Lag {
             return None;
         }
         let ms = |us: u64| (us as f64 / 1000.0 * 100.0).round() / 100.0;
+        // The value of rank n - 2 (1-based, ascending): the third largest, or the
+        // smallest when there are fewer than three.
+        let rank = h.len().saturating_sub(MIN_LATE_SAMPLES - 1).max(1);
+        let mut seen = 0;
+        let mut third = h.min();
+        for v in h.iter_recorded() {
+            seen += v.count_at_value();
+            if seen >= rank {
+                third = h.highest_equivalent(v.value_iterated_to());
+                break;
+            }
+        }
         Some(Lag {
             samples: h.len(),
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
+            third_max_ms: ms(third),
         })
+    }
+
+    /// Whether this lateness exceeds a p99 `limit`: its p99 is over it, and so are at
+    /// least [`MIN_LATE_SAMPLES`] samples.
+    pub fn exceeds(&self, limit: Duration) -> bool {
+        let limit = limit.as_secs_f64() * 1000.0;
+        self.p99_ms > limit && self.third_max_ms > limit
     }
 }
 
@@ -243,7 +271,7 @@ impl StageHealth {
     /// Why stagegate fell behind beyond `limits`, in words; `None` when it kept up.
     pub fn behind(&self, limits: &HealthLimits) -> Option<String> {
         let mut why = Vec::new();
-        let over = |lag: &Option<Lag>, limit: Duration| lag.filter(|l| l.p99_ms > limit.as_secs_f64() * 1000.0);
+        let over = |lag: &Option<Lag>, limit: Duration| lag.filter(|l| l.exceeds(limit));
         if let Some(l) = over(&self.send_lag, limits.send_lag_p99) {
             why.push(format!("send lag p99 {}", fmt_ms(l.p99_ms)));
         }
@@ -407,7 +435,7 @@ mod tests {
 
     #[test]
     fn health_is_behind_only_past_its_limits_and_says_what() {
-        let lag = |p99: f64| Some(Lag { samples: 100, p50_ms: 0.1, p99_ms: p99, max_ms: p99 });
+        let lag = |p99: f64| Some(Lag { samples: 100, p50_ms: 0.1, p99_ms: p99, max_ms: p99, third_max_ms: p99 });
         let limits = HealthLimits::default();
         let fine = StageHealth { send_lag: lag(1.0), timer_lag: lag(2.0), ..Default::default() };
         assert_eq!(fine.behind(&limits), None);
@@ -418,6 +446,23 @@ mod tests {
         assert!(why.contains("the machine, not the release, is the bottleneck"), "{why}");
         let relaxed = HealthLimits { send_lag_p99: Duration::from_millis(50), dropped: 5, ..limits };
         assert_eq!(late.behind(&relaxed), None);
+    }
+
+    #[test]
+    fn one_or_two_hiccups_among_a_hundred_samples_do_not_exceed_a_p99_limit() {
+        let limit = Duration::from_millis(5);
+        let with_late = |late: u64| {
+            let mut h = lag_histogram();
+            for i in 0..100u64 {
+                h.record(if i < late { 8_000 } else { 300 }).unwrap();
+            }
+            Lag::of(&h).unwrap()
+        };
+        let two = with_late(2);
+        assert!(two.p99_ms > 5.0, "{two:?}");
+        assert!(!two.exceeds(limit), "{two:?}");
+        assert!(with_late(3).exceeds(limit));
+        assert!(!with_late(0).exceeds(limit));
     }
 
     #[test]
