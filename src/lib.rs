@@ -41,5 +41,6 @@ pub mod seed;
 pub mod server;
 pub mod sut;
 pub mod teardown;
+pub mod threads;
 pub mod verdict;
 pub mod workload;

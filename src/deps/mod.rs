@@ -237,7 +237,7 @@ pub async fn provision(dep: &Dependency, needs: Needs, with: &Provisioning<'_>) 
     let log = with.log_dir.map(|d| d.join(format!("{name}.log")));
     let (server, upstream) = match &dep.provision {
         Provision::Builtin(BuiltinDependency::KvStore) => {
-            let store = crate::sut::on_builtin_runtime(KvStore::start())
+            let store = crate::threads::run_on(crate::threads::builtin(), KvStore::start())
                 .await
                 .map_err(|source| DepError::Start { name: name.clone(), source })?;
             let store = with.guard.adopt(Arc::new(store));

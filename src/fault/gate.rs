@@ -63,7 +63,7 @@ impl Gate {
     /// Starts the proxies `needs` asks for in front of `upstream`, named `name` in the
     /// TCP proxy's logs. The HTTP proxy forwards to `base` (`http://` plus the upstream
     /// address unless given, e.g. for an `https://` service). The proxies' own failures
-    /// go to `trouble`.
+    /// go to `trouble`. The proxies run on threads of their own ([`crate::threads`]).
     pub async fn start(
         name: &str,
         upstream: SocketAddr,
@@ -73,6 +73,23 @@ impl Gate {
         trouble: Option<Trouble>,
     ) -> std::io::Result<Gate> {
         let base = base.map_or_else(|| format!("http://{upstream}"), str::to_string);
+        let name = name.to_string();
+        crate::threads::run_on(
+            crate::threads::proxies(),
+            Gate::start_here(name, upstream, base, needs, latency_per_request, trouble),
+        )
+        .await
+    }
+
+    async fn start_here(
+        name: String,
+        upstream: SocketAddr,
+        base: String,
+        needs: Needs,
+        latency_per_request: bool,
+        trouble: Option<Trouble>,
+    ) -> std::io::Result<Gate> {
+        let name = name.as_str();
         let http = if needs.http { Some(HttpProxy::start(&base, trouble.clone()).await?) } else { None };
         let next = http.as_ref().map_or(upstream, |h| h.addr());
         let tcp = if needs.tcp {

@@ -368,17 +368,22 @@ impl Default for HealthLimits {
 #[derive(Debug, Clone)]
 pub struct SendLag {
     whole: Histogram<u64>,
-    second: Histogram<u64>,
-    current: u64,
+    /// Seconds still open, by second: answers come back out of order (a slow answer
+    /// of second 5 after the quick ones of second 6), so several are open at once.
+    open: std::collections::BTreeMap<u64, Histogram<u64>>,
     seconds: Vec<SecondHealth>,
 }
 
 /// Seconds kept second by second (a longer stage keeps the first ones only).
 const MAX_SECONDS: usize = 3600;
+/// Seconds open at once; the oldest is closed when one more opens. A send recorded
+/// after its second closed still counts in the stage's figures and in its second's
+/// count and maximum.
+const OPEN_SECONDS: usize = 8;
 
 impl Default for SendLag {
     fn default() -> Self {
-        SendLag { whole: lag_histogram(), second: lag_histogram(), current: 0, seconds: Vec::new() }
+        SendLag { whole: lag_histogram(), open: Default::default(), seconds: Vec::new() }
     }
 }
 
@@ -386,35 +391,54 @@ impl SendLag {
     /// A send intended at `offset` into the stage left `lag` late.
     pub fn record(&mut self, offset: Duration, lag: Duration) {
         let second = offset.as_secs();
-        if second != self.current {
-            self.close_second();
-            self.current = second;
-        }
         let micros = (lag.as_micros().min(u64::MAX as u128) as u64).max(1);
         self.whole.saturating_record(micros);
-        self.second.saturating_record(micros);
-    }
-
-    fn close_second(&mut self) {
-        if self.second.is_empty() || self.seconds.len() >= MAX_SECONDS {
-            self.second.reset();
+        if let Some(h) = self.open.get_mut(&second) {
+            h.saturating_record(micros);
             return;
         }
-        let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
-        self.seconds.push(SecondHealth {
-            second: self.current + 1,
-            sends: self.second.len(),
-            send_lag_p99_ms: ms(self.second.value_at_quantile(0.99)),
-            send_lag_max_ms: ms(self.second.max()),
-        });
-        self.second.reset();
+        let closed_past = self.seconds.last().map(|s| s.second);
+        if closed_past.is_some_and(|last| second < last) {
+            if let Ok(i) = self.seconds.binary_search_by_key(&(second + 1), |s| s.second) {
+                let s = &mut self.seconds[i];
+                s.sends += 1;
+                s.send_lag_max_ms = s.send_lag_max_ms.max(ms(micros));
+            }
+            return;
+        }
+        while self.open.len() >= OPEN_SECONDS {
+            self.close_oldest();
+        }
+        let mut h = lag_histogram();
+        h.saturating_record(micros);
+        self.open.insert(second, h);
     }
 
-    /// The whole stage's send lag and the seconds.
+    fn close_oldest(&mut self) {
+        let Some((second, h)) = self.open.pop_first() else { return };
+        if h.is_empty() || self.seconds.len() >= MAX_SECONDS {
+            return;
+        }
+        self.seconds.push(SecondHealth {
+            second: second + 1,
+            sends: h.len(),
+            send_lag_p99_ms: ms(h.value_at_quantile(0.99)),
+            send_lag_max_ms: ms(h.max()),
+        });
+    }
+
+    /// The whole stage's send lag and the seconds, in order.
     pub fn finish(mut self) -> (Option<Lag>, Vec<SecondHealth>) {
-        self.close_second();
+        while !self.open.is_empty() {
+            self.close_oldest();
+        }
         (Lag::of(&self.whole), self.seconds)
     }
+}
+
+/// Microseconds as milliseconds with two decimals.
+fn ms(us: u64) -> f64 {
+    (us as f64 / 10.0).round() / 100.0
 }
 
 #[cfg(test)]
@@ -463,6 +487,20 @@ mod tests {
         assert!(!two.exceeds(limit), "{two:?}");
         assert!(with_late(3).exceeds(limit));
         assert!(!with_late(0).exceeds(limit));
+    }
+
+    #[test]
+    fn answers_out_of_order_still_land_in_their_own_second() {
+        let mut s = SendLag::default();
+        // Second 5's slow answers come back among second 6's quick ones.
+        for i in 0..10u64 {
+            s.record(Duration::from_millis(6000 + i * 10), Duration::from_micros(100));
+            s.record(Duration::from_millis(5000 + i * 10), Duration::from_millis(9));
+        }
+        let (_, seconds) = s.finish();
+        let got: Vec<(u64, u64)> = seconds.iter().map(|s| (s.second, s.sends)).collect();
+        assert_eq!(got, vec![(6, 10), (7, 10)], "{seconds:?}");
+        assert!(seconds[0].send_lag_max_ms > 8.9 && seconds[1].send_lag_max_ms < 1.0, "{seconds:?}");
     }
 
     #[test]

@@ -93,12 +93,10 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
             let store = store_dependency(&plan.dependencies).map_err(|m| format!("the builtin pipeline {m}"))?;
             let store = deps.iter().find(|d| d.name == store.name).ok_or("the builtin pipeline has no store")?;
             let ofrep = flags.context()["url"].as_str().unwrap_or_default().to_string();
-            let pipeline = crate::sut::on_builtin_runtime(Pipeline::start(
-                store.address(),
-                ofrep,
-                *defects,
-                Some(cx.trouble.clone()),
-            ))
+            let pipeline = crate::threads::run_on(
+                crate::threads::builtin(),
+                Pipeline::start(store.address(), ofrep, *defects, Some(cx.trouble.clone())),
+            )
             .await
             .map_err(|e| format!("the builtin pipeline could not listen: {e}"))?;
             let pipeline = cx.guard.adopt(Arc::new(pipeline));
@@ -114,7 +112,7 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
                     write: Arc::new(write),
                     process: None,
                     gate: None,
-                    runtime: crate::sut::builtin_runtime().ok(),
+                    runtime: crate::threads::builtin().ok(),
                 },
                 observer,
             )

@@ -14,32 +14,6 @@ pub mod store;
 
 use serde::Serialize;
 
-/// The runtime the builtin target and store run on: threads of their own, so the
-/// builtin system under test's work never delays stagegate's sends and timers (and its
-/// own lateness is measured apart, see `crate::measure::lateness`). Built once.
-pub fn builtin_runtime() -> std::io::Result<tokio::runtime::Handle> {
-    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> = std::sync::OnceLock::new();
-    let built = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("stagegate-builtin")
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    });
-    match built {
-        Ok(rt) => Ok(rt.handle().clone()),
-        Err(e) => Err(std::io::Error::other(format!("cannot start the builtin target's threads: {e}"))),
-    }
-}
-
-/// Runs `start` on the builtin runtime and waits for it.
-pub async fn on_builtin_runtime<T: Send + 'static>(
-    start: impl std::future::Future<Output = std::io::Result<T>> + Send + 'static,
-) -> std::io::Result<T> {
-    builtin_runtime()?.spawn(start).await.map_err(std::io::Error::other)?
-}
-
 /// The checked `target:` section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
