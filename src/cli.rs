@@ -144,6 +144,12 @@ fn kv_store(port: u16) -> i32 {
                 return exit::RUN_BROKEN;
             }
         };
+        // Said on stderr, so that a supervisor's readiness check can wait for it.
+        let _ = writeln!(
+            std::io::stderr(),
+            "stagegate kv-store: listening on {} (one line per request: APPEND, GET, SCAN, PING; see docs/builtin.md); Ctrl-C or SIGTERM stops it",
+            store.addr()
+        );
         let stop = Shutdown::default();
         if let Err(e) = watch_signals(stop.clone(), "stopping the store") {
             eprintln!("error: cannot watch for Ctrl-C: {e}");

@@ -75,6 +75,26 @@ fn warnings_print_and_deny_warnings_refuses() {
 }
 
 #[test]
+fn a_warning_caused_by_an_override_points_at_the_override() {
+    let set = "flags.definitions.new-enricher.expires=2020-01-01";
+    let out = stagegate(&["validate", "scenarios/quickstart.yaml", "--set", set]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("warning: --set {set}: `flags.definitions.new-enricher.expires`")), "{stderr}");
+    assert!(!stderr.contains("quickstart.yaml:"), "the file's line says another date: {stderr}");
+}
+
+#[test]
+fn a_missing_data_file_gives_the_os_reason_and_the_resolved_path() {
+    let out = stagegate(&["validate", "tests/scenarios/tiny.yaml", "--set", "workload.data=../nowhere/orders.yaml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let resolved = root().join("tests/nowhere/orders.yaml");
+    assert!(stderr.contains(&format!("(resolved to {})", resolved.display())), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
 fn secrets_never_reach_the_report_or_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())

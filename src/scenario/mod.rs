@@ -115,6 +115,24 @@ impl Default for LoadOptions {
     }
 }
 
+/// `path` made absolute with `.` and `..` worked out, as a user would look for it: the
+/// path a "cannot read" message names.
+pub fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn unreadable(file: &Path, what: &str, e: &std::io::Error) -> Diagnostics {
     Diagnostics(vec![Diagnostic {
         file: file.to_path_buf(),
@@ -185,9 +203,7 @@ fn load_interpolated(
         let relabelled = list
             .into_iter()
             .map(|mut d| {
-                // Also a key the file never had, created by an override's path.
-                let created = |o: &&Override| under(&o.path, &d.path) && !locations.has_key(&d.path);
-                if let Some(o) = options.overrides.iter().find(|o| under(&d.path, &o.path) || created(o)) {
+                if let Some(o) = overridden(&options.overrides, &locations, &d.path) {
                     d.file = PathBuf::from(format!("--set {}", o.text));
                     d.line = 0;
                     d.column = 0;
@@ -263,6 +279,17 @@ fn short_secrets(file: &Path, interpolated: &interpolate::Interpolated) -> Resul
 }
 
 /// Whether key path `path` is `root` or lies inside it.
+/// The override that set the value at `path`, if one did: the path is under the
+/// override's, or is a key the file never had that the override's path created.
+pub(crate) fn overridden<'a>(
+    overrides: &'a [Override],
+    locations: &yaml::Locations,
+    path: &str,
+) -> Option<&'a Override> {
+    let created = |o: &&Override| under(&o.path, path) && !locations.has_key(path);
+    overrides.iter().rev().find(|o| under(path, &o.path) || created(o))
+}
+
 fn under(path: &str, root: &str) -> bool {
     path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }

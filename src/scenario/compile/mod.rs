@@ -35,6 +35,9 @@ pub struct Ctx<'a> {
     pub loc: &'a Locations,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<String>,
+    /// The `--set` overrides applied to the document: a warning about a value one of
+    /// them set points at it, not at the file.
+    pub overrides: &'a [crate::scenario::Override],
 }
 
 impl Ctx<'_> {
@@ -52,6 +55,10 @@ impl Ctx<'_> {
     }
 
     pub fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
+        if let Some(o) = crate::scenario::overridden(self.overrides, self.loc, path) {
+            self.warnings.push(format!("--set {}: `{path}`: {message}", o.text));
+            return;
+        }
         let pos = self.loc.value(path);
         self.warnings.push(format!("{}:{}:{}: `{path}`: {message}", self.file.display(), pos.line, pos.column));
     }
@@ -113,7 +120,7 @@ pub(in crate::scenario) fn compile(
     options: &LoadOptions,
     secrets: Secrets,
 ) -> Result<Plan, Diagnostics> {
-    let mut ctx = Ctx { file, loc, errors: Vec::new(), warnings: Vec::new() };
+    let mut ctx = Ctx { file, loc, errors: Vec::new(), warnings: Vec::new(), overrides: &options.overrides };
     let Value::Object(root) = doc else {
         ctx.error("", "a scenario is a map of keys (version, name, target, workload, stages, ...)");
         return Err(Diagnostics(ctx.errors));

@@ -18,8 +18,14 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
         Err(super::Diagnostics(errors)) => {
             if let Some(unreadable) = errors.iter().find(|d| d.line == 0) {
                 let why = unreadable.message.trim_start_matches("cannot read the data schema: ");
-                let d =
-                    ctx.error("workload.data", format!("cannot read the data schema `{}`: {why}", data_file.display()));
+                let d = ctx.error(
+                    "workload.data",
+                    format!(
+                        "cannot read the data schema `{}` (resolved to {}): {why}",
+                        w.data,
+                        crate::scenario::resolved(&data_file).display()
+                    ),
+                );
                 if std::path::Path::new(&w.data).is_relative() {
                     d.hint = Some("the path is relative to the scenario file".into());
                 }
@@ -208,7 +214,14 @@ pub(super) fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: D
         let text = match crate::limits::read_bounded(&path, crate::limits::PLAYBOOK_BYTES) {
             Ok(t) => t,
             Err(e) => {
-                let d = ctx.error(&p, format!("cannot read the playbook `{}`: {e}", path.display()));
+                let d = ctx.error(
+                    &p,
+                    format!(
+                        "cannot read the playbook `{}` (resolved to {}): {e}",
+                        playbook,
+                        crate::scenario::resolved(&path).display()
+                    ),
+                );
                 if std::path::Path::new(playbook).is_relative() {
                     d.hint = Some("the path is relative to the scenario file".into());
                 }
@@ -222,7 +235,7 @@ pub(super) fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: D
                 return None;
             }
         };
-        let mut inner = Ctx { file: &path, loc: &loc, errors: Vec::new(), warnings: Vec::new() };
+        let mut inner = Ctx { file: &path, loc: &loc, errors: Vec::new(), warnings: Vec::new(), overrides: &[] };
         let arrival = compile_arrival(&mut inner, "arrival", &spec.arrival, stage, depth + 1);
         ctx.errors.extend(inner.errors);
         return arrival.map(|a| match a {
