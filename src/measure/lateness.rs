@@ -356,9 +356,9 @@ fn as_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 impl Default for HealthLimits {
     fn default() -> Self {
         HealthLimits {
-            send_lag_p99: Duration::from_millis(5),
+            send_lag_p99: Duration::from_millis(10),
             timer_lag_p99: Duration::from_millis(10),
-            proxy_hold_overrun_p99: Duration::from_millis(5),
+            proxy_hold_overrun_p99: Duration::from_millis(10),
             dropped: 0,
         }
     }

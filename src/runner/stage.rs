@@ -121,6 +121,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         snapshots: abort_criteria.then_some(snapshots),
         trouble: cx.trouble,
         send_lag: SendLag::default(),
+        failed_late: 0,
         sent_values: BTreeMap::new(),
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
@@ -257,8 +258,14 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         verdict::hold_all(&mut assessments, why);
     }
     if let Some(behind) = &health.behind {
-        let overload = if metrics.errors > 0 {
-            Some(format!("{} requests failed while it was behind, so the counts may be the overload's", metrics.errors))
+        // A failure is the overload's when the request itself left late; failures of
+        // requests sent on time are the faults' or the target's, and counted as usual.
+        let overload = if accounts.failed_late > 0 {
+            Some(format!(
+                "{} requests that left more than {} late timed out, so the counts may be the overload's",
+                accounts.failed_late,
+                crate::scenario::units::format_duration(plan.health.send_lag_p99)
+            ))
         } else if health.builtin_timer_lag.is_some_and(|l| l.p99_ms > plan.health.timer_lag_p99.as_secs_f64() * 1000.0)
         {
             Some("the builtin target runs inside stagegate and was held up too (its store calls may have timed out and been retried), so the counts may be the overload's".to_string())
@@ -416,6 +423,11 @@ struct Accounts<'a> {
     snapshots: Option<watch::Sender<Option<(Recorder, Duration)>>>,
     trouble: &'a Trouble,
     send_lag: SendLag,
+    /// Requests that timed out after leaving later than the send-lag limit: timeouts the
+    /// harness's own lateness may have caused (their answers are read on its runtime
+    /// too). A quick failure (a 5xx, a refused connection) is the target's whatever the
+    /// harness did.
+    failed_late: u64,
     /// The flag values sent with requests, by flag and value (a `header` provider).
     sent_values: BTreeMap<String, BTreeMap<String, u64>>,
 }
@@ -500,7 +512,12 @@ impl Sink for Accounts<'_> {
                 self.ledger().rejected(&s.key);
                 self.counts.rejected += 1;
             }
-            Outcome::Failed => self.counts.failed += 1,
+            Outcome::Failed => {
+                self.counts.failed += 1;
+                if s.latency >= self.plan.workload.timeout && s.send_lag > self.plan.health.send_lag_p99 {
+                    self.failed_late += 1;
+                }
+            }
         }
         self.send_lag.record(s.offset, s.send_lag);
         let variant = self.keys.remove(&s.key).flatten();

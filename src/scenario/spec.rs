@@ -682,7 +682,7 @@ pub struct OnVerdictSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
-    /// How late requests may leave against their intended time, at p99. Default `5ms`.
+    /// How late requests may leave against their intended time, at p99. Default `10ms`.
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub send_lag_p99: Option<Text>,
@@ -691,7 +691,7 @@ pub struct HealthSpec {
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub timer_lag_p99: Option<Text>,
-    /// How late a fault proxy may release data it held, at p99. Default `5ms`.
+    /// How late a fault proxy may release data it held, at p99. Default `10ms`.
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub proxy_hold_overrun_p99: Option<Text>,
