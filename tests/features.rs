@@ -170,7 +170,7 @@ fn the_plan_shows_stages_faults_load_criteria_and_actions() {
         "### 2. `canary-10`",
         "`new-enricher` = true 10% / false rest",
         "900 records (750 judged after warm-up)",
-        "| refuse | `store` |  | 2s–3s | 100% | both |",
+        "| refuse | `store` |  | 2s–3s | 100% | – |",
         "`recovery.time < 2s`",
         "`compare latency: candidate vs baseline`",
         "| ROLLBACK | 1 | `sh -c 'echo keep the new path off: $STAGEGATE_VERDICT'` |",
@@ -178,6 +178,13 @@ fn the_plan_shows_stages_faults_load_criteria_and_actions() {
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
+    // A latency held both ways adds twice its delay to each call to the store.
+    let out = stagegate(&["plan", "scenarios/quickstart.yaml", "--set", "stages[2].faults[0].delay=150ms"]);
+    let stdout = text(&out).0;
+    assert!(stdout.contains("| latency | `store` | delay 150ms ± 10ms (+300ms ± 20ms per round trip) |"), "{stdout}");
+    let out = stagegate(&["plan", "scenarios/bad-input.yaml"]);
+    let stdout = text(&out).0;
+    assert!(stdout.contains("| malformed | `workload` |") && !stdout.contains("`workload` | both"), "{stdout}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::fault::{Fault, FaultKind};
+use crate::fault::{Direction, Fault, FaultKind, Place};
 use crate::scenario::Plan;
 use crate::scenario::units::format_duration;
 use crate::sut::Target;
@@ -15,9 +15,19 @@ use crate::workload::Arrival;
 
 fn params(f: &Fault) -> String {
     match &f.kind {
-        FaultKind::Latency { delay, jitter } if jitter.is_zero() => format!("delay {}", format_duration(*delay)),
         FaultKind::Latency { delay, jitter } => {
-            format!("delay {} ± {}", format_duration(*delay), format_duration(*jitter))
+            let spread = |times: u32| match jitter.is_zero() {
+                true => format_duration(*delay * times),
+                false => format!("{} ± {}", format_duration(*delay * times), format_duration(*jitter * times)),
+            };
+            // The added delay a caller sees: once per request when held per request, else
+            // once per direction the stream is held in.
+            let (times, per) = if stream_fault(f) {
+                (if f.direction == Direction::Both { 2 } else { 1 }, "per round trip")
+            } else {
+                (1, "per request")
+            };
+            format!("delay {} (+{} {per})", spread(1), spread(times))
         }
         FaultKind::Bandwidth { bytes_per_sec } => format!("{bytes_per_sec} B/s"),
         FaultKind::Reset { after: Some(n) } => format!("after {n} bytes"),
@@ -36,6 +46,14 @@ fn params(f: &Fault) -> String {
         FaultKind::Late { delay } => format!("event time {} earlier", format_duration(*delay)),
         _ => String::new(),
     }
+}
+
+/// Whether `f` acts on a byte stream in a TCP proxy, where `direction` applies (not
+/// `refuse`, which acts on whole connections).
+fn stream_fault(f: &Fault) -> bool {
+    f.kind.runs_in_proxy()
+        && !matches!(f.kind, FaultKind::Refuse)
+        && !crate::fault::gate::per_request(f, f.at == Place::Target)
 }
 
 /// A command as a shell would take it back: arguments with spaces or quotes are quoted.
@@ -172,7 +190,7 @@ pub fn markdown(plan: &Plan) -> String {
                     params(f),
                     active.join(", "),
                     f.probability * 100.0,
-                    format!("{:?}", f.direction).to_lowercase()
+                    if stream_fault(f) { format!("{:?}", f.direction).to_lowercase() } else { "–".into() }
                 );
             }
             let _ = writeln!(s);
