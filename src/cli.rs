@@ -17,9 +17,18 @@ use crate::report::{Event, Reporter};
 use crate::runner::Shutdown;
 use crate::scenario::{self, Diagnostics};
 
+/// `--version`: the crate's version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (rev ", env!("STAGEGATE_REVISION"), ")");
+
 /// Rehearse a release stage under chaos and gate on the verdict.
 #[derive(Debug, Parser)]
-#[command(name = "stagegate", version, about, long_about = None)]
+#[command(
+    name = "stagegate",
+    version = VERSION,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  stagegate run scenarios/quickstart.yaml\n  stagegate plan scenarios/quickstart.yaml --set stages[2].faults[0].delay=150ms\n\nThe scenario format: docs/format.md. Exit codes: 0 PROMOTE, 1 ROLLBACK, 2 invalid input, 3 INCONCLUSIVE, 4 the run broke, 130 interrupted."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,8 +37,9 @@ pub struct Cli {
 /// Per-run settings shared by the commands that read a scenario.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
-    /// Override a scenario key for this run, e.g. `--set workload.arrival.rate=50/s`
-    /// or `--set stages[2].faults[0].delay=300ms` (repeatable; checked like the file).
+    /// Override a scenario key before the file is checked (a what-if), e.g. `--set
+    /// workload.arrival.rate=50/s` or `--set stages[2].faults[0].delay=300ms`
+    /// (repeatable, applied in order; the value is read as YAML and checked like the file).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
     /// Override the scenario's seed.
@@ -47,6 +57,9 @@ pub enum Command {
     /// Exit codes: 0 PROMOTE, 1 ROLLBACK, 2 invalid scenario or arguments (nothing run),
     /// 3 INCONCLUSIVE, 4 the run itself broke, 130 interrupted (faults lifted, partial
     /// report written).
+    #[command(
+        after_help = "Examples:\n  stagegate run scenarios/quickstart.yaml\n  stagegate run scenarios/quickstart.yaml --seed 7 --set workload.arrival.rate=50/s\n  stagegate run -q scenarios/rollback-demo.yaml --report-dir /tmp/reports; echo \"exit $?\""
+    )]
     Run {
         /// The scenario file.
         file: PathBuf,
@@ -61,6 +74,12 @@ pub enum Command {
         quiet: bool,
     },
     /// Check scenario files without running anything (exit 0 valid, 2 invalid).
+    ///
+    /// Every mistake is listed with file, line:column, key path and a hint; warnings
+    /// (an expired flag, say) print too, and fail the check with `--deny-warnings`.
+    #[command(
+        after_help = "Examples:\n  stagegate validate scenarios/*.yaml\n  stagegate validate --deny-warnings scenarios/quickstart.yaml --set workload.duration=30s"
+    )]
     Validate {
         /// Scenario files.
         #[arg(required = true)]
@@ -70,6 +89,9 @@ pub enum Command {
     },
     /// Print the rollout plan as Markdown: stages, flag states, fault timelines,
     /// expected load, the criteria of each stage and what each verdict triggers.
+    #[command(
+        after_help = "Examples:\n  stagegate plan scenarios/quickstart.yaml\n  stagegate plan scenarios/quickstart.yaml --set stages[2].faults[0].delay=150ms > plan.md"
+    )]
     Plan {
         /// The scenario file.
         file: PathBuf,
@@ -77,10 +99,16 @@ pub enum Command {
         scenario: ScenarioArgs,
     },
     /// Print the JSON Schema of the scenario format (for editors).
+    #[command(
+        after_help = "Example:\n  stagegate schema > stagegate.schema.json\n  # then, first line of a scenario: # yaml-language-server: $schema=stagegate.schema.json"
+    )]
     Schema,
     /// Run standalone fault proxies for a game day, driven over a Toxiproxy-compatible
     /// HTTP API (`/proxies`, `/proxies/{name}/toxics`, `/reset`, `/populate`, `/version`).
     /// Ctrl-C or SIGTERM removes every fault and closes every proxy.
+    #[command(
+        after_help = "Example:\n  stagegate proxy &\n  curl -s -X POST localhost:8474/proxies -d '{\"name\":\"redis\",\"listen\":\"127.0.0.1:26379\",\"upstream\":\"127.0.0.1:6379\"}'\n  curl -s -X POST localhost:8474/proxies/redis/toxics -d '{\"type\":\"latency\",\"attributes\":{\"latency\":100}}'"
+    )]
     Proxy {
         /// Address of the control API.
         #[arg(long, default_value = "127.0.0.1:8474")]
@@ -91,30 +119,48 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Serve the builtin store as a process of its own (a `process` dependency that
-    /// `kill` and `pause` faults can act on). Stops on SIGTERM or Ctrl-C.
+    /// `kill` and `pause` faults can act on). Says its address on stderr when it
+    /// listens; stops on SIGTERM or Ctrl-C. Protocol: docs/builtin.md.
+    #[command(
+        after_help = "Example, as a scenario's dependency:\n  dependencies:\n    store: { process: { command: [stagegate, kv-store, --port, \"{{ port }}\"] } }"
+    )]
     KvStore {
         /// The loopback port to serve on.
         #[arg(long)]
         port: u16,
     },
     /// Stop what killed runs left behind: reads each `run.json` under the report folder
-    /// whose stagegate process is gone, and kills the processes it started.
+    /// whose stagegate process is gone, stops the processes it started and removes
+    /// its containers (a pid since reused by another program is left alone).
+    #[command(after_help = "Example, after a run was killed with SIGKILL:\n  stagegate cleanup --report-dir reports")]
     Cleanup {
         /// The folder holding the runs' report folders.
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
     },
     /// Print synthetic records from a schema as JSON lines.
+    #[command(after_help = "Example:\n  stagegate data synthetic-data/orders.yaml --count 3 --seed 42")]
     Data {
         /// The record schema (`synthetic-data/*.yaml`).
         schema: PathBuf,
-        /// How many records (default 10).
+        /// How many records.
         #[arg(long, default_value_t = 10)]
         count: u64,
-        /// The seed: same seed, same records (default 0).
+        /// The seed: same seed, same records.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  stagegate completions bash > /etc/bash_completion.d/stagegate\n  stagegate completions zsh > \"${fpath[1]}/_stagegate\"\n  stagegate completions fish > ~/.config/fish/completions/stagegate.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), for `man`.
+    #[command(after_help = "Example:\n  stagegate man > /usr/local/share/man/man1/stagegate.1 && man stagegate")]
+    Man,
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -131,6 +177,21 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
         Command::KvStore { port } => kv_store(port),
         Command::Cleanup { report_dir } => cleanup(&report_dir),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "stagegate", &mut out);
+            print_out(&String::from_utf8_lossy(&out)).err().unwrap_or(exit::PROMOTE)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out) {
+                Ok(()) => print_out(&String::from_utf8_lossy(&out)).err().unwrap_or(exit::PROMOTE),
+                Err(e) => {
+                    eprintln!("error: cannot write the manual page: {e}");
+                    exit::RUN_BROKEN
+                }
+            }
+        }
     }
 }
 
