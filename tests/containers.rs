@@ -15,6 +15,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 fn build_image() {
+    common::require_docker();
+    common::require_program("redis-server", "`apt-get install redis-server`");
     common::build_test_image();
 }
 

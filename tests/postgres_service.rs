@@ -3,7 +3,7 @@
 //! counts for known-bad variants of the service, zero for the good one, a latency fault
 //! on the database that reaches the service's answers, and nothing left running after.
 //!
-//! Needs PostgreSQL and psycopg2 (`.ci/run` installs both).
+//! Needs PostgreSQL and psycopg2 (`scripts/test` installs both).
 
 mod common;
 
@@ -20,6 +20,8 @@ fn group_alive(pgid: i64) -> bool {
 }
 
 fn run(bad: Option<&str>) -> (std::process::Output, serde_json::Value, tempfile::TempDir) {
+    common::require_postgres();
+    common::require_python(&["psycopg2"], "psycopg2-binary");
     let dir = tempfile::tempdir().unwrap();
     let bad = bad.map(|b| format!(", --bad, {b}")).unwrap_or_default();
     let set = format!(

@@ -34,12 +34,13 @@ struct Rig {
 
 impl Rig {
     fn start() -> Rig {
+        common::require_program("redis-server", "`apt-get install redis-server`");
         let redis_port = free_port();
         let redis = Command::new("redis-server")
             .args(["--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
-            .expect("redis-server is installed (`.ci/run` installs it)");
+            .expect("redis-server is installed (`scripts/test` installs it)");
         wait_for(redis_port);
         let api = free_port();
         let port = free_port();

@@ -2,6 +2,8 @@
 //! `mannwhitneyu` (from PyPI) on fixed data sets, with ties, small samples and every
 //! alternative, must give the same p-values within 1e-6.
 
+mod common;
+
 use std::process::Command;
 
 use stagegate::verdict::stats::{Alternative, Method, holm, mann_whitney};
@@ -41,6 +43,7 @@ fn scipy_p_values(cases: &[(Vec<f64>, Vec<f64>, &str, &str)]) -> Vec<f64> {
             list(y)
         ));
     }
+    common::require_python(&["scipy"], "scipy");
     let out = Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
     assert!(out.status.success(), "scipy is needed (pip install scipy): {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse::<f64>().unwrap()).collect()

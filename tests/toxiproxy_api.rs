@@ -1,5 +1,5 @@
 //! `stagegate proxy` under an existing Toxiproxy client library (`toxiproxy-python` from
-//! PyPI, installed by `.ci/run`): create a proxy, add and remove a latency toxic and see
+//! PyPI, installed by `scripts/test`): create a proxy, add and remove a latency toxic and see
 //! its effect, disable and enable, a toxic with a time-to-live, reset. Then SIGTERM
 //! stops the server and closes every proxy.
 
@@ -25,6 +25,7 @@ fn a_toxiproxy_client_drives_stagegate_proxy() {
         assert!(Instant::now() < deadline, "the control API never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
+    common::require_python(&["toxiproxy"], "toxiproxy-python");
     let client = Command::new("python3")
         .args(["tests/toxiproxy_client.py", &port.to_string()])
         .current_dir(common::root())

@@ -9,6 +9,7 @@ mod common;
 
 #[test]
 fn the_worked_example_rolls_back_the_duplicating_path() {
+    common::require_program("redis-server", "`apt-get install redis-server`");
     let dir = tempfile::tempdir().unwrap();
     let out = common::stagegate(&[
         "run",
@@ -44,6 +45,7 @@ fn the_worked_example_rolls_back_the_duplicating_path() {
 /// Runs the example's service (or its defective twin) for one 2-second stage without
 /// faults or warm-up, so every tenth order is exactly 20 orders.
 fn one_clean_stage(command: &str) -> (std::process::Output, serde_json::Value) {
+    common::require_program("redis-server", "`apt-get install redis-server`");
     let dir = tempfile::tempdir().unwrap();
     let set = format!("target.process.command={command}");
     let out = common::stagegate(&[

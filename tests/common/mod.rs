@@ -15,6 +15,52 @@ use std::process::{Command, Output};
 pub const RELAXED_HEALTH: &str =
     "health={send_lag_p99: 1m, timer_lag_p99: 1m, proxy_hold_overrun_p99: 1m, dropped: 1000000}";
 
+/// Fails the test at once, in one line, when what it needs is missing: `what` names
+/// the program, `how` how to get it. Never skips: a missing server is a failed check.
+fn missing(what: &str, how: &str) -> ! {
+    panic!("this test needs {what}, which is missing: run `scripts/test` (it installs it) or {how}");
+}
+
+/// Requires a program on PATH (`redis-server`, `docker`, ...).
+pub fn require_program(program: &str, how: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if !found {
+        missing(program, how);
+    }
+}
+
+/// Requires PostgreSQL's server programs (Debian's `postgresql` package).
+pub fn require_postgres() {
+    let found = std::fs::read_dir("/usr/lib/postgresql")
+        .is_ok_and(|versions| versions.flatten().any(|v| v.path().join("bin/postgres").is_file()));
+    if !found {
+        missing("PostgreSQL's server (/usr/lib/postgresql/*/bin/postgres)", "`apt-get install postgresql`");
+    }
+}
+
+/// Requires Python modules importable by the `python3` on PATH.
+pub fn require_python(modules: &[&str], packages: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(&format!("the Python modules {}", modules.join(", ")), &format!("`pip install {packages}`"));
+    }
+}
+
+/// Requires a Docker engine that answers.
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing("a Docker engine that answers `docker info`", "start the Docker engine");
+    }
+}
+
 /// The built binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stagegate"))
