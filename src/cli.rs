@@ -495,6 +495,9 @@ fn deliver(event: &Event, json: &mut JsonReporter, terminal: &mut TerminalReport
         terminal.written = json.written.clone();
     }
     terminal.event(event);
+    if let Event::Judged(_, written) = event {
+        written.done();
+    }
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

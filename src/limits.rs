@@ -116,6 +116,10 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// How long the run waits for the report to be written before the `on_verdict`
+/// action, which may read it, is started anyway.
+pub const REPORT_WRITE: Duration = Duration::from_secs(30);
+
 #[cfg(test)]
 mod tests {
     use super::*;

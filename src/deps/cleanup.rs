@@ -131,7 +131,24 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
             out.stopped += 1;
         }
     }
-    match super::container::remove_labelled(&record.run).await {
+    let mut removed = super::container::remove_labelled(&record.run).await;
+    // A container whose creation was asked for but never recorded as done may still be
+    // on its way: the daemon finishes a create request whose client was killed. Looked
+    // for again for a few seconds.
+    let pending = |removed: &[(String, String)]| {
+        record.containers.iter().any(|c| c.running && c.id.is_none() && !removed.iter().any(|(n, _)| *n == c.container))
+    };
+    let deadline = tokio::time::Instant::now() + CREATE_IN_FLIGHT;
+    while let Ok(so_far) = &mut removed
+        && pending(so_far)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Ok(more) = super::container::remove_labelled(&record.run).await {
+            so_far.extend(more);
+        }
+    }
+    match removed {
         Ok(removed) => {
             for (docker_name, id) in removed {
                 let dep =
@@ -147,6 +164,9 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
         Err(_) => {}
     }
 }
+
+/// How long `cleanup` looks for a container whose creation a killed run had asked for.
+const CREATE_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The live stagegate above `pid` in its parent chain, if any: a run's processes stay
 /// below their stagegate (it is their subreaper) for as long as it lives.

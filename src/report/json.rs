@@ -24,7 +24,7 @@ impl JsonReporter {
 
 impl Reporter for JsonReporter {
     fn event(&mut self, event: &Event) {
-        let (Event::Finished(report) | Event::Judged(report)) = event else {
+        let (Event::Finished(report) | Event::Judged(report, _)) = event else {
             return;
         };
         let path = self.dir.join("report.json");

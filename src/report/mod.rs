@@ -17,6 +17,25 @@ use crate::measure::StageMetrics;
 use crate::verdict::{Assessment, Verdict};
 use serde::Serialize;
 
+/// Tells the runner that the reporters have written what a [`Event::Judged`] carried.
+#[derive(Debug, Clone, Default)]
+pub struct Written(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+
+impl Written {
+    /// A signal and the receiver the runner waits on.
+    pub fn new() -> (Written, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Written(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Says the report is written (once; later calls do nothing).
+    pub fn done(&self) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Something that happened during a run, in order.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -43,9 +62,10 @@ pub enum Event {
     Fault(FaultRecord),
     /// A stage ended, was observed and judged.
     StageFinished { report: Box<StageReport>, assessments: Vec<Assessment> },
-    /// The verdict is known and the report written out, before the `on_verdict` action
-    /// runs (which may read it).
-    Judged(Box<RunReport>),
+    /// The verdict is known, before the `on_verdict` action runs (which may read the
+    /// report): the receiver writes the report out, then calls [`Written::done`], which
+    /// the runner waits for.
+    Judged(Box<RunReport>, Written),
     /// The run is over (whatever the reason); the report is final.
     Finished(Box<RunReport>),
 }

@@ -148,7 +148,7 @@ impl Reporter for TerminalReporter {
                     self.say(format!("warning: stage `{}`: {why}; its timing criteria are not judged", report.name));
                 }
             }
-            Event::Judged(_) => {}
+            Event::Judged(..) => {}
             Event::Finished(report) => {
                 let text = self.secrets.mask(&summary(report, self.written.as_ref()));
                 let mut out = std::io::stdout().lock();

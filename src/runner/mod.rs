@@ -143,7 +143,14 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     {
         // The report exists before the action runs, which may read it (STAGEGATE_REPORT).
         report.finished_at = chrono::Utc::now().to_rfc3339();
-        emit(Event::Judged(Box::new(report.clone())));
+        let (written, on_disk) = crate::report::Written::new();
+        emit(Event::Judged(Box::new(report.clone()), written));
+        // Within a deadline, and giving way to Ctrl-C: a reporter that cannot keep up
+        // does not hold the run.
+        tokio::select! {
+            _ = tokio::time::timeout(crate::limits::REPORT_WRITE, on_disk) => {}
+            _ = stop.cancel.cancelled() => {}
+        }
         report.on_verdict = action::on_verdict(plan, v, out.dir.as_deref(), &run_file, &stop.cancel).await;
         if stop.cancel.is_cancelled() && report.on_verdict.is_some() {
             // The verdict stands in the report, but the run did not finish its job.
