@@ -76,8 +76,9 @@ pub struct TimerProbe {
 }
 
 impl TimerProbe {
-    /// Starts a probe on the runtime `on`.
-    pub fn start(on: &tokio::runtime::Handle) -> TimerProbe {
+    /// Starts a probe on the runtime `on` that notes lateness from `judged_from` on
+    /// (a stage's warm-up is measured, not judged).
+    pub fn start(on: &tokio::runtime::Handle, judged_from: Instant) -> TimerProbe {
         let book = LagBook::default();
         let stop = CancellationToken::new();
         let (b, s) = (book.clone(), stop.clone());
@@ -90,8 +91,11 @@ impl TimerProbe {
                 }
                 // The runtime's timer has millisecond steps: up to a millisecond late is
                 // its resolution, not lateness.
-                let late = Instant::now().saturating_duration_since(due);
-                b.record(late.saturating_sub(Duration::from_millis(1)));
+                let now = Instant::now();
+                if now >= judged_from {
+                    let late = now.saturating_duration_since(due);
+                    b.record(late.saturating_sub(Duration::from_millis(1)));
+                }
             }
         });
         TimerProbe { book, stop }
@@ -367,6 +371,9 @@ impl Default for HealthLimits {
 /// Send lag of one stage, as a whole and second by second.
 #[derive(Debug, Clone)]
 pub struct SendLag {
+    /// Sends intended before this offset are warm-up: kept second by second, left out
+    /// of the stage's figures (warm-up is measured, not judged).
+    warmup: Duration,
     whole: Histogram<u64>,
     /// Seconds still open, by second: answers come back out of order (a slow answer
     /// of second 5 after the quick ones of second 6), so several are open at once.
@@ -383,16 +390,23 @@ const OPEN_SECONDS: usize = 8;
 
 impl Default for SendLag {
     fn default() -> Self {
-        SendLag { whole: lag_histogram(), open: Default::default(), seconds: Vec::new() }
+        SendLag::new(Duration::ZERO)
     }
 }
 
 impl SendLag {
+    /// Send lag of a stage whose first `warmup` is not judged.
+    pub fn new(warmup: Duration) -> Self {
+        SendLag { warmup, whole: lag_histogram(), open: Default::default(), seconds: Vec::new() }
+    }
+
     /// A send intended at `offset` into the stage left `lag` late.
     pub fn record(&mut self, offset: Duration, lag: Duration) {
         let second = offset.as_secs();
         let micros = (lag.as_micros().min(u64::MAX as u128) as u64).max(1);
-        self.whole.saturating_record(micros);
+        if offset >= self.warmup {
+            self.whole.saturating_record(micros);
+        }
         if let Some(h) = self.open.get_mut(&second) {
             h.saturating_record(micros);
             return;
@@ -504,6 +518,21 @@ mod tests {
     }
 
     #[test]
+    fn warm_up_sends_are_shown_by_second_but_left_out_of_the_stages_figure() {
+        let mut s = SendLag::new(Duration::from_secs(1));
+        // A start-up stall in the warm-up second, then sends on time.
+        for i in 0..20u64 {
+            let lag = if i < 10 { Duration::from_millis(150) } else { Duration::from_micros(300) };
+            s.record(Duration::from_millis(i * 100), lag);
+        }
+        let (whole, seconds) = s.finish();
+        let whole = whole.unwrap();
+        assert_eq!(whole.samples, 10, "{whole:?}");
+        assert!(whole.max_ms < 1.0, "{whole:?}");
+        assert!(seconds[0].send_lag_max_ms > 149.0, "{seconds:?}");
+    }
+
+    #[test]
     fn send_lag_is_kept_second_by_second() {
         let mut s = SendLag::default();
         for i in 0..30u64 {
@@ -519,7 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_timer_probe_sees_a_runtime_thread_held_up() {
-        let probe = TimerProbe::start(&tokio::runtime::Handle::current());
+        let probe = TimerProbe::start(&tokio::runtime::Handle::current(), Instant::now());
         tokio::time::sleep(Duration::from_millis(30)).await;
         // Block the only thread of this runtime: the probe cannot wake on time.
         std::thread::sleep(Duration::from_millis(60));

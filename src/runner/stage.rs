@@ -120,7 +120,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         provider: p.flags.as_ref(),
         snapshots: abort_criteria.then_some(snapshots),
         trouble: cx.trouble,
-        send_lag: SendLag::default(),
+        send_lag: SendLag::new(plan.workload.warmup),
         failed_late: 0,
         sent_values: BTreeMap::new(),
     };
@@ -140,9 +140,11 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         gate.take_hold_overruns();
     }
     let cpu_before = CpuClock::now();
-    let probe = TimerProbe::start(&tokio::runtime::Handle::current());
-    let builtin_probe = p.target.runtime.as_ref().map(TimerProbe::start);
     let start = Instant::now();
+    // Warm-up is measured, not judged: the health figures start where judging does.
+    let judged_from = start + plan.workload.warmup;
+    let probe = TimerProbe::start(&tokio::runtime::Handle::current(), judged_from);
+    let builtin_probe = p.target.runtime.as_ref().map(|r| TimerProbe::start(r, judged_from));
     let over = stop.child_token();
     let write =
         HttpWrite { client: cx.client.clone(), base_url: p.target.url.clone(), template: p.target.write.clone() };
@@ -183,8 +185,22 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         }
     };
     let clock = Clock { start, over: &over, run: cx.halt };
-    let (drive, records, ()) =
-        tokio::join!(drive, timeline::play(&faults, &places, clock, &mut emit), p.observer.watch(&over));
+    let forget_warmup_overruns = async {
+        tokio::select! {
+            _ = over.cancelled() => {}
+            _ = tokio::time::sleep_until(judged_from) => {
+                for (_, gate) in &places.gates {
+                    gate.take_hold_overruns();
+                }
+            }
+        }
+    };
+    let (drive, records, (), ()) = tokio::join!(
+        drive,
+        timeline::play(&faults, &places, clock, &mut emit),
+        p.observer.watch(&over),
+        forget_warmup_overruns
+    );
     judge.abort();
     let elapsed = start.elapsed();
     let completed = drive.completed;

@@ -102,6 +102,14 @@ pub enum DataField {
     PiiExposed,
 }
 
+impl DataField {
+    /// Whether the count is taken among the records the system acknowledged (a record
+    /// it never accepted cannot be lost, doubled or altered by it).
+    pub fn of_acknowledged(self) -> bool {
+        matches!(self, DataField::Lost | DataField::Duplicated | DataField::Corrupted)
+    }
+}
+
 const QUANTILES: [(&str, Quantile); 7] = [
     ("p50", Quantile::P50),
     ("p90", Quantile::P90),
@@ -191,9 +199,22 @@ impl Metric {
             Some(p) => m.phases.get(p.name()).cloned().unwrap_or_default(),
         };
         match self.base {
+            // Lost, duplicated and corrupted are counted among the records the system
+            // acknowledged: with none acknowledged they are 0 and say nothing.
+            Base::Data(f) | Base::DataRate(f) if f.of_acknowledged() => slice.data.acked,
             Base::Data(_) | Base::DataRate(_) => slice.data.sent,
             Base::Freshness(_) => m.freshness.as_ref().map_or(0, |f| f.records),
             _ => slice.requests,
+        }
+    }
+
+    /// What one of [`Metric::samples`] is, for a person.
+    pub fn sample_noun(self) -> &'static str {
+        match self.base {
+            Base::Data(f) | Base::DataRate(f) if f.of_acknowledged() => "acknowledged records",
+            Base::Data(_) | Base::DataRate(_) => "records sent",
+            Base::Freshness(_) => "records timed",
+            _ => "samples",
         }
     }
 

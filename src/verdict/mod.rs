@@ -159,7 +159,8 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
             (Outcome::Inconclusive, Some(why))
         }
         _ if samples < c.min_samples && !matches!(check.metric.base, Base::RecoveryTime) => {
-            (Outcome::Inconclusive, Some(format!("{samples} samples, fewer than the {} required", c.min_samples)))
+            let noun = check.metric.sample_noun();
+            (Outcome::Inconclusive, Some(format!("{samples} {noun}, fewer than the {} required", c.min_samples)))
         }
         None => (Outcome::Inconclusive, Some("no samples".to_string())),
         Some(v) if check.op.holds(v, check.limit) => (Outcome::Pass, None),
@@ -459,7 +460,14 @@ pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>
                 .into(),
         );
     }
-    if notes().any(|n| n.contains("samples, fewer than")) {
+    if notes().any(|n| n.contains("acknowledged records, fewer than")) {
+        reasons.push(
+            "the system acknowledged too few records for the data checks to mean anything: look at its \
+             errors and rejections (`data.rejected_valid`) first"
+                .into(),
+        );
+    }
+    if notes().any(|n| n.contains("samples, fewer than") || n.contains("records sent, fewer than")) {
         reasons.push(
             "to get enough samples: lengthen the stages (`workload.duration`), raise the rate, or lower the \
              criterion's `min_samples`"
@@ -545,6 +553,22 @@ mod tests {
         let mut all = thin.clone();
         all.extend(dup);
         assert_eq!(fold(&all), Verdict::Rollback);
+    }
+
+    #[test]
+    fn data_checks_with_nothing_acknowledged_are_inconclusive_not_a_pass() {
+        // A target that refuses every write: nothing lost, doubled or altered, because
+        // nothing was stored.
+        let criteria = vec![criterion("data.lost == 0", None), criterion("data.corrupted == 0", None)];
+        let mut refused = metrics(1.0, 0, 0);
+        refused.data.acked = 0;
+        refused.data.rejected_valid = 1000;
+        let got = assess(&criteria, "s", &refused);
+        assert_eq!(fold(&got), Verdict::Inconclusive);
+        assert!(
+            got.iter().all(|a| a.note.as_deref().is_some_and(|n| n.starts_with("0 acknowledged records"))),
+            "{got:?}"
+        );
     }
 
     #[test]
