@@ -64,13 +64,9 @@ fn sigkill_after_an_env_restart_leaves_nothing_cleanup_cannot_find() {
     run.wait_for("stage 3 `closed` started", Duration::from_secs(30));
     run.signal(Signal::SIGKILL);
     let _ = run.finish(Duration::from_secs(10));
-    let run_file: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path().join("run.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let run_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::run_folders(dir.path())[0].join("run.json")).unwrap())
+            .unwrap();
     let target = run_file["processes"].as_array().unwrap().iter().find(|p| p["name"] == "target").unwrap().clone();
     let pgid = target["pgid"].as_i64().unwrap() as i32;
     assert!(
@@ -152,11 +148,21 @@ fn sigkill_at_random_moments_of_start_up_restarts_and_teardown_leaves_nothing_af
                     );
                     std::thread::sleep(Duration::from_millis(after_ms));
                     run.signal(Signal::SIGKILL);
-                    let _ = run.finish(Duration::from_secs(10));
+                    let (_, _, stderr, _) = run.finish(Duration::from_secs(10));
+                    // What cleanup read, to tell a record that missed something from a
+                    // cleanup that missed a recorded thing.
+                    let records: Vec<String> = std::fs::read_dir(dir.path())
+                        .unwrap()
+                        .flatten()
+                        .filter_map(|e| std::fs::read_to_string(e.path().join("run.json")).ok())
+                        .collect();
                     let said = cleanup(dir.path());
                     let left = settle(dir.path());
                     if !left.is_empty() {
-                        failures.push(format!("trial {i}, SIGKILL after {after_ms} ms: left {left:?}\n{said}"));
+                        failures.push(format!(
+                            "trial {i}, SIGKILL after {after_ms} ms: left {left:?}\ncleanup said:\n{said}\nrun.json before cleanup:\n{}\nstagegate's stderr:\n{stderr}",
+                            records.join("\n")
+                        ));
                     }
                 }
                 failures
@@ -292,11 +298,11 @@ fn cleanup_of_a_copied_record_leaves_a_live_runs_processes_alone() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (folder, store) = loop {
         assert!(Instant::now() < deadline, "the store was never recorded");
-        let found = std::fs::read_dir(&reports).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).and_then(|e| {
+        let found = common::run_folders(&reports).into_iter().next().and_then(|folder| {
             let record: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(e.path().join("run.json")).ok()?).ok()?;
+                serde_json::from_str(&std::fs::read_to_string(folder.join("run.json")).ok()?).ok()?;
             let pgid = record["processes"][0]["pgid"].as_i64()?;
-            Some((e.path(), pgid as i32))
+            Some((folder, pgid as i32))
         });
         if let Some(f) = found {
             break f;
@@ -318,4 +324,54 @@ fn cleanup_of_a_copied_record_leaves_a_live_runs_processes_alone() {
     run.signal(Signal::SIGINT);
     let (code, ..) = run.finish(Duration::from_secs(20));
     assert_eq!(code, Some(130));
+}
+
+#[test]
+fn sigkill_leaves_no_descendant_that_left_its_session_and_environment_and_each_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A child in a new session with a cleared environment: after a SIGKILL neither the
+    // target's group nor the run's marker leads to it; the record of escapes does.
+    let escapee = "target.process.command=[sh, -c, \"setsid env -i sleep 302.75 & exec python3 ../services/orders_service.py --port {{ port }}\"]";
+    let mut run = Running::start(
+        &[
+            "run",
+            "--report-dir",
+            dir.path().to_str().unwrap(),
+            "tests/scenarios/http-service.yaml",
+            "--set",
+            escapee,
+            "--set",
+            "workload.duration=60s",
+        ],
+        &[],
+    );
+    run.wait_for("stage 1 `", Duration::from_secs(30));
+    // Escapes are written down once a second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("run.json")).ok())
+        .any(|r| r.contains("\"escaped\": [\n    {"))
+    {
+        assert!(Instant::now() < deadline, "the escapee was never recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.signal(Signal::SIGKILL);
+    let _ = run.finish(Duration::from_secs(10));
+    assert_eq!(processes_running(&["sleep", "302.75"]).len(), 1, "the escapee should outlive a SIGKILL");
+    let said = cleanup(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !processes_running(&["sleep", "302.75"]).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_running(&["sleep", "302.75"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "cleanup missed the escapee:\n{said}");
+    assert!(said.contains("it had left this run's process groups"), "{said}");
+    // The target's group and the escapee: two, each said once.
+    assert!(said.contains("cleanup: 2 process group(s)"), "{said}");
+    assert_eq!(settle(dir.path()), Vec::<String>::new(), "{said}");
 }

@@ -59,7 +59,23 @@ pub struct RunRecord {
     pub processes: Vec<ProcessEntry>,
     #[serde(default)]
     pub containers: Vec<ContainerEntry>,
+    /// Processes below stagegate found outside every recorded group (a daemon that
+    /// started a session of its own, perhaps with a cleared environment), seen while
+    /// the run lived: neither the group nor the marker finds them after a SIGKILL.
+    #[serde(default)]
+    pub escaped: Vec<EscapedEntry>,
 }
+
+/// A process of the run that left its group, by pid and start time (together they
+/// name one process for as long as the machine runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscapedEntry {
+    pub pid: i32,
+    pub started: u64,
+}
+
+/// The most escaped processes a record keeps.
+const MAX_ESCAPED: usize = 1024;
 
 /// A process the run starts (a dependency's server, the target, an `on_verdict` command).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,9 +224,36 @@ impl RunFile {
         });
     }
 
-    /// Marks the run finished: everything it started is stopped.
+    /// Marks the run finished: everything it started is stopped. The lock file goes
+    /// too: `cleanup` passes a finished record by.
     pub fn finish(&self) {
         self.update(|r| r.finished = true);
+        if let Some(path) = &self.path
+            && let Some(dir) = path.parent()
+        {
+            let _ = std::fs::remove_file(dir.join(LOCK));
+        }
+    }
+
+    /// Records the processes below this stagegate that are in none of the run's
+    /// groups (still alive ones kept, new ones added); written only on a change.
+    pub fn note_escaped(&self) {
+        let groups: Vec<i32> = self.lock().processes.iter().filter_map(|p| p.pgid).collect();
+        let found = escaped_descendants(std::process::id() as i32, &groups);
+        let mut record = self.lock();
+        let mut list: Vec<EscapedEntry> =
+            record.escaped.iter().copied().filter(|e| start_time(e.pid) == Some(e.started)).collect();
+        for e in found {
+            if !list.contains(&e) && list.len() < MAX_ESCAPED {
+                list.push(e);
+            }
+        }
+        if list != record.escaped {
+            record.escaped = list;
+            if let Err(e) = self.write(&record) {
+                tracing::warn!(error = %e, "cannot update run.json; `stagegate cleanup` may not find what this run started");
+            }
+        }
     }
 
     fn update(&self, change: impl FnOnce(&mut RunRecord)) {
@@ -295,6 +338,49 @@ pub fn start_time(pid: i32) -> Option<u64> {
     // The command name may hold spaces and parentheses: fields resume after the last `)`.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The live processes below `root` (in its parent chain) whose group is none of
+/// `groups`, with their start times.
+pub fn escaped_descendants(root: i32, groups: &[i32]) -> Vec<EscapedEntry> {
+    struct Proc {
+        pid: i32,
+        parent: i32,
+        group: i32,
+        started: u64,
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let procs: Vec<Proc> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            if rest.first() == Some(&"Z") {
+                return None;
+            }
+            Some(Proc {
+                pid,
+                parent: rest.get(1)?.parse().ok()?,
+                group: rest.get(2)?.parse().ok()?,
+                started: rest.get(19)?.parse().ok()?,
+            })
+        })
+        .collect();
+    let mut below = vec![root];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < below.len() && below.len() < 100_000 {
+        let parent = below[i];
+        for p in procs.iter().filter(|p| p.parent == parent) {
+            below.push(p.pid);
+            if !groups.contains(&p.group) {
+                out.push(EscapedEntry { pid: p.pid, started: p.started });
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Whether process `pid` exists and is not a zombie.

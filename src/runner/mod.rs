@@ -71,6 +71,24 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         },
         None => RunFile::detached(&out.run_id),
     };
+    // Once a second, what escaped the run's groups is written down, for a `cleanup`
+    // after a SIGKILL (a live run stops it itself: `sweep`). On a thread of its own:
+    // the /proc scan stays off the runtime the driver keeps time on.
+    let (escapes_stop, stopped) = std::sync::mpsc::channel::<()>();
+    let escapes = {
+        let run_file = run_file.clone();
+        std::thread::Builder::new().name("escapes".into()).spawn(move || {
+            loop {
+                run_file.note_escaped();
+                if !matches!(
+                    stopped.recv_timeout(Duration::from_secs(1)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+            }
+        })
+    };
     let trouble = Trouble::new();
     // The stages stop on Ctrl-C, and on stagegate's own failure.
     let halt = stop.cancel.child_token();
@@ -160,6 +178,10 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     }
     // What outlived its group (the action's too) carries the run's marker, or was
     // adopted by stagegate when its parent died: stopped here. Only then is the record done.
+    drop(escapes_stop);
+    if let Ok(escapes) = escapes {
+        let _ = escapes.join();
+    }
     sweep(&run_file);
     if let Some(dir) = &out.dir {
         mask_logs(dir, &plan.secrets);
