@@ -10,6 +10,9 @@
 //!   by anything else is left alone and said so;
 //! - every process whose environment carries the run's marker ([`MARKER`]) is stopped:
 //!   this finds a process spawned just before stagegate died, before its pid was written;
+//! - every process recorded as having left the run's groups while the run lived
+//!   (`escaped`: a new session, a cleared environment) is stopped if its pid still has
+//!   the recorded start time;
 //! - every container carrying the run's label ([`LABEL`]) is removed.
 //!
 //! Not here: the record itself ([`super::runfile`]).
@@ -36,7 +39,13 @@ pub async fn cleanup(report_root: &Path) -> Cleaned {
         out.lines.push(format!("nothing to clean: no folder {}", report_root.display()));
         return out;
     };
-    let mut folders: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    // A run's own folder (`run --out DIR`) is cleaned as it is; links (`latest`) are
+    // passed by: the folder they point to is cleaned under its own name.
+    let mut folders: Vec<_> = if report_root.join("run.json").exists() {
+        vec![report_root.to_path_buf()]
+    } else {
+        entries.flatten().filter(|e| e.file_type().is_ok_and(|t| !t.is_symlink())).map(|e| e.path()).collect()
+    };
     folders.sort();
     for folder in folders {
         let path = folder.join("run.json");
@@ -98,6 +107,7 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
         ));
         return;
     }
+    let mut stopped_groups = Vec::new();
     for p in &record.processes {
         let Some(pgid) = p.pgid.filter(|g| *g > 1) else { continue };
         match (p.started, runfile::start_time(pgid)) {
@@ -113,6 +123,7 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
                 out.lines.push(format!("{here}: stopped `{}` (process group {pgid})", p.name));
                 out.stopped += 1;
+                stopped_groups.push(pgid);
             }
             (Some(_), Some(_)) => out.lines.push(format!(
                 "{here}: left alone: pid {pgid} (recorded for `{}`) is another process now",
@@ -124,11 +135,31 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
             )),
         }
     }
+    // A member of a group just stopped may not be gone yet: it is not counted again.
+    let mut stopped_pids = Vec::new();
     for pid in marked_processes(&record.run) {
+        if group_of(pid).is_some_and(|g| stopped_groups.contains(&g)) {
+            continue;
+        }
         let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
             out.lines.push(format!("{here}: stopped process {pid} (started by this run)"));
             out.stopped += 1;
+            stopped_pids.push(pid);
+        }
+    }
+    // What left its group (and perhaps cleared its environment) while the run lived:
+    // the same pid with the same start time is the same process.
+    for e in &record.escaped {
+        if stopped_pids.contains(&e.pid) || group_of(e.pid).is_some_and(|g| stopped_groups.contains(&g)) {
+            continue;
+        }
+        if e.pid > 1 && runfile::start_time(e.pid) == Some(e.started) && runfile::is_alive(e.pid) {
+            let _ = kill(Pid::from_raw(e.pid), Signal::SIGCONT);
+            if kill(Pid::from_raw(e.pid), Signal::SIGKILL).is_ok() {
+                out.lines.push(format!("{here}: stopped process {} (it had left this run's process groups)", e.pid));
+                out.stopped += 1;
+            }
         }
     }
     let mut removed = super::container::remove_labelled(&record.run).await;
@@ -184,6 +215,12 @@ pub fn live_owner(pid: i32) -> Option<i32> {
         at = parent;
     }
     None
+}
+
+/// The process group of `pid`, while it lives.
+fn group_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
