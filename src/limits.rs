@@ -18,6 +18,8 @@ pub const SCHEMA_BYTES: u64 = 1024 * 1024;
 pub const PLAYBOOK_BYTES: u64 = 1024 * 1024;
 /// A `run.json`, read by `cleanup`.
 pub const RUN_RECORD_BYTES: u64 = 1024 * 1024;
+/// A saved report.json (`stagegate report`, `stagegate compare`).
+pub const REPORT_BYTES: u64 = 256 * 1024 * 1024;
 /// A `stagegate proxy --config` file.
 pub const PROXY_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -31,6 +33,10 @@ pub const SCAN_PAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const SCAN_PAGES: usize = 10_000;
 /// One body pushed to the sink.
 pub const SINK_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Bodies the sink reads at once; other pushes wait their turn.
+pub const SINK_READERS: usize = 8;
+/// How long one pushed body may take to arrive once its turn came.
+pub const SINK_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// One body sent to an endpoint stagegate serves for control (OFREP, the proxy API).
 pub const CONTROL_BODY_BYTES: usize = 1024 * 1024;
 

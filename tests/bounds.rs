@@ -47,6 +47,61 @@ fn hundred_megabyte_read_backs_stay_within_bounds() {
     assert!(peak_mib < 300, "peak memory {peak_mib} MiB reading back 100 MB answers");
 }
 
+/// Regression: every connection had its body buffered at once; 150 connections
+/// pushing 8 MiB each took stagegate to 1.26 GB.
+#[test]
+fn many_connections_pushing_the_largest_bodies_at_once_stay_within_bounds() {
+    let target = hostile::start(Behaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sink_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sink = format!("target.http.sink={{ listen: \"127.0.0.1:{sink_port}\", settle: 100ms }}");
+    let port = target.port.to_string();
+    // Each sends all but the last byte of an 8 MiB body, then holds the connection.
+    let body_len = 8 * 1024 * 1024;
+    let pushers: Vec<_> = (0..60)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut s = loop {
+                    if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", sink_port)) {
+                        break s;
+                    }
+                    if Instant::now() > deadline {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+                let head = format!("POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: {body_len}\r\n\r\n");
+                let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(&vec![b' '; body_len - 1]));
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(4)));
+            })
+        })
+        .collect();
+    let (peak_mib, code, stdout, stderr) = run_measured(
+        &[
+            "run",
+            "-q",
+            "--report-dir",
+            dir.path().to_str().unwrap(),
+            "tests/scenarios/hostile.yaml",
+            "--set",
+            &sink,
+            "--set",
+            "workload.duration=4s",
+        ],
+        &[("HOSTILE_PORT", port.as_str())],
+    );
+    for p in pushers {
+        p.join().unwrap();
+    }
+    assert_ne!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    eprintln!("peak memory {peak_mib} MiB with 60 connections pushing 8 MiB bodies");
+    // At most 8 bodies are read at once (64 MiB), against 480 MiB if all were.
+    assert!(peak_mib < 200, "peak memory {peak_mib} MiB with 60 connections pushing 8 MiB bodies");
+}
+
 #[test]
 fn a_sink_flood_stays_within_bounds() {
     let target = hostile::start(Behaviour::default());

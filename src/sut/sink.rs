@@ -4,10 +4,14 @@
 //! A POST carries one record (a JSON object), several (a JSON array of objects), or JSON
 //! lines. Each record goes straight into the running stage's ledger, which times its
 //! key's first arrival for `freshness`; nothing is kept beyond the ledger's counters, so
-//! a flood of pushes costs time, not memory. An item that is not a JSON object is counted
-//! as unreadable output (a finding about the system). A body with no readable record at
-//! all is answered 400 with the reason; bodies are bounded in size. Pushes between
-//! stages belong to no stage and are dropped.
+//! a flood of pushes costs time, not memory: at most [`SINK_READERS`] bodies are read at
+//! once (others wait their turn, their bytes left in the socket), each bounded in size
+//! and given [`SINK_BODY_TIMEOUT`] to arrive, so the sink holds at most
+//! `SINK_READERS x SINK_BODY_BYTES` of bodies however many connections push. An item
+//! that is not a JSON object is counted as unreadable output (a finding about the
+//! system). A body with no readable record at all is answered 400 with the reason, one
+//! over the size 413, one that trickles in too slowly 408. Pushes between stages belong
+//! to no stage and are dropped.
 //!
 //! Not here: comparing the output with what was sent (`quality`).
 
@@ -15,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -27,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::SinkDef;
 use super::observe::{Current, Item, Observer};
 use crate::health::Trouble;
+use crate::limits::{SINK_BODY_BYTES, SINK_BODY_TIMEOUT, SINK_READERS};
 use crate::quality::SharedLedger;
 use crate::server::Server;
 
@@ -71,10 +76,8 @@ impl SinkServer {
     pub async fn start(def: &SinkDef, trouble: Option<Trouble>) -> std::io::Result<SinkServer> {
         let listener = tokio::net::TcpListener::bind(def.listen.as_str()).await?;
         let current = Arc::new(Current::default());
-        let app = Router::new()
-            .route(&def.path, post(receive))
-            .layer(DefaultBodyLimit::max(crate::limits::SINK_BODY_BYTES))
-            .with_state(current.clone());
+        let shared = Shared { current: current.clone(), readers: Arc::new(tokio::sync::Semaphore::new(SINK_READERS)) };
+        let app = Router::new().route(&def.path, post(receive)).with_state(shared);
         let server = Server::start("output sink", listener, app, trouble)?;
         let url = format!("http://{}{}", server.addr(), def.path);
         Ok(SinkServer { url, server, current, settle: def.settle })
@@ -133,7 +136,39 @@ impl Observer for SinkServer {
     }
 }
 
-async fn receive(State(current): State<Arc<Current>>, body: Bytes) -> Response {
+/// What every push handler shares: the running stage's ledger and the readers' turns.
+#[derive(Clone)]
+struct Shared {
+    current: Arc<Current>,
+    readers: Arc<tokio::sync::Semaphore>,
+}
+
+async fn receive(State(shared): State<Shared>, body: Body) -> Response {
+    let current = &shared.current;
+    // Held until the body's records are in the ledger: bodies read, parsed and kept at
+    // once are at most SINK_READERS. The semaphore is never closed.
+    let Ok(_turn) = shared.readers.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let body = match tokio::time::timeout(SINK_BODY_TIMEOUT, axum::body::to_bytes(body, SINK_BODY_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"));
+            return if too_big {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("a body may be at most {} MiB", SINK_BODY_BYTES >> 20))
+                    .into_response()
+            } else {
+                (StatusCode::BAD_REQUEST, format!("the body broke off: {e}")).into_response()
+            };
+        }
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body took longer than {} s to arrive", SINK_BODY_TIMEOUT.as_secs()),
+            )
+                .into_response();
+        }
+    };
     let now = Instant::now();
     let items = match parse_body(&body) {
         Ok(items) => items,
