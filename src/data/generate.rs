@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use chrono::{SecondsFormat, TimeDelta};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use fake::Fake;
 use fake::faker::address::en::{CityName, CountryName, StreetName, ZipCode};
 use fake::faker::company::en::CompanyName;
@@ -88,7 +88,19 @@ impl Generator {
             FieldKind::Timestamp { start, step_micros } => {
                 let jitter = if *step_micros > 0 { rng.random_range(0..*step_micros) } else { 0 };
                 let micros = self.index.saturating_mul(*step_micros).saturating_add(jitter);
-                let t = *start + TimeDelta::microseconds(micros as i64);
+                // The scenario's check keeps a run inside year 9999; `stagegate data` asked
+                // for more stops there rather than print a time RFC 3339 cannot write.
+                let last = DateTime::<Utc>::from_naive_utc_and_offset(
+                    chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+                        .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 999))
+                        .unwrap_or_default(),
+                    Utc,
+                );
+                let t = i64::try_from(micros)
+                    .ok()
+                    .map(TimeDelta::microseconds)
+                    .and_then(|span| start.checked_add_signed(span))
+                    .map_or(last, |t| t.min(last));
                 Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))
             }
             FieldKind::OneOf { values, cumulative } => {

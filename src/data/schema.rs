@@ -271,6 +271,9 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
             ctx.error(&join_key(at, "weights"), "weights must be non-negative and not all zero");
             return None;
         }
+        // Scaled by the largest first, so weights near f64's limit do not sum to infinity.
+        let top = weights.iter().copied().fold(0.0, f64::max);
+        let weights: Vec<f64> = weights.iter().map(|w| w / top).collect();
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
         let cumulative = weights.iter().map(|w| {
@@ -282,6 +285,15 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
     let kind = f.kind.as_deref().unwrap_or_default();
     let range = |ctx: &mut Ctx, default: (f64, f64)| -> Option<(f64, f64)> {
         let (min, max) = (f.min.unwrap_or(default.0), f.max.unwrap_or(default.1));
+        // Integers, and decimals counted in units of their last digit, are drawn exactly
+        // only within f64's whole numbers.
+        let exact = 2f64.powi(53);
+        for (key, v) in [("min", min), ("max", max)] {
+            if !v.is_finite() || v.abs() > exact {
+                ctx.error(&join_key(at, key), format!("`{key}` must lie within ±2^53 (9007199254740992), got {v}"));
+                return None;
+            }
+        }
         if min > max {
             ctx.error(&join_key(at, "min"), format!("`min` ({min}) is above `max` ({max})"));
             return None;
@@ -332,6 +344,24 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
             let scale = f.scale.unwrap_or(2);
             if scale > 9 {
                 ctx.error(&join_key(at, "scale"), "a decimal scale above 9 digits is not supported");
+                return None;
+            }
+            let factor = 10f64.powi(scale as i32);
+            if min.abs().max(max.abs()) * factor > 2f64.powi(53) {
+                ctx.error(
+                    &join_key(at, "max"),
+                    format!(
+                        "with `scale: {scale}`, `min` and `max` must lie within ±{:.0}, so every value is exact",
+                        2f64.powi(53) / factor
+                    ),
+                );
+                return None;
+            }
+            if (min * factor).ceil() > (max * factor).floor() {
+                ctx.error(
+                    &join_key(at, "min"),
+                    format!("no number with {scale} decimal digits lies between `min` ({min}) and `max` ({max})"),
+                );
                 return None;
             }
             Some(FieldKind::Decimal { min, max, scale })
@@ -395,5 +425,27 @@ mod tests {
         let err = Schema::parse(Path::new("t.yaml"), text).unwrap_err();
         assert_eq!(err.0[0].path, "key");
         assert!(err.0[0].message.contains("did you mean `orderid`?"));
+    }
+
+    #[test]
+    fn numbers_that_cannot_be_drawn_exactly_in_range_are_refused_where_written() {
+        let text = "name: t\nkey: id\nfields:\n  id: { type: uuid }\n  a: { type: decimal, min: 0, max: 1e300 }\n  b: { type: decimal, min: 0.001, max: 0.002, scale: 2 }\n  d: { type: decimal, min: 0, max: 1e12, scale: 6 }\n";
+        let err = Schema::parse(Path::new("t.yaml"), text).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|d| (d.line, d.path.as_str())).collect();
+        assert_eq!(lines, vec![(5, "fields.a.max"), (6, "fields.b.min"), (7, "fields.d.max")]);
+        assert!(err.0[1].message.contains("no number with 2 decimal digits"), "{}", err.0[1].message);
+        assert!(err.0[2].message.contains("with `scale: 6`"), "{}", err.0[2].message);
+        let infinite = "name: t\nkey: id\nfields:\n  id: { type: uuid }\n  c: { type: int, max: .inf }\n";
+        let err = Schema::parse(Path::new("t.yaml"), infinite).unwrap_err();
+        assert_eq!((err.0[0].line, err.0[0].path.as_str()), (5, "fields.c.max"), "{:?}", err.0);
+    }
+
+    #[test]
+    fn weights_near_the_largest_float_still_split_evenly() {
+        let text =
+            "name: t\nkey: id\nfields:\n  id: { type: uuid }\n  c: { one_of: [a, b], weights: [1e308, 1e308] }\n";
+        let schema = Schema::parse(Path::new("t.yaml"), text).unwrap();
+        let FieldKind::OneOf { cumulative, .. } = &schema.fields[1].kind else { panic!("not one_of") };
+        assert_eq!(cumulative, &vec![0.5, 1.0]);
     }
 }

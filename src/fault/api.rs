@@ -88,27 +88,45 @@ pub struct Registry {
     proxies: Arc<Mutex<BTreeMap<String, Entry>>>,
 }
 
-fn number(attrs: &BTreeMap<String, Value>, key: &str) -> u64 {
-    attrs.get(key).and_then(Value::as_f64).unwrap_or(0.0).max(0.0) as u64
+/// Attribute `key` as a whole number of at least `least` (0 when absent, as Toxiproxy
+/// has it); a negative, fractional-overflowing or non-numeric value is refused.
+fn number(attrs: &BTreeMap<String, Value>, key: &str, least: u64) -> Result<u64, String> {
+    let Some(v) = attrs.get(key) else {
+        return if least == 0 { Ok(0) } else { Err(format!("attribute `{key}` is required (at least {least})")) };
+    };
+    match v.as_f64() {
+        Some(x) if x.is_finite() && x >= least as f64 && x <= u32::MAX as f64 * 1000.0 => Ok(x as u64),
+        _ => Err(format!("attribute `{key}` must be a number of at least {least}, got {v}")),
+    }
 }
 
 /// Maps a Toxiproxy toxic onto our fault; the error names what is wrong.
 pub fn to_fault(t: &Toxic) -> Result<Fault, String> {
     let a = &t.attributes;
-    let ms = |k: &str| Duration::from_millis(number(a, k));
+    let ms = |k: &str| number(a, k, 0).map(Duration::from_millis);
     let kind = match t.kind.as_str() {
-        "latency" => FaultKind::Latency { delay: ms("latency"), jitter: ms("jitter").min(ms("latency")) },
-        "bandwidth" => FaultKind::Bandwidth { bytes_per_sec: number(a, "rate").max(1) * 1000 },
-        "slow_close" => FaultKind::SlowClose { delay: ms("delay") },
+        "latency" => {
+            let delay = ms("latency")?;
+            FaultKind::Latency { delay, jitter: ms("jitter")?.min(delay) }
+        }
+        "bandwidth" => FaultKind::Bandwidth { bytes_per_sec: number(a, "rate", 1)? * 1000 },
+        "slow_close" => FaultKind::SlowClose { delay: ms("delay")? },
         "timeout" => FaultKind::Blackhole,
         "reset_peer" => FaultKind::Reset { after: None },
-        "slicer" => FaultKind::Slicer {
-            size: number(a, "average_size").max(1),
-            size_variation: number(a, "size_variation").min(number(a, "average_size").saturating_sub(1)),
-            delay: Duration::from_micros(number(a, "delay")),
+        "slicer" => {
+            let size = number(a, "average_size", 1)?;
+            FaultKind::Slicer {
+                size,
+                size_variation: number(a, "size_variation", 0)?.min(size - 1),
+                delay: Duration::from_micros(number(a, "delay", 0)?),
+            }
+        }
+        "limit_data" => FaultKind::LimitData { bytes: number(a, "bytes", 0)? },
+        "corrupt" => match a.get("rate").map(|v| (v, v.as_f64())) {
+            None => FaultKind::Corrupt { rate: 0.0 },
+            Some((_, Some(rate))) if (0.0..=1.0).contains(&rate) => FaultKind::Corrupt { rate },
+            Some((v, _)) => return Err(format!("attribute `rate` of `corrupt` is a share between 0 and 1, got {v}")),
         },
-        "limit_data" => FaultKind::LimitData { bytes: number(a, "bytes") },
-        "corrupt" => FaultKind::Corrupt { rate: a.get("rate").and_then(Value::as_f64).unwrap_or(0.0).clamp(0.0, 1.0) },
         other => return Err(format!("unknown toxic type `{other}`")),
     };
     let direction = match t.stream.as_str() {
@@ -284,15 +302,26 @@ async fn populate(State(r): State<Registry>, bytes: axum::body::Bytes) -> Respon
         Ok(s) => s,
         Err(e) => return e,
     };
+    if let Some(twice) =
+        specs.iter().enumerate().find_map(|(i, s)| specs[..i].iter().any(|o| o.name == s.name).then_some(&s.name))
+    {
+        return error(StatusCode::BAD_REQUEST, format!("proxy `{twice}` is given twice"));
+    }
     let mut created = Vec::new();
     for spec in specs {
-        // Like Toxiproxy: a proxy whose upstream or listen address changed is replaced.
+        // Like Toxiproxy: a proxy whose upstream or listen address changed is replaced;
+        // one left as it was is answered as it stands.
         let stale = {
             let proxies = r.proxies.lock().await;
             proxies.get(&spec.name).map(|e| e.upstream != spec.upstream)
         };
         match stale {
-            Some(false) => continue,
+            Some(false) => {
+                if let Some(e) = r.proxies.lock().await.get(&spec.name) {
+                    created.push(proxy_json(&spec.name, e));
+                }
+                continue;
+            }
             Some(true) => {
                 if let Some(e) = r.proxies.lock().await.remove(&spec.name) {
                     e.proxy.stop().await;
@@ -476,5 +505,21 @@ mod tests {
             FaultKind::LimitData { bytes: 9 }
         );
         assert!(to_fault(&toxic("explode", json!({}))).unwrap_err().contains("unknown toxic type"));
+    }
+
+    #[test]
+    fn attributes_out_of_their_range_are_refused_by_name() {
+        for (kind, attrs, key) in [
+            ("latency", json!({"latency": -5}), "`latency`"),
+            ("latency", json!({"latency": 10, "jitter": -1}), "`jitter`"),
+            ("limit_data", json!({"bytes": -1}), "`bytes`"),
+            ("bandwidth", json!({"rate": 0}), "`rate`"),
+            ("slicer", json!({"average_size": 0}), "`average_size`"),
+            ("corrupt", json!({"rate": 5}), "`rate`"),
+            ("latency", json!({"latency": "slow"}), "`latency`"),
+        ] {
+            let err = to_fault(&toxic(kind, attrs.clone())).unwrap_err();
+            assert!(err.contains(key), "{kind} {attrs}: {err}");
+        }
     }
 }

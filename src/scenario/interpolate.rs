@@ -131,7 +131,9 @@ pub fn interpolate(
                     "use `${NAME}`, `${NAME:-default}` or `${secret:NAME}`",
                 ));
             } else {
-                match lookup(name).filter(|v| !v.is_empty()).or(default.map(String::from)) {
+                let found = lookup(name);
+                let empty = found.as_deref() == Some("");
+                match found.filter(|v| !v.is_empty()).or(default.map(String::from)) {
                     Some(value) => {
                         let next = after[consumed..].chars().next();
                         let quoted = matches!((before, next), (Some('"'), Some('"')) | (Some('\''), Some('\'')));
@@ -149,7 +151,11 @@ pub fn interpolate(
                         file,
                         line_no + 1,
                         column,
-                        &format!("environment variable `{name}` is not set"),
+                        &if empty {
+                            format!("environment variable `{name}` is set but empty")
+                        } else {
+                            format!("environment variable `{name}` is not set")
+                        },
                         &if secret {
                             format!("set `{name}` in the environment (a secret takes no default in the file)")
                         } else {

@@ -20,6 +20,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let d = humantime::parse_duration(trimmed)
         .map_err(|_| format!("expected a duration like `150ms`, `2s` or `1m`, got `{trimmed}`"))?;
+    // `1m1m` would add up to 2m: a unit given twice is a typo more often than a sum.
+    let units: Vec<&str> = trimmed
+        .split(|c: char| c.is_ascii_digit() || c == '.' || c.is_whitespace())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if let Some(twice) = units.iter().enumerate().find_map(|(i, u)| units[..i].contains(u).then_some(*u)) {
+        return Err(format!("`{trimmed}` gives the unit `{twice}` twice; write each unit once, like `1m30s`"));
+    }
     if d > crate::limits::MAX_DURATION {
         return Err(format!("`{trimmed}` is longer than the longest duration stagegate schedules (366 days)"));
     }
@@ -95,6 +103,8 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("1m1m").unwrap_err().contains("the unit `m` twice"));
         let err = parse_duration("150").unwrap_err();
         assert!(err.contains("`150ms`"), "{err}");
         assert!(parse_duration("fast").is_err());

@@ -244,9 +244,14 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, Locatio
 /// index. Only syntax errors stop here; shapes are checked part by part afterwards.
 pub fn to_value(file: &Path, text: &str) -> Result<(serde_json::Value, Locations), Diagnostics> {
     let locations = index(file, text)?;
-    match serde_yaml::from_str::<serde_json::Value>(text) {
+    // Through serde_path_to_error, so a value the document model cannot hold (an
+    // integer past 128 bits, say) is named by its key.
+    match serde_path_to_error::deserialize::<_, serde_json::Value>(serde_yaml::Deserializer::from_str(text)) {
         Ok(v) => Ok((v, locations)),
-        Err(e) => Err(Diagnostics(vec![structural(file, &locations, String::new(), &e)])),
+        Err(e) => {
+            let path = render_path(e.path());
+            Err(Diagnostics(vec![structural(file, &locations, path, e.inner())]))
+        }
     }
 }
 

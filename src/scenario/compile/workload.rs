@@ -81,6 +81,9 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
             ));
         }
     }
+    if let (Some(schema), Some(arrival), Some(d)) = (&schema, &arrival, duration) {
+        check_timestamps(ctx, &w.data, schema, arrival, d);
+    }
     Some(Workload {
         schema: schema?,
         data_file,
@@ -89,6 +92,36 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
         warmup: warmup?,
         timeout: timeout?,
     })
+}
+
+/// Timestamp fields must stay valid RFC 3339 (years up to 9999) for every record a
+/// stage can send: the planned count with room for chance, or the per-stage bound for a
+/// closed model.
+fn check_timestamps(ctx: &mut Ctx, data: &str, schema: &Schema, arrival: &Arrival, stage: Duration) {
+    use chrono::Datelike;
+    let most = match arrival {
+        Arrival::Open(p) => p.expected(stage.as_secs_f64()) * 2.0 + 1000.0,
+        Arrival::Closed { .. } => crate::limits::MAX_REQUESTS_PER_STAGE,
+    }
+    .min(crate::limits::MAX_REQUESTS_PER_STAGE);
+    for f in &schema.fields {
+        let crate::data::FieldKind::Timestamp { start, step_micros } = &f.kind else { continue };
+        // A record's time is at most (index + 1) steps from the start.
+        let reach = (most + 1.0) * *step_micros as f64;
+        let last = start.checked_add_signed(chrono::TimeDelta::microseconds(reach.min(i64::MAX as f64) as i64));
+        if last.is_none_or(|t| t.year() > 9999) {
+            ctx.error(
+                "workload.data",
+                format!(
+                    "field `{}` of `{data}`: timestamps from {}, {} apart, pass the year 9999 within the ~{most:.0} records a stage can send",
+                    f.name,
+                    start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    units::format_duration(Duration::from_micros(*step_micros))
+                ),
+            )
+            .hint = Some("a shorter `step` or an earlier `start` in the data schema".into());
+        }
+    }
 }
 
 /// The daily shape: share of the peak for each hour of a day, midnight first.
