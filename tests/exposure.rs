@@ -17,7 +17,10 @@ fn a_candidate_that_never_evaluates_its_flag_is_inconclusive_naming_the_flag() {
     ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
-    assert!(stdout.contains("`new-path` was never evaluated in `candidate`: the new path did not run"), "{stdout}");
+    assert!(
+        stdout.contains("`new-path` (true) was never evaluated in `candidate`: the path it selects did not run"),
+        "{stdout}"
+    );
     // A service that evaluates per request (or not at all) is not waited for.
     assert!(!stderr.contains("did not fetch the new flag state"), "{stderr}");
     let report = only_report(reports.path());
@@ -26,6 +29,28 @@ fn a_candidate_that_never_evaluates_its_flag_is_inconclusive_naming_the_flag() {
     for a in report["assessments"].as_array().unwrap().iter().filter(|a| a["stage"] == "candidate") {
         assert_eq!(a["outcome"], "inconclusive", "{a}");
     }
+}
+
+#[test]
+fn a_flag_set_alike_in_every_stage_but_never_evaluated_is_inconclusive_in_each() {
+    // Set from the first stage on: no stage differs from the first, yet none ran the path.
+    let reports = tempfile::tempdir().unwrap();
+    let out = stagegate(&[
+        "run",
+        "-q",
+        "tests/scenarios/never-evaluated.yaml",
+        "--report-dir",
+        reports.path().to_str().unwrap(),
+        "--set",
+        "stages[0].flags.new-path=true",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    let report = only_report(reports.path());
+    for stage in report["stages"].as_array().unwrap() {
+        assert!(stage["unexposed"].as_str().unwrap_or_default().contains("`new-path` (true)"), "{stage}");
+    }
+    assert!(report["assessments"].as_array().unwrap().iter().all(|a| a["outcome"] == "inconclusive"));
 }
 
 #[test]

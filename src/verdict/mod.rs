@@ -90,10 +90,51 @@ pub struct Assessment {
     /// The measured value as a user reads it, e.g. `212.4ms`.
     pub measured_text: String,
     pub limit_text: String,
+    /// The samples it was judged on (requests, acknowledged records, ...; for a
+    /// comparison, the smaller side's requests).
+    pub samples: Option<u64>,
     pub outcome: Outcome,
     pub level: Level,
     /// Why it is inconclusive, or the statistics of a comparison.
     pub note: Option<String>,
+    /// A comparison's figures, for tools that read the report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<ComparisonFigures>,
+}
+
+/// The numbers behind a comparison's outcome, as report.json gives them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparisonFigures {
+    pub baseline: String,
+    /// `latency` or `errors`.
+    pub metric: CompareMetric,
+    /// The tolerance as written back (`+10.0%`, `+5.0ms`, `+1.00 points`), and as a
+    /// number: a fraction of the baseline (latency `%`), milliseconds (latency `ms`) or
+    /// a difference of error proportions (errors).
+    pub tolerance: String,
+    pub tolerance_value: f64,
+    pub tolerance_unit: &'static str,
+    /// Confidence of each one-sided test.
+    pub confidence: f64,
+    /// Latency: the candidate's median over the baseline's, minus one; errors: the
+    /// candidate's error proportion minus the baseline's.
+    pub effect: f64,
+    /// Latency: median and p99 differences in ms, each with its bootstrap interval.
+    pub median_diff_ms: Option<f64>,
+    pub median_interval_ms: Option<[f64; 2]>,
+    pub p99_diff_ms: Option<f64>,
+    pub p99_interval_ms: Option<[f64; 2]>,
+    /// One-sided p-values: of a regression beyond the tolerance (as tested and after
+    /// Holm's adjustment over the run's `tests_in_run`), and of staying within it. None
+    /// when no test was made.
+    pub p_worse: Option<f64>,
+    pub p_worse_adjusted: Option<f64>,
+    pub tests_in_run: Option<usize>,
+    pub p_better: Option<f64>,
+    /// Latency: time windows on each side, and the smallest shift they could detect.
+    pub windows_candidate: Option<usize>,
+    pub windows_baseline: Option<usize>,
+    pub detectable_shift_ms: Option<f64>,
 }
 
 /// The final answer of a run.
@@ -173,9 +214,11 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
         measured,
         measured_text: measured.map_or("-".into(), |v| check.metric.render(v)),
         limit_text: format!("{} {}", check.op, check.metric.render(check.limit)),
+        samples: Some(samples),
         outcome,
         level: c.level,
         note,
+        comparison: None,
     }
 }
 
@@ -232,6 +275,7 @@ fn compare_assessment(
     outcome: Outcome,
     why: Option<String>,
     adjusted: Option<(f64, usize)>,
+    samples: Option<u64>,
 ) -> Assessment {
     let ms = |v: f64| format!("{v:+.1}ms");
     let ci = |ci: Option<(f64, f64)>| ci.map(|(a, b)| format!(" [{a:+.1}, {b:+.1}]")).unwrap_or_default();
@@ -268,9 +312,38 @@ fn compare_assessment(
     if let Some(why) = why {
         note = if note.is_empty() { why } else { format!("{why}: {note}") };
     }
-    let measured_text = match cmp.metric {
-        CompareMetric::Latency => format!("{:+.1}% median", r.effect * 100.0),
-        CompareMetric::Errors => format!("{:+.2} points", r.effect * 100.0),
+    // Measured in the tolerance's own unit, so the two read side by side.
+    let (measured, measured_text) = match (cmp.metric, cmp.tolerance, r.median_diff_ms) {
+        (CompareMetric::Latency, Tolerance::AbsoluteMs(_), Some(d)) => (d, format!("{d:+.1}ms median")),
+        (CompareMetric::Latency, ..) => (r.effect, format!("{:+.1}% median", r.effect * 100.0)),
+        (CompareMetric::Errors, ..) => (r.effect, format!("{:+.2} points", r.effect * 100.0)),
+    };
+    let tested = r.untestable.is_none();
+    let latency = cmp.metric == CompareMetric::Latency && tested;
+    let (tolerance_value, tolerance_unit) = match (cmp.tolerance, cmp.metric) {
+        (Tolerance::Relative(f), CompareMetric::Latency) => (f, "fraction of the baseline"),
+        (Tolerance::AbsoluteMs(ms), _) => (ms, "ms"),
+        (Tolerance::Relative(f), CompareMetric::Errors) => (f, "error proportion"),
+    };
+    let figures = ComparisonFigures {
+        baseline: cmp.baseline.clone(),
+        metric: cmp.metric,
+        tolerance: cmp.tolerance.text(cmp.metric),
+        tolerance_value,
+        tolerance_unit,
+        confidence: cmp.confidence,
+        effect: r.effect,
+        median_diff_ms: r.median_diff_ms,
+        median_interval_ms: r.median_ci_ms.map(|(a, b)| [a, b]),
+        p99_diff_ms: r.p99_diff_ms,
+        p99_interval_ms: r.p99_ci_ms.map(|(a, b)| [a, b]),
+        p_worse: tested.then_some(r.p_worse),
+        p_worse_adjusted: adjusted.map(|(p, _)| p),
+        tests_in_run: adjusted.map(|(_, n)| n),
+        p_better: tested.then_some(r.p_better),
+        windows_candidate: latency.then_some(r.windows.0),
+        windows_baseline: latency.then_some(r.windows.1),
+        detectable_shift_ms: r.detectable_ms.filter(|_| latency),
     };
     Assessment {
         stage: cmp.stage.clone(),
@@ -279,12 +352,14 @@ fn compare_assessment(
             CompareMetric::Latency => "latency".into(),
             CompareMetric::Errors => "errors".into(),
         },
-        measured: Some(r.effect),
+        measured: Some(measured),
         measured_text,
         limit_text: format!("<= {} vs {}", cmp.tolerance.text(cmp.metric), cmp.baseline),
+        samples,
         outcome,
         level: c.level,
         note: Some(note),
+        comparison: Some(figures),
     }
 }
 
@@ -336,6 +411,7 @@ pub fn compare_stages(
         cmp: &'a Compare,
         r: Comparison,
         held: Option<String>,
+        samples: u64,
     }
     let mut pending = Vec::new();
     for c in criteria {
@@ -364,7 +440,7 @@ pub fn compare_stages(
         } else {
             None
         };
-        pending.push(Pending { c, cmp, r, held });
+        pending.push(Pending { c, cmp, r, held, samples: n });
     }
     let tested: Vec<usize> =
         (0..pending.len()).filter(|i| pending[*i].held.is_none() && pending[*i].r.untestable.is_none()).collect();
@@ -379,7 +455,7 @@ pub fn compare_stages(
                 Some(why) => (Outcome::Inconclusive, Some(why.clone())),
                 None => decide(p.cmp, &p.r, adj.unwrap_or(p.r.p_worse)),
             };
-            compare_assessment(p.c, p.cmp, &p.r, outcome, why, adj.map(|a| (a, family)))
+            compare_assessment(p.c, p.cmp, &p.r, outcome, why, adj.map(|a| (a, family)), Some(p.samples))
         })
         .collect();
     (out, family)
