@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::data::{Generator, Schema};
 use crate::exit;
+use crate::report::files::FilesReporter;
 use crate::report::json::JsonReporter;
 use crate::report::terminal::TerminalReporter;
 use crate::report::{Event, Reporter};
@@ -65,9 +66,19 @@ pub enum Command {
         file: PathBuf,
         #[command(flatten)]
         scenario: ScenarioArgs,
-        /// Folder that receives one sub-folder per run.
+        /// Folder that receives one sub-folder per run (and a `latest` link to the
+        /// newest).
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
+        /// Use DIR itself as the run's folder (created if missing; it must be empty),
+        /// instead of a new sub-folder of --report-dir: a path a CI job knows.
+        #[arg(long, value_name = "DIR", conflicts_with = "report_dir")]
+        out: Option<PathBuf>,
+        /// Also write FORMAT (junit, markdown, html, hlog; json is always written), into the
+        /// run's folder or at PATH (relative to it). Repeatable. With markdown, a set
+        /// GITHUB_STEP_SUMMARY receives the summary too.
+        #[arg(long = "report", value_name = "FORMAT[=PATH]")]
+        report: Vec<crate::report::files::Wanted>,
         /// No per-second progress lines and no fault start/lift lines (stage results,
         /// warnings and the summary still print).
         #[arg(long, short)]
@@ -134,9 +145,45 @@ pub enum Command {
     /// its containers (a pid since reused by another program is left alone).
     #[command(after_help = "Example, after a run was killed with SIGKILL:\n  stagegate cleanup --report-dir reports")]
     Cleanup {
-        /// The folder holding the runs' report folders.
+        /// The folder holding the runs' report folders (or one run's own folder, as
+        /// `run --out` made it).
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
+    },
+    /// Write a saved run's report again in other formats, from its report.json.
+    #[command(
+        after_help = "Examples:\n  stagegate report reports/latest --format html --format junit\n  stagegate report reports/latest --format markdown=/tmp/summary.md"
+    )]
+    Report {
+        /// The run's folder (holding report.json).
+        run_dir: PathBuf,
+        /// FORMAT[=PATH]: junit, markdown, html, hlog or json; PATH relative to the run's folder.
+        #[arg(long, value_name = "FORMAT[=PATH]", required = true)]
+        format: Vec<crate::report::files::Wanted>,
+    },
+    /// Compare two saved runs of one scenario stage by stage; exit 1 when NEW is worse.
+    ///
+    /// Latency by the same statistics as `compare` criteria (time windows, Mann-Whitney,
+    /// Holm over every test), error rates in points, and data counts (any more lost,
+    /// duplicated or corrupted records in NEW is a regression). Exit codes: 0 no
+    /// regression, 1 NEW regressed, 2 the runs cannot be compared, 3 inconclusive.
+    #[command(
+        after_help = "Examples:\n  stagegate compare reports/last-release reports/latest\n  stagegate compare old new --max-regression +5ms --confidence 99%"
+    )]
+    Compare {
+        /// The earlier run's folder (the reference).
+        old: PathBuf,
+        /// The run to judge.
+        new: PathBuf,
+        /// How much slower NEW's latency may be: relative (`10%`) or absolute (`+5ms`).
+        #[arg(long, default_value = "10%")]
+        max_regression: String,
+        /// How much higher NEW's error rate may be, in percentage points.
+        #[arg(long, default_value = "1%")]
+        max_error_rise: String,
+        /// Confidence of each one-sided test.
+        #[arg(long, default_value = "95%")]
+        confidence: String,
     },
     /// Print synthetic records from a schema as JSON lines.
     #[command(after_help = "Example:\n  stagegate data synthetic-data/orders.yaml --count 3 --seed 42")]
@@ -166,7 +213,13 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { file, scenario, report_dir, quiet } => run(&file, &scenario, &report_dir, quiet),
+        Command::Run { file, scenario, report_dir, out, report, quiet } => {
+            let folder = match out {
+                Some(dir) => RunFolder::Exact(dir),
+                None => RunFolder::Under(report_dir),
+            };
+            run(&file, &scenario, &folder, &report, quiet)
+        }
         Command::Validate { files, scenario } => validate(&files, &scenario),
         Command::Plan { file, scenario } => plan(&file, &scenario),
         Command::Schema => {
@@ -177,6 +230,10 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
         Command::KvStore { port } => kv_store(port),
         Command::Cleanup { report_dir } => cleanup(&report_dir),
+        Command::Report { run_dir, format } => rerender(&run_dir, &format),
+        Command::Compare { old, new, max_regression, max_error_rise, confidence } => {
+            crate::report::diff::command(&old, &new, &max_regression, &max_error_rise, &confidence)
+        }
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "stagegate", &mut out);
@@ -421,7 +478,21 @@ fn data(schema: &Path, count: u64, seed: u64) -> i32 {
 /// What a failed load of `run` says did not happen.
 const NOT_RUN: &str = "nothing was run";
 
-fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32 {
+/// Where a run's files go.
+enum RunFolder {
+    /// A new sub-folder, named after the scenario and the time, and a `latest` link.
+    Under(PathBuf),
+    /// This folder as it is.
+    Exact(PathBuf),
+}
+
+fn run(
+    file: &Path,
+    args: &ScenarioArgs,
+    folder: &RunFolder,
+    wanted: &[crate::report::files::Wanted],
+    quiet: bool,
+) -> i32 {
     // Ctrl-C is taken from the first moment: one that comes while the scenario is read
     // makes the run stop before anything starts.
     let stop = Shutdown::default();
@@ -439,13 +510,22 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
     // process group and session, are adopted by stagegate when their parent dies, so
     // the run's end can still stop them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    let (report_dir, run_id) = match run_folder(report_root, &plan.name) {
+    let made = match folder {
+        RunFolder::Under(root) => run_folder(root, &plan.name)
+            .map_err(|e| format!("cannot create a report folder under {}: {e}", root.display())),
+        RunFolder::Exact(dir) => exact_folder(dir),
+    };
+    let (report_dir, run_id) = match made {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error: cannot create a report folder under {}: {e}", report_root.display());
-            return exit::RUN_BROKEN;
+            eprintln!("error: {e}");
+            // `--out` names a folder that cannot be the run's: the argument is wrong.
+            return if matches!(folder, RunFolder::Exact(_)) { exit::INVALID_INPUT } else { exit::RUN_BROKEN };
         }
     };
+    if let RunFolder::Under(root) = folder {
+        point_latest(root, &run_id);
+    }
     let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     let code = runtime.block_on(async move {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -457,11 +537,12 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
         };
         let mut terminal = TerminalReporter::new(quiet, plan.secrets.clone());
         let mut json = JsonReporter::new(report_dir.clone(), plan.secrets.clone());
+        let mut files = FilesReporter::new(report_dir.clone(), wanted.to_vec(), plan.secrets.clone());
         // What the events told so far: the report, should the runner itself fail.
         let mut partial = crate::report::RunReport::begin(&plan, Some(report_dir.clone()));
         while let Some(event) = rx.recv().await {
             partial.follow(&event);
-            deliver(&event, &mut json, &mut terminal);
+            deliver(&event, &mut json, &mut files, &mut terminal);
         }
         let report = match runner.await {
             Ok(r) => r,
@@ -473,11 +554,16 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
                 partial.interrupted = true;
                 partial.reasons = vec![format!("the run broke: stagegate itself failed: {why}")];
                 partial.finished_at = chrono::Utc::now().to_rfc3339();
-                deliver(&Event::Finished(Box::new(partial.clone())), &mut json, &mut terminal);
+                deliver(&Event::Finished(Box::new(partial.clone())), &mut json, &mut files, &mut terminal);
                 partial
             }
         };
         if let Some(Err(e)) = &json.written {
+            eprintln!("error: {e}");
+            return exit::RUN_BROKEN;
+        }
+        // A format asked for and missing would leave a CI step without what it reads.
+        if let Some(Err(e)) = files.written.iter().find(|w| w.is_err()) {
             eprintln!("error: {e}");
             return exit::RUN_BROKEN;
         }
@@ -488,11 +574,13 @@ fn run(file: &Path, args: &ScenarioArgs, report_root: &Path, quiet: bool) -> i32
     code
 }
 
-/// The JSON file first, so that the summary can say whether it was written.
-fn deliver(event: &Event, json: &mut JsonReporter, terminal: &mut TerminalReporter) {
+/// The files first, so that the summary can say whether they were written.
+fn deliver(event: &Event, json: &mut JsonReporter, files: &mut FilesReporter, terminal: &mut TerminalReporter) {
     json.event(event);
+    files.event(event);
     if matches!(event, Event::Finished(_)) {
         terminal.written = json.written.clone();
+        terminal.files = files.written.clone();
     }
     terminal.event(event);
     if let Event::Judged(_, written) = event {
@@ -532,6 +620,57 @@ fn exit_code(report: &crate::report::RunReport) -> i32 {
 /// millisecond. Creating it is atomic, so two runs never share one.
 fn run_folder(root: &Path, name: &str) -> std::io::Result<(PathBuf, String)> {
     run_folder_at(root, name, &chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string())
+}
+
+/// `stagegate report`: the formats asked for, from a saved report.json.
+fn rerender(run_dir: &Path, wanted: &[crate::report::files::Wanted]) -> i32 {
+    let doc = match crate::report::diff::read_report(run_dir) {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    let mut code = 0;
+    for result in crate::report::files::write_all(&doc, run_dir, wanted) {
+        match result {
+            Ok(path) => println!("{}", path.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = exit::RUN_BROKEN;
+            }
+        }
+    }
+    code
+}
+
+/// `dir` as a run's folder: created if missing, refused unless empty (another run's
+/// files there would mix with this one's).
+fn exact_folder(dir: &Path) -> Result<(PathBuf, String), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if entries.next().is_some() {
+        return Err(format!("--out {} is not empty; give an empty or new folder (or remove it first)", dir.display()));
+    }
+    let id = std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "run".into());
+    Ok((dir.to_path_buf(), id))
+}
+
+/// Points `ROOT/latest` at the run `id` (a relative link, replaced atomically), so a CI
+/// job or a person finds the newest run without globbing. Best effort: a file system
+/// without links just has none.
+fn point_latest(root: &Path, id: &str) {
+    let link = root.join("latest");
+    let staged = root.join(format!(".latest-{}", std::process::id()));
+    let _ = std::fs::remove_file(&staged);
+    let made = std::os::unix::fs::symlink(id, &staged).and_then(|()| std::fs::rename(&staged, &link));
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&staged);
+        tracing::debug!(error = %e, "no `latest` link");
+    }
 }
 
 fn run_folder_at(root: &Path, name: &str, stamp: &str) -> std::io::Result<(PathBuf, String)> {

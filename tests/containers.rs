@@ -25,7 +25,7 @@ fn container_exists(id: &str) -> bool {
 }
 
 fn run_file(dir: &std::path::Path) -> serde_json::Value {
-    let run = std::fs::read_dir(dir).unwrap().flatten().next().expect("a run folder").path();
+    let run = common::run_folders(dir).first().cloned().expect("a run folder");
     serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap()
 }
 
@@ -56,10 +56,7 @@ fn faults_reach_a_redis_container_and_it_is_removed_after_the_run() {
     let id = container_id(dir.path());
     assert_eq!(run_file(dir.path())["finished"], true);
     assert!(!container_exists(&id), "container {id} outlived the run");
-    let log = std::fs::read_to_string(
-        std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path().join("redis.log"),
-    )
-    .unwrap();
+    let log = std::fs::read_to_string(common::run_folders(dir.path())[0].join("redis.log")).unwrap();
     assert!(log.contains("Ready to accept connections"), "{log}");
 }
 

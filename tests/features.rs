@@ -108,8 +108,8 @@ fn secrets_never_reach_the_report_or_the_terminal() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(!stdout.contains("hunter2-s3cr3t") && !stderr.contains("hunter2-s3cr3t"), "{stdout}{stderr}");
     assert!(stdout.contains("${secret:STAGEGATE_TEST_TOKEN}"), "{stdout}");
-    let runs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
-    let raw = std::fs::read_to_string(runs[0].path().join("report.json")).unwrap();
+    let runs = common::run_folders(dir.path());
+    let raw = std::fs::read_to_string(runs[0].join("report.json")).unwrap();
     assert!(!raw.contains("hunter2-s3cr3t"), "{raw}");
     let report: serde_json::Value = serde_json::from_str(&raw).unwrap();
     // The on_verdict command ran with the real value; its output is masked.

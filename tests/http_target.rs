@@ -114,9 +114,9 @@ fn killing_the_target_loses_what_it_held_and_it_comes_back() {
     // It served again after the restart.
     assert!(m["phases"]["after"]["requests"].as_u64().unwrap() > 0);
     assert!(!stdout.contains("the target process exited"), "a fault's kill is not a crash: {stdout}");
-    let runs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    let runs = common::run_folders(dir.path());
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(runs[0].path().join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(runs[0].join("run.json")).unwrap()).unwrap();
     assert_eq!(run["finished"], true);
     let pid =
         run["processes"].as_array().unwrap().iter().find(|p| p["name"] == "target").unwrap()["pgid"].as_i64().unwrap();
@@ -136,7 +136,7 @@ fn the_flagd_file_follows_the_stages() {
     assert_eq!(data(0)["acked"], 50);
     // The service read the rewritten file: every order of the second stage was refused.
     assert_eq!(data(1)["rejected_valid"], 50, "{}", data(1));
-    let run = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
+    let run = common::run_folders(dir.path())[0].clone();
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("flags.flagd.json")).unwrap()).unwrap();
     assert_eq!(file["flags"]["refuse-orders"]["defaultVariant"], "true");
@@ -157,7 +157,7 @@ fn the_env_provider_restarts_the_target_when_its_flags_change() {
     assert_eq!(data(2)["rejected_valid"], 50, "{}", data(2));
     // Started once, then again only where the flags changed: before `closed` and `open-again`.
     assert_eq!(stderr.matches("restarting the target").count(), 2, "{stderr}");
-    let run = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
+    let run = common::run_folders(dir.path())[0].clone();
     let log = std::fs::read_to_string(run.join("target.log")).unwrap();
     assert_eq!(log.matches("orders service on port").count(), 3, "{log}");
 }

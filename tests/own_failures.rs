@@ -70,8 +70,8 @@ fn a_report_that_cannot_be_written_exits_4_and_says_so() {
     // Once the run's folder exists, take `report.json`'s place with a folder.
     let deadline = Instant::now() + Duration::from_secs(20);
     let folder = loop {
-        if let Some(f) = std::fs::read_dir(dir.path()).unwrap().flatten().next() {
-            break f.path();
+        if let Some(f) = common::run_folders(dir.path()).into_iter().next() {
+            break f;
         }
         assert!(Instant::now() < deadline, "no run folder");
         std::thread::sleep(Duration::from_millis(20));

@@ -50,7 +50,7 @@ fn the_good_service_on_postgres_loses_nothing_and_feels_the_slow_database() {
     let p50 = report["stages"][1]["metrics"]["latency"]["p50"].as_f64().unwrap();
     assert!(p50 >= 60.0, "slow-db p50 {p50}");
     // The cluster and the service are gone, and so is the cluster's folder.
-    let run = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
+    let run = common::run_folders(dir.path())[0].clone();
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(file["finished"], true);

@@ -18,7 +18,7 @@ fn alive(pid: i32) -> bool {
 }
 
 fn run_file(dir: &std::path::Path) -> serde_json::Value {
-    let run = std::fs::read_dir(dir).unwrap().flatten().next().expect("a run folder").path();
+    let run = common::run_folders(dir).first().cloned().expect("a run folder");
     serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap()
 }
 
@@ -51,7 +51,7 @@ fn a_killed_store_loses_its_data_and_comes_back_a_paused_one_does_not() {
     // Nothing is left: the run file says so, and the store's process is gone.
     assert_eq!(run_file(dir.path())["finished"], true);
     assert!(!alive(store_pid(dir.path())), "the store outlived the run");
-    let log = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path().join("store.log");
+    let log = common::run_folders(dir.path())[0].join("store.log");
     assert!(log.exists(), "the store's output is kept in the report folder");
 }
 

@@ -10,6 +10,7 @@
 
 pub mod lateness;
 mod recovery;
+pub mod series;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -128,7 +129,7 @@ const MIN_WINDOW: Duration = Duration::from_millis(250);
 /// One time window of a stage's judged requests: its figures, for comparisons (which
 /// test windows rather than requests, since requests close in time are not
 /// independent).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Window {
     /// Its start, from the stage's start.
     pub from_secs: f64,
@@ -136,6 +137,15 @@ pub struct Window {
     pub errors: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+}
+
+/// A latency histogram of a stage's judged requests, for interval logs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EncodedHistogram {
+    /// The flag variant it covers; `None`: the whole stage.
+    pub variant: Option<String>,
+    /// Microseconds, HdrHistogram's compressed V2 encoding, base64.
+    pub encoded: String,
 }
 
 /// Latency by time window, at two significant digits (a window's median needs no more).
@@ -235,6 +245,23 @@ impl Recorder {
         }
         self.recovery.record(offset, micros, outcome == Outcome::Failed);
         self.by_time.record(offset, micros, outcome == Outcome::Failed);
+    }
+
+    /// The judged requests' latency histograms, encoded as HdrHistogram's compressed
+    /// V2 format in base64 (what an interval log line carries): the whole stage's
+    /// (`None`) and each flag variant's.
+    pub fn encoded_histograms(&self) -> Vec<EncodedHistogram> {
+        use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+        let encode = |h: &Histogram<u64>| {
+            let mut bytes = Vec::new();
+            V2DeflateSerializer::new().serialize(h, &mut bytes).ok()?;
+            Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+        };
+        std::iter::once((None, &self.judged))
+            .chain(self.variants.iter().map(|(v, s)| (Some(v.clone()), s)))
+            .filter(|(_, s)| s.requests > 0)
+            .filter_map(|(variant, s)| Some(EncodedHistogram { variant, encoded: encode(&s.histogram)? }))
+            .collect()
     }
 
     /// The judged requests' figures by time window (the empty ones left out).

@@ -88,6 +88,8 @@ pub struct Tags {
     pub invalid: bool,
     /// Sent during warm-up: counted apart, never judged.
     pub warmup: bool,
+    /// The interval of the stage's time series it was due in.
+    pub interval: Option<u32>,
 }
 
 /// The data-quality counts of a stage, whole and broken down.
@@ -100,6 +102,8 @@ pub struct Judgement {
     /// Indexed by [`Phase`] (`before`, `during`, `after`).
     pub by_phase: [DataCounts; 3],
     pub by_variant: BTreeMap<String, DataCounts>,
+    /// By interval of the stage's time series (warm-up included).
+    pub by_interval: Vec<DataCounts>,
     /// Whether the output was observed at all (without it, lost and the like are unknown).
     pub observed: bool,
     /// Items of the output that could not be read as records and named no sent key
@@ -360,6 +364,14 @@ impl Ledger {
                 } else {
                     c.lost = entry.acked as u64;
                 }
+            }
+            if let Some(i) = entry.tags.interval.map(|i| i as usize)
+                && i < crate::measure::series::MAX_POINTS as usize
+            {
+                if judgement.by_interval.len() <= i {
+                    judgement.by_interval.resize(i + 1, DataCounts::default());
+                }
+                judgement.by_interval[i].add(&c);
             }
             if entry.tags.warmup {
                 judgement.warmup.add(&c);

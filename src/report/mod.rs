@@ -4,7 +4,13 @@
 //! The runner only ever sends [`Event`]s; each reporter ([`terminal`], [`json`])
 //! listens to the same stream, so adding a format never touches the runner.
 
+pub mod diff;
+pub mod files;
+pub mod hlog;
+pub mod html;
 pub mod json;
+pub mod junit;
+pub mod markdown;
 pub mod plan;
 pub mod terminal;
 
@@ -88,6 +94,15 @@ pub struct StageReport {
     /// Why the stage's new flag states cannot have been exercised, when they cannot (its
     /// criteria are then INCONCLUSIVE).
     pub unexposed: Option<String>,
+    /// The stage over time (per second up to 600 s).
+    pub series: crate::measure::series::Series,
+    /// The judged time cut into windows, as comparisons test them (`stagegate compare`
+    /// reads them from a saved run).
+    pub windows: Vec<crate::measure::Window>,
+    /// When the stage began (RFC 3339), and its judged requests' latency histograms
+    /// (for the HdrHistogram interval log, `--report hlog`).
+    pub started_at: String,
+    pub histograms: Vec<crate::measure::EncodedHistogram>,
 }
 
 /// The full account of a run, written as JSON and summarised on the terminal.

@@ -17,6 +17,8 @@ pub struct TerminalReporter {
     /// Where `report.json` went, or why it could not be written (set before the run's
     /// last event, so the summary tells the truth about it).
     pub written: Option<Result<std::path::PathBuf, String>>,
+    /// The other files asked for (`--report`), each written or why not.
+    pub files: Vec<Result<std::path::PathBuf, String>>,
 }
 
 /// A count that needs the output, or `-` when the output was not seen.
@@ -35,7 +37,7 @@ fn ms(v: Option<f64>) -> String {
 impl TerminalReporter {
     /// A reporter printing progress lines unless `quiet`.
     pub fn new(quiet: bool, secrets: Secrets) -> Self {
-        TerminalReporter { progress: !quiet, secrets, written: None }
+        TerminalReporter { progress: !quiet, secrets, written: None, files: Vec::new() }
     }
 
     /// Writes one line to stderr, secrets masked; a closed stderr is not an error.
@@ -150,7 +152,7 @@ impl Reporter for TerminalReporter {
             }
             Event::Judged(..) => {}
             Event::Finished(report) => {
-                let text = self.secrets.mask(&summary(report, self.written.as_ref()));
+                let text = self.secrets.mask(&summary(report, self.written.as_ref(), &self.files));
                 let mut out = std::io::stdout().lock();
                 if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
                     && e.kind() != std::io::ErrorKind::BrokenPipe
@@ -164,7 +166,11 @@ impl Reporter for TerminalReporter {
 }
 
 /// The end-of-run summary as text.
-pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String>>) -> String {
+pub fn summary(
+    r: &RunReport,
+    written: Option<&Result<std::path::PathBuf, String>>,
+    files: &[Result<std::path::PathBuf, String>],
+) -> String {
     let mut s = String::new();
     s.push_str(&format!("\n{}  (seed {})\n", r.scenario, r.seed));
     for o in &r.overrides {
@@ -214,7 +220,7 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
     }
     if !r.assessments.is_empty() {
         s.push_str("\ncriteria\n");
-        let mut said: Vec<&str> = Vec::new();
+        let mut previous: Option<&str> = None;
         for a in &r.assessments {
             // A criterion that does not decide the verdict never reads as a failure.
             let mark = match (a.outcome, a.level) {
@@ -224,15 +230,13 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
                 (Outcome::Fail, crate::verdict::Level::Observe) => "observe",
                 (Outcome::Inconclusive, _) => "????",
             };
-            // A reason shared by several criteria is written once.
+            // A reason shared by consecutive rows is written once; "as above" always
+            // means the row just above.
             let note = match a.note.as_deref() {
-                Some(n) if said.contains(&n) => Some("as above"),
-                Some(n) => {
-                    said.push(n);
-                    Some(n)
-                }
-                None => None,
+                Some(n) if previous == Some(n) => Some("as above"),
+                n => n,
             };
+            previous = a.note.as_deref();
             let level = match a.level {
                 crate::verdict::Level::Enforce => "",
                 crate::verdict::Level::Warn => " [warn]",
@@ -284,6 +288,12 @@ pub fn summary(r: &RunReport, written: Option<&Result<std::path::PathBuf, String
         Some(Ok(path)) => s.push_str(&format!("report: {}\n", path.display())),
         Some(Err(e)) => s.push_str(&format!("report NOT WRITTEN: {e}\n")),
         None => {}
+    }
+    for f in files {
+        match f {
+            Ok(path) => s.push_str(&format!("        {}\n", path.display())),
+            Err(e) => s.push_str(&format!("report NOT WRITTEN: {e}\n")),
+        }
     }
     s
 }

@@ -29,6 +29,7 @@ use crate::flags::ofrep::{FlagExposure, VariantExposure};
 use crate::flags::provider::{Delivery, Handover};
 use crate::health::Trouble;
 use crate::measure::lateness::{CpuClock, Lag, SendLag, StageHealth, TimerProbe};
+use crate::measure::series::SeriesRecorder;
 use crate::measure::{Outcome, Recorder, Slice};
 use crate::quality::freshness;
 use crate::quality::{Judgement, Ledger, SharedLedger, Tags};
@@ -90,6 +91,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     }
     // What was asked of the flags before the stage is not the stage's.
     let _ = p.flags.take_exposure();
+    let started_at = chrono::Utc::now().to_rfc3339();
     let _ = cx.events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });
 
     let schema = &plan.workload.schema;
@@ -113,6 +115,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         flag_seed: cx.flag_seed,
         ledger: ledger.clone(),
         recorder: Recorder::new(plan.workload.warmup, plan.workload.duration, windows),
+        series: SeriesRecorder::new(plan.workload.duration, plan.workload.warmup),
         variants: HashMap::new(),
         keys: HashMap::new(),
         counts: Counts::default(),
@@ -265,7 +268,9 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         assessments.push(a.clone());
     }
     let exposure = exposure_of(p.flags.as_ref(), stage, std::mem::take(&mut accounts.sent_values));
-    let unexposed = if index > 0 && p.flags.delivery() == Delivery::Evaluated {
+    let series = std::mem::replace(&mut accounts.series, SeriesRecorder::new(Duration::ZERO, Duration::ZERO))
+        .finish(judgement.observed.then_some(judgement.by_interval.as_slice()), &records);
+    let unexposed = if p.flags.delivery() == Delivery::Evaluated {
         never_ran(plan, stage, &exposure, accounts.counts.sent)
     } else {
         None
@@ -300,6 +305,10 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             health,
             flag_exposure: exposure,
             unexposed,
+            series,
+            windows: accounts.recorder.windows(),
+            started_at,
+            histograms: accounts.recorder.encoded_histograms(),
         },
         assessments,
         samples: accounts.recorder.judged.clone(),
@@ -339,35 +348,42 @@ fn exposure_of(
     }
 }
 
-/// Why the stage's new flag states cannot have been exercised, if they cannot: a flag
-/// that differs from the first stage's was never evaluated, or a split flag was
-/// evaluated for far fewer keys with its new values than the split sends there.
+/// Why the stage's flag states cannot have been exercised, if they cannot: a flag set
+/// to anything but its declared default (in any stage, the first included) was never
+/// evaluated, or a split flag was evaluated for far fewer keys with its non-default
+/// values than the split sends there.
 fn never_ran(plan: &Plan, stage: &Stage, exposure: &BTreeMap<String, FlagExposure>, sent: u64) -> Option<String> {
-    let first = &plan.stages.first()?.flags;
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     for (flag, state) in &stage.flags {
-        if first.get(flag) == Some(state) {
+        let Some(default) = plan.flags.definitions.iter().find(|d| &d.key == flag).map(|d| &d.default) else {
+            continue;
+        };
+        if matches!(state, FlagState::Fixed(v) if v == default) {
             continue;
         }
         let seen = exposure.get(flag);
         let asked = seen.map_or(0, |e| e.bulk_fetches + e.by_variant.values().map(|v| v.evaluations).sum::<u64>());
         if asked == 0 {
-            return Some(format!("`{flag}` was never evaluated in `{}`: the new path did not run", stage.name));
+            return Some(format!(
+                "`{flag}` ({}) was never evaluated in `{}`: the path it selects did not run",
+                state.describe(),
+                stage.name
+            ));
         }
-        // A split checked key by key: the keys that got a value other than the first
-        // stage's, against how many records the split sends there.
-        let (FlagState::Split { .. }, Some(FlagState::Fixed(before)), Some(e)) = (state, first.get(flag), seen) else {
+        // A split checked key by key: the keys that got a value other than the
+        // default, against how many records the split sends there.
+        let (FlagState::Split { .. }, Some(e)) = (state, seen) else {
             continue;
         };
         let keyed: u64 = e.by_variant.values().map(|v| v.keys).sum();
         if keyed == 0 {
             continue;
         }
-        let new_keys: u64 = e.by_variant.iter().filter(|(v, _)| **v != text(before)).map(|(_, x)| x.keys).sum();
-        let expected = sent as f64 * (1.0 - state.share_of(before));
+        let new_keys: u64 = e.by_variant.iter().filter(|(v, _)| **v != text(default)).map(|(_, x)| x.keys).sum();
+        let expected = sent as f64 * (1.0 - state.share_of(default));
         if expected >= 10.0 && (new_keys as f64) < expected / 2.0 {
             return Some(format!(
-                "`{flag}` was evaluated for {new_keys} keys with its new values in `{}`, far fewer than the ~{expected:.0} the split sends there: the new path barely ran",
+                "`{flag}` was evaluated for {new_keys} keys with its non-default values in `{}`, far fewer than the ~{expected:.0} the split sends there: that path barely ran",
                 stage.name
             ));
         }
@@ -429,6 +445,8 @@ struct Accounts<'a> {
     flag_seed: u64,
     ledger: SharedLedger,
     recorder: Recorder,
+    /// The stage over time, for report.json and the plots.
+    series: SeriesRecorder,
     variants: HashMap<String, Arc<str>>,
     /// The flag variant of each record in flight, for stages with fractional exposure.
     keys: HashMap<String, Option<Arc<str>>>,
@@ -497,8 +515,14 @@ impl Sink for Accounts<'_> {
     fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
         let variant = self.variant_of(key);
         let warmup = offset < self.plan.workload.warmup;
-        let tags =
-            Tags { phase: (!warmup).then(|| self.recorder.phase(offset)), variant: variant.clone(), invalid, warmup };
+        let tags = Tags {
+            phase: (!warmup).then(|| self.recorder.phase(offset)),
+            variant: variant.clone(),
+            invalid,
+            warmup,
+            interval: Some(self.series.index(offset) as u32),
+        };
+        self.series.sent(offset);
         self.ledger().sent(key, record, tags);
         if self.provider.delivery() == Delivery::Header {
             for (flag, state) in &self.stage.flags {
@@ -537,6 +561,7 @@ impl Sink for Accounts<'_> {
         }
         self.send_lag.record(s.offset, s.send_lag);
         let variant = self.keys.remove(&s.key).flatten();
+        self.series.ended(s.offset, s.latency, s.outcome);
         self.recorder.record(s.offset, s.latency, s.outcome, variant.as_deref());
     }
 

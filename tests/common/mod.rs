@@ -76,9 +76,23 @@ pub fn stagegate(args: &[&str]) -> Output {
     Command::new(bin()).args(args).current_dir(root()).output().expect("the binary runs")
 }
 
+/// The run folders a `--report-dir` holds (not the `latest` link), sorted.
+pub fn run_folders(dir: &Path) -> Vec<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    runs.sort();
+    runs
+}
+
 /// The one run folder a `--report-dir` holds, and its parsed `report.json`.
 pub fn only_report(dir: &Path) -> serde_json::Value {
-    let runs: Vec<_> = std::fs::read_dir(dir).expect("report dir exists").flatten().collect();
+    // `latest` links the newest run; the runs are the folders.
+    let runs: Vec<_> = std::fs::read_dir(dir)
+        .expect("report dir exists")
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .collect();
     assert_eq!(runs.len(), 1, "expected one run folder in {}", dir.display());
     let text = std::fs::read_to_string(runs[0].path().join("report.json")).expect("report.json written");
     serde_json::from_str(&text).expect("report.json is JSON")
@@ -170,16 +184,12 @@ impl Running {
 
 /// The run ids (`run.json`'s `run`) of every run folder under `dir`.
 pub fn run_ids(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("run.json")).ok())
-                .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .filter_map(|v| v["run"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    run_folders(dir)
+        .into_iter()
+        .filter_map(|f| std::fs::read_to_string(f.join("run.json")).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter_map(|v| v["run"].as_str().map(String::from))
+        .collect()
 }
 
 /// Live processes carrying run `run`'s marker in their environment.

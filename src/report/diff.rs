@@ -1,0 +1,258 @@
+//! `stagegate compare OLD NEW`: two saved runs of one scenario, stage by stage, so a
+//! team can gate on "no worse than the last release".
+//!
+//! Each stage present in both runs is compared three ways: latency with the statistics
+//! of a `compare` criterion (the stages' time windows, Mann-Whitney against the
+//! tolerance, the smallest detectable shift), the error rate in percentage points, and
+//! the data counts (a record more lost, duplicated or corrupted in NEW is a regression:
+//! those are never noise). The latency and error tests of all stages are one family,
+//! adjusted together (Holm) as a run's comparisons are. NEW regressed (exit 1) when any
+//! comparison fails; otherwise an inconclusive one makes the answer inconclusive (3).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::exit;
+use crate::measure::Window;
+use crate::scenario::units;
+use crate::verdict::{Compare, CompareMetric, Outcome, Sides, Tolerance, decide, run_compare};
+
+/// Reads a run's report.json (the folder, or the file itself).
+pub fn read_report(at: &Path) -> Result<Value, String> {
+    let file = if at.is_dir() { at.join("report.json") } else { at.to_path_buf() };
+    let text = crate::limits::read_bounded(&file, crate::limits::REPORT_BYTES)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not a stagegate report: {e}", file.display()))?;
+    if !doc["stages"].is_array() || !doc["scenario"].is_string() {
+        return Err(format!("{} is not a stagegate report (no `scenario` and `stages`)", file.display()));
+    }
+    Ok(doc)
+}
+
+/// One stage compared.
+#[derive(Debug)]
+pub struct StageDiff {
+    pub stage: String,
+    pub what: &'static str,
+    pub old: String,
+    pub new: String,
+    pub outcome: Outcome,
+    pub note: String,
+}
+
+/// The options of a comparison of runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub latency: Tolerance,
+    pub errors: f64,
+    pub confidence: f64,
+}
+
+/// Compares the stages of `old` and `new`.
+pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<StageDiff>, String> {
+    if old["scenario"] != new["scenario"] {
+        return Err(format!(
+            "the runs are of different scenarios (`{}` and `{}`)",
+            old["scenario"].as_str().unwrap_or("?"),
+            new["scenario"].as_str().unwrap_or("?")
+        ));
+    }
+    let none = Vec::new();
+    let stages_of = |d: &Value| d["stages"].as_array().unwrap_or(&none).clone();
+    let (old_stages, new_stages) = (stages_of(old), stages_of(new));
+    let mut tests = Vec::new();
+    let mut out = Vec::new();
+    for n in &new_stages {
+        let name = n["name"].as_str().unwrap_or_default().to_string();
+        let Some(o) = old_stages.iter().find(|o| o["name"] == n["name"]) else { continue };
+        let (ow, nw) = (stage_windows(old, &name), stage_windows(new, &name));
+        let count = |s: &Value, k: &str| s["metrics"][k].as_u64().unwrap_or(0);
+        let judged_secs = span_secs(&nw).max(span_secs(&ow));
+        let sides = Sides {
+            candidate: &nw,
+            baseline: &ow,
+            candidate_requests: count(n, "requests"),
+            baseline_requests: count(o, "requests"),
+            candidate_errors: count(n, "errors"),
+            baseline_errors: count(o, "errors"),
+            judged_secs,
+        };
+        for (metric, tolerance) in
+            [(CompareMetric::Latency, options.latency), (CompareMetric::Errors, Tolerance::Relative(options.errors))]
+        {
+            let spec = Compare {
+                metric,
+                stage: name.clone(),
+                baseline: name.clone(),
+                tolerance,
+                confidence: options.confidence,
+            };
+            let r = run_compare(&spec, &sides);
+            tests.push((out.len(), spec, r));
+            out.push(StageDiff {
+                stage: name.clone(),
+                what: if metric == CompareMetric::Latency { "latency" } else { "errors" },
+                old: String::new(),
+                new: String::new(),
+                outcome: Outcome::Inconclusive,
+                note: String::new(),
+            });
+        }
+        for field in ["lost", "duplicated", "corrupted"] {
+            let (a, b) = (o["metrics"]["data"][field].as_u64(), n["metrics"]["data"][field].as_u64());
+            let (outcome, note) = match (a, b) {
+                (Some(a), Some(b)) if b > a => (Outcome::Fail, format!("{} more", b - a)),
+                (Some(_), Some(_)) => (Outcome::Pass, String::new()),
+                _ => (Outcome::Inconclusive, "the output was not observed in one of the runs".to_string()),
+            };
+            let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            out.push(StageDiff {
+                stage: name.clone(),
+                what: field_name(field),
+                old: show(a),
+                new: show(b),
+                outcome,
+                note,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err("the runs have no stage in common".into());
+    }
+    // One family, as the comparisons of a run: Holm over every test made.
+    let tested: Vec<usize> = (0..tests.len()).filter(|i| tests[*i].2.untestable.is_none()).collect();
+    let adjusted = crate::verdict::stats::holm(&tested.iter().map(|i| tests[*i].2.p_worse).collect::<Vec<_>>());
+    for (k, (at, spec, r)) in tests.iter().enumerate() {
+        let p = tested.iter().position(|t| *t == k).map_or(r.p_worse, |j| adjusted[j]);
+        let (outcome, why) = decide(spec, r, p);
+        let d = &mut out[*at];
+        d.outcome = outcome;
+        match spec.metric {
+            CompareMetric::Latency => {
+                let median = |w: &[Window]| {
+                    let mut m: Vec<f64> = w.iter().map(|w| w.p50_ms).collect();
+                    m.sort_by(f64::total_cmp);
+                    m.get(m.len() / 2).copied()
+                };
+                d.old = median(&stage_windows(old, &d.stage)).map_or("-".into(), |v| format!("{v:.1}ms median"));
+                d.new = median(&stage_windows(new, &d.stage)).map_or("-".into(), |v| format!("{v:.1}ms median"));
+                let shift = match (r.median_diff_ms, r.median_ci_ms) {
+                    (Some(m), Some((lo, hi))) => format!("{m:+.1}ms [{lo:+.1}, {hi:+.1}] ({:+.1}%)", r.effect * 100.0),
+                    _ => String::new(),
+                };
+                d.note = [
+                    why.unwrap_or_default(),
+                    shift,
+                    format!("p = {p:.3} for worse than {}", spec.tolerance.text(spec.metric)),
+                ]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            }
+            CompareMetric::Errors => {
+                let rate = |d: &Value, stage: &str| {
+                    let s = stage_of(d, stage);
+                    let (req, err) =
+                        (s["metrics"]["requests"].as_u64().unwrap_or(0), s["metrics"]["errors"].as_u64().unwrap_or(0));
+                    if req == 0 { "-".to_string() } else { format!("{:.2}%", err as f64 * 100.0 / req as f64) }
+                };
+                d.old = rate(old, &d.stage);
+                d.new = rate(new, &d.stage);
+                d.note = why.unwrap_or_else(|| {
+                    format!(
+                        "{:+.2} points; p = {p:.3} for worse than {}",
+                        r.effect * 100.0,
+                        spec.tolerance.text(spec.metric)
+                    )
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn field_name(f: &str) -> &'static str {
+    match f {
+        "lost" => "data.lost",
+        "duplicated" => "data.duplicated",
+        _ => "data.corrupted",
+    }
+}
+
+fn stage_of<'a>(doc: &'a Value, stage: &str) -> &'a Value {
+    doc["stages"].as_array().and_then(|s| s.iter().find(|s| s["name"] == stage)).unwrap_or(&Value::Null)
+}
+
+fn stage_windows(doc: &Value, stage: &str) -> Vec<Window> {
+    serde_json::from_value(stage_of(doc, stage)["windows"].clone()).unwrap_or_default()
+}
+
+/// The judged seconds the windows span (to say how long a stage would need to be).
+fn span_secs(w: &[Window]) -> f64 {
+    match w {
+        [first, .., last] => (last.from_secs - first.from_secs) * w.len() as f64 / (w.len() - 1) as f64,
+        _ => 1.0,
+    }
+}
+
+/// The `stagegate compare` command.
+pub fn command(old: &Path, new: &Path, max_regression: &str, max_error_rise: &str, confidence: &str) -> i32 {
+    let bad = |e: String| {
+        eprintln!("error: {e}");
+        exit::INVALID_INPUT
+    };
+    let t = max_regression.trim();
+    let latency = if t.ends_with('%') {
+        match units::parse_fraction(t) {
+            Ok(f) => Tolerance::Relative(f),
+            Err(e) => return bad(format!("--max-regression `{t}`: {e}")),
+        }
+    } else {
+        match units::parse_duration(t.trim_start_matches('+')) {
+            Ok(d) => Tolerance::AbsoluteMs(d.as_secs_f64() * 1000.0),
+            Err(e) => return bad(format!("--max-regression `{t}`: {e} (or a share like `10%`)")),
+        }
+    };
+    let errors = match units::parse_fraction(max_error_rise) {
+        Ok(f) => f,
+        Err(e) => return bad(format!("--max-error-rise `{max_error_rise}`: {e}")),
+    };
+    let confidence = match units::parse_fraction(confidence) {
+        Ok(c) if (0.5..1.0).contains(&c) => c,
+        Ok(_) => return bad(format!("--confidence `{confidence}` must lie in [50%, 100%)")),
+        Err(e) => return bad(format!("--confidence `{confidence}`: {e}")),
+    };
+    let (old_doc, new_doc) = match (read_report(old), read_report(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    let diffs = match compare_runs(&old_doc, &new_doc, Options { latency, errors, confidence }) {
+        Ok(d) => d,
+        Err(e) => return bad(e),
+    };
+    let w = diffs.iter().map(|d| d.stage.len()).max().unwrap_or(5).max(5);
+    println!("{:<7}  {:<w$}  {:<15}  {:>16}  {:>16}  note", "", "stage", "what", "old", "new");
+    for d in &diffs {
+        let mark = match d.outcome {
+            Outcome::Pass => "same",
+            Outcome::Fail => "WORSE",
+            Outcome::Inconclusive => "????",
+        };
+        println!("{mark:<7}  {:<w$}  {:<15}  {:>16}  {:>16}  {}", d.stage, d.what, d.old, d.new, d.note);
+    }
+    let worse: Vec<String> =
+        diffs.iter().filter(|d| d.outcome == Outcome::Fail).map(|d| format!("{} in `{}`", d.what, d.stage)).collect();
+    if !worse.is_empty() {
+        println!("\nNEW regressed: {}", worse.join(", "));
+        exit::ROLLBACK
+    } else if diffs.iter().any(|d| d.outcome == Outcome::Inconclusive) {
+        println!("\ninconclusive: no regression found, but not every comparison could tell");
+        exit::INCONCLUSIVE
+    } else {
+        println!("\nno regression");
+        exit::PROMOTE
+    }
+}

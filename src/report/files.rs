@@ -1,0 +1,208 @@
+//! The file formats a run can leave besides report.json, chosen with `--report
+//! FORMAT[=PATH]` (repeatable): `junit`, `markdown`, `html`, `hlog`. Each renders from the
+//! report document (report.json's content, secrets already masked), so `stagegate
+//! report` renders a saved run exactly as the run itself would have.
+//!
+//! A path is taken relative to the run's folder; without one each format has its own
+//! name there. With `markdown`, a set `GITHUB_STEP_SUMMARY` also receives the summary
+//! (appended, once, when the run is over).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{Event, Reporter};
+use crate::secrets::Secrets;
+
+/// A file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Junit,
+    Markdown,
+    Html,
+    Hlog,
+}
+
+impl Format {
+    pub const NAMES: [&'static str; 5] = ["json", "junit", "markdown", "html", "hlog"];
+
+    /// The file it gets in the run's folder unless a path is given.
+    pub fn default_name(self) -> &'static str {
+        match self {
+            Format::Json => "report.json",
+            Format::Junit => "junit.xml",
+            Format::Markdown => "summary.md",
+            Format::Html => "report.html",
+            Format::Hlog => "latency.hlog",
+        }
+    }
+
+    /// How the Markdown summary links to it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Json => "report.json (everything, for tools)",
+            Format::Junit => "JUnit XML",
+            Format::Markdown => "this summary",
+            Format::Html => "HTML report with plots",
+            Format::Hlog => "HdrHistogram interval log",
+        }
+    }
+}
+
+/// One `--report FORMAT[=PATH]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub format: Format,
+    pub path: Option<PathBuf>,
+}
+
+impl std::str::FromStr for Wanted {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Wanted, String> {
+        let (name, path) = match text.split_once('=') {
+            Some((n, "")) => return Err(format!("`{n}=` names no file; write `{n}` or `{n}=PATH`")),
+            Some((n, p)) => (n, Some(PathBuf::from(p))),
+            None => (text, None),
+        };
+        let format = match name {
+            "json" => Format::Json,
+            "junit" => Format::Junit,
+            "markdown" | "md" => Format::Markdown,
+            "html" => Format::Html,
+            "hlog" => Format::Hlog,
+            other => {
+                return Err(format!("unknown report format `{other}`; formats are {}", Format::NAMES.join(", ")));
+            }
+        };
+        Ok(Wanted { format, path })
+    }
+}
+
+/// Where `wanted` goes for a run whose folder is `dir`.
+pub fn target(dir: &Path, wanted: &Wanted) -> PathBuf {
+    match &wanted.path {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => dir.join(p),
+        None => dir.join(wanted.format.default_name()),
+    }
+}
+
+/// The report document of `report`: what report.json holds, secrets masked.
+pub fn document(report: &super::RunReport, secrets: &Secrets) -> Result<Value, String> {
+    let mut doc = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    secrets.mask_json(&mut doc);
+    Ok(doc)
+}
+
+/// Renders one format of `doc`; `others` are the run's other files, for links.
+pub fn render(format: Format, doc: &Value, others: &[(String, String)]) -> Result<Vec<u8>, String> {
+    match format {
+        Format::Json => {
+            let mut text = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())?;
+            text.push('\n');
+            Ok(text.into_bytes())
+        }
+        Format::Junit => super::junit::render(doc).map(String::into_bytes),
+        Format::Markdown => Ok(super::markdown::render(doc, others).into_bytes()),
+        Format::Html => super::html::render(doc).map(String::into_bytes),
+        Format::Hlog => super::hlog::render(doc).map(String::into_bytes),
+    }
+}
+
+/// Writes every format in `wanted` for the run `doc` into `dir`; returns each file
+/// written, or why it could not be.
+pub fn write_all(doc: &Value, dir: &Path, wanted: &[Wanted]) -> Vec<Result<PathBuf, String>> {
+    let links: Vec<(String, String)> = wanted
+        .iter()
+        .filter(|w| w.format != Format::Markdown)
+        .map(|w| {
+            let at = target(dir, w);
+            let shown = at.strip_prefix(dir).unwrap_or(&at).display().to_string();
+            (w.format.label().to_string(), shown)
+        })
+        .chain(std::iter::once(("report.json (everything, for tools)".to_string(), "report.json".to_string())))
+        .collect();
+    wanted
+        .iter()
+        .map(|w| {
+            let at = target(dir, w);
+            let bytes = render(w.format, doc, &links).map_err(|e| format!("cannot render {}: {e}", at.display()))?;
+            if let Some(parent) = at.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("cannot write {}: {e}", at.display()))?;
+            }
+            crate::deps::runfile::write_atomically(&at, &bytes)
+                .map(|_| at.clone())
+                .map_err(|e| format!("cannot write {}: {e}", at.display()))
+        })
+        .collect()
+}
+
+/// Writes the chosen formats when the verdict is known and again when the run is over.
+pub struct FilesReporter {
+    dir: PathBuf,
+    wanted: Vec<Wanted>,
+    secrets: Secrets,
+    /// What the last write did, file by file.
+    pub written: Vec<Result<PathBuf, String>>,
+}
+
+impl FilesReporter {
+    pub fn new(dir: PathBuf, wanted: Vec<Wanted>, secrets: Secrets) -> FilesReporter {
+        FilesReporter { dir, wanted, secrets, written: Vec::new() }
+    }
+}
+
+impl Reporter for FilesReporter {
+    fn event(&mut self, event: &Event) {
+        let (Event::Finished(report) | Event::Judged(report, _)) = event else { return };
+        if self.wanted.is_empty() {
+            return;
+        }
+        let doc = match document(report, &self.secrets) {
+            Ok(doc) => doc,
+            Err(e) => {
+                self.written = vec![Err(format!("cannot render the report: {e}"))];
+                return;
+            }
+        };
+        self.written = write_all(&doc, &self.dir, &self.wanted);
+        if matches!(event, Event::Finished(_))
+            && let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|s| !s.is_empty())
+            && self.wanted.iter().any(|w| w.format == Format::Markdown)
+        {
+            let md = render(Format::Markdown, &doc, &[]).unwrap_or_default();
+            let result = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&summary)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &md));
+            if let Err(e) = result {
+                self.written.push(Err(format!(
+                    "cannot append to GITHUB_STEP_SUMMARY ({}): {e}",
+                    Path::new(&summary).display()
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_named_with_an_optional_path() {
+        assert_eq!("junit".parse::<Wanted>().unwrap(), Wanted { format: Format::Junit, path: None });
+        assert_eq!(
+            "html=out/r.html".parse::<Wanted>().unwrap(),
+            Wanted { format: Format::Html, path: Some("out/r.html".into()) }
+        );
+        assert!("xml".parse::<Wanted>().unwrap_err().contains("formats are json, junit, markdown, html, hlog"));
+        assert!("junit=".parse::<Wanted>().is_err());
+        let dir = Path::new("/r/run-1");
+        assert_eq!(target(dir, &"markdown".parse().unwrap()), Path::new("/r/run-1/summary.md"));
+        assert_eq!(target(dir, &"junit=/tmp/j.xml".parse().unwrap()), Path::new("/tmp/j.xml"));
+    }
+}

@@ -1,0 +1,433 @@
+//! The HTML report (`--report html`): one self-contained file, no script and nothing
+//! fetched, that a game-day room can open in any browser.
+//!
+//! The verdict and its reasons first, then the criteria table, then each stage: its
+//! latency over time (p50 and p99, fault windows shaded, flag states in the title), its
+//! requests, errors and data-quality counts over time, its percentile spectrum against
+//! the first stage's, and stagegate's own health figures. Charts are SVG drawn with
+//! `plotters`. Rendered from the report document, like every file format.
+
+use plotters::prelude::*;
+use serde_json::Value;
+
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 280;
+
+/// The HTML page of the run `doc` describes.
+pub fn render(doc: &Value) -> Result<String, String> {
+    let t = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let none = Vec::new();
+    let mut page = String::new();
+    let verdict = match (doc["error"].as_str(), doc["interrupted"].as_bool().unwrap_or(false), doc["verdict"].as_str())
+    {
+        (Some(_), ..) => "RUN BROKE",
+        (None, true, _) => "INTERRUPTED",
+        (None, false, Some(v)) => v,
+        _ => "NO VERDICT",
+    };
+    let class = match verdict {
+        "PROMOTE" => "promote",
+        "ROLLBACK" => "rollback",
+        _ => "other",
+    };
+    page.push_str(&format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>stagegate: {} {}</title>\n<style>{STYLE}</style></head><body>\n",
+        esc(&t(&doc["scenario"])),
+        esc(verdict)
+    ));
+    page.push_str(&format!(
+        "<h1><span class=\"verdict {class}\">{}</span> {}</h1>\n<p class=\"meta\">{} · seed {} ({}) · {} → {}</p>\n",
+        esc(verdict),
+        esc(&t(&doc["scenario"])),
+        esc(&t(&doc["file"])),
+        doc["seed"],
+        esc(&t(&doc["seed_source"])),
+        esc(&t(&doc["started_at"])),
+        esc(&t(&doc["finished_at"])),
+    ));
+    if let Some(d) = doc["description"].as_str() {
+        page.push_str(&format!("<p>{}</p>\n", esc(d)));
+    }
+    let lists = [("reasons", "why"), ("warnings", "warnings"), ("overrides", "--set overrides")];
+    for (key, title) in lists {
+        let items = doc[key].as_array().unwrap_or(&none);
+        if !items.is_empty() {
+            page.push_str(&format!("<h3>{title}</h3><ul>"));
+            for i in items {
+                page.push_str(&format!("<li>{}</li>", esc(&t(i))));
+            }
+            page.push_str("</ul>\n");
+        }
+    }
+    criteria_table(&mut page, doc["assessments"].as_array().unwrap_or(&none));
+    let stages = doc["stages"].as_array().unwrap_or(&none);
+    let faults = doc["faults"].as_array().unwrap_or(&none);
+    let baseline = stages.first();
+    for st in stages {
+        let name = t(&st["name"]);
+        page.push_str(&format!("<section class=\"stage\"><h2>stage <code>{}</code>", esc(&name)));
+        if !st["completed"].as_bool().unwrap_or(false) {
+            page.push_str(" <span class=\"warn\">(cut short)</span>");
+        }
+        page.push_str("</h2>\n");
+        let flags = flag_line(&st["flags"]);
+        if !flags.is_empty() {
+            page.push_str(&format!("<p>flags: <code>{}</code></p>\n", esc(&flags)));
+        }
+        let windows: Vec<(f64, f64, String)> = faults
+            .iter()
+            .filter(|f| f["stage"].as_str() == Some(&name))
+            .map(|f| {
+                let from = f["started_secs"].as_f64().unwrap_or(0.0);
+                let label = format!("{} at {}", t(&f["kind"]), t(&f["at"]));
+                (from, f["ended_secs"].as_f64().unwrap_or(f64::INFINITY), label)
+            })
+            .collect();
+        for (from, to, label) in &windows {
+            let to = if to.is_finite() { format!("{to:.1}s") } else { "the end".into() };
+            page.push_str(&format!("<p class=\"fault\">fault {} from {from:.1}s to {to}</p>\n", esc(label)));
+        }
+        let series = &st["series"];
+        let title = format!("{name}: latency over time (ms)");
+        page.push_str("<figure class=\"chart latency\">");
+        page.push_str(&latency_chart(&title, series, &windows)?);
+        page.push_str("</figure>\n<figure class=\"chart counts\">");
+        page.push_str(&counts_chart(
+            &format!("{name}: requests, errors and data quality per interval"),
+            series,
+            &windows,
+        )?);
+        page.push_str("</figure>\n");
+        if let Some(base) = baseline {
+            page.push_str("<figure class=\"chart spectrum\">");
+            page.push_str(&spectrum_chart(
+                &name,
+                &st["metrics"]["latency"],
+                &t(&base["name"]),
+                &base["metrics"]["latency"],
+            )?);
+            page.push_str("</figure>\n");
+        }
+        health_table(&mut page, &st["health"]);
+        page.push_str("</section>\n");
+    }
+    page.push_str(&format!(
+        "<p class=\"meta\">stagegate {} · report_dir {}</p>\n</body></html>\n",
+        esc(&t(&doc["stagegate_version"])),
+        esc(&t(&doc["report_dir"]))
+    ));
+    Ok(page)
+}
+
+fn criteria_table(page: &mut String, assessments: &[Value]) {
+    if assessments.is_empty() {
+        return;
+    }
+    let t = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    page.push_str("<h2>criteria</h2>\n<table class=\"criteria\"><tr><th></th><th>stage</th><th>criterion</th><th>measured</th><th>limit</th><th>samples</th><th>note</th></tr>\n");
+    for a in assessments {
+        let (mark, class) = match (a["outcome"].as_str(), a["level"].as_str()) {
+            (Some("pass"), _) => ("pass", "pass"),
+            (Some("fail"), Some("enforce")) => ("FAIL", "fail"),
+            (Some("fail"), Some(level)) => (level, "soft"),
+            _ => ("INCONCLUSIVE", "inconclusive"),
+        };
+        page.push_str(&format!(
+            "<tr class=\"{class}\"><td>{mark}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            esc(&t(&a["stage"])),
+            esc(&t(&a["criterion"])),
+            esc(&t(&a["measured_text"])),
+            esc(&t(&a["limit_text"])),
+            a["samples"].as_u64().map_or("-".into(), |n| n.to_string()),
+            esc(a["note"].as_str().unwrap_or("")),
+        ));
+    }
+    page.push_str("</table>\n");
+}
+
+fn health_table(page: &mut String, h: &Value) {
+    let lag = |v: &Value| match (v["p50_ms"].as_f64(), v["p99_ms"].as_f64(), v["max_ms"].as_f64()) {
+        (Some(a), Some(b), Some(c)) => format!("p50 {a:.1} ms, p99 {b:.1} ms, max {c:.1} ms"),
+        _ => "-".into(),
+    };
+    page.push_str("<table class=\"health\"><tr><th colspan=\"2\">stagegate's own health</th></tr>\n");
+    let rows = [
+        ("send lag", lag(&h["send_lag"])),
+        ("timer lag", lag(&h["timer_lag"])),
+        ("builtin target's timer lag", lag(&h["builtin_timer_lag"])),
+        ("proxy hold overrun", lag(&h["proxy_hold_overrun"])),
+        ("dropped sends", h["dropped"].to_string()),
+        ("behind", h["behind"].as_str().unwrap_or("no").to_string()),
+    ];
+    for (k, v) in rows {
+        page.push_str(&format!("<tr><td>{k}</td><td>{}</td></tr>\n", esc(&v)));
+    }
+    page.push_str("</table>\n");
+}
+
+/// `(at_secs, value)` of one field of the series' points, where it has one.
+fn points(series: &Value, field: &str) -> Vec<(f64, f64)> {
+    let width = series["interval_secs"].as_f64().unwrap_or(1.0);
+    series["points"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| Some((p["at_secs"].as_f64()? + width / 2.0, p[field].as_f64()?))).collect())
+        .unwrap_or_default()
+}
+
+fn span(series: &Value) -> f64 {
+    let width = series["interval_secs"].as_f64().unwrap_or(1.0);
+    series["points"].as_array().map_or(1.0, |p| (p.len() as f64 * width).max(1.0))
+}
+
+fn chart_error(e: impl std::fmt::Display) -> String {
+    format!("cannot draw a chart: {e}")
+}
+
+fn latency_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> Result<String, String> {
+    let p50 = points(series, "p50_ms");
+    let p99 = points(series, "p99_ms");
+    let top = p99.iter().chain(&p50).map(|(_, v)| *v).fold(1.0, f64::max) * 1.1;
+    let x_end = span(series);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..x_end, 0f64..top)
+            .map_err(chart_error)?;
+        chart.configure_mesh().x_desc("seconds into the stage").y_desc("ms").draw().map_err(chart_error)?;
+        shade_faults(&mut chart, faults, x_end, top)?;
+        chart
+            .draw_series(LineSeries::new(p50, BLUE.stroke_width(2)))
+            .map_err(chart_error)?
+            .label("p50")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(p99, RED.stroke_width(2)))
+            .map_err(chart_error)?
+            .label("p99")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(chart_error)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
+fn counts_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> Result<String, String> {
+    let lines = [
+        ("sent", "sent", RGBColor(90, 90, 90)),
+        ("failed", "errors", RED),
+        ("lost", "lost", RGBColor(160, 0, 160)),
+        ("duplicated", "duplicated", RGBColor(230, 130, 0)),
+        ("corrupted", "corrupted", RGBColor(0, 140, 140)),
+    ];
+    let data: Vec<_> = lines.iter().map(|(field, label, color)| (points(series, field), *label, *color)).collect();
+    let top = data.iter().flat_map(|(p, ..)| p.iter().map(|(_, v)| *v)).fold(1.0, f64::max) * 1.1;
+    let x_end = span(series);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..x_end, 0f64..top)
+            .map_err(chart_error)?;
+        chart.configure_mesh().x_desc("seconds into the stage").y_desc("per interval").draw().map_err(chart_error)?;
+        shade_faults(&mut chart, faults, x_end, top)?;
+        for (p, label, color) in data {
+            if p.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(p, color.stroke_width(2)))
+                .map_err(chart_error)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(chart_error)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
+const SPECTRUM: [(&str, &str); 6] =
+    [("p50", "p50"), ("p90", "p90"), ("p95", "p95"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")];
+
+fn spectrum_chart(name: &str, latency: &Value, base_name: &str, base: &Value) -> Result<String, String> {
+    let line = |l: &Value| -> Vec<(f64, f64)> {
+        SPECTRUM.iter().enumerate().filter_map(|(i, (k, _))| Some((i as f64, l[*k].as_f64()?))).collect()
+    };
+    let (this, other) = (line(latency), line(base));
+    let top = this.iter().chain(&other).map(|(_, v)| *v).fold(1.0, f64::max) * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{name}: latency percentiles against `{base_name}` (ms)"), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(-0.2f64..(SPECTRUM.len() as f64 - 0.8), 0f64..top)
+            .map_err(chart_error)?;
+        chart
+            .configure_mesh()
+            .x_labels(SPECTRUM.len())
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 {
+                    SPECTRUM.get(i as usize).map_or(String::new(), |(_, l)| l.to_string())
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("ms")
+            .draw()
+            .map_err(chart_error)?;
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(LineSeries::new(other.clone(), grey.stroke_width(2)))
+            .map_err(chart_error)?
+            .label(base_name.to_string())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], grey.stroke_width(2)));
+        chart.draw_series(other.iter().map(|p| Circle::new(*p, 3, grey.filled()))).map_err(chart_error)?;
+        chart
+            .draw_series(LineSeries::new(this.clone(), BLUE.stroke_width(2)))
+            .map_err(chart_error)?
+            .label(name.to_string())
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+        chart.draw_series(this.iter().map(|p| Circle::new(*p, 3, BLUE.filled()))).map_err(chart_error)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(chart_error)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(svg)
+}
+
+fn shade_faults<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    faults: &[(f64, f64, String)],
+    x_end: f64,
+    top: f64,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let shade = RGBColor(255, 170, 0).mix(0.18).filled();
+    chart
+        .draw_series(faults.iter().map(|(from, to, _)| Rectangle::new([(*from, 0.0), (to.min(x_end), top)], shade)))
+        .map_err(chart_error)?;
+    Ok(())
+}
+
+/// A stage's flags as `name=value, ...` from report.json's flag states.
+fn flag_line(flags: &Value) -> String {
+    let plain = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    flags
+        .as_object()
+        .map(|f| {
+            f.iter()
+                .map(|(k, v)| {
+                    let state = if let Some(x) = v.get("fixed") {
+                        plain(x)
+                    } else if let Some(s) = v.get("split") {
+                        let parts: Vec<String> = s["variants"]
+                            .as_array()
+                            .map(|vs| {
+                                vs.iter()
+                                    .map(|p| format!("{} {:.0}%", plain(&p[0]), p[1].as_f64().unwrap_or(0.0) * 100.0))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        format!("{} / {}", parts.join(" / "), plain(&s["rest"]))
+                    } else {
+                        plain(v)
+                    };
+                    format!("{k}={state}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// Text made safe for HTML.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:960px;color:#222}\
+.verdict{padding:.1em .5em;border-radius:4px;color:#fff}.promote{background:#1a7f37}.rollback{background:#cf222e}\
+.other{background:#9a6700}.meta{color:#666;font-size:.9em}table{border-collapse:collapse;margin:1em 0}\
+td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:.9em}tr.fail td{background:#ffebe9}\
+tr.inconclusive td{background:#fff8c5}tr.soft td{background:#f6f8fa}.fault{color:#9a6700;margin:.2em 0}\
+figure{margin:.5em 0}section.stage{border-top:2px solid #ddd;margin-top:2em}.warn{color:#cf222e}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_page_holds_its_charts_and_escapes_what_it_shows() {
+        let points: Vec<Value> = (0..10)
+            .map(|i| json!({"at_secs": i as f64, "sent": 50, "failed": if i == 5 { 3 } else { 0 }, "p50_ms": 2.0, "p99_ms": if (3..6).contains(&i) { 60.0 } else { 5.0 }, "lost": 0, "duplicated": 0, "corrupted": 0}))
+            .collect();
+        let stage = |name: &str| {
+            json!({"name": name, "completed": true, "flags": {"f": {"fixed": true}},
+            "metrics": {"latency": {"p50": 2.0, "p90": 4.0, "p95": 5.0, "p99": 50.0, "p999": 60.0, "max": 61.0}},
+            "series": {"interval_secs": 1.0, "points": points.clone()}, "health": {"dropped": 0, "behind": null}})
+        };
+        let doc = json!({
+            "scenario": "demo", "verdict": "PROMOTE", "interrupted": false, "reasons": ["<all> held"],
+            "stages": [stage("baseline"), stage("candidate")],
+            "faults": [{"stage": "candidate", "kind": "latency", "at": "store", "started_secs": 3.0, "ended_secs": 6.0}],
+            "assessments": [{"stage": "candidate", "criterion": "latency.p99 < 250ms", "measured_text": "50.0ms", "limit_text": "< 250.0ms", "samples": 500, "outcome": "pass", "level": "enforce"}]
+        });
+        let html = render(&doc).unwrap();
+        assert_eq!(html.matches("<svg").count(), 6, "three charts per stage");
+        assert!(html.contains("&lt;all&gt; held") && !html.contains("<all>"));
+        assert!(html.contains("fault latency at store from 3.0s to 6.0s"));
+        // Nothing fetched: no script, no linked resource (the SVG namespace is only a name).
+        assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="), "{html}");
+    }
+}

@@ -1,0 +1,293 @@
+//! The Markdown summary (`--report markdown`): for a pull request comment or a CI job
+//! summary. The verdict comes first, then what decided it (failed and inconclusive
+//! criteria with their values), a table of the stages, the faults as they happened,
+//! and links to the run's other files.
+//!
+//! Rendered from the report document, like every file format. Kept under
+//! [`MAX_BYTES`] (GitHub refuses a step summary over 1 MiB): past it, table rows are
+//! left out and the summary says how many.
+
+use serde_json::Value;
+
+/// The most a summary may weigh (GitHub's step-summary limit, with room to spare).
+pub const MAX_BYTES: usize = 1000 * 1024;
+
+/// The Markdown summary of `doc`; `files` are the run's other outputs as (label,
+/// relative path), linked at the end.
+pub fn render(doc: &Value, files: &[(String, String)]) -> String {
+    let t = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let none = Vec::new();
+    let mut head = String::new();
+    let verdict = doc["verdict"].as_str();
+    let (word, sign) = match (verdict, doc["error"].as_str(), doc["interrupted"].as_bool().unwrap_or(false)) {
+        (_, Some(_), _) => ("RUN BROKE", "⛔"),
+        (_, None, true) => ("INTERRUPTED", "⏹️"),
+        (Some("PROMOTE"), ..) => ("PROMOTE", "✅"),
+        (Some("ROLLBACK"), ..) => ("ROLLBACK", "❌"),
+        (Some("INCONCLUSIVE"), ..) => ("INCONCLUSIVE", "⚠️"),
+        _ => ("NO VERDICT", "⛔"),
+    };
+    head.push_str(&format!("## {sign} {word}: `{}`\n\n", cell(&t(&doc["scenario"]))));
+    head.push_str(&format!(
+        "Scenario `{}`, seed {} ({}), {} stage(s), {} to {}.\n",
+        cell(&t(&doc["file"])),
+        doc["seed"],
+        t(&doc["seed_source"]),
+        doc["stages"].as_array().map_or(0, Vec::len),
+        t(&doc["started_at"]),
+        t(&doc["finished_at"]),
+    ));
+    for o in doc["overrides"].as_array().unwrap_or(&none) {
+        head.push_str(&format!("Override: `--set {}`\n", cell(&t(o))));
+    }
+    head.push('\n');
+    for r in doc["reasons"].as_array().unwrap_or(&none) {
+        head.push_str(&format!("- {}\n", line(&t(r))));
+    }
+    for w in doc["warnings"].as_array().unwrap_or(&none) {
+        head.push_str(&format!("- warning: {}\n", line(&t(w))));
+    }
+
+    let assessments = doc["assessments"].as_array().unwrap_or(&none);
+    let decisive: Vec<&Value> = assessments
+        .iter()
+        .filter(|a| {
+            a["outcome"] == "inconclusive" || (a["outcome"] == "fail" && a["level"].as_str() == Some("enforce"))
+        })
+        .collect();
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    if !decisive.is_empty() {
+        sections.push((
+            "### What decided it\n\n| | stage | criterion | measured | limit | samples | why |\n|---|---|---|---|---|---|---|\n"
+                .into(),
+            decisive
+                .iter()
+                .map(|a| {
+                    format!(
+                        "| {} | {} | `{}` | {} | {} | {} | {} |\n",
+                        if a["outcome"] == "fail" { "FAIL" } else { "????" },
+                        cell(&t(&a["stage"])),
+                        cell(&t(&a["criterion"])),
+                        cell(&t(&a["measured_text"])),
+                        cell(&t(&a["limit_text"])),
+                        a["samples"].as_u64().map_or("-".into(), |n| n.to_string()),
+                        cell(a["note"].as_str().unwrap_or("")),
+                    )
+                })
+                .collect(),
+        ));
+    }
+    let others: Vec<String> = assessments
+        .iter()
+        .filter(|a| !decisive.iter().any(|d| std::ptr::eq(*d, *a)))
+        .map(|a| {
+            let mark = match (a["outcome"].as_str(), a["level"].as_str()) {
+                (Some("pass"), _) => "pass",
+                (_, Some(level)) => level,
+                _ => "",
+            };
+            format!(
+                "| {mark} | {} | `{}` | {} | {} |\n",
+                cell(&t(&a["stage"])),
+                cell(&t(&a["criterion"])),
+                cell(&t(&a["measured_text"])),
+                cell(&t(&a["limit_text"])),
+            )
+        })
+        .collect();
+    if !others.is_empty() {
+        sections.push((
+            "### Other criteria\n\n| | stage | criterion | measured | limit |\n|---|---|---|---|---|\n".into(),
+            others,
+        ));
+    }
+    let stages: Vec<String> = doc["stages"]
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .map(|st| {
+            let m = &st["metrics"];
+            let flags = st["flags"]
+                .as_object()
+                .map(|f| f.iter().map(|(k, v)| format!("{k}={}", flag_text(v))).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            let requests = m["requests"].as_u64().unwrap_or(0);
+            let errors = m["errors"].as_u64().unwrap_or(0);
+            let rate = if requests > 0 { errors as f64 * 100.0 / requests as f64 } else { 0.0 };
+            let health = st["health"]["behind"].as_str().map_or("ok".to_string(), |b| format!("behind: {b}"));
+            format!(
+                "| {}{} | {} | {} | {} | {} | {rate:.2}% | {} | {} | {} | {} |\n",
+                cell(&t(&st["name"])),
+                if st["completed"].as_bool().unwrap_or(false) { "" } else { " (cut short)" },
+                cell(&flags),
+                requests,
+                millis(&m["latency"]["p50"]),
+                millis(&m["latency"]["p99"]),
+                count(&m["data"]["lost"]),
+                count(&m["data"]["duplicated"]),
+                count(&m["data"]["corrupted"]),
+                cell(&health),
+            )
+        })
+        .collect();
+    if !stages.is_empty() {
+        sections.push((
+            "### Stages\n\n| stage | flags | requests | p50 | p99 | errors | lost | duplicated | corrupted | stagegate's health |\n|---|---|---|---|---|---|---|---|---|---|\n"
+                .into(),
+            stages,
+        ));
+    }
+    let faults: Vec<String> = doc["faults"]
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .map(|f| {
+            let to = f["ended_secs"].as_f64().map_or("end".to_string(), |s| format!("{s:.1}s"));
+            format!(
+                "| {} | {} | {} | {:.1}s | {to} | {} |\n",
+                cell(&t(&f["stage"])),
+                cell(&t(&f["kind"])),
+                cell(&t(&f["at"])),
+                f["started_secs"].as_f64().unwrap_or(0.0),
+                if f["removed"].as_bool().unwrap_or(false) { "yes" } else { "**NO**" },
+            )
+        })
+        .collect();
+    if !faults.is_empty() {
+        sections.push((
+            "### Faults\n\n| stage | fault | at | from | to | removed |\n|---|---|---|---|---|---|\n".into(),
+            faults,
+        ));
+    }
+    let mut tail = String::new();
+    if !files.is_empty() {
+        tail.push_str("\n### Files\n\n");
+        for (label, path) in files {
+            tail.push_str(&format!("- [{}]({})\n", line(label), path.replace(' ', "%20")));
+        }
+    }
+    assemble(head, sections, tail)
+}
+
+/// Puts the parts together within [`MAX_BYTES`], leaving out rows from the end of the
+/// largest table first and saying how many.
+fn assemble(head: String, mut sections: Vec<(String, Vec<String>)>, tail: String) -> String {
+    let size = |sections: &[(String, Vec<String>)]| {
+        head.len()
+            + tail.len()
+            + sections.iter().map(|(h, rows)| h.len() + 80 + rows.iter().map(String::len).sum::<usize>()).sum::<usize>()
+    };
+    let mut dropped = vec![0usize; sections.len()];
+    while size(&sections) > MAX_BYTES {
+        let Some(i) = (0..sections.len()).max_by_key(|i| sections[*i].1.len()).filter(|i| !sections[*i].1.is_empty())
+        else {
+            break;
+        };
+        let cut = sections[i].1.len().div_ceil(10).max(1);
+        let keep = sections[i].1.len() - cut;
+        sections[i].1.truncate(keep);
+        dropped[i] += cut;
+    }
+    let mut out = head;
+    for ((heading, rows), left_out) in sections.into_iter().zip(dropped) {
+        out.push('\n');
+        out.push_str(&heading);
+        for r in rows {
+            out.push_str(&r);
+        }
+        if left_out > 0 {
+            out.push_str(&format!(
+                "\n{left_out} more row(s) left out to stay within the summary's size; report.json has them all.\n"
+            ));
+        }
+    }
+    out.push_str(&tail);
+    out
+}
+
+/// Text made safe for a table cell: no line breaks, no column breaks.
+fn cell(s: &str) -> String {
+    line(s).replace('|', "\\|")
+}
+
+/// Text on one line.
+fn line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+fn millis(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |ms| format!("{ms:.1}ms"))
+}
+
+fn count(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), |n| n.to_string())
+}
+
+/// A flag state as report.json gives it (`{"fixed": V}` or `{"split": {...}}`), as a
+/// person reads it: `true`, or `true 10% / false`.
+fn flag_text(v: &Value) -> String {
+    let plain = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    if let Some(fixed) = v.get("fixed") {
+        return plain(fixed);
+    }
+    if let Some(split) = v.get("split") {
+        let parts: Vec<String> = split["variants"]
+            .as_array()
+            .map(|vs| {
+                vs.iter().map(|p| format!("{} {:.0}%", plain(&p[0]), p[1].as_f64().unwrap_or(0.0) * 100.0)).collect()
+            })
+            .unwrap_or_default();
+        return format!("{} / {}", parts.join(" / "), plain(&split["rest"]));
+    }
+    plain(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(assessments: Value) -> Value {
+        json!({
+            "scenario": "demo", "file": "s.yaml", "seed": 7, "seed_source": "file",
+            "started_at": "a", "finished_at": "b", "verdict": "ROLLBACK", "interrupted": false,
+            "reasons": ["latency.p99 < 250ms failed in `candidate`"],
+            "stages": [{"name": "candidate", "completed": true, "flags": {"new": {"fixed": true}},
+                        "metrics": {"requests": 100, "errors": 2, "latency": {"p50": 3.0, "p99": 412.0},
+                                    "data": {"lost": 0, "duplicated": null, "corrupted": 0}},
+                        "health": {"behind": null}}],
+            "assessments": assessments,
+            "faults": [{"stage": "candidate", "kind": "latency", "at": "store", "started_secs": 1.0, "ended_secs": 3.0, "removed": true}]
+        })
+    }
+
+    #[test]
+    fn the_verdict_comes_first_then_what_decided_it() {
+        let md = render(
+            &doc(json!([
+                {"stage": "candidate", "criterion": "latency.p99 < 250ms", "measured_text": "412.0ms", "limit_text": "< 250.0ms", "samples": 100, "outcome": "fail", "level": "enforce"},
+                {"stage": "candidate", "criterion": "errors.rate < 5%", "measured_text": "2.00%", "limit_text": "< 5.00%", "samples": 100, "outcome": "pass", "level": "enforce"}
+            ])),
+            &[("JUnit".into(), "junit.xml".into())],
+        );
+        assert!(md.starts_with("## ❌ ROLLBACK: `demo`"), "{md}");
+        let decided = md.find("### What decided it").unwrap();
+        assert!(
+            md[decided..].contains("| FAIL | candidate | `latency.p99 < 250ms` | 412.0ms | < 250.0ms | 100 |"),
+            "{md}"
+        );
+        assert!(md.contains("| candidate | new=true | 100 | 3.0ms | 412.0ms | 2.00% | 0 | - | 0 | ok |"), "{md}");
+        assert!(md.contains("| candidate | latency | store | 1.0s | 3.0s | yes |"), "{md}");
+        assert!(md.contains("- [JUnit](junit.xml)"), "{md}");
+    }
+
+    #[test]
+    fn a_huge_run_stays_under_the_summary_limit_and_says_what_it_left_out() {
+        let many: Vec<Value> = (0..40_000)
+            .map(|i| json!({"stage": "candidate", "criterion": format!("latency.p99 < {i}ms"), "measured_text": "1ms", "limit_text": "x", "outcome": "pass", "level": "enforce"}))
+            .collect();
+        let md = render(&doc(Value::Array(many)), &[]);
+        assert!(md.len() <= MAX_BYTES, "{}", md.len());
+        assert!(md.contains("more row(s) left out"), "{}", &md[md.len() - 300..]);
+    }
+}

@@ -1,0 +1,204 @@
+//! Reports where teams read them: one run writes JUnit (checked against the JUnit
+//! schema CI systems accept, with xmllint), Markdown, a self-contained HTML page (opened
+//! in headless Chromium: no console error, its charts drawn) and an HdrHistogram
+//! interval log (read back with the crate's reader: the report's percentiles); a saved
+//! run renders again; `stagegate compare` tells a regressed run from a repeat.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{stagegate, text};
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+fn run_dir(reports: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(reports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("report.json").exists() && !p.is_symlink())
+        .expect("a run folder")
+}
+
+/// A tool the test needs, or a one-line say of how to get it.
+fn tool(name: &str, package: &str) -> String {
+    let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap();
+    assert!(found.status.success(), "needs `{name}`: apt-get install {package} (scripts/test installs it)");
+    String::from_utf8_lossy(&found.stdout).trim().to_string()
+}
+
+#[test]
+fn one_run_writes_junit_markdown_html_and_an_interval_log_that_hold_up() {
+    let reports = tempfile::tempdir().unwrap();
+    let summary = reports.path().join("step-summary.md");
+    let out = Command::new(common::bin())
+        .args([
+            "run",
+            "-q",
+            "scenarios/canary-compare.yaml",
+            "--report-dir",
+            reports.path().to_str().unwrap(),
+            "--report",
+            "junit",
+            "--report",
+            "markdown",
+            "--report",
+            "html",
+            "--report",
+            "hlog",
+            "--set",
+            common::RELAXED_HEALTH,
+        ])
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 1 | 3)), "{stdout}{stderr}");
+    let dir = run_dir(reports.path());
+    let latest = reports.path().join("latest");
+    assert_eq!(std::fs::canonicalize(&latest).unwrap(), std::fs::canonicalize(&dir).unwrap(), "`latest` names the run");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    for f in ["junit.xml", "summary.md", "report.html", "latency.hlog"] {
+        assert!(stdout.contains(&dir.join(f).display().to_string()), "the summary names {f}: {stdout}");
+    }
+
+    // JUnit: valid against the schema CI systems accept; one case per criterion.
+    let xmllint = tool("xmllint", "libxml2-utils");
+    let check = Command::new(xmllint)
+        .args(["--noout", "--schema", "tests/schemas/junit.xsd"])
+        .arg(dir.join("junit.xml"))
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    let criteria = report["assessments"].as_array().unwrap().len();
+    assert_eq!(junit.matches("<testcase ").count(), criteria, "{junit}");
+    assert!(junit.contains("name=\"candidate: latency.p99 &lt; 250ms\""), "{junit}");
+
+    // Markdown: the verdict first, here and in the step summary.
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    let verdict = report["verdict"].as_str().unwrap();
+    assert!(md.lines().next().unwrap().contains(verdict), "{md}");
+    assert!(md.contains("### Stages") && md.contains("| store-outage |"), "{md}");
+    assert!(md.contains("](junit.xml)") && md.contains("](report.html)"), "{md}");
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap(),
+        md.replace(&files_section(&md), ""),
+        "appended once, without links"
+    );
+
+    // The interval log: one interval per stage and variant, the report's percentiles.
+    let log = std::fs::read(dir.join("latency.hlog")).unwrap();
+    let mut tags = Vec::new();
+    for entry in IntervalLogIterator::new(&log) {
+        let LogEntry::Interval(i) = entry.unwrap() else { continue };
+        let tag = i.tag().unwrap().as_str().to_string();
+        let bytes = base64_decode(i.encoded_histogram());
+        let h: hdrhistogram::Histogram<u64> =
+            hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
+        if !tag.contains('/') {
+            let stage = report["stages"].as_array().unwrap().iter().find(|s| s["name"] == tag.as_str()).unwrap();
+            let p99 = stage["metrics"]["latency"]["p99"].as_f64().unwrap();
+            assert_eq!(h.value_at_quantile(0.99) as f64 / 1000.0, p99, "{tag}");
+            assert_eq!(h.len(), stage["metrics"]["requests"].as_u64().unwrap(), "{tag}");
+        }
+        tags.push(tag);
+    }
+    assert!(
+        tags.contains(&"baseline".to_string()) && tags.contains(&"canary-10/new-enricher=true".to_string()),
+        "{tags:?}"
+    );
+
+    // HTML: a real browser renders it with its charts and no console error.
+    let chromium = tool("chromium", "chromium");
+    let shot = dir.join("report.png");
+    let page = format!("file://{}", dir.join("report.html").display());
+    let profile = tempfile::tempdir().unwrap();
+    let browse = |extra: &[&str]| {
+        Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&page)
+            .output()
+            .unwrap()
+    };
+    let dom = browse(&["--dump-dom", "--virtual-time-budget=2000"]);
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    let log = String::from_utf8_lossy(&dom.stderr);
+    assert!(dom.status.success(), "{log}");
+    let stages = report["stages"].as_array().unwrap().len();
+    assert_eq!(dom_text.matches("<svg").count(), 3 * stages, "three charts per stage");
+    assert!(dom_text.contains("latency over time"), "{dom_text}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let screenshot = browse(&[&format!("--screenshot={}", shot.display()), "--window-size=1000,2400"]);
+    assert!(screenshot.status.success(), "{}", String::from_utf8_lossy(&screenshot.stderr));
+    assert!(std::fs::metadata(&shot).unwrap().len() > 20_000, "the screenshot is not blank");
+
+    // The saved run renders again, the same.
+    let again = reports.path().join("again.xml");
+    let out = stagegate(&["report", dir.to_str().unwrap(), "--format", &format!("junit={}", again.display())]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), junit);
+}
+
+fn files_section(md: &str) -> String {
+    md.find("\n### Files").map_or(String::new(), |i| md[i..].to_string())
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn tiny_run(reports: &Path, extra: &[&str]) -> std::path::PathBuf {
+    let out_dir = reports.join(format!("run-{}", std::fs::read_dir(reports).map_or(0, |d| d.count())));
+    let mut args = vec!["run", "-q", "tests/scenarios/tiny.yaml", "--out", out_dir.to_str().unwrap()];
+    args.extend_from_slice(&["--set", "workload.duration=6s", "--set", "stages[0].faults=[]"]);
+    args.extend_from_slice(extra);
+    let out = stagegate(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 1 | 3)), "{stdout}{stderr}");
+    out_dir
+}
+
+#[test]
+fn compare_tells_a_regressed_run_from_a_repeat() {
+    let reports = tempfile::tempdir().unwrap();
+    let first = tiny_run(reports.path(), &[]);
+    let repeat = tiny_run(reports.path(), &[]);
+    let slower = tiny_run(reports.path(), &["--set", "stages[1].faults=[{kind: latency, at: store, delay: 30ms}]"]);
+
+    let same = stagegate(&["compare", first.to_str().unwrap(), repeat.to_str().unwrap(), "--max-regression", "+5ms"]);
+    let (stdout, stderr) = text(&same);
+    assert_eq!(same.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("no regression"), "{stdout}");
+
+    let worse = stagegate(&["compare", first.to_str().unwrap(), slower.to_str().unwrap(), "--max-regression", "+5ms"]);
+    let (stdout, stderr) = text(&worse);
+    assert_eq!(worse.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("NEW regressed: latency in `candidate`"), "{stdout}");
+    assert!(!stdout.contains("latency in `baseline`"), "the unchanged stage is not blamed: {stdout}");
+
+    let other = stagegate(&["compare", first.to_str().unwrap(), "scenarios/quickstart.yaml"]);
+    assert_eq!(other.status.code(), Some(2), "{:?}", text(&other));
+}
+
+#[test]
+fn out_takes_an_empty_folder_as_is_and_refuses_a_used_one() {
+    let reports = tempfile::tempdir().unwrap();
+    let dir = tiny_run(reports.path(), &["--report", "junit"]);
+    assert!(dir.join("report.json").exists() && dir.join("junit.xml").exists());
+    let again = stagegate(&["run", "-q", "tests/scenarios/tiny.yaml", "--out", dir.to_str().unwrap()]);
+    let (_, stderr) = text(&again);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not empty"), "{stderr}");
+    let bad = stagegate(&["run", "-q", "tests/scenarios/tiny.yaml", "--report", "pdf"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).1.contains("formats are json, junit, markdown, html, hlog"), "{:?}", text(&bad));
+}
