@@ -97,6 +97,11 @@ pub struct Comparison {
     /// Latency: the tolerance in ms, and the smallest shift the windows could detect.
     pub tolerance_ms: Option<f64>,
     pub detectable_ms: Option<f64>,
+    /// Latency: how far a side's window medians moved between its first and second
+    /// half (the larger side's), in ms: drift with time that a test on windows cannot
+    /// see and two stages run at different times differ by. A regression must exceed
+    /// the tolerance by it to FAIL; staying within the tolerance less it is a PASS.
+    pub drift_ms: Option<f64>,
     /// Windows on each side (candidate, baseline).
     pub windows: (usize, usize),
     /// Why no test could be made, when none could.
@@ -126,6 +131,7 @@ fn empty(s: &Sides, why: impl Into<String>) -> Comparison {
         p99_ci_ms: None,
         tolerance_ms: None,
         detectable_ms: None,
+        drift_ms: None,
         windows: (s.candidate.len(), s.baseline.len()),
         untestable: Some(why.into()),
         judged_secs: s.judged_secs,
@@ -142,15 +148,20 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         );
     }
     let (Some(mc), Some(mb)) = (stats::median(&cand), stats::median(&base)) else { return empty(s, "no samples") };
-    let moved: Vec<f64> = base
-        .iter()
-        .map(|b| match c.tolerance {
-            Tolerance::Relative(r) => b * (1.0 + r),
-            Tolerance::AbsoluteMs(ms) => b + ms,
-        })
-        .collect();
-    let p = |alt| stats::mann_whitney(&cand, &moved, alt, Method::Auto).map_or(1.0, |r| r.p);
-    let (p_worse, p_better) = (p(Alternative::Greater), p(Alternative::Less));
+    let drift_ms = drift(&cand).max(drift(&base));
+    // The baseline moved by the tolerance, then by the drift: out for a FAIL (only a
+    // regression beyond both counts), in for a PASS (staying within the tolerance must
+    // hold even if the stages drifted against the candidate).
+    let moved = |by: f64| -> Vec<f64> {
+        base.iter()
+            .map(|b| match c.tolerance {
+                Tolerance::Relative(r) => b * (1.0 + r) + by,
+                Tolerance::AbsoluteMs(ms) => b + ms + by,
+            })
+            .collect()
+    };
+    let p = |alt, to: &[f64]| stats::mann_whitney(&cand, to, alt, Method::Auto).map_or(1.0, |r| r.p);
+    let (p_worse, p_better) = (p(Alternative::Greater, &moved(drift_ms)), p(Alternative::Less, &moved(-drift_ms)));
     let level = c.confidence;
     let seed = 0x5eed_c0de;
     let cand99: Vec<f64> = s.candidate.iter().map(|w| w.p99_ms).collect();
@@ -169,9 +180,23 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         p99_ci_ms: stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1),
         tolerance_ms: Some(tolerance_ms),
         detectable_ms: stats::detectable_shift(&cand, &base, 1.0 - c.confidence),
+        drift_ms: Some(drift_ms),
         windows: (cand.len(), base.len()),
         untestable: None,
         judged_secs: s.judged_secs,
+    }
+}
+
+/// How far window medians moved between the first and the second half of a stage, in
+/// ms (0 with too few windows to tell).
+fn drift(values: &[f64]) -> f64 {
+    let half = values.len() / 2;
+    if half < MIN_WINDOWS {
+        return 0.0;
+    }
+    match (stats::median(&values[..half]), stats::median(&values[values.len() - half..])) {
+        (Some(a), Some(b)) => (b - a).abs(),
+        _ => 0.0,
     }
 }
 
@@ -206,17 +231,30 @@ pub fn decide(c: &Compare, r: &Comparison, p_worse_adjusted: f64) -> (Outcome, O
     if p_worse_adjusted < alpha {
         return (Outcome::Fail, None);
     }
+    if let (Some(tol), Some(drift)) = (r.tolerance_ms, r.drift_ms)
+        && drift >= tol
+    {
+        return (
+            Outcome::Inconclusive,
+            Some(format!(
+                "the stages drift by {drift:.2}ms between their halves, as much as the {} tolerance ({tol:.2}ms): differences that small are the machine's, not the release's; give a tolerance above it (e.g. `max_regression: +{:.0}ms`)",
+                c.tolerance.text(c.metric),
+                (2.0 * drift).ceil().max(1.0)
+            )),
+        );
+    }
     if let (Some(tol), Some(seen)) = (r.tolerance_ms, r.detectable_ms)
         && seen > tol
     {
         // The stage would need (seen / tol)^2 times as many windows: as much longer.
-        let need = (r.judged_secs * (seen / tol).powi(2)).ceil();
+        let need = (r.judged_secs * (seen / tol).powi(2)).ceil().max(r.judged_secs.ceil() + 1.0);
         return (
             Outcome::Inconclusive,
             Some(format!(
-                "too few windows to see a {} regression (the smallest these could see: {seen:.1}ms); run {}s or more",
+                "too few windows to see a {} regression ({tol:.2}ms; the smallest these could see: {seen:.2}ms); judge {}s or more per stage after warm-up (now {:.0}s)",
                 c.tolerance.text(c.metric),
-                need.max(1.0)
+                need.max(1.0),
+                r.judged_secs
             )),
         );
     }
@@ -293,7 +331,26 @@ mod tests {
         assert_eq!(o, Outcome::Inconclusive);
         let why = why.unwrap();
         assert!(why.contains("too few windows to see a +1.0% regression"), "{why}");
-        assert!(why.contains("s or more"), "{why}");
+        assert!(why.contains("s or more per stage after warm-up (now 20s)"), "{why}");
+    }
+
+    #[test]
+    fn drift_between_halves_widens_the_band_instead_of_failing_a_good_release() {
+        // Both stages drift by 30% from their first half to their second; the candidate
+        // sits 25% above the baseline, which the drift explains.
+        let drifting = |seed, median: f64| {
+            let mut w = windows(seed, 40, median);
+            for x in &mut w[20..] {
+                x.p50_ms *= 1.3;
+            }
+            w
+        };
+        let (o, why, r) = run(&spec(Tolerance::Relative(0.05)), &drifting(1, 12.5), &drifting(2, 10.0));
+        assert_eq!(o, Outcome::Inconclusive, "{why:?} {r:?}");
+        assert!(why.unwrap().contains("drift"), "{r:?}");
+        // A real regression still fails through the drift.
+        let (o, _, r) = run(&spec(Tolerance::Relative(0.05)), &drifting(1, 30.0), &drifting(2, 10.0));
+        assert_eq!(o, Outcome::Fail, "{r:?}");
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub struct ComparisonFigures {
     pub windows_candidate: Option<usize>,
     pub windows_baseline: Option<usize>,
     pub detectable_shift_ms: Option<f64>,
+    /// Latency: how far window medians moved between a stage's halves (the larger
+    /// side's), in ms; a FAIL must exceed the tolerance by it, a PASS stay within the
+    /// tolerance less it.
+    pub drift_ms: Option<f64>,
 }
 
 /// The final answer of a run.
@@ -297,16 +301,19 @@ fn compare_assessment(
             .filter(|(_, n)| *n > 1)
             .map(|(p, n)| format!(" (Holm-adjusted over the run's {n} tests: {p:.3})"))
             .unwrap_or_default();
+        // Small p-values are strong evidence; each names what it is evidence of.
         parts.push(format!(
-            "p = {:.3} for a regression beyond {}{family}, p = {:.3} for staying within it",
-            r.p_worse,
+            "evidence of a regression beyond {}: p = {:.3}{family}; of staying within it: p = {:.3} (small p: strong evidence)",
             cmp.tolerance.text(cmp.metric),
+            r.p_worse,
             r.p_better
         ));
     }
     if cmp.metric == CompareMetric::Latency && r.untestable.is_none() {
-        let seen = r.detectable_ms.map(|d| format!(", smallest detectable shift {d:.1}ms")).unwrap_or_default();
-        parts.push(format!("{}+{} windows{seen}", r.windows.0, r.windows.1));
+        let seen = r.detectable_ms.map(|d| format!(", smallest detectable shift {d:.2}ms")).unwrap_or_default();
+        let tol = r.tolerance_ms.map(|t| format!(", tolerance {t:.2}ms")).unwrap_or_default();
+        let drift = r.drift_ms.map(|d| format!(", drift between halves {d:.2}ms")).unwrap_or_default();
+        parts.push(format!("{}+{} windows{seen}{tol}{drift}", r.windows.0, r.windows.1));
     }
     let mut note = parts.join("; ");
     if let Some(why) = why {
@@ -344,6 +351,7 @@ fn compare_assessment(
         windows_candidate: latency.then_some(r.windows.0),
         windows_baseline: latency.then_some(r.windows.1),
         detectable_shift_ms: r.detectable_ms.filter(|_| latency),
+        drift_ms: r.drift_ms.filter(|_| latency),
     };
     Assessment {
         stage: cmp.stage.clone(),
