@@ -94,6 +94,10 @@ pub struct StageReport {
     /// Why the stage's new flag states cannot have been exercised, when they cannot (its
     /// criteria are then INCONCLUSIVE).
     pub unexposed: Option<String>,
+    /// Why it cannot be proven that the stage's flag states were exercised (a system
+    /// that fetched its flags only in bulk), when it cannot; a warning, not a hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposure_unproven: Option<String>,
     /// The stage over time (per second up to 600 s).
     pub series: crate::measure::series::Series,
     /// The judged time cut into windows, as comparisons test them (`stagegate compare`
@@ -105,9 +109,15 @@ pub struct StageReport {
     pub histograms: Vec<crate::measure::EncodedHistogram>,
 }
 
+/// The layout version of report.json ([`RunReport::report_version`]).
+pub const REPORT_VERSION: u32 = 1;
+
 /// The full account of a run, written as JSON and summarised on the terminal.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The version of this document's layout: it changes only when a field changes
+    /// meaning or goes away (fields may be added within a version).
+    pub report_version: u32,
     pub stagegate_version: String,
     pub scenario: String,
     pub file: PathBuf,
@@ -169,6 +179,7 @@ impl RunReport {
     /// The report of a run of `plan` that is beginning, its files going to `report_dir`.
     pub fn begin(plan: &crate::scenario::Plan, report_dir: Option<PathBuf>) -> RunReport {
         RunReport {
+            report_version: REPORT_VERSION,
             stagegate_version: env!("CARGO_PKG_VERSION").to_string(),
             scenario: plan.name.clone(),
             file: plan.file.clone(),

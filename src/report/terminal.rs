@@ -137,6 +137,9 @@ impl Reporter for TerminalReporter {
                     let values = if values.is_empty() { "-".to_string() } else { values.join(", ") };
                     self.say(format!("  flag {flag} {}: {values}{bulk}", e.how));
                 }
+                if let Some(why) = &report.exposure_unproven {
+                    self.say(format!("warning: {why}"));
+                }
                 if let Some(why) = &report.unexposed {
                     self.say(format!("warning: stage `{}`: {why}; its criteria are not judged", report.name));
                 }

@@ -270,11 +270,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let exposure = exposure_of(p.flags.as_ref(), stage, std::mem::take(&mut accounts.sent_values));
     let series = std::mem::replace(&mut accounts.series, SeriesRecorder::new(Duration::ZERO, Duration::ZERO))
         .finish(judgement.observed.then_some(judgement.by_interval.as_slice()), &records);
-    let unexposed = if p.flags.delivery() == Delivery::Evaluated {
+    let (unexposed, mut exposure_unproven) = if p.flags.delivery() == Delivery::Evaluated {
         never_ran(plan, stage, &exposure, accounts.counts.sent)
     } else {
-        None
+        (None, None)
     };
+    // The builtin target is stagegate's own: its code reads what it fetches.
+    if matches!(plan.target, crate::sut::Target::Builtin(..)) {
+        exposure_unproven = None;
+    }
     if let Some(why) = &unexposed {
         verdict::hold_all(&mut assessments, why);
     }
@@ -305,6 +309,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             health,
             flag_exposure: exposure,
             unexposed,
+            exposure_unproven,
             series,
             windows: accounts.recorder.windows(),
             started_at,
@@ -351,9 +356,17 @@ fn exposure_of(
 /// Why the stage's flag states cannot have been exercised, if they cannot: a flag set
 /// to anything but its declared default (in any stage, the first included) was never
 /// evaluated, or a split flag was evaluated for far fewer keys with its non-default
-/// values than the split sends there.
-fn never_ran(plan: &Plan, stage: &Stage, exposure: &BTreeMap<String, FlagExposure>, sent: u64) -> Option<String> {
+/// values than the split sends there. Second: why it cannot be proven that they were,
+/// when the system only fetched its flags in bulk (that proves the flags reached it, not
+/// that its code read them).
+fn never_ran(
+    plan: &Plan,
+    stage: &Stage,
+    exposure: &BTreeMap<String, FlagExposure>,
+    sent: u64,
+) -> (Option<String>, Option<String>) {
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let mut bulk_only = Vec::new();
     for (flag, state) in &stage.flags {
         let Some(default) = plan.flags.definitions.iter().find(|d| &d.key == flag).map(|d| &d.default) else {
             continue;
@@ -364,11 +377,18 @@ fn never_ran(plan: &Plan, stage: &Stage, exposure: &BTreeMap<String, FlagExposur
         let seen = exposure.get(flag);
         let asked = seen.map_or(0, |e| e.bulk_fetches + e.by_variant.values().map(|v| v.evaluations).sum::<u64>());
         if asked == 0 {
-            return Some(format!(
-                "`{flag}` ({}) was never evaluated in `{}`: the path it selects did not run",
-                state.describe(),
-                stage.name
-            ));
+            return (
+                Some(format!(
+                    "`{flag}` ({}) was never evaluated in `{}`: the path it selects did not run",
+                    state.describe(),
+                    stage.name
+                )),
+                None,
+            );
+        }
+        if seen.is_some_and(|e| e.by_variant.values().all(|v| v.evaluations == 0)) {
+            bulk_only.push(format!("`{flag}`"));
+            continue;
         }
         // A split checked key by key: the keys that got a value other than the
         // default, against how many records the split sends there.
@@ -382,13 +402,23 @@ fn never_ran(plan: &Plan, stage: &Stage, exposure: &BTreeMap<String, FlagExposur
         let new_keys: u64 = e.by_variant.iter().filter(|(v, _)| **v != text(default)).map(|(_, x)| x.keys).sum();
         let expected = sent as f64 * (1.0 - state.share_of(default));
         if expected >= 10.0 && (new_keys as f64) < expected / 2.0 {
-            return Some(format!(
-                "`{flag}` was evaluated for {new_keys} keys with its non-default values in `{}`, far fewer than the ~{expected:.0} the split sends there: that path barely ran",
-                stage.name
-            ));
+            return (
+                Some(format!(
+                    "`{flag}` was evaluated for {new_keys} keys with its non-default values in `{}`, far fewer than the ~{expected:.0} the split sends there: that path barely ran",
+                    stage.name
+                )),
+                None,
+            );
         }
     }
-    None
+    let unproven = (!bulk_only.is_empty()).then(|| {
+        format!(
+            "{} only fetched in bulk in `{}`: the flags reached the system, but whether its code read them (and ran that path) cannot be told from outside",
+            bulk_only.join(", "),
+            stage.name
+        )
+    });
+    (None, unproven)
 }
 
 /// The places faults act on, by the name faults use.
