@@ -459,6 +459,16 @@ fn data(schema: &Path, count: u64, seed: u64) -> i32 {
             return exit::INVALID_INPUT;
         }
     };
+    // Times past the year 9999 cannot be written: refused before anything is printed.
+    let past = schema.timestamps_past_9999(count as f64);
+    if !past.is_empty() {
+        let names: Vec<String> = past.iter().map(|f| format!("`{}`", f.name)).collect();
+        eprintln!(
+            "error: timestamps of {} pass the year 9999 within {count} records; give a shorter `step`, an earlier `start` or fewer records (no records printed)",
+            names.join(", ")
+        );
+        return exit::INVALID_INPUT;
+    }
     let mut generator = Generator::new(schema, seed);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = (0..count)
@@ -664,6 +674,14 @@ fn exact_folder(dir: &Path) -> Result<(PathBuf, String), String> {
 /// without links just has none.
 fn point_latest(root: &Path, id: &str) {
     let link = root.join("latest");
+    // Something of the user's own by that name is left alone.
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
+        eprintln!(
+            "warning: {} is not a link stagegate made; left as it is, so it does not name this run",
+            link.display()
+        );
+        return;
+    }
     let staged = root.join(format!(".latest-{}", std::process::id()));
     let _ = std::fs::remove_file(&staged);
     let made = std::os::unix::fs::symlink(id, &staged).and_then(|()| std::fs::rename(&staged, &link));

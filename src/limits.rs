@@ -18,8 +18,10 @@ pub const SCHEMA_BYTES: u64 = 1024 * 1024;
 pub const PLAYBOOK_BYTES: u64 = 1024 * 1024;
 /// A `run.json`, read by `cleanup`.
 pub const RUN_RECORD_BYTES: u64 = 1024 * 1024;
-/// A saved report.json (`stagegate report`, `stagegate compare`).
-pub const REPORT_BYTES: u64 = 256 * 1024 * 1024;
+/// A saved report.json (`stagegate report`, `stagegate compare`). A run's own is a few
+/// MiB at most (600 points a stage); parsed, a document takes some 10 to 25 times its
+/// size, so this keeps a hostile one to a few hundred MiB.
+pub const REPORT_BYTES: u64 = 16 * 1024 * 1024;
 /// A `stagegate proxy --config` file.
 pub const PROXY_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 

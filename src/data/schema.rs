@@ -396,6 +396,25 @@ fn compile_field(ctx: &mut Ctx, at: &str, f: &FieldSpec) -> Option<FieldKind> {
     }
 }
 
+impl Schema {
+    /// The timestamp fields whose values would pass the year 9999 (beyond what RFC 3339
+    /// writes) within `records` records: a record's time is at most (index + 1) steps
+    /// past the start.
+    pub fn timestamps_past_9999(&self, records: f64) -> Vec<&Field> {
+        use chrono::Datelike;
+        self.fields
+            .iter()
+            .filter(|f| {
+                let FieldKind::Timestamp { start, step_micros } = &f.kind else { return false };
+                let reach = (records + 1.0) * *step_micros as f64;
+                start
+                    .checked_add_signed(chrono::TimeDelta::microseconds(reach.min(i64::MAX as f64) as i64))
+                    .is_none_or(|t| t.year() > 9999)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,9 +94,10 @@ fn number(attrs: &BTreeMap<String, Value>, key: &str, least: u64) -> Result<u64,
     let Some(v) = attrs.get(key) else {
         return if least == 0 { Ok(0) } else { Err(format!("attribute `{key}` is required (at least {least})")) };
     };
+    let most = u64::from(u32::MAX);
     match v.as_f64() {
-        Some(x) if x.is_finite() && x >= least as f64 && x <= u32::MAX as f64 * 1000.0 => Ok(x as u64),
-        _ => Err(format!("attribute `{key}` must be a number of at least {least}, got {v}")),
+        Some(x) if x.is_finite() && x >= least as f64 && x <= most as f64 => Ok(x as u64),
+        _ => Err(format!("attribute `{key}` must be a whole number from {least} to {most}, got {v}")),
     }
 }
 
@@ -353,6 +354,18 @@ async fn update(State(r): State<Registry>, Path(name): Path<String>, bytes: axum
     let Some(e) = proxies.get_mut(&name) else {
         return no_proxy(&name);
     };
+    // Moving a live proxy is not done here: said, rather than answered 200 unchanged.
+    let now = proxy_json(&name, e);
+    for key in ["listen", "upstream"] {
+        if let Some(asked) = body.get(key)
+            && Some(asked) != now.get(key)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("changing a proxy's `{key}` is not supported: delete proxy `{name}` and create it again"),
+            );
+        }
+    }
     if let Some(enabled) = body.get("enabled").and_then(Value::as_bool) {
         e.enabled = enabled;
     }

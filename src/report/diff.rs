@@ -28,6 +28,15 @@ pub fn read_report(at: &Path) -> Result<Value, String> {
     if !doc["stages"].is_array() || !doc["scenario"].is_string() {
         return Err(format!("{} is not a stagegate report (no `scenario` and `stages`)", file.display()));
     }
+    if let Some(v) = doc["report_version"].as_u64()
+        && v > u64::from(super::REPORT_VERSION)
+    {
+        return Err(format!(
+            "{} has report_version {v}, newer than this stagegate reads ({}); use a newer stagegate",
+            file.display(),
+            super::REPORT_VERSION
+        ));
+    }
     Ok(doc)
 }
 
@@ -120,6 +129,25 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
     }
     if out.is_empty() {
         return Err("the runs have no stage in common".into());
+    }
+    // A stage only one run has cannot be said to be no worse.
+    let name = |s: &Value| s["name"].as_str().map(str::to_string);
+    for (side, these, those) in [("NEW", &old_stages, &new_stages), ("OLD", &new_stages, &old_stages)] {
+        for st in these {
+            let missing = match name(st) {
+                Some(n) if those.iter().any(|o| name(o).as_deref() == Some(n.as_str())) => continue,
+                Some(n) => n,
+                None => "(a stage without a name)".to_string(),
+            };
+            out.push(StageDiff {
+                stage: missing,
+                what: "stage",
+                old: if side == "NEW" { "ran".into() } else { "-".into() },
+                new: if side == "NEW" { "-".into() } else { "ran".into() },
+                outcome: Outcome::Inconclusive,
+                note: format!("{side} has no such stage: it cannot be compared"),
+            });
+        }
     }
     // One family, as the comparisons of a run: Holm over every test made.
     let tested: Vec<usize> = (0..tests.len()).filter(|i| tests[*i].2.untestable.is_none()).collect();

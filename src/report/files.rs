@@ -114,21 +114,25 @@ pub fn render(format: Format, doc: &Value, others: &[(String, String)]) -> Resul
 /// Writes every format in `wanted` for the run `doc` into `dir`; returns each file
 /// written, or why it could not be.
 pub fn write_all(doc: &Value, dir: &Path, wanted: &[Wanted]) -> Vec<Result<PathBuf, String>> {
-    let links: Vec<(String, String)> = wanted
-        .iter()
-        .filter(|w| w.format != Format::Markdown)
-        .map(|w| {
-            let at = target(dir, w);
-            let shown = at.strip_prefix(dir).unwrap_or(&at).display().to_string();
-            (w.format.label().to_string(), shown)
-        })
-        .chain(std::iter::once(("report.json (everything, for tools)".to_string(), "report.json".to_string())))
-        .collect();
+    // Links from the summary: relative when it sits in the run's folder, else absolute.
+    let links = |from: &Path| -> Vec<(String, String)> {
+        let base = from.parent().unwrap_or(dir);
+        let show = |at: &Path| {
+            if base == dir { at.strip_prefix(dir).unwrap_or(at).display().to_string() } else { absolute(at) }
+        };
+        wanted
+            .iter()
+            .filter(|w| w.format != Format::Markdown)
+            .map(|w| (w.format.label().to_string(), show(&target(dir, w))))
+            .chain(std::iter::once((Format::Json.label().to_string(), show(&dir.join("report.json")))))
+            .collect()
+    };
     wanted
         .iter()
         .map(|w| {
             let at = target(dir, w);
-            let bytes = render(w.format, doc, &links).map_err(|e| format!("cannot render {}: {e}", at.display()))?;
+            let bytes =
+                render(w.format, doc, &links(&at)).map_err(|e| format!("cannot render {}: {e}", at.display()))?;
             if let Some(parent) = at.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| format!("cannot write {}: {e}", at.display()))?;
             }
@@ -137,6 +141,10 @@ pub fn write_all(doc: &Value, dir: &Path, wanted: &[Wanted]) -> Vec<Result<PathB
                 .map_err(|e| format!("cannot write {}: {e}", at.display()))
         })
         .collect()
+}
+
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
 /// Writes the chosen formats when the verdict is known and again when the run is over.

@@ -42,8 +42,8 @@ pub fn render(doc: &Value) -> Result<String, String> {
         esc(&t(&doc["file"])),
         doc["seed"],
         esc(&t(&doc["seed_source"])),
-        esc(&t(&doc["started_at"])),
-        esc(&t(&doc["finished_at"])),
+        esc(&when(&doc["started_at"])),
+        esc(&when(&doc["finished_at"])),
     ));
     if let Some(d) = doc["description"].as_str() {
         page.push_str(&format!("<p>{}</p>\n", esc(d)));
@@ -98,7 +98,7 @@ pub fn render(doc: &Value) -> Result<String, String> {
             &windows,
         )?);
         page.push_str("</figure>\n");
-        if let Some(base) = baseline {
+        if let Some(base) = baseline.filter(|b| b["name"] != st["name"]) {
             page.push_str("<figure class=\"chart spectrum\">");
             page.push_str(&spectrum_chart(
                 &name,
@@ -379,6 +379,14 @@ fn flag_line(flags: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// An RFC 3339 time as a person reads it, to the second.
+pub fn when(v: &Value) -> String {
+    let text = v.as_str().unwrap_or_default();
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| text.to_string())
+}
+
 /// Text made safe for HTML.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -424,7 +432,7 @@ mod tests {
             "assessments": [{"stage": "candidate", "criterion": "latency.p99 < 250ms", "measured_text": "50.0ms", "limit_text": "< 250.0ms", "samples": 500, "outcome": "pass", "level": "enforce"}]
         });
         let html = render(&doc).unwrap();
-        assert_eq!(html.matches("<svg").count(), 6, "three charts per stage");
+        assert_eq!(html.matches("<svg").count(), 5, "three charts per stage, the first not against itself");
         assert!(html.contains("&lt;all&gt; held") && !html.contains("<all>"));
         assert!(html.contains("fault latency at store from 3.0s to 6.0s"));
         // Nothing fetched: no script, no linked resource (the SVG namespace is only a name).

@@ -34,8 +34,8 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         doc["seed"],
         t(&doc["seed_source"]),
         doc["stages"].as_array().map_or(0, Vec::len),
-        t(&doc["started_at"]),
-        t(&doc["finished_at"]),
+        super::html::when(&doc["started_at"]),
+        super::html::when(&doc["finished_at"]),
     ));
     for o in doc["overrides"].as_array().unwrap_or(&none) {
         head.push_str(&format!("Override: `--set {}`\n", cell(&t(o))));

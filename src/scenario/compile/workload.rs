@@ -98,29 +98,23 @@ pub(super) fn compile_workload(ctx: &mut Ctx, w: &WorkloadSpec) -> Option<Worklo
 /// stage can send: the planned count with room for chance, or the per-stage bound for a
 /// closed model.
 fn check_timestamps(ctx: &mut Ctx, data: &str, schema: &Schema, arrival: &Arrival, stage: Duration) {
-    use chrono::Datelike;
     let most = match arrival {
         Arrival::Open(p) => p.expected(stage.as_secs_f64()) * 2.0 + 1000.0,
         Arrival::Closed { .. } => crate::limits::MAX_REQUESTS_PER_STAGE,
     }
     .min(crate::limits::MAX_REQUESTS_PER_STAGE);
-    for f in &schema.fields {
+    for f in schema.timestamps_past_9999(most) {
         let crate::data::FieldKind::Timestamp { start, step_micros } = &f.kind else { continue };
-        // A record's time is at most (index + 1) steps from the start.
-        let reach = (most + 1.0) * *step_micros as f64;
-        let last = start.checked_add_signed(chrono::TimeDelta::microseconds(reach.min(i64::MAX as f64) as i64));
-        if last.is_none_or(|t| t.year() > 9999) {
-            ctx.error(
-                "workload.data",
-                format!(
-                    "field `{}` of `{data}`: timestamps from {}, {} apart, pass the year 9999 within the ~{most:.0} records a stage can send",
-                    f.name,
-                    start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                    units::format_duration(Duration::from_micros(*step_micros))
-                ),
-            )
-            .hint = Some("a shorter `step` or an earlier `start` in the data schema".into());
-        }
+        ctx.error(
+            "workload.data",
+            format!(
+                "field `{}` of `{data}`: timestamps from {}, {} apart, pass the year 9999 within the ~{most:.0} records a stage can send",
+                f.name,
+                start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                units::format_duration(Duration::from_micros(*step_micros))
+            ),
+        )
+        .hint = Some("a shorter `step` or an earlier `start` in the data schema".into());
     }
 }
 
