@@ -42,14 +42,14 @@ CASES = {
 def run(binary, sets, seed):
     """One run; returns (verdict, failed criteria, inconclusive reasons)."""
     with tempfile.TemporaryDirectory() as reports:
-        args = [binary, "run", "-q", str(SCENARIO), "--seed", str(seed), "--report-dir", reports]
+        folder = pathlib.Path(reports) / "run"
+        args = [binary, "run", "-q", str(SCENARIO), "--seed", str(seed), "--out", str(folder)]
         for s in sets:
             args += ["--set", s]
         subprocess.run(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-        folders = list(pathlib.Path(reports).iterdir())
-        if len(folders) != 1:
+        if not (folder / "report.json").exists():
             return "NONE", set(), []
-        report = json.loads((folders[0] / "report.json").read_text())
+        report = json.loads((folder / "report.json").read_text())
         enforced = [a for a in report["assessments"] if a["level"] == "enforce"]
         failed = {a["criterion"] for a in enforced if a["outcome"] == "fail"}
         unsure = [a.get("note") or "" for a in enforced if a["outcome"] == "inconclusive"]
