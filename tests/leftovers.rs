@@ -346,15 +346,20 @@ fn sigkill_leaves_no_descendant_that_left_its_session_and_environment_and_each_i
         &[],
     );
     run.wait_for("stage 1 `", Duration::from_secs(30));
-    // Escapes are written down once a second.
+    // Escapes are written down once a second: wait until this one is.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("run.json")).ok())
-        .any(|r| r.contains("\"escaped\": [\n    {"))
-    {
-        assert!(Instant::now() < deadline, "the escapee was never recorded");
+    loop {
+        let escapee = processes_running(&["sleep", "302.75"]);
+        let recorded = common::run_folders(dir.path())
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f.join("run.json")).ok())
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .flat_map(|r| r["escaped"].as_array().cloned().unwrap_or_default())
+            .any(|e| escapee.iter().any(|p| e["pid"] == *p));
+        if recorded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the escapee {escapee:?} was never recorded");
         std::thread::sleep(Duration::from_millis(100));
     }
     run.signal(Signal::SIGKILL);

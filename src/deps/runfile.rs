@@ -239,7 +239,14 @@ impl RunFile {
     /// groups (still alive ones kept, new ones added); written only on a change.
     pub fn note_escaped(&self) {
         let groups: Vec<i32> = self.lock().processes.iter().filter_map(|p| p.pgid).collect();
-        let found = escaped_descendants(std::process::id() as i32, &groups);
+        let run = self.run_id();
+        // A process the run has just spawned is not in the record yet (its group is
+        // written right after the spawn), but it carries the run's marker, which
+        // `cleanup` follows anyway: only what has neither is an escape.
+        let found: Vec<EscapedEntry> = escaped_descendants(std::process::id() as i32, &groups)
+            .into_iter()
+            .filter(|e| !carries_marker(e.pid, &run))
+            .collect();
         let mut record = self.lock();
         let mut list: Vec<EscapedEntry> =
             record.escaped.iter().copied().filter(|e| start_time(e.pid) == Some(e.started)).collect();

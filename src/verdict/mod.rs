@@ -544,7 +544,15 @@ pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>
                 .into(),
         );
     }
-    if notes().any(|n| n.contains("acknowledged records, fewer than")) {
+    // Too few acknowledged is the system's doing only when enough were sent: a stage
+    // also short of samples was simply too short.
+    let short = |stage: &str| {
+        groups.iter().any(|g| {
+            g.0 == stage
+                && g.1.is_some_and(|n| n.contains("samples, fewer than") || n.contains("records sent, fewer than"))
+        })
+    };
+    if groups.iter().any(|g| g.1.is_some_and(|n| n.contains("acknowledged records, fewer than")) && !short(g.0)) {
         reasons.push(
             "the system acknowledged too few records for the data checks to mean anything: look at its \
              errors and rejections (`data.rejected_valid`) first"
