@@ -51,6 +51,15 @@ pub struct ScenarioArgs {
     pub deny_warnings: bool,
 }
 
+/// The documents `stagegate schema` describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemaOf {
+    /// A scenario file.
+    Scenario,
+    /// A run's report.json.
+    Report,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a scenario and print the verdict.
@@ -79,8 +88,9 @@ pub enum Command {
         /// GITHUB_STEP_SUMMARY receives the summary too.
         #[arg(long = "report", value_name = "FORMAT[=PATH]")]
         report: Vec<crate::report::files::Wanted>,
-        /// No per-second progress lines and no fault start/lift lines (stage results,
-        /// warnings and the summary still print).
+        /// Print only the verdict and the criteria that decided it (stdout); nothing on
+        /// stderr but errors. Without it, progress goes to stderr: a live line on a
+        /// terminal, plain lines once a second elsewhere.
         #[arg(long, short)]
         quiet: bool,
     },
@@ -109,11 +119,15 @@ pub enum Command {
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
-    /// Print the JSON Schema of the scenario format (for editors).
+    /// Print the JSON Schema of the scenario format (for editors), or of report.json.
     #[command(
-        after_help = "Example:\n  stagegate schema > stagegate.schema.json\n  # then, first line of a scenario: # yaml-language-server: $schema=stagegate.schema.json"
+        after_help = "Examples:\n  stagegate schema > stagegate.schema.json\n  # then, first line of a scenario: # yaml-language-server: $schema=stagegate.schema.json\n  stagegate schema report > report.schema.json"
     )]
-    Schema,
+    Schema {
+        /// Which document: a scenario file, or a run's report.json.
+        #[arg(value_enum, default_value_t = SchemaOf::Scenario)]
+        of: SchemaOf,
+    },
     /// Run standalone fault proxies for a game day, driven over a Toxiproxy-compatible
     /// HTTP API (`/proxies`, `/proxies/{name}/toxics`, `/reset`, `/populate`, `/version`).
     /// Ctrl-C or SIGTERM removes every fault and closes every proxy.
@@ -222,8 +236,12 @@ pub fn execute(cli: Cli) -> i32 {
         }
         Command::Validate { files, scenario } => validate(&files, &scenario),
         Command::Plan { file, scenario } => plan(&file, &scenario),
-        Command::Schema => {
-            let text = serde_json::to_string_pretty(&scenario::schema::json_schema()).unwrap_or_default();
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::Scenario => scenario::schema::json_schema(),
+                SchemaOf::Report => crate::report::schema::json_schema(),
+            };
+            let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
             print_out(&format!("{text}\n")).err().unwrap_or(exit::PROMOTE)
         }
         Command::Data { schema, count, seed } => data(&schema, count, seed),
@@ -510,6 +528,15 @@ fn run(
         eprintln!("error: cannot watch for Ctrl-C: {e}");
         return exit::RUN_BROKEN;
     }
+    // The run's folder does not exist yet: a sibling name stands for it.
+    let future = match folder {
+        RunFolder::Under(root) => root.join("run"),
+        RunFolder::Exact(dir) => dir.clone(),
+    };
+    if let Err(e) = crate::report::files::check_paths(&future, wanted) {
+        eprintln!("error: {e}; {NOT_RUN}");
+        return exit::INVALID_INPUT;
+    }
     let plan = match load(file, args, NOT_RUN) {
         Ok(p) => p,
         Err(c) => return c,
@@ -545,7 +572,7 @@ fn run(
             let stop = stop.clone();
             tokio::spawn(async move { crate::runner::run(&plan, out, stop, tx).await })
         };
-        let mut terminal = TerminalReporter::new(quiet, plan.secrets.clone());
+        let mut terminal = TerminalReporter::new(crate::report::terminal::Display::detect(quiet), plan.secrets.clone());
         let mut json = JsonReporter::new(report_dir.clone(), plan.secrets.clone());
         let mut files = FilesReporter::new(report_dir.clone(), wanted.to_vec(), plan.secrets.clone());
         // What the events told so far: the report, should the runner itself fail.
@@ -641,6 +668,10 @@ fn rerender(run_dir: &Path, wanted: &[crate::report::files::Wanted]) -> i32 {
             return exit::INVALID_INPUT;
         }
     };
+    if let Err(e) = crate::report::files::check_paths(run_dir, wanted) {
+        eprintln!("error: {e}");
+        return exit::INVALID_INPUT;
+    }
     let mut code = 0;
     for result in crate::report::files::write_all(&doc, run_dir, wanted) {
         match result {

@@ -98,7 +98,7 @@ fn a_missing_data_file_gives_the_os_reason_and_the_resolved_path() {
 fn secrets_never_reach_the_report_or_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
-        .args(["run", "-q", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/secrets.yaml"])
+        .args(["run", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/secrets.yaml"])
         .current_dir(root())
         .env("STAGEGATE_TEST_TOKEN", "hunter2-s3cr3t")
         .env("STAGEGATE_TEST_RATE", "60/s")

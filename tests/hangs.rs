@@ -37,7 +37,7 @@ fn interrupt_and_check(run: Running, dir: &tempfile::TempDir) {
 #[test]
 fn a_target_whose_read_back_never_answers_cannot_hang_the_run() {
     // Without an interrupt: each read-back times out, and the data checks say why.
-    let (run, dir, _t) = hostile_run(Behaviour { hang_reads: true, ..Default::default() }, &["-q"]);
+    let (run, dir, _t) = hostile_run(Behaviour { hang_reads: true, ..Default::default() }, &[]);
     let (code, stdout, stderr, took) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(3), "{stdout}\n{stderr}");
     assert!(took < Duration::from_secs(30), "took {took:?}");

@@ -2,7 +2,8 @@
 //! schema CI systems accept, with xmllint), Markdown, a self-contained HTML page (opened
 //! in headless Chromium: no console error, its charts drawn) and an HdrHistogram
 //! interval log (read back with the crate's reader: the report's percentiles); a saved
-//! run renders again; `stagegate compare` tells a regressed run from a repeat.
+//! run renders again; `stagegate compare` tells a regressed run from a repeat; report
+//! paths are checked before a run; `-q`, a log and a terminal each get their progress.
 
 mod common;
 
@@ -35,7 +36,6 @@ fn one_run_writes_junit_markdown_html_and_an_interval_log_that_hold_up() {
     let out = Command::new(common::bin())
         .args([
             "run",
-            "-q",
             "scenarios/canary-compare.yaml",
             "--report-dir",
             reports.path().to_str().unwrap(),
@@ -61,6 +61,7 @@ fn one_run_writes_junit_markdown_html_and_an_interval_log_that_hold_up() {
     assert_eq!(std::fs::canonicalize(&latest).unwrap(), std::fs::canonicalize(&dir).unwrap(), "`latest` names the run");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    common::assert_matches_report_schema(&report);
     for f in ["junit.xml", "summary.md", "report.html", "latency.hlog"] {
         assert!(stdout.contains(&dir.join(f).display().to_string()), "the summary names {f}: {stdout}");
     }
@@ -205,4 +206,104 @@ fn out_takes_an_empty_folder_as_is_and_refuses_a_used_one() {
     let bad = stagegate(&["run", "-q", "tests/scenarios/tiny.yaml", "--report", "pdf"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).1.contains("formats are json, junit, markdown, html, hlog"), "{:?}", text(&bad));
+}
+
+#[test]
+fn report_paths_are_checked_before_anything_runs() {
+    let reports = tempfile::tempdir().unwrap();
+    let root = reports.path().to_str().unwrap();
+    let refused = |wanted: &[&str], says: &str| {
+        let mut args = vec!["run", "tests/scenarios/tiny.yaml", "--report-dir", root];
+        for w in wanted {
+            args.extend_from_slice(&["--report", w]);
+        }
+        let out = stagegate(&args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{wanted:?}: {stdout}{stderr}");
+        assert!(stderr.contains(says) && stderr.contains("nothing was run"), "{wanted:?}: {stderr}");
+        assert!(common::run_folders(reports.path()).is_empty(), "{wanted:?} made a run folder");
+    };
+    refused(&["html=/nonexistent-folder/report.html"], "the folder /nonexistent-folder does not exist");
+    refused(&["junit=../../no/such/place/junit.xml"], "does not exist");
+    refused(&[&format!("html={root}")], "names a folder");
+    refused(&["junit=summary.md", "markdown"], "is where the junit report goes");
+    refused(&["html=report.json"], "is where the json report goes");
+
+    // Inside the run's folder, sub-folders are made; next to it, an existing folder is used.
+    let beside = reports.path().join("beside.xml");
+    let out = stagegate(&[
+        "run",
+        "tests/scenarios/tiny.yaml",
+        "--report-dir",
+        root,
+        "--report",
+        "html=deep/er/page.html",
+        "--report",
+        &format!("junit={}", beside.display()),
+    ]);
+    assert!(matches!(out.status.code(), Some(0 | 1 | 3)), "{:?}", text(&out));
+    let run = run_dir(reports.path());
+    assert!(run.join("deep/er/page.html").is_file());
+    assert!(beside.is_file());
+}
+
+#[test]
+fn quiet_prints_the_verdict_and_what_decided_it_and_a_log_gets_plain_progress() {
+    let slow = ["--set", "stages[1].faults=[{kind: latency, at: store, delay: 40ms}]"];
+    let criteria = ["--set", r#"criteria=[{check: "latency.p99 < 20ms", min_samples: 20}]"#];
+    let reports = tempfile::tempdir().unwrap();
+    let dir = reports.path().to_str().unwrap();
+    let mut args = vec!["run", "-q", "tests/scenarios/tiny.yaml", "--report-dir", dir];
+    args.extend_from_slice(&slow);
+    args.extend_from_slice(&criteria);
+    let out = stagegate(&args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(stderr, "", "-q leaves stderr to errors");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "verdict: ROLLBACK  (seed 3)", "{stdout}");
+    assert!(lines[1].contains("stage `candidate`: `latency.p99 < 20ms` failed: measured"), "{stdout}");
+    assert_eq!(lines.len(), 2, "only the verdict and the failed criterion: {stdout}");
+
+    // Without -q and without a terminal: one plain progress line a second, with the
+    // figures and the faults active.
+    args.retain(|a| *a != "-q");
+    let out = stagegate(&args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let during = stderr
+        .lines()
+        .find(|l| l.starts_with("  candidate ") && l.contains("faults: latency at store"))
+        .unwrap_or_else(|| panic!("no progress line during the fault: {stderr}"));
+    assert!(during.contains("/2s") && during.contains("rate ") && during.contains("p99 "), "{during}");
+    assert!(!stderr.contains('\r') && !stderr.contains("\x1b["), "a log gets no redrawing: {stderr}");
+    assert!(stdout.contains("criteria\n"), "the full summary: {stdout}");
+}
+
+#[test]
+fn on_a_terminal_the_progress_is_one_live_line() {
+    // `script` (util-linux) gives the run a pseudo-terminal, as a person's shell would.
+    let script = tool("script", "bsdutils");
+    let reports = tempfile::tempdir().unwrap();
+    let command = format!(
+        "stty cols 80; {} run tests/scenarios/tiny.yaml --report-dir {} --set \
+         'stages[1].faults=[{{kind: latency, at: store, delay: 5ms}}]'",
+        common::bin().display(),
+        reports.path().display()
+    );
+    let log = reports.path().join("tty.log");
+    let out = Command::new(script)
+        .args(["-qec", &command, log.to_str().unwrap()])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let seen = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(seen.contains("\x1b[2K"), "the line is redrawn in place: {seen:?}");
+    let live = seen
+        .split(['\r', '\n'])
+        .find(|l| l.contains(" stage 2 `candidate` 1/2s") && l.contains("faults: latency at"))
+        .unwrap_or_else(|| panic!("no live line for the second stage with its fault: {seen:?}"));
+    assert!(live.contains("/s  p99 ") && live.contains("errors 0"), "{live:?}");
+    assert!(seen.contains("stage `candidate` finished"), "messages print above the live line: {seen:?}");
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// Where a fault is injected.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Place {
     /// The fault proxy in front of the named dependency (or the dependency's process).
@@ -43,7 +43,7 @@ impl std::fmt::Display for Place {
 }
 
 /// Which way through the proxy a fault acts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// From the system under test to the dependency.

@@ -60,7 +60,7 @@ impl<'a> Places<'a> {
 }
 
 /// One fault's life inside a stage, as reports show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FaultRecord {
     pub stage: String,
     /// Position in the stage's `faults` list.

@@ -63,7 +63,7 @@ struct FlagTally {
 }
 
 /// What the system under test asked of one flag over a stage.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct FlagExposure {
     /// How the system under test got the flag: `evaluated` (OFREP), `header` (sent with
     /// each request), `environment` (given at start).
@@ -75,7 +75,7 @@ pub struct FlagExposure {
 }
 
 /// One variant's count.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct VariantExposure {
     pub evaluations: u64,
     /// Distinct targeting keys (at most 100000 counted).

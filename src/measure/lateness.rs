@@ -175,7 +175,7 @@ fn round3(x: f64) -> f64 {
 }
 
 /// CPU use over a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct CpuUse {
     /// Cores the machine offers this process.
     pub cores: usize,
@@ -186,7 +186,7 @@ pub struct CpuUse {
 }
 
 /// Lateness quantiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Lag {
     pub samples: u64,
     pub p50_ms: f64,
@@ -239,7 +239,7 @@ impl Lag {
 }
 
 /// The harness's own figures over one second of a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SecondHealth {
     /// Seconds since the stage started (this one ends there).
     pub second: u64,
@@ -250,7 +250,7 @@ pub struct SecondHealth {
 }
 
 /// How well stagegate kept its schedule in one stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct StageHealth {
     pub send_lag: Option<Lag>,
     /// stagegate's runtime.
@@ -342,13 +342,16 @@ fn fmt_ms(ms: f64) -> String {
 
 /// How far behind its schedule stagegate may fall before a stage's timing is not
 /// trusted (`health:` in the scenario).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct HealthLimits {
     #[serde(serialize_with = "as_text")]
+    #[schemars(with = "String")]
     pub send_lag_p99: Duration,
     #[serde(serialize_with = "as_text")]
+    #[schemars(with = "String")]
     pub timer_lag_p99: Duration,
     #[serde(serialize_with = "as_text")]
+    #[schemars(with = "String")]
     pub proxy_hold_overrun_p99: Duration,
     pub dropped: u64,
 }

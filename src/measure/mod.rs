@@ -33,7 +33,7 @@ pub enum Outcome {
 }
 
 /// Where a sample falls relative to the stage's faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// No fault has started yet.
@@ -129,7 +129,7 @@ const MIN_WINDOW: Duration = Duration::from_millis(250);
 /// One time window of a stage's judged requests: its figures, for comparisons (which
 /// test windows rather than requests, since requests close in time are not
 /// independent).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Window {
     /// Its start, from the stage's start.
     pub from_secs: f64,
@@ -140,7 +140,7 @@ pub struct Window {
 }
 
 /// A latency histogram of a stage's judged requests, for interval logs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct EncodedHistogram {
     /// The flag variant it covers; `None`: the whole stage.
     pub variant: Option<String>,
@@ -247,6 +247,12 @@ impl Recorder {
         self.by_time.record(offset, micros, outcome == Outcome::Failed);
     }
 
+    /// The judged requests' p99 so far, in milliseconds (`None` before the first).
+    pub fn p99_ms(&self) -> Option<f64> {
+        let h = &self.judged.histogram;
+        (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
+    }
+
     /// The judged requests' latency histograms, encoded as HdrHistogram's compressed
     /// V2 format in base64 (what an interval log line carries): the whole stage's
     /// (`None`) and each flag variant's.
@@ -339,7 +345,7 @@ impl Recorder {
 }
 
 /// Request latency quantiles, in milliseconds (`None`: no sample).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LatencySummary {
     pub p50: Option<f64>,
     pub p90: Option<f64>,
@@ -351,7 +357,7 @@ pub struct LatencySummary {
 }
 
 /// The metrics of one phase or one flag variant.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SliceMetrics {
     pub requests: u64,
     pub errors: u64,
@@ -368,7 +374,7 @@ impl SliceMetrics {
 }
 
 /// Everything measured in one stage that a criterion can read.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct StageMetrics {
     /// Requests intended after warm-up (the judged ones).
     pub requests: u64,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::SliceMetrics;
 
 /// The recovery measured in one stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Recovery {
     /// Seconds from the last fault's end to the start of the first in-band window;
     /// `None` if that never happened before the stage ended.

@@ -20,7 +20,7 @@ use crate::quality::DataCounts;
 pub const MAX_POINTS: u64 = 600;
 
 /// One interval of a stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Point {
     /// Its start, from the stage's start, in seconds.
     pub at_secs: f64,
@@ -45,7 +45,7 @@ pub struct Point {
 }
 
 /// A stage's time series.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Series {
     /// Seconds each point covers (1 unless the stage is longer than 600 s).
     pub interval_secs: f64,

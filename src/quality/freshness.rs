@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 /// The freshness of one stage's judged records, in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Freshness {
     pub p50: Option<f64>,
     pub p99: Option<f64>,

@@ -63,6 +63,39 @@ impl Serialize for DataCounts {
     }
 }
 
+/// The shape [`DataCounts`] is written in: the counts that need the output are `null`
+/// when it was not seen.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct DataCountsShape {
+    /// Records sent.
+    sent: u64,
+    /// Records the target acknowledged.
+    acked: u64,
+    /// Acknowledged records missing from the output.
+    lost: Option<u64>,
+    /// Records found in the output more than once.
+    duplicated: Option<u64>,
+    /// Records found altered in the output.
+    corrupted: Option<u64>,
+    /// Valid records the target refused.
+    rejected_valid: u64,
+    /// Records sent invalid on purpose that were acknowledged or reached the output.
+    accepted_invalid: Option<u64>,
+    /// Records whose personal data appears unmasked in the output.
+    pii_exposed: Option<u64>,
+}
+
+impl schemars::JsonSchema for DataCounts {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DataCounts".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        DataCountsShape::json_schema(generator)
+    }
+}
+
 impl DataCounts {
     fn add(&mut self, o: &DataCounts) {
         self.unobserved |= o.unobserved;

@@ -38,6 +38,11 @@ impl Format {
         }
     }
 
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
     /// How the Markdown summary links to it.
     pub fn label(self) -> &'static str {
         match self {
@@ -88,6 +93,72 @@ pub fn target(dir: &Path, wanted: &Wanted) -> PathBuf {
         None => dir.join(wanted.format.default_name()),
     }
 }
+
+/// Checks, before anything runs, that each file in `wanted` can be written: a path
+/// inside the run's folder always can (its sub-folders are made there); one outside it
+/// (absolute, or leaving it with `..`) needs an existing, writable folder and must not
+/// be a folder itself. Two formats may not share a file, nor take report.json's place.
+pub fn check_paths(run_dir: &Path, wanted: &[Wanted]) -> Result<(), String> {
+    let json = std::path::absolute(run_dir.join("report.json")).unwrap_or_default();
+    let mut seen: Vec<(PathBuf, &Wanted)> = vec![(json, &JSON)];
+    for w in wanted {
+        let named = || match &w.path {
+            Some(p) => format!("--report {}={}", w.format.name(), p.display()),
+            None => format!("--report {}", w.format.name()),
+        };
+        let path = match &w.path {
+            None => PathBuf::from(w.format.default_name()),
+            Some(p) => p.clone(),
+        };
+        let inside = path.is_relative() && !path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+        let full = lexical(&run_dir.join(&path));
+        if path.file_name().is_none()
+            || w.path.as_ref().is_some_and(|p| p.to_string_lossy().ends_with('/'))
+            || full.is_dir()
+        {
+            return Err(format!("{}: names a folder; name a file", named()));
+        }
+        if !inside {
+            let parent = full.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(format!(
+                    "{}: the folder {} does not exist (stagegate makes folders only inside the run's folder)",
+                    named(),
+                    parent.display()
+                ));
+            }
+            if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_err() {
+                return Err(format!("{}: the folder {} is not writable", named(), parent.display()));
+            }
+        }
+        let key = std::path::absolute(&full).unwrap_or(full);
+        if let Some((_, other)) = seen.iter().find(|(p, _)| *p == key)
+            && other.format != w.format
+        {
+            return Err(format!("{}: {} is where the {} report goes", named(), key.display(), other.format.name()));
+        }
+        seen.push((key, w));
+    }
+    Ok(())
+}
+
+/// `path` with `.` and `..` resolved by its text (the run's folder may not exist yet).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// report.json, always written.
+const JSON: Wanted = Wanted { format: Format::Json, path: None };
 
 /// The report document of `report`: what report.json holds, secrets masked.
 pub fn document(report: &super::RunReport, secrets: &Secrets) -> Result<Value, String> {

@@ -12,6 +12,7 @@ pub mod json;
 pub mod junit;
 pub mod markdown;
 pub mod plan;
+pub mod schema;
 pub mod terminal;
 
 use std::collections::BTreeMap;
@@ -63,7 +64,18 @@ pub enum Event {
     /// The run stops early: an `abort_on_fail` criterion failed.
     Aborted { stage: String, reason: String },
     /// About once a second during a stage.
-    Progress { stage: String, elapsed_secs: u64, sent: u64, acked: u64, rejected: u64, failed: u64 },
+    Progress {
+        stage: String,
+        elapsed_secs: u64,
+        /// The stage's whole length.
+        total_secs: u64,
+        sent: u64,
+        acked: u64,
+        rejected: u64,
+        failed: u64,
+        /// The judged requests' p99 so far (`None` during warm-up), in milliseconds.
+        p99_ms: Option<f64>,
+    },
     /// A fault became active or was lifted.
     Fault(FaultRecord),
     /// A stage ended, was observed and judged.
@@ -77,7 +89,7 @@ pub enum Event {
 }
 
 /// What one stage did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct StageReport {
     pub name: String,
     pub flags: BTreeMap<String, FlagState>,
@@ -113,7 +125,7 @@ pub struct StageReport {
 pub const REPORT_VERSION: u32 = 1;
 
 /// The full account of a run, written as JSON and summarised on the terminal.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunReport {
     /// The version of this document's layout: it changes only when a field changes
     /// meaning or goes away (fields may be added within a version).
@@ -207,7 +219,7 @@ impl RunReport {
 }
 
 /// What an `on_verdict` command did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ActionReport {
     pub command: Vec<String>,
     /// Its exit code (`None`: it could not start, or died by a signal).

@@ -1,17 +1,48 @@
 //! The terminal reporter: live progress on stderr while a run goes, and the summary on
 //! stdout at the end (one row per stage, each criterion with measured value and limit,
 //! then the verdict and the seed).
+//!
+//! On a terminal the progress is one live line per stage (stage, elapsed of total, rate,
+//! p99 so far, errors, active faults) that the other messages print above; elsewhere
+//! (a CI log) it is the same figures as plain lines. `-q` keeps stderr silent and
+//! prints only the verdict with the criteria that decided it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Event, Reporter, RunReport};
 use crate::secrets::Secrets;
 use crate::verdict::Outcome;
 
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    /// A live line redrawn in place (stderr is a terminal).
+    Live,
+    /// Plain lines, one per second of a stage (a log).
+    Lines,
+    /// Nothing on stderr; stdout gets the verdict and what decided it.
+    Quiet,
+}
+
+impl Display {
+    /// `Quiet` when asked, else `Live` on a terminal that can redraw, else `Lines`.
+    pub fn detect(quiet: bool) -> Display {
+        let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+        if quiet {
+            Display::Quiet
+        } else if std::io::stderr().is_terminal() && !dumb {
+            Display::Live
+        } else {
+            Display::Lines
+        }
+    }
+}
+
 /// Prints progress and the final summary.
 pub struct TerminalReporter {
-    /// Print per-second progress lines.
-    pub progress: bool,
+    pub display: Display,
     /// The scenario's secrets, masked in everything printed.
     pub secrets: Secrets,
     /// Where `report.json` went, or why it could not be written (set before the run's
@@ -19,6 +50,13 @@ pub struct TerminalReporter {
     pub written: Option<Result<std::path::PathBuf, String>>,
     /// The other files asked for (`--report`), each written or why not.
     pub files: Vec<Result<std::path::PathBuf, String>>,
+    /// The live line of the stage running (`Display::Live`), and its label.
+    bar: Option<ProgressBar>,
+    prefix: String,
+    /// Faults active now, as `KIND at PLACE`, keyed by stage, index and start.
+    active: Vec<((String, usize, u64), String)>,
+    /// The last progress tick's elapsed seconds and sent count, for the rate.
+    last_tick: Option<(u64, u64)>,
 }
 
 /// A count that needs the output, or `-` when the output was not seen.
@@ -35,16 +73,103 @@ fn ms(v: Option<f64>) -> String {
 }
 
 impl TerminalReporter {
-    /// A reporter printing progress lines unless `quiet`.
-    pub fn new(quiet: bool, secrets: Secrets) -> Self {
-        TerminalReporter { progress: !quiet, secrets, written: None, files: Vec::new() }
+    /// A reporter showing progress as `display` says.
+    pub fn new(display: Display, secrets: Secrets) -> Self {
+        TerminalReporter {
+            display,
+            secrets,
+            written: None,
+            files: Vec::new(),
+            bar: None,
+            prefix: String::new(),
+            active: Vec::new(),
+            last_tick: None,
+        }
     }
 
-    /// Writes one line to stderr, secrets masked; a closed stderr is not an error.
+    /// Writes one line to stderr, secrets masked, above the live line if there is one;
+    /// nothing when quiet; a closed stderr is not an error.
     fn say(&self, line: impl AsRef<str>) {
-        let mut text = self.secrets.mask(line.as_ref());
-        text.push('\n');
-        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        if self.display == Display::Quiet {
+            return;
+        }
+        let text = self.secrets.mask(line.as_ref());
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
+    }
+
+    /// The active faults, in words (`-` when none).
+    fn faults_now(&self) -> String {
+        if self.active.is_empty() {
+            return "none".into();
+        }
+        self.active.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn stage_started(&mut self, index: usize, name: &str) {
+        self.last_tick = None;
+        self.stage_done();
+        self.prefix = self.secrets.mask(&format!("stage {} `{name}`", index + 1));
+    }
+
+    /// The live line, made at a stage's first tick (when its length is known).
+    fn live_line(&mut self, total: u64) -> &ProgressBar {
+        self.bar.get_or_insert_with(|| {
+            // No bar: at 80 columns the figures need the room.
+            let bar = ProgressBar::with_draw_target(Some(total.max(1)), ProgressDrawTarget::stderr_with_hz(4));
+            let style = ProgressStyle::with_template("{spinner} {prefix} {pos}/{len}s  {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .tick_chars("|/-\\ ");
+            bar.set_style(style);
+            bar.set_prefix(self.prefix.clone());
+            bar.enable_steady_tick(std::time::Duration::from_millis(250));
+            bar
+        })
+    }
+
+    /// One progress tick: the live line is redrawn, or a plain line is printed.
+    #[allow(clippy::too_many_arguments)]
+    fn progress(
+        &mut self,
+        stage: &str,
+        elapsed: u64,
+        total: u64,
+        sent: u64,
+        errors: u64,
+        acked: u64,
+        p99: Option<f64>,
+    ) {
+        let rate = match self.last_tick {
+            Some((t, n)) if elapsed > t => (sent.saturating_sub(n)) as f64 / (elapsed - t) as f64,
+            _ if elapsed > 0 => sent as f64 / elapsed as f64,
+            _ => 0.0,
+        };
+        self.last_tick = Some((elapsed, sent));
+        let p99 = p99.map_or("warm-up".to_string(), |v| ms(Some(v)));
+        let faults = self.faults_now();
+        match self.display {
+            Display::Live => {
+                let message =
+                    self.secrets.mask(&format!("{rate:.0}/s  p99 {p99}  errors {errors}  faults: {faults}"));
+                let bar = self.live_line(total);
+                bar.set_position(elapsed.min(total));
+                bar.set_message(message);
+            }
+            Display::Lines => self.say(format!(
+                "  {stage} {elapsed:>3}/{total}s  sent {sent}  acked {acked}  errors {errors}  rate {rate:.0}/s  p99 {p99}  faults: {faults}"
+            )),
+            Display::Quiet => {}
+        }
+    }
+
+    fn stage_done(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -77,21 +202,27 @@ impl Reporter for TerminalReporter {
                 let state: Vec<String> = flags.iter().map(|(k, v)| format!("{k}={}", v.describe())).collect();
                 let state = if state.is_empty() { vec!["no flags".to_string()] } else { state };
                 self.say(format!("stage {} `{name}` started [{}]", index + 1, state.join(", ")));
+                self.stage_started(*index, name);
             }
-            Event::Progress { stage, elapsed_secs, sent, acked, rejected, failed } if self.progress => {
-                self.say(format!(
-                    "  {stage} {elapsed_secs:>3}s  sent {sent}  acked {acked}  rejected {rejected}  failed {failed}"
-                ));
+            Event::Progress { stage, elapsed_secs, total_secs, sent, acked, rejected, failed, p99_ms } => {
+                self.progress(stage, *elapsed_secs, *total_secs, *sent, rejected + failed, *acked, *p99_ms);
             }
-            Event::Progress { .. } => {}
             Event::Note { message } => self.say(format!("  {message}")),
             Event::Aborted { stage, reason } => self.say(format!("stage `{stage}` aborted: {reason}")),
-            Event::Fault(_) if !self.progress => {}
-            Event::Fault(f) => match f.ended_secs {
-                None => self.say(format!("  fault {} at {} started at {:.1}s", f.kind, f.at, f.started_secs)),
-                Some(end) => self.say(format!("  fault {} at {} lifted at {:.1}s", f.kind, f.at, end)),
-            },
+            Event::Fault(f) => {
+                let key = (f.stage.clone(), f.index, f.started_secs.to_bits());
+                self.active.retain(|(k, _)| *k != key);
+                match f.ended_secs {
+                    None => {
+                        self.active.push((key, format!("{} at {}", f.kind, f.at)));
+                        self.say(format!("  fault {} at {} started at {:.1}s", f.kind, f.at, f.started_secs));
+                    }
+                    Some(end) => self.say(format!("  fault {} at {} lifted at {:.1}s", f.kind, f.at, end)),
+                }
+            }
             Event::StageFinished { report, .. } => {
+                self.stage_done();
+                self.active.retain(|(k, _)| k.0 != report.name);
                 let m = &report.metrics;
                 let data = if m.data_observed {
                     format!("lost {}, duplicated {}, corrupted {}", m.data.lost, m.data.duplicated, m.data.corrupted)
@@ -155,7 +286,16 @@ impl Reporter for TerminalReporter {
             }
             Event::Judged(..) => {}
             Event::Finished(report) => {
-                let text = self.secrets.mask(&summary(report, self.written.as_ref(), &self.files));
+                self.stage_done();
+                let text = match self.display {
+                    Display::Quiet => {
+                        let left = report.faults.iter().filter(|f| !f.removed).count();
+                        let left = if left > 0 { format!("faults: {left} NOT REMOVED\n") } else { String::new() };
+                        left + &verdict_lines(report, self.written.as_ref(), &self.files)
+                    }
+                    _ => summary(report, self.written.as_ref(), &self.files),
+                };
+                let text = self.secrets.mask(&text);
                 let mut out = std::io::stdout().lock();
                 if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
                     && e.kind() != std::io::ErrorKind::BrokenPipe
@@ -265,22 +405,7 @@ pub fn summary(
         ));
     }
     s.push('\n');
-    if r.interrupted {
-        s.push_str("run INTERRUPTED before its end; the report is partial\n");
-    }
-    if let Some(e) = &r.error {
-        s.push_str(&format!("run BROKEN: {e}\n"));
-    }
-    if let Some(Err(e)) = written {
-        s.push_str(&format!("run BROKEN: {e}; do not gate on the verdict below\n"));
-    }
-    match r.verdict {
-        Some(v) => s.push_str(&format!("verdict: {v}  (seed {})\n", r.seed)),
-        None => s.push_str(&format!("verdict: none  (seed {})\n", r.seed)),
-    }
-    for reason in &r.reasons {
-        s.push_str(&format!("  {reason}\n"));
-    }
+    s.push_str(&verdict_lines(r, written, &[]));
     if let Some(action) = &r.on_verdict {
         let status = action.exit_code.map_or("did not finish".to_string(), |c| format!("exited {c}"));
         let last = action.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -297,6 +422,36 @@ pub fn summary(
             Ok(path) => s.push_str(&format!("        {}\n", path.display())),
             Err(e) => s.push_str(&format!("report NOT WRITTEN: {e}\n")),
         }
+    }
+    s
+}
+
+/// The verdict and the criteria that decided it (what `-q` prints), with what makes the
+/// verdict unusable (an interrupted or broken run, a report not written).
+pub fn verdict_lines(
+    r: &RunReport,
+    written: Option<&Result<std::path::PathBuf, String>>,
+    files: &[Result<std::path::PathBuf, String>],
+) -> String {
+    let mut s = String::new();
+    if r.interrupted {
+        s.push_str("run INTERRUPTED before its end; the report is partial\n");
+    }
+    if let Some(e) = &r.error {
+        s.push_str(&format!("run BROKEN: {e}\n"));
+    }
+    if let Some(Err(e)) = written {
+        s.push_str(&format!("run BROKEN: {e}; do not gate on the verdict below\n"));
+    }
+    match r.verdict {
+        Some(v) => s.push_str(&format!("verdict: {v}  (seed {})\n", r.seed)),
+        None => s.push_str(&format!("verdict: none  (seed {})\n", r.seed)),
+    }
+    for reason in &r.reasons {
+        s.push_str(&format!("  {reason}\n"));
+    }
+    for e in files.iter().filter_map(|f| f.as_ref().err()) {
+        s.push_str(&format!("report NOT WRITTEN: {e}\n"));
     }
     s
 }

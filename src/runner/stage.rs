@@ -600,10 +600,12 @@ impl Sink for Accounts<'_> {
         let _ = self.events.send(Event::Progress {
             stage: self.stage.name.clone(),
             elapsed_secs: elapsed.as_secs(),
+            total_secs: self.plan.workload.duration.as_secs(),
             sent: c.sent,
             acked: c.acked,
             rejected: c.rejected,
             failed: c.failed,
+            p99_ms: self.recorder.p99_ms(),
         });
         if let Some(tx) = &self.snapshots {
             tx.send_replace(Some((self.recorder.clone(), elapsed)));

@@ -10,7 +10,7 @@ use crate::measure::{Phase, SliceMetrics, StageMetrics};
 use crate::scenario::units;
 
 /// A comparison operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub enum Op {
     #[serde(rename = "<")]
     Lt,
@@ -359,6 +359,17 @@ impl std::fmt::Display for Metric {
     }
 }
 
+/// A metric is written as its name (`during.latency.p99`).
+impl schemars::JsonSchema for Metric {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Metric".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "description": "A metric's name, as criteria write it (`during.latency.p99`)." })
+    }
+}
+
 impl From<Metric> for String {
     fn from(m: Metric) -> String {
         m.to_string()
@@ -366,7 +377,7 @@ impl From<Metric> for String {
 }
 
 /// A parsed `METRIC OP VALUE`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Check {
     pub metric: Metric,
     pub op: Op,

@@ -24,7 +24,7 @@ use super::stats::{self, Alternative, Method};
 use crate::measure::Window;
 
 /// What a comparison looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CompareMetric {
     /// The latency of the stages' time windows.
@@ -34,7 +34,7 @@ pub enum CompareMetric {
 }
 
 /// How much worse the candidate may be.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Tolerance {
     /// Latency: a share of the baseline (0.1 = 10% slower). Errors: percentage points
@@ -56,7 +56,7 @@ impl Tolerance {
 }
 
 /// A comparison criterion.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Compare {
     pub metric: CompareMetric,
     pub stage: String,
@@ -79,7 +79,7 @@ pub struct Sides<'a> {
 }
 
 /// What a comparison measured, before the family of tests is taken into account.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Comparison {
     /// Latency: the ratio of the window medians' medians minus one; errors: the rate
     /// difference.

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::measure::StageMetrics;
 
 /// How much a criterion counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Decides the verdict.
@@ -33,7 +33,7 @@ pub enum Level {
 }
 
 /// What a criterion judges.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     Check(Check),
@@ -41,7 +41,7 @@ pub enum Rule {
 }
 
 /// A judged rule from the scenario's `criteria` list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Criterion {
     pub rule: Rule,
     /// The stages a check applies to; `None` for all (unused by comparisons).
@@ -70,7 +70,7 @@ impl Criterion {
 pub const DEFAULT_MIN_SAMPLES: u64 = 100;
 
 /// How one criterion came out in one stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Pass,
@@ -79,7 +79,7 @@ pub enum Outcome {
 }
 
 /// One criterion judged in one stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Assessment {
     pub stage: String,
     /// The criterion as written, e.g. `latency.p99 < 250ms`.
@@ -103,7 +103,7 @@ pub struct Assessment {
 }
 
 /// The numbers behind a comparison's outcome, as report.json gives them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ComparisonFigures {
     pub baseline: String,
     /// `latency` or `errors`.
@@ -142,7 +142,7 @@ pub struct ComparisonFigures {
 }
 
 /// The final answer of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
     Promote,

@@ -95,7 +95,35 @@ pub fn only_report(dir: &Path) -> serde_json::Value {
         .collect();
     assert_eq!(runs.len(), 1, "expected one run folder in {}", dir.display());
     let text = std::fs::read_to_string(runs[0].path().join("report.json")).expect("report.json written");
-    serde_json::from_str(&text).expect("report.json is JSON")
+    let doc = serde_json::from_str(&text).expect("report.json is JSON");
+    assert_matches_report_schema(&doc);
+    doc
+}
+
+/// Holds `doc` (a report.json) to `stagegate schema report`, made strict: every field
+/// written must be one the schema describes, of the type it gives.
+#[allow(dead_code)]
+pub fn assert_matches_report_schema(doc: &serde_json::Value) {
+    fn strict(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                    map.insert("additionalProperties".into(), false.into());
+                }
+                map.values_mut().for_each(strict);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strict),
+            _ => {}
+        }
+    }
+    let out = stagegate(&["schema", "report"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the report schema is JSON");
+    strict(&mut schema);
+    let validator = jsonschema::validator_for(&schema).expect("the report schema is a valid JSON Schema");
+    let errors: Vec<String> =
+        validator.iter_errors(doc).map(|e| format!("{} at {}", e, e.instance_path())).take(20).collect();
+    assert!(errors.is_empty(), "report.json does not match `stagegate schema report`:\n{}", errors.join("\n"));
 }
 
 /// Stdout and stderr as text, for assertion messages.
