@@ -59,6 +59,9 @@ pub fn render(doc: &Value) -> Result<String, String> {
             page.push_str("</ul>\n");
         }
     }
+    if let Some(summary) = doc["rollback"]["summary"].as_str() {
+        page.push_str(&format!("<h3>rollback</h3><p class=\"rollback\">{}</p>\n", esc(summary)));
+    }
     criteria_table(&mut page, doc["assessments"].as_array().unwrap_or(&none));
     let stages = doc["stages"].as_array().unwrap_or(&none);
     let faults = doc["faults"].as_array().unwrap_or(&none);

@@ -44,6 +44,13 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
     for r in doc["reasons"].as_array().unwrap_or(&none) {
         head.push_str(&format!("- {}\n", line(&t(r))));
     }
+    if let Some(summary) = doc["rollback"]["summary"].as_str() {
+        let file = match doc["rollback"]["flagd_file"].as_str() {
+            Some(_) => format!(" (as a flagd file: `{}`)", crate::verdict::rollback::FLAGD_FILE),
+            None => String::new(),
+        };
+        head.push_str(&format!("- **rollback:** {}{file}\n", line(summary)));
+    }
     for w in doc["warnings"].as_array().unwrap_or(&none) {
         head.push_str(&format!("- warning: {}\n", line(&t(w))));
     }

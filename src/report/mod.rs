@@ -157,6 +157,8 @@ pub struct RunReport {
     pub faults: Vec<FaultRecord>,
     /// Where the report files were written.
     pub report_dir: Option<PathBuf>,
+    /// On ROLLBACK, the flag change that undoes the failure.
+    pub rollback: Option<crate::verdict::rollback::RollbackPlan>,
     /// The `on_verdict` command that ran, if any.
     pub on_verdict: Option<ActionReport>,
     /// Set when a target stagegate started exited on its own during the run.
@@ -211,6 +213,7 @@ impl RunReport {
             assessments: Vec::new(),
             faults: Vec::new(),
             report_dir,
+            rollback: None,
             on_verdict: None,
             target_exit: None,
             statistical_tests: 0,

@@ -450,6 +450,12 @@ pub fn verdict_lines(
     for reason in &r.reasons {
         s.push_str(&format!("  {reason}\n"));
     }
+    if let Some(plan) = &r.rollback {
+        s.push_str(&format!("rollback: {}\n", plan.summary));
+        if let Some(file) = &plan.flagd_file {
+            s.push_str(&format!("  as a flagd file: {}\n", file.display()));
+        }
+    }
     for e in files.iter().filter_map(|f| f.as_ref().err()) {
         s.push_str(&format!("report NOT WRITTEN: {e}\n"));
     }

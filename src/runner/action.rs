@@ -1,7 +1,8 @@
 //! `on_verdict`: the command a scenario runs once the verdict is known.
 //!
 //! It runs in the scenario's folder, in a process group of its own, with
-//! `STAGEGATE_VERDICT` and `STAGEGATE_REPORT` in its environment, recorded in `run.json`
+//! `STAGEGATE_VERDICT` and `STAGEGATE_REPORT` (and on ROLLBACK `STAGEGATE_ROLLBACK_FLAGS`
+//! and `STAGEGATE_ROLLBACK_FILE`) in its environment, recorded in `run.json`
 //! before it is spawned. It gets 60 s; Ctrl-C or SIGTERM stop it at once. When it exits,
 //! whatever it left running in its group is stopped too (children that keep its output
 //! open would otherwise hold the run). The last 4096 characters of its output go in the
@@ -40,6 +41,7 @@ pub async fn on_verdict(
     plan: &Plan,
     verdict: Verdict,
     report_dir: Option<&Path>,
+    rollback: Option<&crate::verdict::rollback::RollbackPlan>,
     run: &Arc<RunFile>,
     cancel: &CancellationToken,
 ) -> Option<ActionReport> {
@@ -58,6 +60,13 @@ pub async fn on_verdict(
         // Absolute: the command runs in the scenario's folder, not stagegate's.
         let report = r.join("report.json");
         cmd.env("STAGEGATE_REPORT", std::path::absolute(&report).unwrap_or(report));
+    }
+    if let Some(r) = rollback {
+        // The flag change that undoes the failure, for a command that applies it.
+        cmd.env("STAGEGATE_ROLLBACK_FLAGS", r.flags_json().to_string());
+        if let Some(file) = &r.flagd_file {
+            cmd.env("STAGEGATE_ROLLBACK_FILE", std::path::absolute(file).unwrap_or(file.clone()));
+        }
     }
     if let Err(e) = run.process_starting(ENTRY) {
         return Some(ActionReport {

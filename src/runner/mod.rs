@@ -156,6 +156,9 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     let (verdict, reasons) = verdict::conclude(&ending, &report.assessments);
     report.verdict = verdict;
     report.reasons = reasons;
+    if verdict == Some(verdict::Verdict::Rollback) {
+        report.rollback = rollback_plan(plan, &mut report, out.dir.as_deref());
+    }
     if let Some(v) = report.verdict
         && plan.on_verdict.command(v).is_some()
     {
@@ -169,7 +172,8 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
             _ = tokio::time::timeout(crate::limits::REPORT_WRITE, on_disk) => {}
             _ = stop.cancel.cancelled() => {}
         }
-        report.on_verdict = action::on_verdict(plan, v, out.dir.as_deref(), &run_file, &stop.cancel).await;
+        report.on_verdict =
+            action::on_verdict(plan, v, out.dir.as_deref(), report.rollback.as_ref(), &run_file, &stop.cancel).await;
         if stop.cancel.is_cancelled() && report.on_verdict.is_some() {
             // The verdict stands in the report, but the run did not finish its job.
             report.interrupted = true;
@@ -190,6 +194,31 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         run_file.finish();
     }
     finish(plan, report, &events)
+}
+
+/// The rollback plan of a ROLLBACK, written as a flagd file into the run's folder when
+/// it changes any flag.
+fn rollback_plan(
+    plan: &Plan,
+    report: &mut RunReport,
+    dir: Option<&std::path::Path>,
+) -> Option<verdict::rollback::RollbackPlan> {
+    let stages: Vec<verdict::rollback::StageFlags> =
+        report.stages.iter().map(|s| verdict::rollback::StageFlags { name: &s.name, flags: &s.flags }).collect();
+    let defaults = plan.flags.definitions.iter().map(|d| (d.key.clone(), d.default.clone())).collect();
+    let mut rollback = verdict::rollback::plan(&stages, &report.assessments, &defaults)?;
+    if let Some(dir) = dir
+        && !rollback.changes.is_empty()
+    {
+        let path = dir.join(verdict::rollback::FLAGD_FILE);
+        match crate::flags::flagd::write(&path, &rollback.restored()) {
+            Ok(()) => rollback.flagd_file = Some(path),
+            Err(e) => {
+                report.warnings.push(format!("the rollback plan could not be written to {}: {e}", path.display()))
+            }
+        }
+    }
+    Some(rollback)
 }
 
 fn finish(_plan: &Plan, mut report: RunReport, events: &UnboundedSender<Event>) -> RunReport {

@@ -10,6 +10,7 @@
 
 mod check;
 mod compare;
+pub mod rollback;
 pub mod stats;
 
 pub use check::{Base, Check, DataField, Metric, Op, Quantile, parse_check};
