@@ -51,6 +51,45 @@ pub struct ScenarioArgs {
     pub deny_warnings: bool,
 }
 
+/// `stagegate flags ...`.
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// Audit the flags of scenarios and of a flag inventory (a flagd flag file) against
+    /// the governance rules: owner, category, expiry, age, naming, use (docs/flags.md).
+    ///
+    /// Exit codes: 0 no finding at error level, 1 findings at error level, 2 invalid
+    /// input.
+    #[command(after_help = "Examples:
+  stagegate flags audit scenarios/*.yaml
+  stagegate flags audit scenarios/*.yaml --inventory flags.flagd.json --naming '^[a-z][a-z0-9-]*$'
+  stagegate flags audit --inventory flags.flagd.json --severity unused=off --max-age release=60d --format json")]
+    Audit {
+        /// Scenario files whose flags are audited (and which show which flags are rehearsed).
+        files: Vec<PathBuf>,
+        /// The flag inventory: a flagd flag file, governance in each flag's `metadata`
+        /// (`owner`, `category`, `expires`, `created`).
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// A regular expression every flag name must match (default: the inventory's
+        /// `metadata.naming`, if any).
+        #[arg(long, value_name = "REGEX")]
+        naming: Option<String>,
+        /// The longest a temporary flag may live, `CATEGORY=DURATION` (defaults
+        /// release=90d, experiment=180d). Repeatable.
+        #[arg(long, value_name = "CATEGORY=DURATION")]
+        max_age: Vec<String>,
+        /// A finding's severity, `KIND=error|warning|off` (e.g. `unused=off`). Repeatable.
+        #[arg(long, value_name = "KIND=LEVEL")]
+        severity: Vec<String>,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// The date to judge expiry and age against (default: today, UTC).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        today: Option<String>,
+    },
+}
+
 /// The documents `stagegate schema` describes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum SchemaOf {
@@ -199,6 +238,12 @@ pub enum Command {
         #[arg(long, default_value = "95%")]
         confidence: String,
     },
+    /// Flag governance: `stagegate flags audit`.
+    #[command(after_help = "Example:\n  stagegate flags audit scenarios/*.yaml --inventory flags.flagd.json")]
+    Flags {
+        #[command(subcommand)]
+        command: FlagsCommand,
+    },
     /// Print synthetic records from a schema as JSON lines.
     #[command(after_help = "Example:\n  stagegate data synthetic-data/orders.yaml --count 3 --seed 42")]
     Data {
@@ -245,6 +290,9 @@ pub fn execute(cli: Cli) -> i32 {
             print_out(&format!("{text}\n")).err().unwrap_or(exit::PROMOTE)
         }
         Command::Data { schema, count, seed } => data(&schema, count, seed),
+        Command::Flags {
+            command: FlagsCommand::Audit { files, inventory, naming, max_age, severity, format, today },
+        } => audit(&files, inventory.as_deref(), naming.as_deref(), &max_age, &severity, &format, today.as_deref()),
         Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
         Command::KvStore { port } => kv_store(port),
         Command::Cleanup { report_dir } => cleanup(&report_dir),
@@ -268,6 +316,88 @@ pub fn execute(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+fn audit(
+    files: &[PathBuf],
+    inventory: Option<&Path>,
+    naming: Option<&str>,
+    max_age: &[String],
+    severity: &[String],
+    format: &str,
+    today: Option<&str>,
+) -> i32 {
+    use crate::flags::audit::{Inventory, Rules, Severity};
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        exit::INVALID_INPUT
+    };
+    if files.is_empty() && inventory.is_none() {
+        return fail("nothing to audit: give scenario files, --inventory FILE, or both".into());
+    }
+    let today = match today {
+        None => chrono::Utc::now().date_naive(),
+        Some(t) => match chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            Ok(d) => d,
+            Err(_) => return fail(format!("--today `{t}` is not a date like 2027-03-01")),
+        },
+    };
+    let mut rules = Rules::new(today);
+    for s in severity {
+        if let Err(e) = rules.set_severity(s) {
+            return fail(format!("--severity {e}"));
+        }
+    }
+    for m in max_age {
+        if let Err(e) = rules.set_max_age(m) {
+            return fail(format!("--max-age {e}"));
+        }
+    }
+    let mut found = Inventory::default();
+    let mut naming = naming.map(str::to_string);
+    if let Some(path) = inventory {
+        let text = match crate::limits::read_bounded(path, crate::limits::SCENARIO_BYTES) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("cannot read the inventory {}: {e}", path.display())),
+        };
+        if let Err(e) = found.add_flagd(path, &text) {
+            return fail(e);
+        }
+        if naming.is_none() {
+            naming = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|d| d["metadata"]["naming"].as_str().map(str::to_string));
+        }
+    }
+    if let Some(pattern) = naming {
+        match regex::Regex::new(&pattern) {
+            Ok(r) => rules.naming = Some(r),
+            Err(e) => return fail(format!("the naming rule `{pattern}` is not a regular expression: {e}")),
+        }
+    }
+    let args = ScenarioArgs { set: Vec::new(), seed: None, deny_warnings: false };
+    for file in files {
+        match load(file, &args, "nothing was audited") {
+            Ok(plan) => found.add_scenario(file, &plan),
+            Err(code) => return code,
+        }
+    }
+    let findings = found.audit(&rules);
+    let text = if format == "json" {
+        let doc = serde_json::json!({
+            "today": today.to_string(),
+            "flags": found.flags.len(),
+            "errors": findings.iter().filter(|f| f.severity == Severity::Error).count(),
+            "findings": findings,
+        });
+        format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
+    } else {
+        crate::flags::audit::table(&findings, found.flags.len())
+    };
+    if let Err(code) = print_out(&text) {
+        return code;
+    }
+    if findings.iter().any(|f| f.severity == Severity::Error) { exit::ROLLBACK } else { exit::PROMOTE }
 }
 
 fn kv_store(port: u16) -> i32 {

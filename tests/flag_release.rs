@@ -89,3 +89,93 @@ fn a_promoted_run_has_no_rollback_plan() {
     assert_eq!(report["rollback"], serde_json::Value::Null);
     assert!(common::run_folders(reports.path()).iter().all(|d| !d.join("rollback.flagd.json").exists()));
 }
+
+#[test]
+fn the_flag_audit_reports_each_kind_of_finding_and_gates_on_errors() {
+    let out = stagegate(&[
+        "flags",
+        "audit",
+        "tests/flags/rehearsal.yaml",
+        "--inventory",
+        "tests/flags/inventory.flagd.json",
+        "--today",
+        "2026-12-01",
+        "--format",
+        "json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let found: Vec<(String, String, String)> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["flag"].as_str().unwrap().into(),
+                f["kind"].as_str().unwrap().into(),
+                f["severity"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let has = |flag: &str, kind: &str, severity: &str| {
+        assert!(
+            found.contains(&(flag.into(), kind.into(), severity.into())),
+            "no {severity} `{kind}` for `{flag}` in {found:?}"
+        );
+    };
+    has("orphan-flag", "missing-owner", "error");
+    has("unsorted-flag", "missing-category", "error");
+    has("kill-switch", "unknown-category", "error");
+    has("old-promo", "expired", "error");
+    has("endless-test", "no-expiry", "error");
+    has("ancient-release", "too-old", "warning");
+    has("admin-tools", "permanent-with-expiry", "warning");
+    has("Legacy_Flag", "naming", "error");
+    has("idle-flag", "unused", "warning");
+    has("shadow-pricing", "undefined", "error");
+    has("old-promo", "unrehearsed", "warning");
+    // The rehearsed, well-kept flag has nothing against it.
+    assert!(found.iter().all(|f| f.0 != "new-checkout"), "{found:?}");
+    assert_eq!(doc["errors"], 7);
+
+    // The table, and severities a team turns down: only warnings left, exit 0.
+    let mut args =
+        vec!["flags", "audit", "tests/flags/rehearsal.yaml", "--inventory", "tests/flags/inventory.flagd.json"];
+    args.extend_from_slice(&["--today", "2026-12-01"]);
+    let table = stagegate(&args);
+    assert!(text(&table).0.contains("ERROR    shadow-pricing   undefined"), "{}", text(&table).0);
+    for kind in ["missing-owner", "missing-category", "unknown-category", "expired", "no-expiry", "naming", "undefined"]
+    {
+        args.extend_from_slice(&["--severity"]);
+        args.push(Box::leak(format!("{kind}=warning").into_boxed_str()));
+    }
+    let relaxed = stagegate(&args);
+    assert_eq!(relaxed.status.code(), Some(0), "{:?}", text(&relaxed));
+    assert!(text(&relaxed).0.contains("0 error(s), 20 warning(s)"), "{}", text(&relaxed).0);
+
+    let clean = stagegate(&[
+        "flags",
+        "audit",
+        "tests/flags/clean.yaml",
+        "--inventory",
+        "tests/flags/clean.flagd.json",
+        "--today",
+        "2026-12-01",
+    ]);
+    assert_eq!(clean.status.code(), Some(0), "{:?}", text(&clean));
+    assert!(text(&clean).0.contains("1 flag(s) audited: 0 error(s), 0 warning(s)"), "{:?}", text(&clean));
+
+    // Bad input: exit 2, naming what is wrong.
+    for (args, says) in [
+        (vec!["flags", "audit"], "nothing to audit"),
+        (vec!["flags", "audit", "--inventory", "tests/flags/rehearsal.yaml"], "not JSON"),
+        (vec!["flags", "audit", "tests/flags/clean.yaml", "--severity", "stale=error"], "unknown finding `stale`"),
+        (vec!["flags", "audit", "tests/flags/clean.yaml", "--naming", "(["], "not a regular expression"),
+        (vec!["flags", "audit", "tests/flags/clean.yaml", "--today", "tomorrow"], "--today `tomorrow`"),
+    ] {
+        let out = stagegate(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
+        assert!(text(&out).1.contains(says), "{args:?}: {}", text(&out).1);
+    }
+}

@@ -13,7 +13,8 @@ from openfeature.evaluation_context import EvaluationContext
 
 def main() -> None:
     path, wanted, keys = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:] or ["any"]
-    api.set_provider(FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=path))
+    # Waits until the provider has read the file: a service would not serve before.
+    api.set_provider_and_wait(FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=path))
     client = api.get_client()
     getters = {
         "boolean": client.get_boolean_details,

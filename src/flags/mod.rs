@@ -5,6 +5,7 @@
 //! the system under test: over OFREP ([`ofrep`]), in a flagd file ([`flagd`]), in a
 //! header, or in a started target's environment.
 
+pub mod audit;
 pub mod flagd;
 pub mod ofrep;
 pub mod provider;
@@ -38,14 +39,42 @@ impl FlagType {
     }
 }
 
-/// What a flag is for (governance metadata, reported, not acted on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a flag is for (docs/flags.md): `release` and `experiment` flags are temporary
+/// (they should have an expiry, and go); `operational` and `permission` flags are
+/// permanent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
-    Operational,
-    Experimental,
     Release,
+    Experiment,
+    Operational,
     Permission,
+}
+
+impl Category {
+    /// Every category, as scenario files and inventories name them.
+    pub const NAMES: [&'static str; 4] = ["release", "experiment", "operational", "permission"];
+
+    /// The category named `name` (`experimental` is read as `experiment`).
+    pub fn parse(name: &str) -> Option<Category> {
+        match name {
+            "release" => Some(Category::Release),
+            "experiment" | "experimental" => Some(Category::Experiment),
+            "operational" => Some(Category::Operational),
+            "permission" => Some(Category::Permission),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether flags of this category are meant to go away.
+    pub fn temporary(self) -> bool {
+        matches!(self, Category::Release | Category::Experiment)
+    }
 }
 
 /// How flag states reach the system under test.

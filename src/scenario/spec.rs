@@ -376,9 +376,10 @@ pub struct FlagDefSpec {
     pub kind: String,
     /// The value when a stage does not set it.
     pub default: Value,
-    /// `operational`, `experimental`, `release` or `permission`.
+    /// `release`, `experiment`, `operational` or `permission` (docs/flags.md);
+    /// `experimental` is read as `experiment`, with a warning.
     #[serde(default)]
-    #[schemars(extend("enum" = ["operational", "experimental", "release", "permission", null]))]
+    #[schemars(extend("enum" = ["release", "experiment", "operational", "permission", "experimental", null]))]
     pub category: Option<String>,
     /// Who answers for the flag.
     #[serde(default)]

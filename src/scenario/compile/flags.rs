@@ -12,7 +12,7 @@ use crate::flags::{Category, FlagDef, FlagSet, FlagState, FlagType, Provider};
 use crate::sut::Target;
 
 const FLAG_TYPES: [&str; 5] = ["boolean", "string", "integer", "number", "object"];
-const CATEGORIES: [&str; 4] = ["operational", "experimental", "release", "permission"];
+const CATEGORIES: [&str; 4] = ["release", "experiment", "operational", "permission"];
 const PROVIDERS: [&str; 4] = ["ofrep", "flagd-file", "header", "env"];
 
 pub(super) fn compile_flags(ctx: &mut Ctx, root: &Map<String, Value>, target: &Option<Target>) -> Option<FlagSet> {
@@ -77,7 +77,11 @@ pub(super) fn compile_flags(ctx: &mut Ctx, root: &Map<String, Value>, target: &O
         let category = match d.category.as_deref() {
             None => None,
             Some("operational") => Some(Category::Operational),
-            Some("experimental") => Some(Category::Experimental),
+            Some("experiment") => Some(Category::Experiment),
+            Some("experimental") => {
+                ctx.warn(&join_key(&at, "category"), "`experimental` is now called `experiment`; write that");
+                Some(Category::Experiment)
+            }
             Some("release") => Some(Category::Release),
             Some("permission") => Some(Category::Permission),
             Some(other) => {

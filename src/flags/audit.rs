@@ -1,0 +1,375 @@
+//! `stagegate flags audit`: the flag inventory's governance, checked.
+//!
+//! Flags come from scenarios (their `flags.definitions`, and which stages set them) and,
+//! optionally, an inventory: a flagd flag file, whose flags carry their governance in
+//! flagd's flag `metadata` (`owner`, `category`, `expires`, `created`). Each rule gives
+//! findings of one kind; each kind has a severity (error, warning, or off) that the
+//! command line can change. Pure: the command reads the files and the date, and this
+//! module judges them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Category;
+
+/// How much a finding counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Off,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    fn parse(text: &str) -> Option<Severity> {
+        match text {
+            "error" => Some(Severity::Error),
+            "warning" | "warn" => Some(Severity::Warning),
+            "off" => Some(Severity::Off),
+            _ => None,
+        }
+    }
+}
+
+/// Every kind of finding: its name, default severity, and what it means.
+pub const KINDS: [(&str, Severity, &str); 11] = [
+    ("missing-owner", Severity::Error, "no owner: nobody answers for the flag"),
+    ("missing-category", Severity::Error, "no category: release, experiment, operational or permission"),
+    ("unknown-category", Severity::Error, "a category outside the taxonomy"),
+    ("expired", Severity::Error, "past its expiry date: remove it, or move the date with a reason"),
+    ("no-expiry", Severity::Error, "a temporary flag (release, experiment) without an expiry"),
+    ("too-old", Severity::Warning, "a temporary flag living past its category's maximum age"),
+    ("permanent-with-expiry", Severity::Warning, "a permanent flag (operational, permission) given an expiry"),
+    ("naming", Severity::Error, "a name that breaks the naming rule"),
+    ("unused", Severity::Warning, "defined in a scenario, but no stage sets it off its default"),
+    ("undefined", Severity::Error, "rehearsed by a scenario, but missing from the inventory"),
+    ("unrehearsed", Severity::Warning, "in the inventory, but no scenario rehearses it"),
+];
+
+/// The audit's settings.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub today: NaiveDate,
+    /// Names must match this, when given.
+    pub naming: Option<regex::Regex>,
+    /// The longest a temporary flag may live, in days, by category.
+    pub max_age_days: BTreeMap<Category, i64>,
+    pub severity: BTreeMap<&'static str, Severity>,
+}
+
+impl Rules {
+    /// The defaults: release flags live at most 90 days, experiments 180.
+    pub fn new(today: NaiveDate) -> Rules {
+        Rules {
+            today,
+            naming: None,
+            max_age_days: BTreeMap::from([(Category::Release, 90), (Category::Experiment, 180)]),
+            severity: KINDS.iter().map(|(k, s, _)| (*k, *s)).collect(),
+        }
+    }
+
+    /// Applies `KIND=SEVERITY`.
+    pub fn set_severity(&mut self, text: &str) -> Result<(), String> {
+        let (kind, level) = text.split_once('=').ok_or_else(|| format!("`{text}`: write KIND=error|warning|off"))?;
+        let level = Severity::parse(level).ok_or_else(|| format!("`{text}`: the severity is error, warning or off"))?;
+        let names: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
+        let kind = KINDS
+            .iter()
+            .find(|k| k.0 == kind)
+            .map(|k| k.0)
+            .ok_or_else(|| format!("`{text}`: unknown finding `{kind}`; the kinds are {}", names.join(", ")))?;
+        self.severity.insert(kind, level);
+        Ok(())
+    }
+
+    /// Applies `CATEGORY=DURATION` (`release=60d`).
+    pub fn set_max_age(&mut self, text: &str) -> Result<(), String> {
+        let (name, age) =
+            text.split_once('=').ok_or_else(|| format!("`{text}`: write CATEGORY=DURATION, e.g. release=60d"))?;
+        let category = Category::parse(name)
+            .filter(|c| c.temporary())
+            .ok_or_else(|| format!("`{text}`: a maximum age is for `release` or `experiment` flags"))?;
+        let days = humantime::parse_duration(age).map_err(|e| format!("`{text}`: {e}"))?.as_secs().div_ceil(86_400);
+        self.max_age_days.insert(category, days as i64);
+        Ok(())
+    }
+}
+
+/// One flag as the audit sees it, gathered from every source.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub key: String,
+    /// Where it is defined: scenario files and the inventory.
+    pub defined_in: Vec<PathBuf>,
+    pub in_inventory: bool,
+    /// Scenarios whose stages set it off its default.
+    pub rehearsed_by: Vec<PathBuf>,
+    /// Scenarios that define it but never set it.
+    pub unused_in: Vec<PathBuf>,
+    pub owner: Option<String>,
+    /// As written (it may be outside the taxonomy).
+    pub category: Option<String>,
+    pub expires: Option<NaiveDate>,
+    pub created: Option<NaiveDate>,
+}
+
+/// One thing wrong with one flag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub severity: Severity,
+    pub flag: String,
+    /// The file where it shows.
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// Every flag, by key, gathered from the sources.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub flags: BTreeMap<String, Entry>,
+    pub inventory_file: Option<PathBuf>,
+    pub scenarios: Vec<PathBuf>,
+}
+
+impl Inventory {
+    /// Takes in a checked scenario.
+    pub fn add_scenario(&mut self, file: &Path, plan: &crate::scenario::Plan) {
+        self.scenarios.push(file.to_path_buf());
+        for def in &plan.flags.definitions {
+            let e =
+                self.flags.entry(def.key.clone()).or_insert_with(|| Entry { key: def.key.clone(), ..Entry::default() });
+            e.defined_in.push(file.to_path_buf());
+            e.owner = e.owner.take().or(def.owner.clone());
+            e.category = e.category.take().or(def.category.map(|c| c.name().to_string()));
+            e.expires = e.expires.or(def.expires);
+            let set = plan
+                .stages
+                .iter()
+                .any(|s| s.flags.get(&def.key) != Some(&super::FlagState::Fixed(def.default.clone())));
+            if set {
+                e.rehearsed_by.push(file.to_path_buf());
+            } else {
+                e.unused_in.push(file.to_path_buf());
+            }
+        }
+    }
+
+    /// Takes in a flagd flag file (its text); governance comes from each flag's
+    /// `metadata`. Returns why it cannot be read.
+    pub fn add_flagd(&mut self, file: &Path, text: &str) -> Result<(), String> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("{}: not JSON ({e})", file.display()))?;
+        let flags = doc
+            .get("flags")
+            .and_then(Value::as_object)
+            .ok_or_else(|| format!("{}: no `flags` object: not a flagd flag file", file.display()))?;
+        self.inventory_file = Some(file.to_path_buf());
+        for (key, flag) in flags {
+            let meta = flag.get("metadata").cloned().unwrap_or(Value::Null);
+            let text = |name: &str| meta.get(name).and_then(Value::as_str).map(str::to_string);
+            let date = |name: &str| -> Result<Option<NaiveDate>, String> {
+                match meta.get(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => NaiveDate::parse_from_str(s, "%Y-%m-%d").map(Some).map_err(|_| {
+                        format!("{}: flags.{key}.metadata.{name}: `{s}` is not a date like 2027-03-01", file.display())
+                    }),
+                    Some(other) => Err(format!(
+                        "{}: flags.{key}.metadata.{name}: {other} is not a date like \"2027-03-01\"",
+                        file.display()
+                    )),
+                }
+            };
+            let (expires, created) = (date("expires")?, date("created")?);
+            let e = self.flags.entry(key.clone()).or_insert_with(|| Entry { key: key.clone(), ..Entry::default() });
+            e.in_inventory = true;
+            e.defined_in.insert(0, file.to_path_buf());
+            // The inventory is the record: its governance wins over a scenario's copy.
+            e.owner = text("owner").or(e.owner.take());
+            e.category = text("category").or(e.category.take());
+            e.expires = expires.or(e.expires);
+            e.created = created;
+        }
+        Ok(())
+    }
+
+    /// Every finding, worst first, then by flag.
+    pub fn audit(&self, rules: &Rules) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for e in self.flags.values() {
+            let home = e.defined_in.first().cloned().unwrap_or_default();
+            let mut say = |kind: &'static str, file: &Path, message: String| {
+                let severity = rules.severity.get(kind).copied().unwrap_or(Severity::Error);
+                if severity != Severity::Off {
+                    out.push(Finding { kind, severity, flag: e.key.clone(), file: file.to_path_buf(), message });
+                }
+            };
+            if e.owner.as_deref().is_none_or(|o| o.trim().is_empty()) {
+                say("missing-owner", &home, "no owner".into());
+            }
+            let category = match e.category.as_deref() {
+                None => {
+                    say("missing-category", &home, "no category".into());
+                    None
+                }
+                Some(c) => match Category::parse(c) {
+                    Some(cat) => Some(cat),
+                    None => {
+                        say(
+                            "unknown-category",
+                            &home,
+                            format!("category `{c}` is not one of {}", Category::NAMES.join(", ")),
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(date) = e.expires
+                && date < rules.today
+            {
+                say("expired", &home, format!("expired on {date}"));
+            }
+            if let Some(cat) = category {
+                if cat.temporary() && e.expires.is_none() {
+                    say("no-expiry", &home, format!("no expiry on this {} flag: temporary flags need one", cat.name()));
+                }
+                if !cat.temporary()
+                    && let Some(date) = e.expires
+                {
+                    say("permanent-with-expiry", &home, format!("a permanent {} flag expiring on {date}", cat.name()));
+                }
+                if let Some(max) = rules.max_age_days.get(&cat) {
+                    let age = e.created.map(|c| (rules.today - c).num_days());
+                    let planned = match (e.created, e.expires) {
+                        (Some(c), Some(x)) => Some((x - c).num_days()),
+                        (None, Some(x)) => Some((x - rules.today).num_days()),
+                        _ => None,
+                    };
+                    if let Some(age) = age.filter(|a| a > max) {
+                        say("too-old", &home, format!("{age} days old; {} flags live at most {max} days", cat.name()));
+                    } else if let Some(life) = planned.filter(|l| l > max) {
+                        say(
+                            "too-old",
+                            &home,
+                            format!("set to live {life} days; {} flags live at most {max} days", cat.name()),
+                        );
+                    }
+                }
+            }
+            if let Some(rule) = &rules.naming
+                && !rule.is_match(&e.key)
+            {
+                say("naming", &home, format!("the name does not match `{}`", rule.as_str()));
+            }
+            if e.rehearsed_by.is_empty() {
+                for file in &e.unused_in {
+                    say("unused", file, "defined, but no stage sets it off its default".into());
+                }
+            }
+            if let Some(inventory) = &self.inventory_file {
+                if !e.in_inventory {
+                    for file in e.rehearsed_by.iter().chain(e.unused_in.iter()).take(1) {
+                        say("undefined", file, format!("not in the inventory {}", inventory.display()));
+                    }
+                } else if !self.scenarios.is_empty() && e.rehearsed_by.is_empty() {
+                    say("unrehearsed", inventory, "no scenario given rehearses it".into());
+                }
+            }
+        }
+        out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.flag.cmp(&b.flag)).then(a.kind.cmp(b.kind)));
+        out
+    }
+}
+
+/// The findings as a table, with a last line counting them.
+pub fn table(findings: &[Finding], flags: usize) -> String {
+    let mut s = String::new();
+    if !findings.is_empty() {
+        let w = findings.iter().map(|f| f.flag.len()).max().unwrap_or(4).max(4);
+        s.push_str(&format!("{:<7}  {:<w$}  {:<21}  {}\n", "level", "flag", "finding", "detail"));
+        for f in findings {
+            let level = match f.severity {
+                Severity::Error => "ERROR",
+                Severity::Warning => "warning",
+                Severity::Off => "off",
+            };
+            s.push_str(&format!("{level:<7}  {:<w$}  {:<21}  {} ({})\n", f.flag, f.kind, f.message, f.file.display()));
+        }
+        s.push('\n');
+    }
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    s.push_str(&format!("{flags} flag(s) audited: {errors} error(s), {} warning(s)\n", findings.len() - errors));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn kinds(found: &[Finding], flag: &str) -> Vec<&'static str> {
+        found.iter().filter(|f| f.flag == flag).map(|f| f.kind).collect()
+    }
+
+    #[test]
+    fn each_rule_finds_its_own_kind_in_an_inventory() {
+        let text = r#"{ "flags": {
+            "ok-release": { "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "release", "created": "2026-11-01", "expires": "2027-01-01" } },
+            "no-owner": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "category": "operational" } },
+            "no-category": { "state": "ENABLED", "variants": {}, "defaultVariant": "off", "metadata": { "owner": "a" } },
+            "odd-category": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "killswitch" } },
+            "gone": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "release", "expires": "2026-11-01" } },
+            "forever": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "experiment" } },
+            "old": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "release", "created": "2026-01-01", "expires": "2027-06-01" } },
+            "perm": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "permission", "expires": "2027-06-01" } },
+            "Bad_Name": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "operational" } }
+        } }"#;
+        let mut inv = Inventory::default();
+        inv.add_flagd(Path::new("flags.json"), text).unwrap();
+        let mut rules = Rules::new(date("2026-12-01"));
+        rules.naming = Some(regex::Regex::new("^[a-z][a-z0-9-]*$").unwrap());
+        let found = inv.audit(&rules);
+        assert!(kinds(&found, "ok-release").is_empty(), "{found:?}");
+        assert_eq!(kinds(&found, "no-owner"), ["missing-owner"]);
+        assert_eq!(kinds(&found, "no-category"), ["missing-category"]);
+        assert_eq!(kinds(&found, "odd-category"), ["unknown-category"]);
+        assert_eq!(kinds(&found, "gone"), ["expired"]);
+        assert_eq!(kinds(&found, "forever"), ["no-expiry"]);
+        assert_eq!(kinds(&found, "old"), ["too-old"]);
+        assert_eq!(kinds(&found, "perm"), ["permanent-with-expiry"]);
+        assert_eq!(kinds(&found, "Bad_Name"), ["naming"]);
+        assert_eq!(found[0].severity, Severity::Error, "errors first");
+
+        rules.set_severity("expired=off").unwrap();
+        rules.set_max_age("release=600d").unwrap();
+        let found = inv.audit(&rules);
+        assert!(kinds(&found, "gone").is_empty() && kinds(&found, "old").is_empty(), "{found:?}");
+        assert!(rules.set_severity("bogus=error").unwrap_err().contains("the kinds are missing-owner"));
+        assert!(rules.set_max_age("permission=1d").is_err());
+    }
+
+    #[test]
+    fn a_flagd_file_with_a_bad_date_is_refused_naming_the_field() {
+        let mut inv = Inventory::default();
+        let e = inv
+            .add_flagd(Path::new("f.json"), r#"{"flags": {"x": {"metadata": {"expires": "next year"}}}}"#)
+            .unwrap_err();
+        assert!(e.contains("f.json: flags.x.metadata.expires: `next year`"), "{e}");
+        assert!(inv.add_flagd(Path::new("f.json"), "[]").unwrap_err().contains("not a flagd flag file"));
+    }
+}
