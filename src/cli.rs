@@ -229,8 +229,9 @@ pub enum Command {
         /// The run to judge.
         new: PathBuf,
         /// How much slower NEW's latency may be: relative (`10%`) or absolute (`+5ms`).
-        #[arg(long, default_value = "10%")]
-        max_regression: String,
+        /// Default: 10% of OLD's median, but at least 2 ms.
+        #[arg(long)]
+        max_regression: Option<String>,
         /// How much higher NEW's error rate may be, in percentage points.
         #[arg(long, default_value = "1%")]
         max_error_rise: String,
@@ -298,7 +299,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Cleanup { report_dir } => cleanup(&report_dir),
         Command::Report { run_dir, format } => rerender(&run_dir, &format),
         Command::Compare { old, new, max_regression, max_error_rise, confidence } => {
-            crate::report::diff::command(&old, &new, &max_regression, &max_error_rise, &confidence)
+            crate::report::diff::command(&old, &new, max_regression.as_deref(), &max_error_rise, &confidence)
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();
@@ -663,7 +664,9 @@ fn run(
         RunFolder::Under(root) => root.join("run"),
         RunFolder::Exact(dir) => dir.clone(),
     };
-    if let Err(e) = crate::report::files::check_paths(&future, wanted) {
+    if let Err(e) = crate::report::files::check_paths(&future, wanted, "--report")
+        .and_then(|()| crate::report::files::check_step_summary(wanted))
+    {
         eprintln!("error: {e}; {NOT_RUN}");
         return exit::INVALID_INPUT;
     }
@@ -686,12 +689,17 @@ fn run(
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
-            // `--out` names a folder that cannot be the run's: the argument is wrong.
-            return if matches!(folder, RunFolder::Exact(_)) { exit::INVALID_INPUT } else { exit::RUN_BROKEN };
+            // `--out` names a folder that cannot be the run's, or `--report-dir` something
+            // that is not a folder: the argument is wrong.
+            let wrong = match folder {
+                RunFolder::Exact(_) => true,
+                RunFolder::Under(root) => root.exists() && !root.is_dir(),
+            };
+            return if wrong { exit::INVALID_INPUT } else { exit::RUN_BROKEN };
         }
     };
     if let RunFolder::Under(root) = folder {
-        point_latest(root, &run_id);
+        point_latest(root, &run_id, quiet);
     }
     let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     let code = runtime.block_on(async move {
@@ -791,14 +799,18 @@ fn run_folder(root: &Path, name: &str) -> std::io::Result<(PathBuf, String)> {
 
 /// `stagegate report`: the formats asked for, from a saved report.json.
 fn rerender(run_dir: &Path, wanted: &[crate::report::files::Wanted]) -> i32 {
-    let doc = match crate::report::diff::read_report(run_dir) {
+    // The folder itself, not a link to it (`reports/latest` moves on with the next run);
+    // for a report.json given as a file, its folder.
+    let real = std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+    let doc = match crate::report::diff::read_report(&real) {
         Ok(doc) => doc,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::INVALID_INPUT;
         }
     };
-    if let Err(e) = crate::report::files::check_paths(run_dir, wanted) {
+    let run_dir = if real.is_file() { real.parent().unwrap_or(Path::new(".")) } else { real.as_path() };
+    if let Err(e) = crate::report::files::check_paths(run_dir, wanted, "--format") {
         eprintln!("error: {e}");
         return exit::INVALID_INPUT;
     }
@@ -808,7 +820,9 @@ fn rerender(run_dir: &Path, wanted: &[crate::report::files::Wanted]) -> i32 {
             Ok(path) => println!("{}", path.display()),
             Err(e) => {
                 eprintln!("error: {e}");
-                code = exit::RUN_BROKEN;
+                // What the saved report holds cannot be rendered: bad input, not a broken write.
+                let bad_input = e.starts_with("cannot render");
+                code = code.max(if bad_input { exit::INVALID_INPUT } else { exit::RUN_BROKEN });
             }
         }
     }
@@ -823,6 +837,14 @@ fn exact_folder(dir: &Path) -> Result<(PathBuf, String), String> {
     if entries.next().is_some() {
         return Err(format!("--out {} is not empty; give an empty or new folder (or remove it first)", dir.display()));
     }
+    // The run's record goes there first: a folder no file can be made in is refused now.
+    let probe = dir.join(format!(".stagegate-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| format!("--out {}: cannot write in it: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
     let id = std::fs::canonicalize(dir)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -833,10 +855,13 @@ fn exact_folder(dir: &Path) -> Result<(PathBuf, String), String> {
 /// Points `ROOT/latest` at the run `id` (a relative link, replaced atomically), so a CI
 /// job or a person finds the newest run without globbing. Best effort: a file system
 /// without links just has none.
-fn point_latest(root: &Path, id: &str) {
+fn point_latest(root: &Path, id: &str, quiet: bool) {
     let link = root.join("latest");
     // Something of the user's own by that name is left alone.
     if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
+        if quiet {
+            return;
+        }
         eprintln!(
             "warning: {} is not a link stagegate made; left as it is, so it does not name this run",
             link.display()

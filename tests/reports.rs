@@ -77,7 +77,12 @@ fn one_run_writes_junit_markdown_html_and_an_interval_log_that_hold_up() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     let criteria = report["assessments"].as_array().unwrap().len();
-    assert_eq!(junit.matches("<testcase ").count(), criteria, "{junit}");
+    // An INCONCLUSIVE run (a busy machine can make it one) adds a failed verdict case.
+    let undecided = usize::from(report["verdict"] == "INCONCLUSIVE");
+    assert_eq!(junit.matches("<testcase ").count(), criteria + undecided, "{junit}");
+    if undecided == 1 {
+        assert!(junit.contains("<testcase name=\"the verdict\"") && junit.contains("type=\"INCONCLUSIVE\""), "{junit}");
+    }
     assert!(junit.contains("name=\"candidate: latency.p99 &lt; 250ms\""), "{junit}");
 
     // Markdown: the verdict first, here and in the step summary.
@@ -133,11 +138,7 @@ fn one_run_writes_junit_markdown_html_and_an_interval_log_that_hold_up() {
     let log = String::from_utf8_lossy(&dom.stderr);
     assert!(dom.status.success(), "{log}");
     let stages = report["stages"].as_array().unwrap().len();
-    assert_eq!(
-        dom_text.matches("<svg").count(),
-        3 * stages - 1,
-        "three charts per stage, the first not against itself"
-    );
+    assert_eq!(dom_text.matches("<svg").count(), 4 * stages - 1, "four charts per stage, the first not against itself");
     assert!(dom_text.contains("latency over time"), "{dom_text}");
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
@@ -164,7 +165,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn tiny_run(reports: &Path, extra: &[&str]) -> std::path::PathBuf {
     let out_dir = reports.join(format!("run-{}", std::fs::read_dir(reports).map_or(0, |d| d.count())));
     let mut args = vec!["run", "-q", "tests/scenarios/tiny.yaml", "--out", out_dir.to_str().unwrap()];
-    args.extend_from_slice(&["--set", "workload.duration=6s", "--set", "stages[0].faults=[]"]);
+    // tiny's baseline has a fault from 1 s on: a stage whose latency moves mid-way.
+    args.extend_from_slice(&["--set", "workload.duration=6s"]);
     args.extend_from_slice(extra);
     let out = stagegate(&args);
     let (stdout, stderr) = text(&out);
@@ -179,12 +181,15 @@ fn compare_tells_a_regressed_run_from_a_repeat() {
     let repeat = tiny_run(reports.path(), &[]);
     let slower = tiny_run(reports.path(), &["--set", "stages[1].faults=[{kind: latency, at: store, delay: 30ms}]"]);
 
+    // The faulted stage compares window against window, so its mid-stage step is no
+    // drift. (+5 ms: the suite's parallel tests move a repeat by more than the 2 ms
+    // default.)
     let same = stagegate(&["compare", first.to_str().unwrap(), repeat.to_str().unwrap(), "--max-regression", "+5ms"]);
     let (stdout, stderr) = text(&same);
     assert_eq!(same.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("no regression"), "{stdout}");
 
-    let worse = stagegate(&["compare", first.to_str().unwrap(), slower.to_str().unwrap(), "--max-regression", "+5ms"]);
+    let worse = stagegate(&["compare", first.to_str().unwrap(), slower.to_str().unwrap()]);
     let (stdout, stderr) = text(&worse);
     assert_eq!(worse.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("NEW regressed: latency in `candidate`"), "{stdout}");
@@ -228,6 +233,37 @@ fn report_paths_are_checked_before_anything_runs() {
     refused(&[&format!("html={root}")], "names a folder");
     refused(&["junit=summary.md", "markdown"], "is where the junit report goes");
     refused(&["html=report.json"], "is where the json report goes");
+    refused(&["junit=run.json"], "the run's own");
+    refused(&["junit=../latest"], "`latest` is the link to the newest run");
+    refused(&["junit=sub/."], "names a folder");
+    refused(&["junit=/proc/stagegate.xml"], "cannot write in /proc");
+    // Only a regular file is replaced: not a pipe, not a link (to a device, say).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let fifo = elsewhere.path().join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    refused(&[&format!("hlog={}", fifo.display())], "stagegate replaces only regular files");
+    let link = elsewhere.path().join("to-null");
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    refused(&[&format!("junit={}", link.display())], "stagegate replaces only regular files");
+    // Two names for one file, through a linked folder.
+    let real = elsewhere.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, elsewhere.path().join("alias")).unwrap();
+    refused(
+        &[&format!("junit={}/x.xml", real.display()), &format!("html={}/alias/x.xml", elsewhere.path().display())],
+        "is where the junit report goes",
+    );
+    // A job summary that cannot take the summary is found before the run, and a pipe
+    // there is refused, not waited on.
+    let out = Command::new(common::bin())
+        .args(["run", "tests/scenarios/tiny.yaml", "--report-dir", root, "--report", "markdown"])
+        .env("GITHUB_STEP_SUMMARY", &fifo)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    assert!(text(&out).1.contains("GITHUB_STEP_SUMMARY"), "{:?}", text(&out));
+    assert!(common::run_folders(reports.path()).is_empty(), "nothing ran");
 
     // Inside the run's folder, sub-folders are made; next to it, an existing folder is used.
     let beside = reports.path().join("beside.xml");
@@ -263,7 +299,10 @@ fn quiet_prints_the_verdict_and_what_decided_it_and_a_log_gets_plain_progress() 
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "verdict: ROLLBACK  (seed 3)", "{stdout}");
     assert!(lines[1].contains("stage `candidate`: `latency.p99 < 20ms` failed: measured"), "{stdout}");
-    assert_eq!(lines.len(), 2, "only the verdict and the failed criterion: {stdout}");
+    // And the flag change that undoes it.
+    assert!(lines[2].starts_with("rollback: set new-enricher true → false"), "{stdout}");
+    assert!(lines[3].contains("rollback.flagd.json"), "{stdout}");
+    assert_eq!(lines.len(), 4, "only the verdict, the failed criterion and the rollback plan: {stdout}");
 
     // Without -q and without a terminal: one plain progress line a second, with the
     // figures and the faults active.
@@ -306,4 +345,60 @@ fn on_a_terminal_the_progress_is_one_live_line() {
         .unwrap_or_else(|| panic!("no live line for the second stage with its fault: {seen:?}"));
     assert!(live.contains("/s  p99 ") && live.contains("errors 0"), "{live:?}");
     assert!(seen.contains("stage `candidate` finished"), "messages print above the live line: {seen:?}");
+}
+
+#[test]
+fn a_hostile_saved_report_is_refused_or_rendered_within_bounds() {
+    let reports = tempfile::tempdir().unwrap();
+    let good = tiny_run(reports.path(), &[]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(good.join("report.json")).unwrap()).unwrap();
+    let variant = |name: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = doc.clone();
+        change(&mut d);
+        let dir = reports.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("report.json"), d.to_string()).unwrap();
+        dir
+    };
+    let render = |dir: &Path| {
+        let mut child = Command::new(common::bin())
+            .args(["report", dir.to_str().unwrap(), "--format", "html", "--format", "hlog", "--format", "markdown"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a crafted number must not spin the renderer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`stagegate report {}` did not finish in 30 s", dir.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    // Too many stages, a window at 1e300 s: refused as bad input, naming the field.
+    let many = variant("many", &|d| d["stages"] = serde_json::Value::Array(vec![serde_json::json!({}); 5000]));
+    let far = variant("far", &|d| d["stages"][0]["windows"][0]["from_secs"] = serde_json::json!(1e300));
+    for (dir, says) in [(many, "5000 stages, more than the 1000"), (far, "stages[0].windows[0].from_secs")] {
+        let out = render(&dir);
+        assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+        assert!(text(&out).1.contains(says), "{:?}", text(&out));
+    }
+    // Numbers that overflow a chart's axis, and markup where a seed should be: drawn
+    // without them, escaped.
+    let huge = variant("huge", &|d| {
+        d["stages"][1]["series"]["points"][0]["p99_ms"] = serde_json::json!(1.7e308);
+        d["stages"][1]["metrics"]["latency"]["max"] = serde_json::json!(1.7e308);
+        d["seed"] = serde_json::json!("<script>alert(1)</script>");
+        d["stages"][0]["name"] = serde_json::json!("[x](javascript:alert(1)) <img src=x>");
+    });
+    let out = render(&huge);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let html = std::fs::read_to_string(huge.join("report.html")).unwrap();
+    assert!(!html.contains("<script") && !html.contains("<img"), "markup escaped");
+    let md = std::fs::read_to_string(huge.join("summary.md")).unwrap();
+    assert!(!md.contains("<script") && !md.contains("<img") && !md.contains("[x](javascript"), "{md}");
 }

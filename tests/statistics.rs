@@ -1,12 +1,13 @@
 //! The comparison statistics pinned against an independent implementation: scipy's
 //! `mannwhitneyu` (from PyPI) on fixed data sets, with ties, small samples and every
-//! alternative, must give the same p-values within 1e-6.
+//! alternative, must give the same p-values within 1e-6; and scipy's `wilcoxon` for the
+//! signed-rank test that compares two runs window against window.
 
 mod common;
 
 use std::process::Command;
 
-use stagegate::verdict::stats::{Alternative, Method, holm, mann_whitney};
+use stagegate::verdict::stats::{Alternative, Method, holm, mann_whitney, signed_rank};
 
 /// Fixed data sets: (name, x, y).
 fn data_sets() -> Vec<(&'static str, Vec<f64>, Vec<f64>)> {
@@ -83,6 +84,41 @@ fn mann_whitney_agrees_with_scipy_within_1e_6() {
         }
         assert!((p - q).abs() < 1e-6, "{what}: stagegate {p}, scipy {q}");
     }
+}
+
+#[test]
+fn signed_rank_agrees_with_scipy_within_1e_6() {
+    // Differences of paired windows: with ties, zeros, one sign only, and mixed.
+    let sets: Vec<(&str, Vec<f64>)> = vec![
+        ("mixed", vec![0.4, -1.2, 2.5, 0.9, -0.3, 1.7, 3.1, -0.8, 0.6, 1.1]),
+        ("ties and zeros", vec![1.0, -1.0, 1.0, 0.0, 2.0, -2.0, 2.0, 0.0, 3.0, 1.0, -0.5, 0.5]),
+        ("all below", (0..40).map(|i| -0.1 - ((i * 7) % 11) as f64 * 0.01).collect()),
+        ("one value repeated", vec![-0.02; 40]),
+        ("window differences", (0..40).map(|i| ((i * 37) % 41) as f64 * 0.05 - 0.9).collect()),
+    ];
+    let mut script = String::from("from scipy.stats import wilcoxon\n");
+    let mut ours = Vec::new();
+    for (name, d) in &sets {
+        for (alt, alt_name) in
+            [(Alternative::Greater, "greater"), (Alternative::Less, "less"), (Alternative::TwoSided, "two-sided")]
+        {
+            script.push_str(&format!(
+                "print(repr(float(wilcoxon({}, zero_method='wilcox', correction=False, alternative='{alt_name}', method='approx').pvalue)))\n",
+                list(d)
+            ));
+            ours.push((format!("{name}, {alt_name}"), signed_rank(d, alt).unwrap()));
+        }
+    }
+    common::require_python(&["scipy"], "scipy");
+    let out = Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<f64> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse::<f64>().unwrap()).collect();
+    assert_eq!(theirs.len(), ours.len());
+    for ((what, p), q) in ours.iter().zip(&theirs) {
+        assert!((p - q).abs() < 1e-6, "{what}: stagegate {p}, scipy {q}");
+    }
+    assert_eq!(signed_rank(&[0.0, 0.0], Alternative::Greater), None, "no difference at all: no test");
 }
 
 #[test]

@@ -28,6 +28,7 @@ pub fn read_report(at: &Path) -> Result<Value, String> {
     if !doc["stages"].is_array() || !doc["scenario"].is_string() {
         return Err(format!("{} is not a stagegate report (no `scenario` and `stages`)", file.display()));
     }
+    check_shape(&doc).map_err(|e| format!("{}: {e}", file.display()))?;
     if let Some(v) = doc["report_version"].as_u64()
         && v > u64::from(super::REPORT_VERSION)
     {
@@ -38,6 +39,56 @@ pub fn read_report(at: &Path) -> Result<Value, String> {
         ));
     }
     Ok(doc)
+}
+
+/// The most of each list a saved report may hold: more than any run writes, few enough
+/// that rendering and comparing stay bounded in time and memory.
+const MAX_STAGES: usize = 1000;
+const MAX_POINTS: usize = 2 * crate::measure::series::MAX_POINTS as usize;
+const MAX_WINDOWS: usize = 200;
+const MAX_HISTOGRAMS: usize = 64;
+const MAX_ROWS: usize = 100_000;
+
+/// Checks what rendering and comparing read: list sizes, stage names (unique strings),
+/// and numbers that must be finite.
+fn check_shape(doc: &Value) -> Result<(), String> {
+    let none = Vec::new();
+    let stages = doc["stages"].as_array().unwrap_or(&none);
+    if stages.len() > MAX_STAGES {
+        return Err(format!("{} stages, more than the {MAX_STAGES} a report may hold", stages.len()));
+    }
+    for key in ["assessments", "faults", "reasons", "warnings", "overrides"] {
+        if doc[key].as_array().is_some_and(|a| a.len() > MAX_ROWS) {
+            return Err(format!("`{key}` holds more than {MAX_ROWS} entries"));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, st) in stages.iter().enumerate() {
+        let Some(name) = st["name"].as_str() else {
+            return Err(format!("stages[{i}].name is not a string"));
+        };
+        if !names.insert(name) {
+            return Err(format!("stages[{i}]: the stage name `{name}` comes twice"));
+        }
+        let len = |v: &Value| v.as_array().map_or(0, Vec::len);
+        for (key, max) in [("series.points", MAX_POINTS), ("windows", MAX_WINDOWS), ("histograms", MAX_HISTOGRAMS)] {
+            let v = key.split('.').fold(st, |v, k| &v[k]);
+            if len(v) > max {
+                return Err(format!("stages[{i}].{key} holds {} entries, more than {max}", len(v)));
+            }
+        }
+        for (j, w) in st["windows"].as_array().unwrap_or(&none).iter().enumerate() {
+            for k in ["from_secs", "p50_ms", "p99_ms"] {
+                if w[k].as_f64().is_some_and(|x| !(0.0..1e12).contains(&x)) {
+                    return Err(format!("stages[{i}].windows[{j}].{k} is {}, outside [0, 1e12)", w[k]));
+                }
+            }
+            if w["errors"].as_u64() > w["requests"].as_u64() {
+                return Err(format!("stages[{i}].windows[{j}] has more errors than requests"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One stage compared.
@@ -54,7 +105,8 @@ pub struct StageDiff {
 /// The options of a comparison of runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    pub latency: Tolerance,
+    /// `None`: 10% of OLD's median, at least 2 ms ([`default_tolerance`]).
+    pub latency: Option<Tolerance>,
     pub errors: f64,
     pub confidence: f64,
 }
@@ -87,9 +139,11 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
             candidate_errors: count(n, "errors"),
             baseline_errors: count(o, "errors"),
             judged_secs,
+            paired: true,
         };
+        let latency = options.latency.unwrap_or_else(|| default_tolerance(o["metrics"]["latency"]["p50"].as_f64()));
         for (metric, tolerance) in
-            [(CompareMetric::Latency, options.latency), (CompareMetric::Errors, Tolerance::Relative(options.errors))]
+            [(CompareMetric::Latency, latency), (CompareMetric::Errors, Tolerance::Relative(options.errors))]
         {
             let spec = Compare {
                 metric,
@@ -202,6 +256,15 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
     Ok(out)
 }
 
+/// The latency tolerance when none is given: 10% of OLD's median, but at least 2 ms
+/// (below that, two runs of one release on a shared machine differ by more).
+pub fn default_tolerance(old_p50_ms: Option<f64>) -> Tolerance {
+    match old_p50_ms {
+        Some(p50) if p50 * 0.10 >= 2.0 => Tolerance::Relative(0.10),
+        _ => Tolerance::AbsoluteMs(2.0),
+    }
+}
+
 fn field_name(f: &str) -> &'static str {
     match f {
         "lost" => "data.lost",
@@ -227,22 +290,21 @@ fn span_secs(w: &[Window]) -> f64 {
 }
 
 /// The `stagegate compare` command.
-pub fn command(old: &Path, new: &Path, max_regression: &str, max_error_rise: &str, confidence: &str) -> i32 {
+pub fn command(old: &Path, new: &Path, max_regression: Option<&str>, max_error_rise: &str, confidence: &str) -> i32 {
     let bad = |e: String| {
         eprintln!("error: {e}");
         exit::INVALID_INPUT
     };
-    let t = max_regression.trim();
-    let latency = if t.ends_with('%') {
-        match units::parse_fraction(t) {
-            Ok(f) => Tolerance::Relative(f),
+    let latency = match max_regression.map(str::trim) {
+        None => None,
+        Some(t) if t.ends_with('%') => match units::parse_fraction(t) {
+            Ok(f) => Some(Tolerance::Relative(f)),
             Err(e) => return bad(format!("--max-regression `{t}`: {e}")),
-        }
-    } else {
-        match units::parse_duration(t.trim_start_matches('+')) {
-            Ok(d) => Tolerance::AbsoluteMs(d.as_secs_f64() * 1000.0),
+        },
+        Some(t) => match units::parse_duration(t.trim_start_matches('+')) {
+            Ok(d) => Some(Tolerance::AbsoluteMs(d.as_secs_f64() * 1000.0)),
             Err(e) => return bad(format!("--max-regression `{t}`: {e} (or a share like `10%`)")),
-        }
+        },
     };
     let errors = match units::parse_fraction(max_error_rise) {
         Ok(f) => f,

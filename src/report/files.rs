@@ -96,30 +96,57 @@ pub fn target(dir: &Path, wanted: &Wanted) -> PathBuf {
 
 /// Checks, before anything runs, that each file in `wanted` can be written: a path
 /// inside the run's folder always can (its sub-folders are made there); one outside it
-/// (absolute, or leaving it with `..`) needs an existing, writable folder and must not
-/// be a folder itself. Two formats may not share a file, nor take report.json's place.
-pub fn check_paths(run_dir: &Path, wanted: &[Wanted]) -> Result<(), String> {
-    let json = std::path::absolute(run_dir.join("report.json")).unwrap_or_default();
+/// (absolute, or leaving it with `..`) needs an existing folder where a file can be
+/// made. A path must name a file (not a folder), and only a regular file is replaced
+/// (never a link, a device or a pipe). Two formats may not share a file (links
+/// resolved), nor take the place of report.json, the run's record, its logs or the
+/// `latest` link.
+pub fn check_paths(run_dir: &Path, wanted: &[Wanted], flag: &str) -> Result<(), String> {
+    let json = where_it_lands(&run_dir.join("report.json"));
     let mut seen: Vec<(PathBuf, &Wanted)> = vec![(json, &JSON)];
     for w in wanted {
         let named = || match &w.path {
-            Some(p) => format!("--report {}={}", w.format.name(), p.display()),
-            None => format!("--report {}", w.format.name()),
+            Some(p) => format!("{flag} {}={}", w.format.name(), p.display()),
+            None => format!("{flag} {}", w.format.name()),
         };
         let path = match &w.path {
             None => PathBuf::from(w.format.default_name()),
             Some(p) => p.clone(),
         };
+        let text = path.to_string_lossy();
         let inside = path.is_relative() && !path.components().any(|c| matches!(c, std::path::Component::ParentDir));
         let full = lexical(&run_dir.join(&path));
         if path.file_name().is_none()
-            || w.path.as_ref().is_some_and(|p| p.to_string_lossy().ends_with('/'))
+            || text.ends_with('/')
+            || text.ends_with("/.")
+            || text.ends_with("/..")
+            || text == "."
             || full.is_dir()
         {
             return Err(format!("{}: names a folder; name a file", named()));
         }
+        let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.len() > 200 {
+            return Err(format!("{}: a file name of {} bytes is too long (at most 200)", named(), name.len()));
+        }
+        if let Ok(m) = std::fs::symlink_metadata(&full)
+            && !m.is_file()
+        {
+            return Err(format!(
+                "{}: {} is a link, a device or a pipe; stagegate replaces only regular files",
+                named(),
+                full.display()
+            ));
+        }
+        let parent = full.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let root = lexical(run_dir);
+        if parent == root && (name == "run.json" || name == "run.lock" || name.ends_with(".log")) {
+            return Err(format!("{}: {name} in the run's folder is the run's own (its record, lock or logs)", named()));
+        }
+        if name == "latest" && Some(parent) == root.parent() {
+            return Err(format!("{}: `latest` is the link to the newest run", named()));
+        }
         if !inside {
-            let parent = full.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if !parent.is_dir() {
                 return Err(format!(
                     "{}: the folder {} does not exist (stagegate makes folders only inside the run's folder)",
@@ -127,11 +154,22 @@ pub fn check_paths(run_dir: &Path, wanted: &[Wanted]) -> Result<(), String> {
                     parent.display()
                 ));
             }
-            if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_err() {
-                return Err(format!("{}: the folder {} is not writable", named(), parent.display()));
+            // A file must be creatable there (a read-only mount, /proc, /sys refuse)...
+            let probe = parent.join(format!(".stagegate-probe-{}", std::process::id()));
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                }
+                Err(e) => return Err(format!("{}: cannot write in {}: {e}", named(), parent.display())),
+            }
+            // ...and a file already there replaceable (not immutable).
+            if full.is_file()
+                && let Err(e) = std::fs::OpenOptions::new().append(true).open(&full)
+            {
+                return Err(format!("{}: cannot replace {}: {e}", named(), full.display()));
             }
         }
-        let key = std::path::absolute(&full).unwrap_or(full);
+        let key = where_it_lands(&full);
         if let Some((_, other)) = seen.iter().find(|(p, _)| *p == key)
             && other.format != w.format
         {
@@ -140,6 +178,16 @@ pub fn check_paths(run_dir: &Path, wanted: &[Wanted]) -> Result<(), String> {
         seen.push((key, w));
     }
     Ok(())
+}
+
+/// The file `path` names once links in its folders are followed (folders that do not
+/// exist yet are taken as written).
+fn where_it_lands(path: &Path) -> PathBuf {
+    let path = lexical(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    match (path.parent().and_then(|p| std::fs::canonicalize(p).ok()), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => path,
+    }
 }
 
 /// `path` with `.` and `..` resolved by its text (the run's folder may not exist yet).
@@ -155,6 +203,49 @@ fn lexical(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Appends the Markdown summary of `doc` to the job summary file at `path`, on a line
+/// of its own; never waits (a pipe with no reader is an error, not a hang).
+fn append_step_summary(path: &Path, doc: &Value) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut md = render(Format::Markdown, doc, &[]).unwrap_or_default();
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
+    if f.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
+        md.splice(0..0, *b"\n");
+    }
+    f.write_all(&md)
+}
+
+/// Checks, before a run, that a set `GITHUB_STEP_SUMMARY` can take the summary when
+/// `wanted` asks for Markdown: its folder exists, and it is not a folder itself.
+pub fn check_step_summary(wanted: &[Wanted]) -> Result<(), String> {
+    let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|s| !s.is_empty()) else { return Ok(()) };
+    if !wanted.iter().any(|w| w.format == Format::Markdown) {
+        return Ok(());
+    }
+    let path = Path::new(&summary);
+    let say = |why: String| format!("GITHUB_STEP_SUMMARY ({}): {why}", path.display());
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file() && !m.file_type().is_symlink()) || path.is_dir() {
+        return Err(say("not a regular file; it names the file the summary is appended to".into()));
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(say(format!("the folder {} does not exist", parent.display())));
+    }
+    // Opened as the end of the run will open it (never waiting), nothing written.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened =
+            std::fs::OpenOptions::new().append(true).create(true).custom_flags(nix::libc::O_NONBLOCK).open(path);
+        match opened {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {}
+            Ok(_) => return Err(say("not a regular file".into())),
+            Err(e) => return Err(say(format!("cannot append to it: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// report.json, always written.
@@ -186,17 +277,36 @@ pub fn render(format: Format, doc: &Value, others: &[(String, String)]) -> Resul
 /// written, or why it could not be.
 pub fn write_all(doc: &Value, dir: &Path, wanted: &[Wanted]) -> Vec<Result<PathBuf, String>> {
     // Links from the summary: relative when it sits in the run's folder, else absolute.
+    // Links from the summary: relative when both sit in the run's folder (it can be
+    // uploaded or moved whole), else absolute. The run's other files are linked too,
+    // those written now and those already there under their own names.
     let links = |from: &Path| -> Vec<(String, String)> {
-        let base = from.parent().unwrap_or(dir);
+        let base = lexical(&std::path::absolute(from.parent().unwrap_or(dir)).unwrap_or_default());
+        let root = lexical(&std::path::absolute(dir).unwrap_or_default());
         let show = |at: &Path| {
-            if base == dir { at.strip_prefix(dir).unwrap_or(at).display().to_string() } else { absolute(at) }
+            let at = lexical(&std::path::absolute(at).unwrap_or_default());
+            match (at.strip_prefix(&root), base.strip_prefix(&root)) {
+                (Ok(to), Ok(from)) => {
+                    let up = from.components().count();
+                    let mut rel: PathBuf = std::iter::repeat_n("..", up).collect();
+                    rel.push(to);
+                    rel.display().to_string()
+                }
+                _ => at.display().to_string(),
+            }
         };
-        wanted
-            .iter()
-            .filter(|w| w.format != Format::Markdown)
-            .map(|w| (w.format.label().to_string(), show(&target(dir, w))))
-            .chain(std::iter::once((Format::Json.label().to_string(), show(&dir.join("report.json")))))
-            .collect()
+        let mut out: Vec<(String, String)> = Vec::new();
+        let present = [Format::Junit, Format::Html, Format::Hlog]
+            .into_iter()
+            .filter(|f| !wanted.iter().any(|w| w.format == *f) && dir.join(f.default_name()).is_file())
+            .map(|f| Wanted { format: f, path: None });
+        for w in wanted.iter().filter(|w| w.format != Format::Markdown).cloned().chain(present).chain([JSON]) {
+            let link = (w.format.label().to_string(), show(&target(dir, &w)));
+            if !out.contains(&link) {
+                out.push(link);
+            }
+        }
+        out
     };
     wanted
         .iter()
@@ -207,15 +317,16 @@ pub fn write_all(doc: &Value, dir: &Path, wanted: &[Wanted]) -> Vec<Result<PathB
             if let Some(parent) = at.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| format!("cannot write {}: {e}", at.display()))?;
             }
+            if let Ok(m) = std::fs::symlink_metadata(&at)
+                && !m.is_file()
+            {
+                return Err(format!("cannot write {}: not a regular file; left alone", at.display()));
+            }
             crate::deps::runfile::write_atomically(&at, &bytes)
                 .map(|_| at.clone())
                 .map_err(|e| format!("cannot write {}: {e}", at.display()))
         })
         .collect()
-}
-
-fn absolute(p: &Path) -> String {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
 /// Writes the chosen formats when the verdict is known and again when the run is over.
@@ -251,12 +362,7 @@ impl Reporter for FilesReporter {
             && let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|s| !s.is_empty())
             && self.wanted.iter().any(|w| w.format == Format::Markdown)
         {
-            let md = render(Format::Markdown, &doc, &[]).unwrap_or_default();
-            let result = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&summary)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, &md));
+            let result = append_step_summary(Path::new(&summary), &doc);
             if let Err(e) = result {
                 self.written.push(Err(format!(
                     "cannot append to GITHUB_STEP_SUMMARY ({}): {e}",

@@ -25,8 +25,15 @@ pub fn render(doc: &Value) -> Result<String, String> {
         let mut serializer = V2DeflateSerializer::new();
         let mut builder = IntervalLogWriterBuilder::new();
         builder
-            .add_comment(&format!("stagegate {} interval log", doc["stagegate_version"].as_str().unwrap_or("")))
-            .add_comment(&format!("scenario {}, seed {}", doc["scenario"].as_str().unwrap_or(""), doc["seed"]))
+            .add_comment(&one_line(&format!(
+                "stagegate {} interval log",
+                doc["stagegate_version"].as_str().unwrap_or("")
+            )))
+            .add_comment(&one_line(&format!(
+                "scenario {}, seed {}",
+                doc["scenario"].as_str().unwrap_or(""),
+                doc["seed"]
+            )))
             .add_comment("latency of judged requests in microseconds, one interval per stage and flag variant")
             .with_start_time(SystemTime::from(run_start))
             .with_base_time(SystemTime::from(run_start))
@@ -47,13 +54,16 @@ pub fn render(doc: &Value) -> Result<String, String> {
                     Some(v) => format!("{name}/{v}"),
                     None => name.to_string(),
                 };
-                let tag = tag.replace([',', ' ', '\r', '\n'], "_");
+                let tag: String = tag
+                    .chars()
+                    .map(|c| if c == ',' || c.is_whitespace() || c.is_control() { '_' } else { c })
+                    .collect();
                 let histogram = decode(h["encoded"].as_str().unwrap_or_default())
                     .map_err(|e| format!("stage `{name}`: a histogram cannot be read: {e}"))?;
                 log.write_histogram(
                     &histogram,
-                    start + Duration::from_secs_f64(first.max(0.0)),
-                    Duration::from_secs_f64(span.max(0.001)),
+                    start + Duration::try_from_secs_f64(first.max(0.0)).unwrap_or(Duration::ZERO),
+                    Duration::try_from_secs_f64(span.max(0.001)).unwrap_or(Duration::from_millis(1)),
                     Tag::new(&tag),
                 )
                 .map_err(|e| format!("{e:?}"))?;
@@ -67,6 +77,11 @@ pub fn render(doc: &Value) -> Result<String, String> {
 pub fn decode(encoded: &str) -> Result<Histogram<u64>, String> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| e.to_string())?;
     Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| format!("{e:?}"))
+}
+
+/// `text` on one line: a comment in the log may not start another.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub fn render(doc: &Value) -> Result<String, String> {
         esc(verdict),
         esc(&t(&doc["scenario"])),
         esc(&t(&doc["file"])),
-        doc["seed"],
+        esc(&doc["seed"].to_string()),
         esc(&t(&doc["seed_source"])),
         esc(&when(&doc["started_at"])),
         esc(&when(&doc["finished_at"])),
@@ -81,9 +81,9 @@ pub fn render(doc: &Value) -> Result<String, String> {
             .iter()
             .filter(|f| f["stage"].as_str() == Some(&name))
             .map(|f| {
-                let from = f["started_secs"].as_f64().unwrap_or(0.0);
+                let from = num(&f["started_secs"]).unwrap_or(0.0);
                 let label = format!("{} at {}", t(&f["kind"]), t(&f["at"]));
-                (from, f["ended_secs"].as_f64().unwrap_or(f64::INFINITY), label)
+                (from, num(&f["ended_secs"]).unwrap_or(f64::INFINITY), label)
             })
             .collect();
         for (from, to, label) in &windows {
@@ -95,10 +95,15 @@ pub fn render(doc: &Value) -> Result<String, String> {
         page.push_str("<figure class=\"chart latency\">");
         page.push_str(&latency_chart(&title, series, &windows)?);
         page.push_str("</figure>\n<figure class=\"chart counts\">");
+        page.push_str(&counts_chart(&format!("{name}: requests and errors per interval"), series, &windows, &TRAFFIC)?);
+        // Data quality on an axis of its own: a few duplicated records beside hundreds
+        // sent would lie flat on zero.
+        page.push_str("</figure>\n<figure class=\"chart quality\">");
         page.push_str(&counts_chart(
-            &format!("{name}: requests, errors and data quality per interval"),
+            &format!("{name}: records lost, duplicated and corrupted per interval"),
             series,
             &windows,
+            &QUALITY,
         )?);
         page.push_str("</figure>\n");
         if let Some(base) = baseline.filter(|b| b["name"] != st["name"]) {
@@ -111,6 +116,7 @@ pub fn render(doc: &Value) -> Result<String, String> {
             )?);
             page.push_str("</figure>\n");
         }
+        variants_table(&mut page, &st["metrics"]["variants"]);
         health_table(&mut page, &st["health"]);
         page.push_str("</section>\n");
     }
@@ -148,6 +154,28 @@ fn criteria_table(page: &mut String, assessments: &[Value]) {
     page.push_str("</table>\n");
 }
 
+/// Each flag variant of a split stage: its requests, latency, errors and data counts.
+fn variants_table(page: &mut String, variants: &Value) {
+    let Some(all) = variants.as_object().filter(|v| !v.is_empty()) else { return };
+    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1} ms"));
+    let n = |v: &Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
+    page.push_str("<table class=\"variants\"><tr><th>flag variant</th><th>requests</th><th>p50</th><th>p99</th><th>errors</th><th>lost</th><th>duplicated</th><th>corrupted</th></tr>\n");
+    for (name, v) in all {
+        page.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            esc(name),
+            n(&v["requests"]),
+            ms(&v["latency"]["p50"]),
+            ms(&v["latency"]["p99"]),
+            n(&v["errors"]),
+            n(&v["data"]["lost"]),
+            n(&v["data"]["duplicated"]),
+            n(&v["data"]["corrupted"]),
+        ));
+    }
+    page.push_str("</table>\n");
+}
+
 fn health_table(page: &mut String, h: &Value) {
     let lag = |v: &Value| match (v["p50_ms"].as_f64(), v["p99_ms"].as_f64(), v["max_ms"].as_f64()) {
         (Some(a), Some(b), Some(c)) => format!("p50 {a:.1} ms, p99 {b:.1} ms, max {c:.1} ms"),
@@ -169,17 +197,26 @@ fn health_table(page: &mut String, h: &Value) {
 }
 
 /// `(at_secs, value)` of one field of the series' points, where it has one.
+/// A number from a saved report, when it is one a chart can hold (a crafted report's
+/// 1e308 would overflow the axis to infinity).
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite() && x.abs() < 1e12)
+}
+
 fn points(series: &Value, field: &str) -> Vec<(f64, f64)> {
-    let width = series["interval_secs"].as_f64().unwrap_or(1.0);
+    let width = interval(series);
     series["points"]
         .as_array()
-        .map(|ps| ps.iter().filter_map(|p| Some((p["at_secs"].as_f64()? + width / 2.0, p[field].as_f64()?))).collect())
+        .map(|ps| ps.iter().filter_map(|p| Some((num(&p["at_secs"])? + width / 2.0, num(&p[field])?))).collect())
         .unwrap_or_default()
 }
 
+fn interval(series: &Value) -> f64 {
+    num(&series["interval_secs"]).filter(|w| (0.001..=86_400.0).contains(w)).unwrap_or(1.0)
+}
+
 fn span(series: &Value) -> f64 {
-    let width = series["interval_secs"].as_f64().unwrap_or(1.0);
-    series["points"].as_array().map_or(1.0, |p| (p.len() as f64 * width).max(1.0))
+    series["points"].as_array().map_or(1.0, |p| (p.len() as f64 * interval(series)).max(1.0))
 }
 
 fn chart_error(e: impl std::fmt::Display) -> String {
@@ -226,14 +263,21 @@ fn latency_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> 
     Ok(svg)
 }
 
-fn counts_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> Result<String, String> {
-    let lines = [
-        ("sent", "sent", RGBColor(90, 90, 90)),
-        ("failed", "errors", RED),
-        ("lost", "lost", RGBColor(160, 0, 160)),
-        ("duplicated", "duplicated", RGBColor(230, 130, 0)),
-        ("corrupted", "corrupted", RGBColor(0, 140, 140)),
-    ];
+/// The series fields of the traffic chart: (field, label, colour).
+const TRAFFIC: [(&str, &str, RGBColor); 2] = [("sent", "sent", RGBColor(90, 90, 90)), ("failed", "errors", RED)];
+/// The series fields of the data-quality chart.
+const QUALITY: [(&str, &str, RGBColor); 3] = [
+    ("lost", "lost", RGBColor(160, 0, 160)),
+    ("duplicated", "duplicated", RGBColor(230, 130, 0)),
+    ("corrupted", "corrupted", RGBColor(0, 140, 140)),
+];
+
+fn counts_chart(
+    title: &str,
+    series: &Value,
+    faults: &[(f64, f64, String)],
+    lines: &[(&str, &str, RGBColor)],
+) -> Result<String, String> {
     let data: Vec<_> = lines.iter().map(|(field, label, color)| (points(series, field), *label, *color)).collect();
     let top = data.iter().flat_map(|(p, ..)| p.iter().map(|(_, v)| *v)).fold(1.0, f64::max) * 1.1;
     let x_end = span(series);
@@ -277,7 +321,7 @@ const SPECTRUM: [(&str, &str); 6] =
 
 fn spectrum_chart(name: &str, latency: &Value, base_name: &str, base: &Value) -> Result<String, String> {
     let line = |l: &Value| -> Vec<(f64, f64)> {
-        SPECTRUM.iter().enumerate().filter_map(|(i, (k, _))| Some((i as f64, l[*k].as_f64()?))).collect()
+        SPECTRUM.iter().enumerate().filter_map(|(i, (k, _))| Some((i as f64, num(&l[*k])?))).collect()
     };
     let (this, other) = (line(latency), line(base));
     let top = this.iter().chain(&other).map(|(_, v)| *v).fold(1.0, f64::max) * 1.1;
@@ -435,7 +479,7 @@ mod tests {
             "assessments": [{"stage": "candidate", "criterion": "latency.p99 < 250ms", "measured_text": "50.0ms", "limit_text": "< 250.0ms", "samples": 500, "outcome": "pass", "level": "enforce"}]
         });
         let html = render(&doc).unwrap();
-        assert_eq!(html.matches("<svg").count(), 5, "three charts per stage, the first not against itself");
+        assert_eq!(html.matches("<svg").count(), 7, "four charts per stage, the first not against itself");
         assert!(html.contains("&lt;all&gt; held") && !html.contains("<all>"));
         assert!(html.contains("fault latency at store from 3.0s to 6.0s"));
         // Nothing fetched: no script, no linked resource (the SVG namespace is only a name).

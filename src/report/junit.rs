@@ -35,6 +35,21 @@ pub fn render(doc: &Value) -> Result<String, String> {
     }
     let broke = doc["error"].as_str().map(|e| format!("the run broke: {e}"));
     let interrupted = doc["interrupted"].as_bool().unwrap_or(false).then(|| "the run was interrupted".to_string());
+    // An INCONCLUSIVE run's criteria are skipped, not failed; the test tab must still
+    // not read green for a run that cannot promote.
+    let undecided = (doc["verdict"] == "INCONCLUSIVE").then(|| {
+        let reasons: Vec<String> = doc["reasons"].as_array().unwrap_or(&none).iter().map(text).collect();
+        format!("INCONCLUSIVE, the release cannot be promoted on this run: {}", reasons.join("; "))
+    });
+    if let Some(why) = undecided {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        status.set_message(why).set_type("INCONCLUSIVE");
+        let mut case = TestCase::new("the verdict", status);
+        case.set_classname(format!("stagegate.{scenario}"));
+        let mut suite = TestSuite::new(format!("{scenario} / verdict"));
+        suite.add_test_case(case);
+        report.add_test_suite(suite);
+    }
     if let Some(why) = broke.or(interrupted) {
         let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
         status.set_message(why.clone()).set_type("stagegate");

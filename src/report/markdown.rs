@@ -27,22 +27,36 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         (Some("INCONCLUSIVE"), ..) => ("INCONCLUSIVE", "⚠️"),
         _ => ("NO VERDICT", "⛔"),
     };
-    head.push_str(&format!("## {sign} {word}: `{}`\n\n", cell(&t(&doc["scenario"]))));
+    head.push_str(&format!("## {sign} {word}: `{}`\n\n", code(&t(&doc["scenario"]))));
     head.push_str(&format!(
         "Scenario `{}`, seed {} ({}), {} stage(s), {} to {}.\n",
-        cell(&t(&doc["file"])),
-        doc["seed"],
+        code(&t(&doc["file"])),
+        cell(&doc["seed"].to_string()),
         t(&doc["seed_source"]),
         doc["stages"].as_array().map_or(0, Vec::len),
         super::html::when(&doc["started_at"]),
         super::html::when(&doc["finished_at"]),
     ));
-    for o in doc["overrides"].as_array().unwrap_or(&none) {
-        head.push_str(&format!("Override: `--set {}`\n", cell(&t(o))));
+    // The head is never cut by the size limit, so each of its lists and lines is
+    // bounded here: a run's own text (a description, an override) can be long.
+    let listed = |key: &str| -> (Vec<String>, usize) {
+        let all = doc[key].as_array().unwrap_or(&none);
+        (all.iter().take(HEAD_ITEMS).map(|v| clip(&t(v))).collect(), all.len().saturating_sub(HEAD_ITEMS))
+    };
+    let (overrides, more) = listed("overrides");
+    for o in overrides {
+        head.push_str(&format!("Override: `--set {}`\n", code(&o)));
+    }
+    if more > 0 {
+        head.push_str(&format!("and {more} more overrides (report.json has them all)\n"));
     }
     head.push('\n');
-    for r in doc["reasons"].as_array().unwrap_or(&none) {
-        head.push_str(&format!("- {}\n", line(&t(r))));
+    let (reasons, more) = listed("reasons");
+    for r in reasons {
+        head.push_str(&format!("- {}\n", line(&r)));
+    }
+    if more > 0 {
+        head.push_str(&format!("- and {more} more reasons (report.json has them all)\n"));
     }
     if let Some(summary) = doc["rollback"]["summary"].as_str() {
         let file = match doc["rollback"]["flagd_file"].as_str() {
@@ -51,8 +65,12 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         };
         head.push_str(&format!("- **rollback:** {}{file}\n", line(summary)));
     }
-    for w in doc["warnings"].as_array().unwrap_or(&none) {
-        head.push_str(&format!("- warning: {}\n", line(&t(w))));
+    let (warnings, more) = listed("warnings");
+    for w in warnings {
+        head.push_str(&format!("- warning: {}\n", line(&w)));
+    }
+    if more > 0 {
+        head.push_str(&format!("- and {more} more warnings (report.json has them all)\n"));
     }
 
     let assessments = doc["assessments"].as_array().unwrap_or(&none);
@@ -74,7 +92,7 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
                         "| {} | {} | `{}` | {} | {} | {} | {} |\n",
                         if a["outcome"] == "fail" { "FAIL" } else { "????" },
                         cell(&t(&a["stage"])),
-                        cell(&t(&a["criterion"])),
+                        code(&t(&a["criterion"])),
                         cell(&t(&a["measured_text"])),
                         cell(&t(&a["limit_text"])),
                         a["samples"].as_u64().map_or("-".into(), |n| n.to_string()),
@@ -96,7 +114,7 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
             format!(
                 "| {mark} | {} | `{}` | {} | {} |\n",
                 cell(&t(&a["stage"])),
-                cell(&t(&a["criterion"])),
+                code(&t(&a["criterion"])),
                 cell(&t(&a["measured_text"])),
                 cell(&t(&a["limit_text"])),
             )
@@ -144,6 +162,37 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
             stages,
         ));
     }
+    // Each flag variant of a split stage (a canary's cohort against the rest).
+    let variants: Vec<String> = doc["stages"]
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .flat_map(|st| {
+            let stage = t(&st["name"]);
+            st["metrics"]["variants"].as_object().into_iter().flatten().map(move |(name, v)| {
+                let requests = v["requests"].as_u64().unwrap_or(0);
+                let errors = v["errors"].as_u64().unwrap_or(0);
+                let rate = if requests > 0 { errors as f64 * 100.0 / requests as f64 } else { 0.0 };
+                format!(
+                    "| {} | {} | {requests} | {} | {} | {rate:.2}% | {} | {} | {} |\n",
+                    cell(&stage),
+                    cell(name),
+                    millis(&v["latency"]["p50"]),
+                    millis(&v["latency"]["p99"]),
+                    count(&v["data"]["lost"]),
+                    count(&v["data"]["duplicated"]),
+                    count(&v["data"]["corrupted"]),
+                )
+            })
+        })
+        .collect();
+    if !variants.is_empty() {
+        sections.push((
+            "### Flag variants\n\n| stage | variant | requests | p50 | p99 | errors | lost | duplicated | corrupted |\n|---|---|---|---|---|---|---|---|---|\n"
+                .into(),
+            variants,
+        ));
+    }
     let faults: Vec<String> = doc["faults"]
         .as_array()
         .unwrap_or(&none)
@@ -170,7 +219,8 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
     if !files.is_empty() {
         tail.push_str("\n### Files\n\n");
         for (label, path) in files {
-            tail.push_str(&format!("- [{}]({})\n", line(label), path.replace(' ', "%20")));
+            let target = path.replace(" ", "%20").replace("(", "%28").replace(")", "%29");
+            tail.push_str(&format!("- [{}]({target})\n", line(label)));
         }
     }
     assemble(head, sections, tail)
@@ -217,9 +267,50 @@ fn cell(s: &str) -> String {
     line(s).replace('|', "\\|")
 }
 
-/// Text on one line.
+/// The most reasons, warnings or overrides the head lists, and the longest line of each.
+const HEAD_ITEMS: usize = 50;
+const HEAD_LINE: usize = 2000;
+
+/// `s` cut to [`HEAD_LINE`] characters, saying so.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(HEAD_LINE) {
+        Some((at, _)) => format!("{}… (cut; report.json has it all)", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// Text on one line, as text: no control characters, and nothing Markdown or HTML
+/// would read as markup (a tag, a link, a code span) from a name in the run.
 fn line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '[' | ']' | '*' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '`' => out.push('\''),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Text inside a code span (shown as it is): on one line, without backticks or pipes
+/// that would end the span or the table cell.
+fn code(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '|' => '¦',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
 }
 
 fn millis(v: &Value) -> String {
@@ -280,7 +371,7 @@ mod tests {
         assert!(md.starts_with("## ❌ ROLLBACK: `demo`"), "{md}");
         let decided = md.find("### What decided it").unwrap();
         assert!(
-            md[decided..].contains("| FAIL | candidate | `latency.p99 < 250ms` | 412.0ms | < 250.0ms | 100 |"),
+            md[decided..].contains("| FAIL | candidate | `latency.p99 < 250ms` | 412.0ms | &lt; 250.0ms | 100 |"),
             "{md}"
         );
         assert!(md.contains("| candidate | new=true | 100 | 3.0ms | 412.0ms | 2.00% | 0 | - | 0 | ok |"), "{md}");

@@ -76,6 +76,11 @@ pub struct Sides<'a> {
     pub baseline_errors: u64,
     /// Judged seconds of one stage (to say how long a stage would need to be).
     pub judged_secs: f64,
+    /// The two sides are the same stage of two runs of one scenario: window `i` of each
+    /// covers the same offset, under the same faults. Drift is then read from the
+    /// windows' differences (a fault's shape, common to both, cancels), and error
+    /// rates are tested window against window.
+    pub paired: bool,
 }
 
 /// What a comparison measured, before the family of tests is taken into account.
@@ -148,7 +153,12 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         );
     }
     let (Some(mc), Some(mb)) = (stats::median(&cand), stats::median(&base)) else { return empty(s, "no samples") };
-    let drift_ms = drift(&cand).max(drift(&base));
+    let drift_ms = if s.paired {
+        let diffs: Vec<f64> = cand.iter().zip(&base).map(|(c, b)| c - b).collect();
+        drift(&diffs)
+    } else {
+        drift(&cand).max(drift(&base))
+    };
     // The baseline moved by the tolerance, then by the drift: out for a FAIL (only a
     // regression beyond both counts), in for a PASS (staying within the tolerance must
     // hold even if the stages drifted against the candidate).
@@ -160,7 +170,16 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
             })
             .collect()
     };
-    let p = |alt, to: &[f64]| stats::mann_whitney(&cand, to, alt, Method::Auto).map_or(1.0, |r| r.p);
+    // Two runs of one schedule are tested window against window (signed ranks of the
+    // differences): what both runs share, a fault's shape included, cancels.
+    let p = |alt, to: &[f64]| {
+        if s.paired {
+            let d: Vec<f64> = cand.iter().zip(to).map(|(c, b)| c - b).collect();
+            stats::signed_rank(&d, alt).unwrap_or(1.0)
+        } else {
+            stats::mann_whitney(&cand, to, alt, Method::Auto).map_or(1.0, |r| r.p)
+        }
+    };
     let (p_worse, p_better) = (p(Alternative::Greater, &moved(drift_ms)), p(Alternative::Less, &moved(-drift_ms)));
     let level = c.confidence;
     let seed = 0x5eed_c0de;
@@ -179,7 +198,12 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         p99_diff_ms: stats::median(&cand99).zip(stats::median(&base99)).map(|(a, b)| a - b),
         p99_ci_ms: stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1),
         tolerance_ms: Some(tolerance_ms),
-        detectable_ms: stats::detectable_shift(&cand, &base, 1.0 - c.confidence),
+        detectable_ms: if s.paired {
+            let d: Vec<f64> = cand.iter().zip(&base).map(|(c, b)| c - b).collect();
+            stats::detectable_paired_shift(&d, 1.0 - c.confidence)
+        } else {
+            stats::detectable_shift(&cand, &base, 1.0 - c.confidence)
+        },
         drift_ms: Some(drift_ms),
         windows: (cand.len(), base.len()),
         untestable: None,
@@ -209,6 +233,9 @@ fn errors(c: &Compare, s: &Sides) -> Comparison {
         Tolerance::Relative(r) => r,
         Tolerance::AbsoluteMs(_) => 0.0,
     };
+    if s.paired {
+        return paired_errors(s, tolerance);
+    }
     let (pc, pb) = (s.candidate_errors as f64 / nc, s.baseline_errors as f64 / nb);
     let d = pc - pb;
     let se = (pc * (1.0 - pc) / nc + pb * (1.0 - pb) / nb).sqrt();
@@ -219,6 +246,21 @@ fn errors(c: &Compare, s: &Sides) -> Comparison {
         (stats::normal_sf(z), 1.0 - stats::normal_sf(z))
     };
     Comparison { effect: d, p_worse, p_better, untestable: None, ..empty(s, "") }
+}
+
+/// Error rates of two runs' windows, window against window: a signed-rank test of
+/// their differences beyond the tolerance (errors a fault causes in both cancel).
+fn paired_errors(s: &Sides, tolerance: f64) -> Comparison {
+    let rate = |w: &Window| if w.requests == 0 { 0.0 } else { w.errors as f64 / w.requests as f64 };
+    let d: Vec<f64> = s.candidate.iter().zip(s.baseline).map(|(c, b)| rate(c) - rate(b) - tolerance).collect();
+    if d.len() < MIN_WINDOWS {
+        return empty(s, format!("too few time windows to compare ({}; {MIN_WINDOWS} needed)", d.len()));
+    }
+    let effect =
+        s.candidate_errors as f64 / s.candidate_requests as f64 - s.baseline_errors as f64 / s.baseline_requests as f64;
+    let p_worse = stats::signed_rank(&d, Alternative::Greater).unwrap_or(1.0);
+    let p_better = stats::signed_rank(&d, Alternative::Less).unwrap_or(1.0);
+    Comparison { effect, p_worse, p_better, untestable: None, ..empty(s, "") }
 }
 
 /// The outcome of a comparison whose regression p-value, adjusted over the run's family
@@ -237,7 +279,7 @@ pub fn decide(c: &Compare, r: &Comparison, p_worse_adjusted: f64) -> (Outcome, O
         return (
             Outcome::Inconclusive,
             Some(format!(
-                "the stages drift by {drift:.2}ms between their halves, as much as the {} tolerance ({tol:.2}ms): differences that small are the machine's, not the release's; give a tolerance above it (e.g. `max_regression: +{:.0}ms`)",
+                "the stages drift by {drift:.2}ms between their halves, as much as the {} tolerance ({tol:.2}ms): differences that small are the machine's, not the release's; give a tolerance above it (`+{:.0}ms` or more)",
                 c.tolerance.text(c.metric),
                 (2.0 * drift).ceil().max(1.0)
             )),
@@ -296,10 +338,62 @@ mod tests {
             candidate_errors: 0,
             baseline_errors: 0,
             judged_secs: 20.0,
+            paired: false,
         };
         let r = compare(c, &sides);
         let (o, why) = decide(c, &r, r.p_worse);
         (o, why, r)
+    }
+
+    /// Two runs of a stage whose fault (windows 10 to 29) adds `fault_ms`, and 2%
+    /// errors during it.
+    fn faulted(seed: u64, fault_ms: f64) -> Vec<Window> {
+        let mut w = windows(seed, 40, 2.0);
+        for x in &mut w[10..30] {
+            x.p50_ms += fault_ms;
+            x.errors = 2;
+        }
+        w
+    }
+
+    fn run_paired(c: &Compare, new: &[Window], old: &[Window]) -> (Outcome, Option<String>) {
+        let count = |w: &[Window]| w.iter().map(|x| x.errors).sum::<u64>();
+        let sides = Sides {
+            candidate: new,
+            baseline: old,
+            candidate_requests: 4000,
+            baseline_requests: 4000,
+            candidate_errors: count(new),
+            baseline_errors: count(old),
+            judged_secs: 20.0,
+            paired: true,
+        };
+        let r = compare(c, &sides);
+        decide(c, &r, r.p_worse)
+    }
+
+    #[test]
+    fn two_runs_of_a_faulted_stage_compare_window_against_window() {
+        // A mid-stage fault moves the medians between halves in both runs alike: no drift
+        // between the runs, and a repeat passes (unpaired, it could not tell).
+        let tol = spec(Tolerance::AbsoluteMs(2.0));
+        let (o, why) = run_paired(&tol, &faulted(1, 80.0), &faulted(2, 80.0));
+        assert_eq!(o, Outcome::Pass, "{why:?}");
+        let (o, why, _) = run(&tol, &faulted(1, 80.0), &faulted(2, 80.0));
+        assert_eq!(o, Outcome::Inconclusive, "{why:?}");
+        // Slower only while the fault is on: a regression.
+        let (o, why) = run_paired(&tol, &faulted(1, 95.0), &faulted(2, 80.0));
+        assert_eq!(o, Outcome::Fail, "{why:?}");
+        // The fault's errors, common to both runs, are no regression; more of them are.
+        let errors = Compare { metric: CompareMetric::Errors, ..spec(Tolerance::Relative(0.01)) };
+        let (o, why) = run_paired(&errors, &faulted(1, 80.0), &faulted(2, 80.0));
+        assert_eq!(o, Outcome::Pass, "{why:?}");
+        let mut worse = faulted(1, 80.0);
+        for x in &mut worse[10..30] {
+            x.errors = 10;
+        }
+        let (o, why) = run_paired(&errors, &worse, &faulted(2, 80.0));
+        assert_eq!(o, Outcome::Fail, "{why:?}");
     }
 
     #[test]
@@ -368,6 +462,7 @@ mod tests {
             candidate_errors: ce,
             baseline_errors: be,
             judged_secs: 10.0,
+            paired: false,
         };
         let worse = compare(&c, &sides(80, 10));
         assert_eq!(decide(&c, &worse, worse.p_worse).0, Outcome::Fail);

@@ -437,6 +437,7 @@ pub fn compare_stages(
             candidate_errors: cand.errors,
             baseline_errors: base.errors,
             judged_secs,
+            paired: false,
         };
         let r = run_compare(cmp, &sides);
         let n = cand.requests.min(base.requests);

@@ -46,6 +46,49 @@ pub struct MannWhitney {
     pub p: f64,
 }
 
+/// The Wilcoxon signed-rank test of the differences `d` against 0, by the normal
+/// approximation with ties averaged and zeros dropped (scipy's `wilcoxon(d,
+/// zero_method="wilcox", correction=False, method="approx")`); the p-value that the
+/// differences lean the way `alternative` says (`Greater`: above 0). `None` when every
+/// difference is 0.
+pub fn signed_rank(d: &[f64], alternative: Alternative) -> Option<f64> {
+    let nz: Vec<f64> = d.iter().copied().filter(|x| *x != 0.0 && x.is_finite()).collect();
+    let n = nz.len();
+    if n == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| nz[a].abs().total_cmp(&nz[b].abs()));
+    let mut ranks = vec![0.0; n];
+    let mut ties = 0.0;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && nz[order[j + 1]].abs() == nz[order[i]].abs() {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for k in &order[i..=j] {
+            ranks[*k] = rank;
+        }
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
+        i = j + 1;
+    }
+    let r_plus: f64 = (0..n).filter(|&k| nz[k] > 0.0).map(|k| ranks[k]).sum();
+    let nf = n as f64;
+    let var = nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0 - ties / 48.0;
+    if var <= 0.0 {
+        return None;
+    }
+    let z = (r_plus - nf * (nf + 1.0) / 4.0) / var.sqrt();
+    Some(match alternative {
+        Alternative::Greater => normal_sf(z),
+        Alternative::Less => normal_sf(-z),
+        Alternative::TwoSided => (2.0 * normal_sf(z.abs())).min(1.0),
+    })
+}
+
 /// The Mann-Whitney U test of `x` against `y`; `None` when either is empty.
 pub fn mann_whitney(x: &[f64], y: &[f64], alternative: Alternative, method: Method) -> Option<MannWhitney> {
     let (n1, n2) = (x.len(), y.len());
@@ -215,6 +258,17 @@ pub fn detectable_shift(candidate: &[f64], baseline: &[f64], alpha: f64) -> Opti
     let se = (robust_spread(candidate).powi(2) / candidate.len() as f64
         + robust_spread(baseline).powi(2) / baseline.len() as f64)
         .sqrt();
+    let efficiency = 3.0 / std::f64::consts::PI;
+    Some((normal_quantile(1.0 - alpha) + normal_quantile(0.8)) * se / efficiency.sqrt())
+}
+
+/// [`detectable_shift`] for paired windows: from the spread of their differences `d`
+/// (the signed-rank test's efficiency against the t test is 3/pi too).
+pub fn detectable_paired_shift(d: &[f64], alpha: f64) -> Option<f64> {
+    if d.len() < 2 {
+        return None;
+    }
+    let se = robust_spread(d) / (d.len() as f64).sqrt();
     let efficiency = 3.0 / std::f64::consts::PI;
     Some((normal_quantile(1.0 - alpha) + normal_quantile(0.8)) * se / efficiency.sqrt())
 }
