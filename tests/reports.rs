@@ -382,7 +382,20 @@ fn a_hostile_saved_report_is_refused_or_rendered_within_bounds() {
     // Too many stages, a window at 1e300 s: refused as bad input, naming the field.
     let many = variant("many", &|d| d["stages"] = serde_json::Value::Array(vec![serde_json::json!({}); 5000]));
     let far = variant("far", &|d| d["stages"][0]["windows"][0]["from_secs"] = serde_json::json!(1e300));
-    for (dir, says) in [(many, "5000 stages, more than the 1000"), (far, "stages[0].windows[0].from_secs")] {
+    // A histogram whose header asks for 5 digits up to 2^62 (tens of MiB to decode).
+    let bomb = {
+        use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+        let h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 62, 5).unwrap();
+        let mut bytes = Vec::new();
+        V2DeflateSerializer::new().serialize(&h, &mut bytes).unwrap();
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    };
+    let bombed = variant("bomb", &|d| d["stages"][0]["histograms"][0]["encoded"] = serde_json::json!(bomb.clone()));
+    for (dir, says) in [
+        (many, "5000 stages, more than the 1000"),
+        (far, "stages[0].windows[0].from_secs"),
+        (bombed, "a histogram beyond stagegate's own"),
+    ] {
         let out = render(&dir);
         assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
         assert!(text(&out).1.contains(says), "{:?}", text(&out));

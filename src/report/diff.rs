@@ -62,6 +62,10 @@ fn check_shape(doc: &Value) -> Result<(), String> {
             return Err(format!("`{key}` holds more than {MAX_ROWS} entries"));
         }
     }
+    let histograms: usize = stages.iter().map(|s| s["histograms"].as_array().map_or(0, Vec::len)).sum();
+    if histograms > 4 * MAX_HISTOGRAMS * 16 {
+        return Err(format!("{histograms} histograms, more than the {} a report may hold", 4 * MAX_HISTOGRAMS * 16));
+    }
     let mut names = std::collections::HashSet::new();
     for (i, st) in stages.iter().enumerate() {
         let Some(name) = st["name"].as_str() else {
@@ -121,11 +125,11 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
         ));
     }
     let none = Vec::new();
-    let stages_of = |d: &Value| d["stages"].as_array().unwrap_or(&none).clone();
-    let (old_stages, new_stages) = (stages_of(old), stages_of(new));
+    let (old_stages, new_stages) =
+        (old["stages"].as_array().unwrap_or(&none), new["stages"].as_array().unwrap_or(&none));
     let mut tests = Vec::new();
     let mut out = Vec::new();
-    for n in &new_stages {
+    for n in new_stages {
         let name = n["name"].as_str().unwrap_or_default().to_string();
         let Some(o) = old_stages.iter().find(|o| o["name"] == n["name"]) else { continue };
         let (ow, nw) = (stage_windows(old, &name), stage_windows(new, &name));
@@ -186,7 +190,7 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
     }
     // A stage only one run has cannot be said to be no worse.
     let name = |s: &Value| s["name"].as_str().map(str::to_string);
-    for (side, these, those) in [("NEW", &old_stages, &new_stages), ("OLD", &new_stages, &old_stages)] {
+    for (side, these, those) in [("NEW", old_stages, new_stages), ("OLD", new_stages, old_stages)] {
         for st in these {
             let missing = match name(st) {
                 Some(n) if those.iter().any(|o| name(o).as_deref() == Some(n.as_str())) => continue,
@@ -323,6 +327,31 @@ pub fn command(old: &Path, new: &Path, max_regression: Option<&str>, max_error_r
         Ok(d) => d,
         Err(e) => return bad(e),
     };
+    // What makes the two runs less than like for like, said before the table.
+    if old_doc["overrides"] != new_doc["overrides"] {
+        let list = |d: &Value| {
+            let o: Vec<String> = d["overrides"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            if o.is_empty() { "none".to_string() } else { o.join(" ") }
+        };
+        println!(
+            "note: the runs were made with different --set overrides (OLD: {}; NEW: {})",
+            list(&old_doc),
+            list(&new_doc)
+        );
+    }
+    if old_doc["seed"] != new_doc["seed"] {
+        println!("note: the runs used different seeds ({} and {})", old_doc["seed"], new_doc["seed"]);
+    }
+    let partial = |d: &Value| d["interrupted"] == true || d["error"].is_string();
+    if partial(&old_doc) {
+        println!("note: OLD was interrupted or broke: its stages may be partial");
+    }
+    if partial(&new_doc) {
+        println!("note: NEW was interrupted or broke: it cannot show it holds up");
+    }
     let w = diffs.iter().map(|d| d.stage.len()).max().unwrap_or(5).max(5);
     println!("{:<7}  {:<w$}  {:<15}  {:>16}  {:>16}  note", "", "stage", "what", "old", "new");
     for d in &diffs {
@@ -340,6 +369,9 @@ pub fn command(old: &Path, new: &Path, max_regression: Option<&str>, max_error_r
         exit::ROLLBACK
     } else if diffs.iter().any(|d| d.outcome == Outcome::Inconclusive) {
         println!("\ninconclusive: no regression found, but not every comparison could tell");
+        exit::INCONCLUSIVE
+    } else if partial(&new_doc) {
+        println!("\ninconclusive: no regression found in what NEW ran, but NEW did not run to its end");
         exit::INCONCLUSIVE
     } else {
         println!("\nno regression");

@@ -76,7 +76,43 @@ pub fn render(doc: &Value) -> Result<String, String> {
 /// A histogram from report.json's encoding (base64 of the compressed V2 format).
 pub fn decode(encoded: &str) -> Result<Histogram<u64>, String> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| e.to_string())?;
+    check_header(&bytes)?;
     Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| format!("{e:?}"))
+}
+
+/// The V2 encoding's cookies (with the word-size bits HdrHistogram sets): plain, and
+/// deflated.
+const V2: u32 = 0x1c84_9303 | 0x10;
+const V2_DEFLATE: u32 = 0x1c84_9304 | 0x10;
+
+/// Refuses a histogram whose header asks for more than stagegate's own ever hold (3
+/// significant digits, up to an hour in microseconds, a payload of at most 1 MiB): a
+/// crafted header would otherwise cost its reader up to gigabytes.
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    use std::io::Read;
+    let word = |b: &[u8], at: usize| b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    let header: Vec<u8> = match word(bytes, 0) {
+        Some(V2) => bytes.iter().take(40).copied().collect(),
+        Some(V2_DEFLATE) => {
+            let mut out = Vec::with_capacity(40);
+            let zipped = bytes.get(8..).unwrap_or_default();
+            flate2::read::ZlibDecoder::new(zipped).take(40).read_to_end(&mut out).map_err(|e| e.to_string())?;
+            out
+        }
+        _ => return Err("not an HdrHistogram V2 encoding".into()),
+    };
+    if header.len() < 40 || word(&header, 0) != Some(V2) {
+        return Err("a truncated HdrHistogram header".into());
+    }
+    let long = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (payload, digits, lowest, highest) =
+        (word(&header, 4).unwrap_or(u32::MAX), word(&header, 12).unwrap_or(u32::MAX), long(16), long(24));
+    if payload > 1 << 20 || digits > 3 || lowest == 0 || highest > 36_000_000_000 {
+        return Err(format!(
+            "a histogram beyond stagegate's own (payload {payload} bytes, {digits} digits, values {lowest} to {highest})"
+        ));
+    }
+    Ok(())
 }
 
 /// `text` on one line: a comment in the log may not start another.
