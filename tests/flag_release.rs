@@ -179,3 +179,30 @@ fn the_flag_audit_reports_each_kind_of_finding_and_gates_on_errors() {
         assert!(text(&out).1.contains(says), "{args:?}: {}", text(&out).1);
     }
 }
+
+#[test]
+fn a_stage_flag_file_with_a_split_reads_back_in_the_flagd_provider_with_its_shares() {
+    let reports = tempfile::tempdir().unwrap();
+    let out = stagegate(&[
+        "run",
+        "tests/scenarios/flagd.yaml",
+        "--report-dir",
+        reports.path().to_str().unwrap(),
+        "--set",
+        "stages[1].flags={refuse-orders: {true: 30%}}",
+    ]);
+    assert!(matches!(out.status.code(), Some(0 | 1 | 3)), "{:?}", text(&out));
+    let run = common::run_folders(reports.path())[0].clone();
+    let keys: Vec<String> = (0..2000).map(|i| format!("order-{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let read = read_with_flagd(
+        &run.join("flags.flagd.json"),
+        &serde_json::json!({ "refuse-orders": ["boolean", false] }),
+        &keys,
+    );
+    let values = read["refuse-orders"].as_object().unwrap();
+    assert!(values.values().all(|v| v["error"].is_null()), "{read}");
+    let on = values.values().filter(|v| v["value"] == true).count() as f64 / keys.len() as f64;
+    // 2000 keys: the share is 30% within 3.5 points (about 3.4 standard errors).
+    assert!((on - 0.30).abs() < 0.035, "flagd gave `true` to {:.1}% of keys", on * 100.0);
+}

@@ -2,7 +2,8 @@
 //!
 //! Each flag becomes a flagd flag whose variants are named after their values
 //! (`"true"`, `"false"`, `"blue"`); a stage's fixed value is the default variant, and a
-//! fractional exposure becomes flagd's `fractional` targeting on the `targetingKey`.
+//! fractional exposure becomes flagd's `fractional` targeting on the `targetingKey`,
+//! with integer weights in basis points.
 //! The file is written to a temporary name and renamed, so a reader never sees half of it.
 
 use std::collections::BTreeMap;
@@ -32,10 +33,13 @@ pub fn document(states: &BTreeMap<String, FlagState>) -> Value {
             FlagState::Fixed(v) => flag["defaultVariant"] = json!(variant_name(v)),
             FlagState::Split { variants: shares, rest } => {
                 flag["defaultVariant"] = json!(variant_name(rest));
+                // flagd reads integer weights, relative to their sum: basis points keep
+                // shares below 1% (a float weight makes flagd ignore the rule).
+                let weight = |s: f64| (s * 10_000.0).round() as u64;
                 let mut buckets: Vec<Value> =
-                    shares.iter().map(|(v, s)| json!([variant_name(v), (s * 100.0).round()])).collect();
-                let given: f64 = shares.iter().map(|(_, s)| (s * 100.0).round()).sum();
-                buckets.push(json!([variant_name(rest), (100.0 - given).max(0.0)]));
+                    shares.iter().map(|(v, s)| json!([variant_name(v), weight(*s)])).collect();
+                let given: u64 = shares.iter().map(|(_, s)| weight(*s)).sum();
+                buckets.push(json!([variant_name(rest), 10_000u64.saturating_sub(given)]));
                 let mut args = vec![json!({ "var": "targetingKey" })];
                 args.extend(buckets);
                 flag["targeting"] = json!({ "fractional": args });
@@ -72,7 +76,7 @@ mod tests {
         assert_eq!(doc["flags"]["split"]["defaultVariant"], "green");
         assert_eq!(
             doc["flags"]["split"]["targeting"]["fractional"],
-            json!([{ "var": "targetingKey" }, ["blue", 10.0], ["green", 90.0]])
+            json!([{ "var": "targetingKey" }, ["blue", 1000], ["green", 9000]])
         );
     }
 }
