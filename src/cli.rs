@@ -216,9 +216,10 @@ pub enum Command {
     },
     /// Compare two saved runs of one scenario stage by stage; exit 1 when NEW is worse.
     ///
-    /// Latency by the same statistics as `compare` criteria (time windows, Mann-Whitney,
-    /// Holm over every test), error rates in points, and data counts (any more lost,
-    /// duplicated or corrupted records in NEW is a regression). Exit codes: 0 no
+    /// Latency and error rates by time windows, window against window (the runs share
+    /// their schedule: a Wilcoxon signed-rank test of the paired differences beyond the
+    /// tolerance, Holm over every test), and data counts (any more lost, duplicated or
+    /// corrupted records in NEW is a regression). Exit codes: 0 no
     /// regression, 1 NEW regressed, 2 the runs cannot be compared, 3 inconclusive.
     #[command(
         after_help = "Examples:\n  stagegate compare reports/last-release reports/latest\n  stagegate compare old new --max-regression +5ms --confidence 99%"
@@ -229,7 +230,7 @@ pub enum Command {
         /// The run to judge.
         new: PathBuf,
         /// How much slower NEW's latency may be: relative (`10%`) or absolute (`+5ms`).
-        /// Default: 10% of OLD's median, but at least 2 ms.
+        /// Default: 10%, or +2ms when 10% of OLD's median is less.
         #[arg(long)]
         max_regression: Option<String>,
         /// How much higher NEW's error rate may be, in percentage points.
@@ -338,9 +339,9 @@ fn audit(
     }
     let today = match today {
         None => chrono::Utc::now().date_naive(),
-        Some(t) => match chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-            Ok(d) => d,
-            Err(_) => return fail(format!("--today `{t}` is not a date like 2027-03-01")),
+        Some(t) => match chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().filter(|_| t.len() == 10) {
+            Some(d) => d,
+            None => return fail(format!("--today `{t}` is not a date like 2027-03-01")),
         },
     };
     let mut rules = Rules::new(today);

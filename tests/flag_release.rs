@@ -166,6 +166,22 @@ fn the_flag_audit_reports_each_kind_of_finding_and_gates_on_errors() {
     assert_eq!(clean.status.code(), Some(0), "{:?}", text(&clean));
     assert!(text(&clean).0.contains("1 flag(s) audited: 0 error(s), 0 warning(s)"), "{:?}", text(&clean));
 
+    // Two scenarios that disagree about a flag: a finding, whichever comes first.
+    let kinds = |files: [&str; 2]| {
+        let mut args = vec!["flags", "audit", "--format", "json", "--today", "2026-12-01"];
+        args.extend_from_slice(&files);
+        let out = stagegate(&args);
+        assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+        let doc: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+        let mut k: Vec<String> =
+            doc["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap().to_string()).collect();
+        k.sort();
+        k
+    };
+    let one = kinds(["tests/flags/clean.yaml", "tests/flags/conflict.yaml"]);
+    assert!(one.contains(&"conflicting-definition".to_string()) && one.contains(&"no-expiry".to_string()), "{one:?}");
+    assert_eq!(one, kinds(["tests/flags/conflict.yaml", "tests/flags/clean.yaml"]));
+
     // Bad input: exit 2, naming what is wrong.
     for (args, says) in [
         (vec!["flags", "audit"], "nothing to audit"),

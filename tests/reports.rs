@@ -233,7 +233,8 @@ fn report_paths_are_checked_before_anything_runs() {
     refused(&[&format!("html={root}")], "names a folder");
     refused(&["junit=summary.md", "markdown"], "is where the junit report goes");
     refused(&["html=report.json"], "is where the json report goes");
-    refused(&["junit=run.json"], "the run's own");
+    refused(&["junit=run.json"], "a run's own record");
+    refused(&["html=elsewhere/run.lock"], "a run's own record");
     refused(&["junit=../latest"], "`latest` is the link to the newest run");
     refused(&["junit=sub/."], "names a folder");
     refused(&["junit=/proc/stagegate.xml"], "cannot write in /proc");
@@ -382,6 +383,7 @@ fn a_hostile_saved_report_is_refused_or_rendered_within_bounds() {
     // Too many stages, a window at 1e300 s: refused as bad input, naming the field.
     let many = variant("many", &|d| d["stages"] = serde_json::Value::Array(vec![serde_json::json!({}); 5000]));
     let far = variant("far", &|d| d["stages"][0]["windows"][0]["from_secs"] = serde_json::json!(1e300));
+    let negative = variant("negative", &|d| d["stages"][1]["metrics"]["latency"]["p50"] = serde_json::json!(-1.7e308));
     // A histogram whose header asks for 5 digits up to 2^62 (tens of MiB to decode).
     let bomb = {
         use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
@@ -394,17 +396,15 @@ fn a_hostile_saved_report_is_refused_or_rendered_within_bounds() {
     for (dir, says) in [
         (many, "5000 stages, more than the 1000"),
         (far, "stages[0].windows[0].from_secs"),
+        (negative, "stages[1].metrics.latency.p50"),
         (bombed, "a histogram beyond stagegate's own"),
     ] {
         let out = render(&dir);
         assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
         assert!(text(&out).1.contains(says), "{:?}", text(&out));
     }
-    // Numbers that overflow a chart's axis, and markup where a seed should be: drawn
-    // without them, escaped.
+    // Markup where a seed or a stage name should be: escaped.
     let huge = variant("huge", &|d| {
-        d["stages"][1]["series"]["points"][0]["p99_ms"] = serde_json::json!(1.7e308);
-        d["stages"][1]["metrics"]["latency"]["max"] = serde_json::json!(1.7e308);
         d["seed"] = serde_json::json!("<script>alert(1)</script>");
         d["stages"][0]["name"] = serde_json::json!("[x](javascript:alert(1)) <img src=x>");
     });

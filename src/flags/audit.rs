@@ -37,7 +37,7 @@ impl Severity {
 }
 
 /// Every kind of finding: its name, default severity, and what it means.
-pub const KINDS: [(&str, Severity, &str); 11] = [
+pub const KINDS: [(&str, Severity, &str); 12] = [
     ("missing-owner", Severity::Error, "no owner: nobody answers for the flag"),
     ("missing-category", Severity::Error, "no category: release, experiment, operational or permission"),
     ("unknown-category", Severity::Error, "a category outside the taxonomy"),
@@ -49,6 +49,7 @@ pub const KINDS: [(&str, Severity, &str); 11] = [
     ("unused", Severity::Warning, "defined in a scenario, but no stage sets it off its default"),
     ("undefined", Severity::Error, "rehearsed by a scenario, but missing from the inventory"),
     ("unrehearsed", Severity::Warning, "in the inventory, but no scenario rehearses it"),
+    ("conflicting-definition", Severity::Error, "sources give the flag a different owner, category or expiry"),
 ];
 
 /// The audit's settings.
@@ -111,11 +112,40 @@ pub struct Entry {
     pub rehearsed_by: Vec<PathBuf>,
     /// Scenarios that define it but never set it.
     pub unused_in: Vec<PathBuf>,
+    /// Its governance as each source gives it: the inventory's first when it has the
+    /// flag, then each scenario's.
+    pub records: Vec<(PathBuf, Governance)>,
+}
+
+/// What a source says of a flag's governance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Governance {
     pub owner: Option<String>,
     /// As written (it may be outside the taxonomy).
     pub category: Option<String>,
     pub expires: Option<NaiveDate>,
     pub created: Option<NaiveDate>,
+}
+
+impl Governance {
+    /// Whether two sources say the same (a date of creation only one gives is no
+    /// disagreement: scenarios do not give one).
+    fn agrees(&self, other: &Governance) -> bool {
+        self.owner == other.owner
+            && self.category.as_deref().map(Category::parse) == other.category.as_deref().map(Category::parse)
+            && self.category.is_some() == other.category.is_some()
+            && self.expires == other.expires
+            && (self.created.is_none() || other.created.is_none() || self.created == other.created)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "owner {}, category {}, expires {}",
+            self.owner.as_deref().unwrap_or("-"),
+            self.category.as_deref().unwrap_or("-"),
+            self.expires.map_or("-".to_string(), |d| d.to_string())
+        )
+    }
 }
 
 /// One thing wrong with one flag.
@@ -145,9 +175,13 @@ impl Inventory {
             let e =
                 self.flags.entry(def.key.clone()).or_insert_with(|| Entry { key: def.key.clone(), ..Entry::default() });
             e.defined_in.push(file.to_path_buf());
-            e.owner = e.owner.take().or(def.owner.clone());
-            e.category = e.category.take().or(def.category.map(|c| c.name().to_string()));
-            e.expires = e.expires.or(def.expires);
+            let given = Governance {
+                owner: def.owner.clone(),
+                category: def.category.map(|c| c.name().to_string()),
+                expires: def.expires,
+                created: None,
+            };
+            e.records.push((file.to_path_buf(), given));
             let set = plan
                 .stages
                 .iter()
@@ -175,9 +209,16 @@ impl Inventory {
             let date = |name: &str| -> Result<Option<NaiveDate>, String> {
                 match meta.get(name) {
                     None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) => NaiveDate::parse_from_str(s, "%Y-%m-%d").map(Some).map_err(|_| {
-                        format!("{}: flags.{key}.metadata.{name}: `{s}` is not a date like 2027-03-01", file.display())
-                    }),
+                    Some(Value::String(s)) => {
+                        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().filter(|_| s.len() == 10).map(Some).ok_or_else(
+                            || {
+                                format!(
+                                    "{}: flags.{key}.metadata.{name}: `{s}` is not a date like 2027-03-01",
+                                    file.display()
+                                )
+                            },
+                        )
+                    }
                     Some(other) => Err(format!(
                         "{}: flags.{key}.metadata.{name}: {other} is not a date like \"2027-03-01\"",
                         file.display()
@@ -189,10 +230,14 @@ impl Inventory {
             e.in_inventory = true;
             e.defined_in.insert(0, file.to_path_buf());
             // The inventory is the record: its governance wins over a scenario's copy.
-            e.owner = text("owner").or(e.owner.take());
-            e.category = text("category").or(e.category.take());
-            e.expires = expires.or(e.expires);
-            e.created = created;
+            let owner = match meta.get("owner") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) if !other.is_null() => Some(other.to_string()),
+                _ => None,
+            };
+            let given = Governance { owner, category: text("category"), expires, created };
+            // The inventory is the record: it comes first.
+            e.records.insert(0, (file.to_path_buf(), given));
         }
         Ok(())
     }
@@ -201,69 +246,38 @@ impl Inventory {
     pub fn audit(&self, rules: &Rules) -> Vec<Finding> {
         let mut out = Vec::new();
         for e in self.flags.values() {
-            let home = e.defined_in.first().cloned().unwrap_or_default();
             let mut say = |kind: &'static str, file: &Path, message: String| {
                 let severity = rules.severity.get(kind).copied().unwrap_or(Severity::Error);
                 if severity != Severity::Off {
                     out.push(Finding { kind, severity, flag: e.key.clone(), file: file.to_path_buf(), message });
                 }
             };
-            if e.owner.as_deref().is_none_or(|o| o.trim().is_empty()) {
-                say("missing-owner", &home, "no owner".into());
-            }
-            let category = match e.category.as_deref() {
-                None => {
-                    say("missing-category", &home, "no category".into());
-                    None
-                }
-                Some(c) => match Category::parse(c) {
-                    Some(cat) => Some(cat),
-                    None => {
-                        say(
-                            "unknown-category",
-                            &home,
-                            format!("category `{c}` is not one of {}", Category::NAMES.join(", ")),
-                        );
-                        None
-                    }
-                },
-            };
-            if let Some(date) = e.expires
-                && date < rules.today
-            {
-                say("expired", &home, format!("expired on {date}"));
-            }
-            if let Some(cat) = category {
-                if cat.temporary() && e.expires.is_none() {
-                    say("no-expiry", &home, format!("no expiry on this {} flag: temporary flags need one", cat.name()));
-                }
-                if !cat.temporary()
-                    && let Some(date) = e.expires
-                {
-                    say("permanent-with-expiry", &home, format!("a permanent {} flag expiring on {date}", cat.name()));
-                }
-                if let Some(max) = rules.max_age_days.get(&cat) {
-                    let age = e.created.map(|c| (rules.today - c).num_days());
-                    let planned = match (e.created, e.expires) {
-                        (Some(c), Some(x)) => Some((x - c).num_days()),
-                        (None, Some(x)) => Some((x - rules.today).num_days()),
-                        _ => None,
-                    };
-                    if let Some(age) = age.filter(|a| a > max) {
-                        say("too-old", &home, format!("{age} days old; {} flags live at most {max} days", cat.name()));
-                    } else if let Some(life) = planned.filter(|l| l > max) {
-                        say(
-                            "too-old",
-                            &home,
-                            format!("set to live {life} days; {} flags live at most {max} days", cat.name()),
-                        );
-                    }
+            // Sources that disagree are a finding of their own; each different record is
+            // judged (only the inventory's when it has the flag: it is the record).
+            let mut distinct: Vec<&(PathBuf, Governance)> = Vec::new();
+            for r in &e.records {
+                if !distinct.iter().any(|d| d.1.agrees(&r.1)) {
+                    distinct.push(r);
                 }
             }
-            if let Some(rule) = &rules.naming
-                && !rule.is_match(&e.key)
-            {
-                say("naming", &home, format!("the name does not match `{}`", rule.as_str()));
+            if let [first, rest @ ..] = distinct.as_slice() {
+                for other in rest {
+                    say(
+                        "conflicting-definition",
+                        &other.0,
+                        format!(
+                            "defined as {} here, and as {} in {}",
+                            other.1.describe(),
+                            first.1.describe(),
+                            first.0.display()
+                        ),
+                    );
+                }
+            }
+            let judged: Vec<&(PathBuf, Governance)> =
+                if e.in_inventory { distinct.iter().take(1).copied().collect() } else { distinct };
+            for (home, g) in judged {
+                governance(&mut say, home, g, rules, &e.key);
             }
             if e.rehearsed_by.is_empty() {
                 for file in &e.unused_in {
@@ -285,19 +299,78 @@ impl Inventory {
     }
 }
 
+/// The governance rules on one source's record of flag `key`.
+fn governance(
+    say: &mut impl FnMut(&'static str, &Path, String),
+    home: &Path,
+    e: &Governance,
+    rules: &Rules,
+    key: &str,
+) {
+    if e.owner.as_deref().is_none_or(|o| o.trim().is_empty()) {
+        say("missing-owner", home, "no owner".into());
+    }
+    let category = match e.category.as_deref() {
+        None => {
+            say("missing-category", home, "no category".into());
+            None
+        }
+        Some(c) => match Category::parse(c) {
+            Some(cat) => Some(cat),
+            None => {
+                say("unknown-category", home, format!("category `{c}` is not one of {}", Category::NAMES.join(", ")));
+                None
+            }
+        },
+    };
+    if let Some(date) = e.expires
+        && date < rules.today
+    {
+        say("expired", home, format!("expired on {date}"));
+    }
+    if let Some(cat) = category {
+        if cat.temporary() && e.expires.is_none() {
+            say("no-expiry", home, format!("no expiry on this {} flag: temporary flags need one", cat.name()));
+        }
+        if !cat.temporary()
+            && let Some(date) = e.expires
+        {
+            say("permanent-with-expiry", home, format!("a permanent {} flag expiring on {date}", cat.name()));
+        }
+        if let Some(max) = rules.max_age_days.get(&cat) {
+            let age = e.created.map(|c| (rules.today - c).num_days());
+            let planned = match (e.created, e.expires) {
+                (Some(c), Some(x)) => Some((x - c).num_days()),
+                (None, Some(x)) => Some((x - rules.today).num_days()),
+                _ => None,
+            };
+            if let Some(age) = age.filter(|a| a > max) {
+                say("too-old", home, format!("{age} days old; {} flags live at most {max} days", cat.name()));
+            } else if let Some(life) = planned.filter(|l| l > max) {
+                say("too-old", home, format!("set to live {life} days; {} flags live at most {max} days", cat.name()));
+            }
+        }
+    }
+    if let Some(rule) = &rules.naming
+        && !rule.is_match(key)
+    {
+        say("naming", home, format!("the name does not match `{}`", rule.as_str()));
+    }
+}
+
 /// The findings as a table, with a last line counting them.
 pub fn table(findings: &[Finding], flags: usize) -> String {
     let mut s = String::new();
     if !findings.is_empty() {
         let w = findings.iter().map(|f| f.flag.len()).max().unwrap_or(4).max(4);
-        s.push_str(&format!("{:<7}  {:<w$}  {:<21}  {}\n", "level", "flag", "finding", "detail"));
+        s.push_str(&format!("{:<7}  {:<w$}  {:<22}  {}\n", "level", "flag", "finding", "detail"));
         for f in findings {
             let level = match f.severity {
                 Severity::Error => "ERROR",
                 Severity::Warning => "warning",
                 Severity::Off => "off",
             };
-            s.push_str(&format!("{level:<7}  {:<w$}  {:<21}  {} ({})\n", f.flag, f.kind, f.message, f.file.display()));
+            s.push_str(&format!("{level:<7}  {:<w$}  {:<22}  {} ({})\n", f.flag, f.kind, f.message, f.file.display()));
         }
         s.push('\n');
     }

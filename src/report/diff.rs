@@ -1,9 +1,11 @@
 //! `stagegate compare OLD NEW`: two saved runs of one scenario, stage by stage, so a
 //! team can gate on "no worse than the last release".
 //!
-//! Each stage present in both runs is compared three ways: latency with the statistics
-//! of a `compare` criterion (the stages' time windows, Mann-Whitney against the
-//! tolerance, the smallest detectable shift), the error rate in percentage points, and
+//! Each stage present in both runs is compared three ways: latency by the stages' time
+//! windows, paired window against window since the two runs share a schedule (a
+//! Wilcoxon signed-rank test of the differences beyond the tolerance, with drift and
+//! the smallest detectable shift read from those differences), the error rate in
+//! percentage points (windows paired the same way), and
 //! the data counts (a record more lost, duplicated or corrupted in NEW is a regression:
 //! those are never noise). The latency and error tests of all stages are one family,
 //! adjusted together (Holm) as a run's comparisons are. NEW regressed (exit 1) when any
@@ -81,6 +83,29 @@ fn check_shape(doc: &Value) -> Result<(), String> {
                 return Err(format!("stages[{i}].{key} holds {} entries, more than {max}", len(v)));
             }
         }
+        // The figures the summaries and charts show: in range, or refused.
+        let in_range = |v: &Value| v.is_null() || v.as_f64().is_some_and(|x| (0.0..1e12).contains(&x));
+        let m = &st["metrics"];
+        for k in ["p50", "p90", "p95", "p99", "p999", "max", "mean"] {
+            if !in_range(&m["latency"][k]) {
+                return Err(format!("stages[{i}].metrics.latency.{k} is {}, outside [0, 1e12)", m["latency"][k]));
+            }
+        }
+        for k in ["requests", "errors", "warmup_requests"] {
+            if !m[k].is_null() && m[k].as_u64().is_none_or(|n| n > 1_000_000_000_000) {
+                return Err(format!("stages[{i}].metrics.{k} is {}, not a count", m[k]));
+            }
+        }
+        if m["errors"].as_u64() > m["requests"].as_u64() {
+            return Err(format!("stages[{i}].metrics has more errors than requests"));
+        }
+        for (j, p) in st["series"]["points"].as_array().unwrap_or(&none).iter().enumerate() {
+            for k in ["at_secs", "p50_ms", "p99_ms", "max_ms"] {
+                if !in_range(&p[k]) {
+                    return Err(format!("stages[{i}].series.points[{j}].{k} is {}, outside [0, 1e12)", p[k]));
+                }
+            }
+        }
         for (j, w) in st["windows"].as_array().unwrap_or(&none).iter().enumerate() {
             for k in ["from_secs", "p50_ms", "p99_ms"] {
                 if w[k].as_f64().is_some_and(|x| !(0.0..1e12).contains(&x)) {
@@ -109,7 +134,7 @@ pub struct StageDiff {
 /// The options of a comparison of runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// `None`: 10% of OLD's median, at least 2 ms ([`default_tolerance`]).
+    /// `None`: 10%, or 2 ms when that is less ([`default_tolerance`]).
     pub latency: Option<Tolerance>,
     pub errors: f64,
     pub confidence: f64,
@@ -120,8 +145,8 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
     if old["scenario"] != new["scenario"] {
         return Err(format!(
             "the runs are of different scenarios (`{}` and `{}`)",
-            old["scenario"].as_str().unwrap_or("?"),
-            new["scenario"].as_str().unwrap_or("?")
+            plain(old["scenario"].as_str().unwrap_or("?")),
+            plain(new["scenario"].as_str().unwrap_or("?"))
         ));
     }
     let none = Vec::new();
@@ -260,6 +285,12 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
     Ok(out)
 }
 
+/// `s` for a terminal: control characters (escape sequences from a crafted report)
+/// shown as `?`.
+fn plain(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 /// The latency tolerance when none is given: 10% of OLD's median, but at least 2 ms
 /// (below that, two runs of one release on a shared machine differ by more).
 pub fn default_tolerance(old_p50_ms: Option<f64>) -> Tolerance {
@@ -360,12 +391,19 @@ pub fn command(old: &Path, new: &Path, max_regression: Option<&str>, max_error_r
             Outcome::Fail => "WORSE",
             Outcome::Inconclusive => "????",
         };
-        println!("{mark:<7}  {:<w$}  {:<15}  {:>16}  {:>16}  {}", d.stage, d.what, d.old, d.new, d.note);
+        println!(
+            "{mark:<7}  {:<w$}  {:<15}  {:>16}  {:>16}  {}",
+            plain(&d.stage),
+            d.what,
+            plain(&d.old),
+            plain(&d.new),
+            plain(&d.note)
+        );
     }
     let worse: Vec<String> =
         diffs.iter().filter(|d| d.outcome == Outcome::Fail).map(|d| format!("{} in `{}`", d.what, d.stage)).collect();
     if !worse.is_empty() {
-        println!("\nNEW regressed: {}", worse.join(", "));
+        println!("\nNEW regressed: {}", plain(&worse.join(", ")));
         exit::ROLLBACK
     } else if diffs.iter().any(|d| d.outcome == Outcome::Inconclusive) {
         println!("\ninconclusive: no regression found, but not every comparison could tell");

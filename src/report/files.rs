@@ -140,7 +140,15 @@ pub fn check_paths(run_dir: &Path, wanted: &[Wanted], flag: &str) -> Result<(), 
         }
         let parent = full.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let root = lexical(run_dir);
-        if parent == root && (name == "run.json" || name == "run.lock" || name.ends_with(".log")) {
+        // A run's record and lock are never a report's name, wherever the path leads
+        // (through a link, it may lead into this run's folder or another's).
+        if name == "run.json" || name == "run.lock" {
+            return Err(format!("{}: {name} is the name of a run's own record or lock", named()));
+        }
+        if full.as_os_str().len() > 3000 {
+            return Err(format!("{}: a path of {} bytes is too long", named(), full.as_os_str().len()));
+        }
+        if parent == root && name.ends_with(".log") {
             return Err(format!("{}: {name} in the run's folder is the run's own (its record, lock or logs)", named()));
         }
         if name == "latest" && Some(parent) == root.parent() {

@@ -54,13 +54,23 @@ pub fn render(doc: &Value) -> Result<String, String> {
         if !items.is_empty() {
             page.push_str(&format!("<h3>{title}</h3><ul>"));
             for i in items {
-                page.push_str(&format!("<li>{}</li>", esc(&t(i))));
+                page.push_str(&format!("<li>{}</li>", with_code(&t(i))));
             }
             page.push_str("</ul>\n");
         }
     }
     if let Some(summary) = doc["rollback"]["summary"].as_str() {
-        page.push_str(&format!("<h3>rollback</h3><p class=\"rollback\">{}</p>\n", esc(summary)));
+        page.push_str(&format!("<h3>rollback</h3><p class=\"rollback\">{}</p>\n", with_code(summary)));
+    }
+    if let Some(command) = doc["on_verdict"]["command"].as_array() {
+        let words: Vec<String> = command.iter().map(t).collect();
+        let status =
+            doc["on_verdict"]["exit_code"].as_i64().map_or("did not finish".to_string(), |c| format!("exited {c}"));
+        page.push_str(&format!(
+            "<h3>on_verdict</h3><p><code>{}</code> {status}</p><pre>{}</pre>\n",
+            esc(&words.join(" ")),
+            esc(&t(&doc["on_verdict"]["output"]))
+        ));
     }
     criteria_table(&mut page, doc["assessments"].as_array().unwrap_or(&none));
     let stages = doc["stages"].as_array().unwrap_or(&none);
@@ -434,6 +444,20 @@ pub fn when(v: &Value) -> String {
         .unwrap_or_else(|_| text.to_string())
 }
 
+/// Text for HTML, with the `code` spans stagegate's own sentences use shown as code.
+fn with_code(s: &str) -> String {
+    let parts: Vec<&str> = s.split('`').collect();
+    if parts.len().is_multiple_of(2) {
+        // Unbalanced: shown as written.
+        return esc(s);
+    }
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if i % 2 == 1 { format!("<code>{}</code>", esc(p)) } else { esc(p) })
+        .collect()
+}
+
 /// Text made safe for HTML.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -444,6 +468,13 @@ fn esc(s: &str) -> String {
             '&' => out.push_str("&amp;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // Control characters and direction overrides from a name: shown as spaces.
+            c if (c.is_control() && c != '\n')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                out.push(' ')
+            }
             c => out.push(c),
         }
     }

@@ -65,6 +65,14 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         };
         head.push_str(&format!("- **rollback:** {}{file}\n", line(summary)));
     }
+    if let Some(command) = doc["on_verdict"]["command"].as_array() {
+        let words: Vec<String> = command.iter().map(t).collect();
+        let status =
+            doc["on_verdict"]["exit_code"].as_i64().map_or("did not finish".to_string(), |c| format!("exited {c}"));
+        let output = t(&doc["on_verdict"]["output"]);
+        let last = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        head.push_str(&format!("- on_verdict `{}` {status}: {}\n", code(&clip(&words.join(" "))), line(&clip(last))));
+    }
     let (warnings, more) = listed("warnings");
     for w in warnings {
         head.push_str(&format!("- warning: {}\n", line(&w)));
@@ -293,7 +301,9 @@ fn line(s: &str) -> String {
                 out.push(c);
             }
             '`' => out.push('\''),
-            c if c.is_control() => out.push(' '),
+            c if c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c) => {
+                out.push(' ')
+            }
             c => out.push(c),
         }
     }

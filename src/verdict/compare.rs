@@ -193,10 +193,26 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         effect: if mb > 0.0 { mc / mb - 1.0 } else { 0.0 },
         p_worse,
         p_better,
-        median_diff_ms: Some(mc - mb),
-        median_ci_ms: stats::bootstrap_difference(&cand, &base, stats::median, level, 2000, seed),
-        p99_diff_ms: stats::median(&cand99).zip(stats::median(&base99)).map(|(a, b)| a - b),
-        p99_ci_ms: stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1),
+        // Paired windows: the median of their differences, and its interval from
+        // resampling the pairs; else the difference of the medians.
+        median_diff_ms: if s.paired { stats::median(&paired(&cand, &base)) } else { Some(mc - mb) },
+        median_ci_ms: if s.paired {
+            let d = paired(&cand, &base);
+            stats::bootstrap_difference(&d, &vec![0.0; d.len()], stats::median, level, 2000, seed)
+        } else {
+            stats::bootstrap_difference(&cand, &base, stats::median, level, 2000, seed)
+        },
+        p99_diff_ms: if s.paired {
+            stats::median(&paired(&cand99, &base99))
+        } else {
+            stats::median(&cand99).zip(stats::median(&base99)).map(|(a, b)| a - b)
+        },
+        p99_ci_ms: if s.paired {
+            let d = paired(&cand99, &base99);
+            stats::bootstrap_difference(&d, &vec![0.0; d.len()], stats::median, level, 2000, seed + 1)
+        } else {
+            stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1)
+        },
         tolerance_ms: Some(tolerance_ms),
         detectable_ms: if s.paired {
             let d: Vec<f64> = cand.iter().zip(&base).map(|(c, b)| c - b).collect();
@@ -209,6 +225,11 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         untestable: None,
         judged_secs: s.judged_secs,
     }
+}
+
+/// Window `i` of one side less window `i` of the other.
+fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
 /// How far window medians moved between the first and the second half of a stage, in
