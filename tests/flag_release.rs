@@ -1,6 +1,9 @@
-//! Flags as the release instrument: a ROLLBACK states the flag change that undoes it,
-//! hands it to `on_verdict`, and writes it as a flagd file that OpenFeature's flagd
-//! provider (a real client, offline file mode) reads back as the restored values.
+//! Flags as the release instrument, with real OpenFeature clients: a ROLLBACK states
+//! the flag change that undoes it, hands it to `on_verdict`, and writes it as a flagd
+//! file that OpenFeature's flagd provider (offline file mode) reads back; a stage's
+//! flagd file with a split reads back with its shares; a service evaluating through the
+//! OpenFeature SDK's OFREP provider sees each stage and split as the report says; and
+//! `stagegate flags audit` finds each kind of governance finding and gates on errors.
 
 mod common;
 
@@ -221,4 +224,55 @@ fn a_stage_flag_file_with_a_split_reads_back_in_the_flagd_provider_with_its_shar
     let on = values.values().filter(|v| v["value"] == true).count() as f64 / keys.len() as f64;
     // 2000 keys: the share is 30% within 3.5 points (about 3.4 standard errors).
     assert!((on - 0.30).abs() < 0.035, "flagd gave `true` to {:.1}% of keys", on * 100.0);
+}
+
+#[test]
+fn a_service_using_the_openfeature_ofrep_provider_sees_each_stage_and_split_as_the_report_says() {
+    common::require_python(
+        &["openfeature.contrib.provider.ofrep"],
+        "openfeature-provider-ofrep (scripts/test installs it)",
+    );
+    let reports = tempfile::tempdir().unwrap();
+    let evidence = reports.path().join("evidence.txt");
+    let out = Command::new(common::bin())
+        .args(["run", "tests/scenarios/ofrep-sdk.yaml", "--report-dir", reports.path().to_str().unwrap()])
+        .env("STAGEGATE_TEST_EVIDENCE", &evidence)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let report = only_report(reports.path());
+    // What the SDK answered, order by order, in the order the orders came.
+    let seen: Vec<(String, bool)> = std::fs::read_to_string(&evidence)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (key, value) = l.split_once(' ').unwrap();
+            (key.to_string(), value == "true")
+        })
+        .collect();
+    let mut at = 0;
+    for (i, expected_share) in [(0, Some(0.0)), (1, None), (2, Some(1.0))] {
+        let stage = &report["stages"][i];
+        let sent = stage["metrics"]["data"]["sent"].as_u64().unwrap() as usize;
+        let this: Vec<bool> = seen[at..at + sent].iter().map(|(_, v)| *v).collect();
+        at += sent;
+        let on = this.iter().filter(|v| **v).count();
+        // The SDK's answers are the report's exposure, variant by variant...
+        let exposure = &stage["flag_exposure"]["new-path"]["by_variant"];
+        assert_eq!(exposure["true"]["evaluations"].as_u64().unwrap_or(0) as usize, on, "{}", stage["name"]);
+        match expected_share {
+            Some(share) => assert_eq!(on as f64 / sent as f64, share, "{}", stage["name"]),
+            None => {
+                // ...and in the split, the cohort stagegate measured is the one the
+                // service put on the new path, and about 30% of the orders.
+                let cohort = stage["metrics"]["variants"]["new-path=true"]["requests"].as_u64().unwrap() as usize;
+                assert_eq!(cohort, on, "{}", stage["metrics"]["variants"]);
+                let share = on as f64 / sent as f64;
+                assert!((0.2..0.4).contains(&share), "the split gave `true` to {:.0}%", share * 100.0);
+            }
+        }
+    }
+    assert_eq!(at, seen.len(), "every order evaluated once");
 }
