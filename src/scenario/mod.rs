@@ -10,6 +10,7 @@ mod compile;
 pub mod diag;
 mod interpolate;
 pub mod overrides;
+pub mod pairwise;
 pub mod schema;
 mod spec;
 pub mod units;
