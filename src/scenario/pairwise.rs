@@ -101,10 +101,10 @@ pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
     // Open cells take the first value that keeps the row outside every exclusion.
     let mut out: Vec<Vec<usize>> = Vec::new();
     for r in rows {
-        if let Some(full) = complete(&r, levels, exclude) {
-            if !out.contains(&full) {
-                out.push(full);
-            }
+        if let Some(full) = complete(&r, levels, exclude)
+            && !out.contains(&full)
+        {
+            out.push(full);
         }
     }
     // A pair left out by a row that could not be completed gets a row of its own, when
