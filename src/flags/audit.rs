@@ -105,8 +105,6 @@ impl Rules {
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
     pub key: String,
-    /// Where it is defined: scenario files and the inventory.
-    pub defined_in: Vec<PathBuf>,
     pub in_inventory: bool,
     /// Scenarios whose stages set it off its default.
     pub rehearsed_by: Vec<PathBuf>,
@@ -174,7 +172,6 @@ impl Inventory {
         for def in &plan.flags.definitions {
             let e =
                 self.flags.entry(def.key.clone()).or_insert_with(|| Entry { key: def.key.clone(), ..Entry::default() });
-            e.defined_in.push(file.to_path_buf());
             let given = Governance {
                 owner: def.owner.clone(),
                 category: def.category.map(|c| c.name().to_string()),
@@ -228,7 +225,6 @@ impl Inventory {
             let (expires, created) = (date("expires")?, date("created")?);
             let e = self.flags.entry(key.clone()).or_insert_with(|| Entry { key: key.clone(), ..Entry::default() });
             e.in_inventory = true;
-            e.defined_in.insert(0, file.to_path_buf());
             // The inventory is the record: its governance wins over a scenario's copy.
             let owner = match meta.get("owner") {
                 Some(Value::String(s)) => Some(s.clone()),

@@ -13,6 +13,7 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::exit;
@@ -157,7 +158,7 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
     for n in new_stages {
         let name = n["name"].as_str().unwrap_or_default().to_string();
         let Some(o) = old_stages.iter().find(|o| o["name"] == n["name"]) else { continue };
-        let (ow, nw) = (stage_windows(old, &name), stage_windows(new, &name));
+        let (ow, nw) = (windows(o), windows(n));
         let count = |s: &Value, k: &str| s["metrics"][k].as_u64().unwrap_or(0);
         let judged_secs = span_secs(&nw).max(span_secs(&ow));
         let sides = Sides {
@@ -183,11 +184,23 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
             };
             let r = run_compare(&spec, &sides);
             tests.push((out.len(), spec, r));
+            // What each side shows: its windows' median, or its error rate.
+            let shown = |s: &Value, w: &[Window]| match metric {
+                CompareMetric::Latency => {
+                    let mut m: Vec<f64> = w.iter().map(|w| w.p50_ms).collect();
+                    m.sort_by(f64::total_cmp);
+                    m.get(m.len() / 2).map_or("-".into(), |v| format!("{v:.1}ms median"))
+                }
+                CompareMetric::Errors => {
+                    let (req, err) = (count(s, "requests"), count(s, "errors"));
+                    if req == 0 { "-".to_string() } else { format!("{:.2}%", err as f64 * 100.0 / req as f64) }
+                }
+            };
             out.push(StageDiff {
                 stage: name.clone(),
                 what: if metric == CompareMetric::Latency { "latency" } else { "errors" },
-                old: String::new(),
-                new: String::new(),
+                old: shown(o, &ow),
+                new: shown(n, &nw),
                 outcome: Outcome::Inconclusive,
                 note: String::new(),
             });
@@ -242,13 +255,6 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
         d.outcome = outcome;
         match spec.metric {
             CompareMetric::Latency => {
-                let median = |w: &[Window]| {
-                    let mut m: Vec<f64> = w.iter().map(|w| w.p50_ms).collect();
-                    m.sort_by(f64::total_cmp);
-                    m.get(m.len() / 2).copied()
-                };
-                d.old = median(&stage_windows(old, &d.stage)).map_or("-".into(), |v| format!("{v:.1}ms median"));
-                d.new = median(&stage_windows(new, &d.stage)).map_or("-".into(), |v| format!("{v:.1}ms median"));
                 let shift = match (r.median_diff_ms, r.median_ci_ms) {
                     (Some(m), Some((lo, hi))) => format!("{m:+.1}ms [{lo:+.1}, {hi:+.1}] ({:+.1}%)", r.effect * 100.0),
                     _ => String::new(),
@@ -264,14 +270,6 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
                 .join("; ");
             }
             CompareMetric::Errors => {
-                let rate = |d: &Value, stage: &str| {
-                    let s = stage_of(d, stage);
-                    let (req, err) =
-                        (s["metrics"]["requests"].as_u64().unwrap_or(0), s["metrics"]["errors"].as_u64().unwrap_or(0));
-                    if req == 0 { "-".to_string() } else { format!("{:.2}%", err as f64 * 100.0 / req as f64) }
-                };
-                d.old = rate(old, &d.stage);
-                d.new = rate(new, &d.stage);
                 d.note = why.unwrap_or_else(|| {
                     format!(
                         "{:+.2} points; p = {p:.3} for worse than {}",
@@ -288,7 +286,7 @@ pub fn compare_runs(old: &Value, new: &Value, options: Options) -> Result<Vec<St
 /// `s` for a terminal: control characters (escape sequences from a crafted report)
 /// shown as `?`.
 fn plain(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars().map(|c| if super::hidden(c) { '?' } else { c }).collect()
 }
 
 /// The latency tolerance when none is given: 10% of OLD's median, but at least 2 ms
@@ -308,12 +306,9 @@ fn field_name(f: &str) -> &'static str {
     }
 }
 
-fn stage_of<'a>(doc: &'a Value, stage: &str) -> &'a Value {
-    doc["stages"].as_array().and_then(|s| s.iter().find(|s| s["name"] == stage)).unwrap_or(&Value::Null)
-}
-
-fn stage_windows(doc: &Value, stage: &str) -> Vec<Window> {
-    serde_json::from_value(stage_of(doc, stage)["windows"].clone()).unwrap_or_default()
+/// A saved stage's time windows (none when they cannot be read).
+fn windows(stage: &Value) -> Vec<Window> {
+    Vec::<Window>::deserialize(&stage["windows"]).unwrap_or_default()
 }
 
 /// The judged seconds the windows span (to say how long a stage would need to be).

@@ -217,13 +217,19 @@ fn lexical(path: &Path) -> PathBuf {
 /// of its own; never waits (a pipe with no reader is an error, not a hang).
 fn append_step_summary(path: &Path, doc: &Value) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut md = render(Format::Markdown, doc, &[]).unwrap_or_default();
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
+    let mut f = open_step_summary(path)?;
     if f.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
         md.splice(0..0, *b"\n");
     }
     f.write_all(&md)
+}
+
+/// The job summary file, opened to append (created if missing) without ever waiting:
+/// a pipe with no reader is an error, not a hang.
+fn open_step_summary(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().append(true).create(true).custom_flags(nix::libc::O_NONBLOCK).open(path)
 }
 
 /// Checks, before a run, that a set `GITHUB_STEP_SUMMARY` can take the summary when
@@ -242,12 +248,9 @@ pub fn check_step_summary(wanted: &[Wanted]) -> Result<(), String> {
     if !parent.is_dir() {
         return Err(say(format!("the folder {} does not exist", parent.display())));
     }
-    // Opened as the end of the run will open it (never waiting), nothing written.
+    // Opened as the end of the run will open it, nothing written.
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        let opened =
-            std::fs::OpenOptions::new().append(true).create(true).custom_flags(nix::libc::O_NONBLOCK).open(path);
-        match opened {
+        match open_step_summary(path) {
             Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {}
             Ok(_) => return Err(say("not a regular file".into())),
             Err(e) => return Err(say(format!("cannot append to it: {e}"))),

@@ -56,7 +56,7 @@ pub fn render(doc: &Value) -> Result<String, String> {
                 };
                 let tag: String = tag
                     .chars()
-                    .map(|c| if c == ',' || c.is_whitespace() || c.is_control() { '_' } else { c })
+                    .map(|c| if c == ',' || c.is_whitespace() || super::hidden(c) { '_' } else { c })
                     .collect();
                 let histogram = decode(h["encoded"].as_str().unwrap_or_default())
                     .map_err(|e| format!("stage `{name}`: a histogram cannot be read: {e}"))?;
@@ -117,7 +117,7 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
 
 /// `text` on one line: a comment in the log may not start another.
 fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars().map(|c| if super::hidden(c) { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]

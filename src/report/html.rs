@@ -233,44 +233,20 @@ fn chart_error(e: impl std::fmt::Display) -> String {
     format!("cannot draw a chart: {e}")
 }
 
+/// The series fields of the latency chart: (field, label, colour).
+const LATENCY: [(&str, &str, RGBColor); 2] = [("p50_ms", "p50", BLUE), ("p99_ms", "p99", RED)];
+
 fn latency_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> Result<String, String> {
-    let p50 = points(series, "p50_ms");
-    let p99 = points(series, "p99_ms");
-    let top = p99.iter().chain(&p50).map(|(_, v)| *v).fold(1.0, f64::max) * 1.1;
-    let x_end = span(series);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(chart_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..x_end, 0f64..top)
-            .map_err(chart_error)?;
-        chart.configure_mesh().x_desc("seconds into the stage").y_desc("ms").draw().map_err(chart_error)?;
-        shade_faults(&mut chart, faults, x_end, top)?;
-        chart
-            .draw_series(LineSeries::new(p50, BLUE.stroke_width(2)))
-            .map_err(chart_error)?
-            .label("p50")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
-        chart
-            .draw_series(LineSeries::new(p99, RED.stroke_width(2)))
-            .map_err(chart_error)?
-            .label("p99")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(chart_error)?;
-        root.present().map_err(chart_error)?;
-    }
-    Ok(svg)
+    time_chart(title, series, faults, &LATENCY, "ms", SeriesLabelPosition::UpperLeft)
+}
+
+fn counts_chart(
+    title: &str,
+    series: &Value,
+    faults: &[(f64, f64, String)],
+    lines: &[(&str, &str, RGBColor)],
+) -> Result<String, String> {
+    time_chart(title, series, faults, lines, "per interval", SeriesLabelPosition::UpperRight)
 }
 
 /// The series fields of the traffic chart: (field, label, colour).
@@ -282,11 +258,14 @@ const QUALITY: [(&str, &str, RGBColor); 3] = [
     ("corrupted", "corrupted", RGBColor(0, 140, 140)),
 ];
 
-fn counts_chart(
+/// A chart of `lines` (series fields) over the stage's time, fault windows shaded.
+fn time_chart(
     title: &str,
     series: &Value,
     faults: &[(f64, f64, String)],
     lines: &[(&str, &str, RGBColor)],
+    y_desc: &str,
+    legend: SeriesLabelPosition,
 ) -> Result<String, String> {
     let data: Vec<_> = lines.iter().map(|(field, label, color)| (points(series, field), *label, *color)).collect();
     let top = data.iter().flat_map(|(p, ..)| p.iter().map(|(_, v)| *v)).fold(1.0, f64::max) * 1.1;
@@ -302,7 +281,7 @@ fn counts_chart(
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..x_end, 0f64..top)
             .map_err(chart_error)?;
-        chart.configure_mesh().x_desc("seconds into the stage").y_desc("per interval").draw().map_err(chart_error)?;
+        chart.configure_mesh().x_desc("seconds into the stage").y_desc(y_desc).draw().map_err(chart_error)?;
         shade_faults(&mut chart, faults, x_end, top)?;
         for (p, label, color) in data {
             if p.is_empty() {
@@ -318,7 +297,7 @@ fn counts_chart(
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .draw()
             .map_err(chart_error)?;
         root.present().map_err(chart_error)?;
@@ -469,12 +448,7 @@ fn esc(s: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             // Control characters and direction overrides from a name: shown as spaces.
-            c if (c.is_control() && c != '\n')
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c) =>
-            {
-                out.push(' ')
-            }
+            c if c != '\n' && super::hidden(c) => out.push(' '),
             c => out.push(c),
         }
     }

@@ -41,10 +41,9 @@ fn write(
     report: &super::RunReport,
     secrets: &Secrets,
 ) -> std::io::Result<()> {
+    use super::files::{Format, document, render};
     std::fs::create_dir_all(dir)?;
-    let mut doc = serde_json::to_value(report).map_err(std::io::Error::other)?;
-    secrets.mask_json(&mut doc);
-    let mut text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
-    text.push('\n');
-    crate::deps::runfile::write_atomically(path, text.as_bytes())
+    let doc = document(report, secrets).map_err(std::io::Error::other)?;
+    let bytes = render(Format::Json, &doc, &[]).map_err(std::io::Error::other)?;
+    crate::deps::runfile::write_atomically(path, &bytes)
 }

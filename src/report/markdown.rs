@@ -301,9 +301,7 @@ fn line(s: &str) -> String {
                 out.push(c);
             }
             '`' => out.push('\''),
-            c if c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c) => {
-                out.push(' ')
-            }
+            c if super::hidden(c) => out.push(' '),
             c => out.push(c),
         }
     }
@@ -317,7 +315,7 @@ fn code(s: &str) -> String {
         .map(|c| match c {
             '`' => '\'',
             '|' => '¦',
-            c if c.is_control() => ' ',
+            c if super::hidden(c) => ' ',
             c => c,
         })
         .collect()

@@ -231,6 +231,13 @@ pub struct ActionReport {
     pub output: String,
 }
 
+/// A character a name from the run (or a crafted saved report) may carry that a
+/// reader must not get as it is: a control character (an escape sequence, a line
+/// break) or a bidirectional override that reorders what is shown.
+pub fn hidden(c: char) -> bool {
+    c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 /// Something that consumes the run's events.
 pub trait Reporter {
     fn event(&mut self, event: &Event);

@@ -153,11 +153,14 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
         );
     }
     let (Some(mc), Some(mb)) = (stats::median(&cand), stats::median(&base)) else { return empty(s, "no samples") };
-    let drift_ms = if s.paired {
-        let diffs: Vec<f64> = cand.iter().zip(&base).map(|(c, b)| c - b).collect();
-        drift(&diffs)
-    } else {
-        drift(&cand).max(drift(&base))
+    let cand99: Vec<f64> = s.candidate.iter().map(|w| w.p99_ms).collect();
+    let base99: Vec<f64> = s.baseline.iter().map(|w| w.p99_ms).collect();
+    // Two runs of one schedule pair their windows (window `i` of each, under the same
+    // faults): their differences, of the medians and of the p99s.
+    let pairs = s.paired.then(|| (paired(&cand, &base), paired(&cand99, &base99)));
+    let drift_ms = match &pairs {
+        Some((d, _)) => drift(d),
+        None => drift(&cand).max(drift(&base)),
     };
     // The baseline moved by the tolerance, then by the drift: out for a FAIL (only a
     // regression beyond both counts), in for a PASS (staying within the tolerance must
@@ -174,8 +177,7 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
     // differences): what both runs share, a fault's shape included, cancels.
     let p = |alt, to: &[f64]| {
         if s.paired {
-            let d: Vec<f64> = cand.iter().zip(to).map(|(c, b)| c - b).collect();
-            stats::signed_rank(&d, alt).unwrap_or(1.0)
+            stats::signed_rank(&paired(&cand, to), alt).unwrap_or(1.0)
         } else {
             stats::mann_whitney(&cand, to, alt, Method::Auto).map_or(1.0, |r| r.p)
         }
@@ -183,43 +185,38 @@ fn latency(c: &Compare, s: &Sides) -> Comparison {
     let (p_worse, p_better) = (p(Alternative::Greater, &moved(drift_ms)), p(Alternative::Less, &moved(-drift_ms)));
     let level = c.confidence;
     let seed = 0x5eed_c0de;
-    let cand99: Vec<f64> = s.candidate.iter().map(|w| w.p99_ms).collect();
-    let base99: Vec<f64> = s.baseline.iter().map(|w| w.p99_ms).collect();
     let tolerance_ms = match c.tolerance {
         Tolerance::Relative(r) => r * mb,
         Tolerance::AbsoluteMs(ms) => ms,
+    };
+    // Paired: the median of the differences, its interval from resampling the pairs;
+    // else the difference of the medians, from resampling each side.
+    let (median_diff_ms, median_ci_ms, p99_diff_ms, p99_ci_ms, detectable_ms) = match &pairs {
+        Some((d, d99)) => (
+            stats::median(d),
+            stats::bootstrap_difference(d, &vec![0.0; d.len()], stats::median, level, 2000, seed),
+            stats::median(d99),
+            stats::bootstrap_difference(d99, &vec![0.0; d99.len()], stats::median, level, 2000, seed + 1),
+            stats::detectable_paired_shift(d, 1.0 - c.confidence),
+        ),
+        None => (
+            Some(mc - mb),
+            stats::bootstrap_difference(&cand, &base, stats::median, level, 2000, seed),
+            stats::median(&cand99).zip(stats::median(&base99)).map(|(a, b)| a - b),
+            stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1),
+            stats::detectable_shift(&cand, &base, 1.0 - c.confidence),
+        ),
     };
     Comparison {
         effect: if mb > 0.0 { mc / mb - 1.0 } else { 0.0 },
         p_worse,
         p_better,
-        // Paired windows: the median of their differences, and its interval from
-        // resampling the pairs; else the difference of the medians.
-        median_diff_ms: if s.paired { stats::median(&paired(&cand, &base)) } else { Some(mc - mb) },
-        median_ci_ms: if s.paired {
-            let d = paired(&cand, &base);
-            stats::bootstrap_difference(&d, &vec![0.0; d.len()], stats::median, level, 2000, seed)
-        } else {
-            stats::bootstrap_difference(&cand, &base, stats::median, level, 2000, seed)
-        },
-        p99_diff_ms: if s.paired {
-            stats::median(&paired(&cand99, &base99))
-        } else {
-            stats::median(&cand99).zip(stats::median(&base99)).map(|(a, b)| a - b)
-        },
-        p99_ci_ms: if s.paired {
-            let d = paired(&cand99, &base99);
-            stats::bootstrap_difference(&d, &vec![0.0; d.len()], stats::median, level, 2000, seed + 1)
-        } else {
-            stats::bootstrap_difference(&cand99, &base99, stats::median, level, 2000, seed + 1)
-        },
+        median_diff_ms,
+        median_ci_ms,
+        p99_diff_ms,
+        p99_ci_ms,
         tolerance_ms: Some(tolerance_ms),
-        detectable_ms: if s.paired {
-            let d: Vec<f64> = cand.iter().zip(&base).map(|(c, b)| c - b).collect();
-            stats::detectable_paired_shift(&d, 1.0 - c.confidence)
-        } else {
-            stats::detectable_shift(&cand, &base, 1.0 - c.confidence)
-        },
+        detectable_ms,
         drift_ms: Some(drift_ms),
         windows: (cand.len(), base.len()),
         untestable: None,
