@@ -11,24 +11,6 @@ use std::process::Command;
 
 use common::{only_report, stagegate, text};
 
-/// Each flag's value for each key, as the flagd provider reads `file`.
-fn read_with_flagd(file: &std::path::Path, wanted: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
-    common::require_python(
-        &["openfeature.contrib.provider.flagd"],
-        "openfeature-provider-flagd (scripts/test installs it)",
-    );
-    let out = Command::new("python3")
-        .arg(common::root().join("tests/flagd_client.py"))
-        .arg(file)
-        .arg(wanted.to_string())
-        .args(keys)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
 #[test]
 fn a_rollback_names_the_flag_change_hands_it_to_on_verdict_and_writes_it_for_flagd() {
     let reports = tempfile::tempdir().unwrap();
@@ -68,8 +50,11 @@ fn a_rollback_names_the_flag_change_hands_it_to_on_verdict_and_writes_it_for_fla
     assert_eq!(lines.next().map(std::path::PathBuf::from), Some(std::path::absolute(&file).unwrap()), "{given}");
 
     // A service reading the file gets the restored value, whatever its own default.
-    let read =
-        read_with_flagd(&file, &serde_json::json!({ "new-enricher": ["boolean", true] }), &["order-1", "order-2"]);
+    let read = common::read_with_flagd(
+        &file,
+        &serde_json::json!({ "new-enricher": ["boolean", true] }),
+        &["order-1", "order-2"],
+    );
     for key in ["order-1", "order-2"] {
         assert_eq!(read["new-enricher"][key]["value"], false, "{read}");
         assert_eq!(read["new-enricher"][key]["error"], serde_json::Value::Null, "{read}");
@@ -214,7 +199,7 @@ fn a_stage_flag_file_with_a_split_reads_back_in_the_flagd_provider_with_its_shar
     let run = common::run_folders(reports.path())[0].clone();
     let keys: Vec<String> = (0..2000).map(|i| format!("order-{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let read = read_with_flagd(
+    let read = common::read_with_flagd(
         &run.join("flags.flagd.json"),
         &serde_json::json!({ "refuse-orders": ["boolean", false] }),
         &keys,

@@ -72,6 +72,48 @@ pub fn render(doc: &Value) -> Result<String, String> {
             esc(&t(&doc["on_verdict"]["output"]))
         ));
     }
+    for e in doc["exposures"].as_array().unwrap_or(&none) {
+        page.push_str(&format!(
+            "<h3>exposure <code>{}</code> of <code>{}</code></h3>\n<table><tr><th>step</th><th>exposed</th><th>outcome</th><th>failed</th></tr>\n",
+            esc(&t(&e["stage"])),
+            esc(&t(&e["flag"]))
+        ));
+        for step in e["steps"].as_array().unwrap_or(&none) {
+            let failed: Vec<String> = step["failed"].as_array().unwrap_or(&none).iter().map(t).collect();
+            let outcome = t(&step["outcome"]);
+            page.push_str(&format!(
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&outcome),
+                esc(&t(&step["stage"])),
+                crate::scenario::units::format_share(step["share"].as_f64().unwrap_or(0.0)),
+                esc(&outcome.replace('_', " ")),
+                esc(&failed.join("; "))
+            ));
+        }
+        page.push_str("</table>\n");
+    }
+    for m in doc["matrices"].as_array().unwrap_or(&none) {
+        let dims: Vec<String> = m["dimensions"].as_array().unwrap_or(&none).iter().map(|d| esc(&t(d))).collect();
+        page.push_str(&format!(
+            "<h3>matrix <code>{}</code> ({})</h3>\n<table class=\"matrix\"><tr><th>{}</th><th>outcome</th><th>failed</th></tr>\n",
+            esc(&t(&m["stage"])),
+            esc(&t(&m["mode"])),
+            dims.join("</th><th>")
+        ));
+        for c in m["cells"].as_array().unwrap_or(&none) {
+            let values: Vec<String> = c["values"].as_array().unwrap_or(&none).iter().map(|v| esc(&t(v))).collect();
+            let failed: Vec<String> = c["failed"].as_array().unwrap_or(&none).iter().map(t).collect();
+            let outcome = t(&c["outcome"]);
+            page.push_str(&format!(
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&outcome),
+                values.join("</td><td>"),
+                esc(&outcome.replace('_', " ")),
+                esc(&failed.join("; "))
+            ));
+        }
+        page.push_str("</table>\n");
+    }
     criteria_table(&mut page, doc["assessments"].as_array().unwrap_or(&none));
     let stages = doc["stages"].as_array().unwrap_or(&none);
     let faults = doc["faults"].as_array().unwrap_or(&none);
@@ -154,7 +196,7 @@ fn criteria_table(page: &mut String, assessments: &[Value]) {
         page.push_str(&format!(
             "<tr class=\"{class}\"><td>{mark}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             esc(&t(&a["stage"])),
-            esc(&t(&a["criterion"])),
+            esc(&super::criterion_label(a)),
             esc(&t(&a["measured_text"])),
             esc(&t(&a["limit_text"])),
             a["samples"].as_u64().map_or("-".into(), |n| n.to_string()),
@@ -456,6 +498,7 @@ fn esc(s: &str) -> String {
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:960px;color:#222}\
+tr.failed td{background:#ffebe9}tr.passed td,tr.held td{background:#dafbe1}tr.inconclusive td{background:#fff8c5}tr.not_run td{color:#888}\
 .verdict{padding:.1em .5em;border-radius:4px;color:#fff}.promote{background:#1a7f37}.rollback{background:#cf222e}\
 .other{background:#9a6700}.meta{color:#666;font-size:.9em}table{border-collapse:collapse;margin:1em 0}\
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:.9em}tr.fail td{background:#ffebe9}\

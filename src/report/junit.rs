@@ -64,7 +64,7 @@ pub fn render(doc: &Value) -> Result<String, String> {
 
 fn case(scenario: &str, stage: &str, a: &Value) -> TestCase {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let criterion = text(&a["criterion"]);
+    let criterion = super::criterion_label(a);
     let level = a["level"].as_str().unwrap_or("enforce");
     let note = a["note"].as_str();
     let samples = a["samples"].as_u64().map(|n| format!(", {n} samples")).unwrap_or_default();

@@ -89,6 +89,64 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         })
         .collect();
     let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    for e in doc["exposures"].as_array().unwrap_or(&none) {
+        let rows = e["steps"]
+            .as_array()
+            .unwrap_or(&none)
+            .iter()
+            .map(|step| {
+                let failed: Vec<String> = step["failed"].as_array().unwrap_or(&none).iter().map(t).collect();
+                format!(
+                    "| {} | {} | {} | {} |\n",
+                    cell(&t(&step["stage"])),
+                    crate::scenario::units::format_share(step["share"].as_f64().unwrap_or(0.0)),
+                    t(&step["outcome"]).replace('_', " "),
+                    cell(&failed.join("; "))
+                )
+            })
+            .collect();
+        sections.push((
+            format!(
+                "### Exposure `{}` of `{}`\n\n| step | exposed | outcome | failed |\n|---|---|---|---|\n",
+                code(&t(&e["stage"])),
+                code(&t(&e["flag"]))
+            ),
+            rows,
+        ));
+    }
+    for m in doc["matrices"].as_array().unwrap_or(&none) {
+        let dims: Vec<String> = m["dimensions"].as_array().unwrap_or(&none).iter().map(|d| cell(&t(d))).collect();
+        let cells = m["cells"].as_array().unwrap_or(&none);
+        let count = |o: &str| cells.iter().filter(|c| c["outcome"] == o).count();
+        let rows = cells
+            .iter()
+            .map(|c| {
+                let values: Vec<String> = c["values"].as_array().unwrap_or(&none).iter().map(|v| cell(&t(v))).collect();
+                let failed: Vec<String> = c["failed"].as_array().unwrap_or(&none).iter().map(t).collect();
+                format!(
+                    "| {} | {} | {} |\n",
+                    values.join(" | "),
+                    t(&c["outcome"]).replace('_', " "),
+                    cell(&failed.join("; "))
+                )
+            })
+            .collect();
+        sections.push((
+            format!(
+                "### Matrix `{}` ({}, {} of {} combinations): {} passed, {} failed, {} inconclusive\n\n| {} | outcome | failed |\n|{}---|---|\n",
+                code(&t(&m["stage"])),
+                t(&m["mode"]),
+                cells.len(),
+                m["product"].as_u64().unwrap_or(0),
+                count("passed"),
+                count("failed"),
+                count("inconclusive"),
+                dims.join(" | "),
+                "---|".repeat(dims.len())
+            ),
+            rows,
+        ));
+    }
     if !decisive.is_empty() {
         sections.push((
             "### What decided it\n\n| | stage | criterion | measured | limit | samples | why |\n|---|---|---|---|---|---|---|\n"
@@ -100,7 +158,7 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
                         "| {} | {} | `{}` | {} | {} | {} | {} |\n",
                         if a["outcome"] == "fail" { "FAIL" } else { "????" },
                         cell(&t(&a["stage"])),
-                        code(&t(&a["criterion"])),
+                        code(&super::criterion_label(a)),
                         cell(&t(&a["measured_text"])),
                         cell(&t(&a["limit_text"])),
                         a["samples"].as_u64().map_or("-".into(), |n| n.to_string()),
@@ -122,7 +180,7 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
             format!(
                 "| {mark} | {} | `{}` | {} | {} |\n",
                 cell(&t(&a["stage"])),
-                code(&t(&a["criterion"])),
+                code(&super::criterion_label(a)),
                 cell(&t(&a["measured_text"])),
                 cell(&t(&a["limit_text"])),
             )

@@ -159,6 +159,10 @@ pub struct RunReport {
     pub report_dir: Option<PathBuf>,
     /// On ROLLBACK, the flag change that undoes the failure.
     pub rollback: Option<crate::verdict::rollback::RollbackPlan>,
+    /// Each progressive exposure: how each step went and the largest that held.
+    pub exposures: Vec<crate::verdict::exposure::ExposureReport>,
+    /// Each flag matrix: its cells by outcome, with the criteria that failed in each.
+    pub matrices: Vec<crate::verdict::matrix::MatrixReport>,
     /// The `on_verdict` command that ran, if any.
     pub on_verdict: Option<ActionReport>,
     /// Set when a target stagegate started exited on its own during the run.
@@ -214,6 +218,8 @@ impl RunReport {
             faults: Vec::new(),
             report_dir,
             rollback: None,
+            exposures: Vec::new(),
+            matrices: Vec::new(),
             on_verdict: None,
             target_exit: None,
             statistical_tests: 0,
@@ -234,6 +240,16 @@ pub struct ActionReport {
 /// A character a name from the run (or a crafted saved report) may carry that a
 /// reader must not get as it is: a control character (an escape sequence, a line
 /// break) or a bidirectional override that reorders what is shown.
+/// An assessment's criterion as report.json holds it, with its cohort when it was
+/// judged on one (`data.lost == 0 [new-enricher=true cohort]`).
+pub fn criterion_label(a: &serde_json::Value) -> String {
+    let criterion = a["criterion"].as_str().unwrap_or_default();
+    match a["cohort"].as_str() {
+        Some(c) => format!("{criterion} [{c} cohort]"),
+        None => criterion.to_string(),
+    }
+}
+
 pub fn hidden(c: char) -> bool {
     c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c)
 }

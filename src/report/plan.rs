@@ -154,20 +154,69 @@ pub fn markdown(plan: &Plan) -> String {
         format_duration(w.warmup),
         format_duration(w.timeout)
     );
-    let expected = match &w.arrival {
+    // Records judged after warm-up in a stage of `duration`, under an open model.
+    let judged = |duration: std::time::Duration| match &w.arrival {
         Arrival::Open(p) => {
-            let total = p.expected(w.duration.as_secs_f64()).round() as u64;
-            let warm = p.expected(w.warmup.as_secs_f64()).round() as u64;
-            format!("{total} records ({} judged after warm-up)", total - warm)
+            Some((p.expected(duration.as_secs_f64()) - p.expected(w.warmup.as_secs_f64())).max(0.0).round() as u64)
         }
-        Arrival::Closed { .. } => "as many records as the target answers (closed model)".to_string(),
+        Arrival::Closed { .. } => None,
     };
+    let expected = |duration: std::time::Duration| match (&w.arrival, judged(duration)) {
+        (Arrival::Open(p), Some(j)) => {
+            format!("{} records ({j} judged after warm-up)", p.expected(duration.as_secs_f64()).round() as u64)
+        }
+        _ => "as many records as the target answers (closed model)".to_string(),
+    };
+    let total: std::time::Duration = plan.stages.iter().map(|st| st.duration).sum();
     let _ = writeln!(s, "\n## Stages\n");
+    let _ = writeln!(s, "{} stages, {} of load in all (at most).\n", plan.stages.len(), format_duration(total));
     for (i, st) in plan.stages.iter().enumerate() {
         let _ = writeln!(s, "### {}. `{}`\n", i + 1, st.name);
         let flags: Vec<String> = st.flags.iter().map(|(k, v)| format!("`{k}` = {}", v.describe())).collect();
         let _ = writeln!(s, "- flags: {}", if flags.is_empty() { "none".into() } else { flags.join(", ") });
-        let _ = writeln!(s, "- expected load: {expected}");
+        if st.duration != w.duration {
+            let _ = writeln!(s, "- runs {}", format_duration(st.duration));
+        }
+        let _ = writeln!(s, "- expected load: {}", expected(st.duration));
+        if let Some(c) = &st.cell {
+            let values: Vec<String> = c.values.iter().map(|(d, v)| format!("{d}={v}")).collect();
+            let _ = writeln!(
+                s,
+                "- matrix `{}`, cell {} of {} ({}; the full product has {}): {}",
+                c.group,
+                c.index + 1,
+                c.cells,
+                format!("{:?}", c.mode).to_lowercase(),
+                c.product,
+                values.join(", ")
+            );
+        }
+        if let Some(step) = &st.exposure {
+            let least = verdict::applicable(&plan.criteria, &st.name).iter().map(|c| c.min_samples).max();
+            let cohort = match judged(st.duration) {
+                Some(j) => {
+                    let n = (j as f64 * step.share).round() as u64;
+                    let thin = match least {
+                        Some(m) if n < m && step.share < 1.0 => {
+                            format!(": fewer than the {m} samples a criterion needs, so this step will be INCONCLUSIVE")
+                        }
+                        _ => String::new(),
+                    };
+                    format!("about {n} judged records in the `{}` cohort{thin}", step.cohort())
+                }
+                None => "the cohort's size depends on how fast the target answers (closed model)".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "- exposure `{}`, step {} of {}: `{}` = {} for {} of records; {cohort}; stops here if a criterion fails",
+                step.group,
+                step.index + 1,
+                step.steps,
+                step.flag,
+                step.value,
+                crate::scenario::units::format_share(step.share)
+            );
+        }
         if st.faults.is_empty() {
             let _ = writeln!(s, "- faults: none");
         } else {
@@ -175,7 +224,7 @@ pub fn markdown(plan: &Plan) -> String {
             let _ = writeln!(s, "  | fault | at | parameters | active | probability | direction |");
             let _ = writeln!(s, "  | --- | --- | --- | --- | --- | --- |");
             for f in &st.faults {
-                let windows = f.schedule.windows(w.duration);
+                let windows = f.schedule.windows(st.duration);
                 let active: Vec<String> = windows
                     .iter()
                     .take(4)

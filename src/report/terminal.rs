@@ -388,7 +388,7 @@ pub fn summary(
             s.push_str(&format!(
                 "  {mark:<7}  {:<w$} {:<28} measured {:>9}  limit {}{level}{}\n",
                 a.stage,
-                a.criterion,
+                a.label(),
                 a.measured_text,
                 a.limit_text,
                 note.map(|n| format!("  ({n})")).unwrap_or_default()

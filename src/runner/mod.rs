@@ -153,7 +153,14 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         target_exit: report.target_exit.as_deref(),
         last_stage: report.stages.last().map(|s| s.name.as_str()),
     };
-    let (verdict, reasons) = verdict::conclude(&ending, &report.assessments);
+    let (verdict, mut reasons) = verdict::conclude(&ending, &report.assessments);
+    let ran: Vec<(&str, bool)> = report.stages.iter().map(|s| (s.name.as_str(), s.completed)).collect();
+    report.exposures = verdict::exposure::summarize(&plan.stages, &ran, &report.assessments);
+    report.matrices = verdict::matrix::summarize(&plan.stages, &ran, &report.assessments);
+    // What the exposures came to, first: the sentence a release team reads.
+    if verdict.is_some() {
+        reasons.splice(0..0, report.exposures.iter().map(|e| e.summary.clone()));
+    }
     report.verdict = verdict;
     report.reasons = reasons;
     if verdict == Some(verdict::Verdict::Rollback) {
@@ -252,9 +259,15 @@ async fn run_stages(
         }
     };
     let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, flag_seed };
+    // A progressive exposure stops at its first failing step: the wider ones are not run.
+    let mut stopped_exposure: Option<&str> = None;
     for index in 0..plan.stages.len() {
         if halt.is_cancelled() {
             break;
+        }
+        let step = plan.stages[index].exposure.as_ref();
+        if step.is_some_and(|s| Some(s.group.as_str()) == stopped_exposure) {
+            continue;
         }
         let outcome = match stage::run(&cx, index).await {
             Ok(o) => o,
@@ -282,6 +295,24 @@ async fn run_stages(
             report: Box::new(outcome.report.clone()),
             assessments: outcome.assessments.clone(),
         });
+        if let Some(step) = step
+            && completed
+            && outcome
+                .assessments
+                .iter()
+                .any(|a| a.outcome == verdict::Outcome::Fail && a.level == verdict::Level::Enforce)
+        {
+            stopped_exposure = Some(&step.group);
+            if step.index + 1 < step.steps {
+                let _ = events.send(Event::Note {
+                    message: format!(
+                        "exposure `{}` failed at {}: its wider steps are not run",
+                        step.group,
+                        crate::scenario::units::format_share(step.share)
+                    ),
+                });
+            }
+        }
         report.stages.push(outcome.report);
         report.assessments.extend(outcome.assessments);
         report.faults.extend(outcome.faults);

@@ -106,7 +106,9 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     p.observer.begin(ledger.clone());
 
     let stop = cx.halt.child_token();
-    let windows = fault::windows(&stage.faults, plan.workload.duration);
+    // A stage lasts `workload.duration`, or its exposure step's `hold`.
+    let workload = crate::workload::Workload { duration: stage.duration, ..plan.workload.clone() };
+    let windows = fault::windows(&stage.faults, stage.duration);
     let abort_criteria = plan.criteria.iter().any(|c| c.abort_on_fail);
     let (snapshots, snapshot_rx) = watch::channel::<Option<(Recorder, Duration)>>(None);
     let mut accounts = Accounts {
@@ -114,8 +116,8 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         stage,
         flag_seed: cx.flag_seed,
         ledger: ledger.clone(),
-        recorder: Recorder::new(plan.workload.warmup, plan.workload.duration, windows),
-        series: SeriesRecorder::new(plan.workload.duration, plan.workload.warmup),
+        recorder: Recorder::new(plan.workload.warmup, stage.duration, windows),
+        series: SeriesRecorder::new(stage.duration, plan.workload.warmup),
         variants: HashMap::new(),
         keys: HashMap::new(),
         counts: Counts::default(),
@@ -152,7 +154,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let write =
         HttpWrite { client: cx.client.clone(), base_url: p.target.url.clone(), template: p.target.write.clone() };
     let input = InputFaults {
-        records: RecordFaults::new(&stage.faults, plan.workload.duration, |i| {
+        records: RecordFaults::new(&stage.faults, stage.duration, |i| {
             seed::derive(plan.seed, "records", (index as u64) << 32 | i as u64)
         }),
         timestamps: schema
@@ -165,18 +167,13 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     };
     let data_seed = seed::derive(plan.seed, "data", index as u64);
     let drive = async {
-        let d = driver::drive(&write, &plan.workload, data_seed, &input, &stop, &mut accounts).await;
+        let d = driver::drive(&write, &workload, data_seed, &input, &stop, &mut accounts).await;
         over.cancel();
         d
     };
     let seed_of = |n: u64| seed::derive(plan.seed, "fault", n);
-    let faults = StageFaults {
-        name: &stage.name,
-        index,
-        faults: &stage.faults,
-        duration: plan.workload.duration,
-        seed_of: &seed_of,
-    };
+    let faults =
+        StageFaults { name: &stage.name, index, faults: &stage.faults, duration: stage.duration, seed_of: &seed_of };
     let events = cx.events.clone();
     let mut emit = move |r: &FaultRecord| {
         let _ = events.send(Event::Fault(r.clone()));
@@ -249,7 +246,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     if seen.is_err() {
         judgement = judgement.unobserved();
     }
-    let ran = if completed && !drive.capped { plan.workload.duration } else { elapsed };
+    let ran = if completed && !drive.capped { stage.duration } else { elapsed };
     let mut metrics = accounts.recorder.finish(ran, &judgement);
     if let Err(why) = &seen {
         metrics.output_unseen = Some(format!("{} ({})", why, p.observer.kind()));
@@ -261,6 +258,11 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let mut assessments = Vec::new();
     if completed || aborted.is_some() {
         assessments = verdict::assess(&plan.criteria, &stage.name, &metrics);
+        // An exposure step is judged on its exposed cohort too: a defect in 1% of the
+        // records hides in the whole stage's figures. At 100% the stage is the cohort.
+        if let Some(step) = stage.exposure.as_ref().filter(|s| s.share < 1.0) {
+            assessments.extend(verdict::assess_cohort(&plan.criteria, &stage.name, &step.cohort(), &metrics));
+        }
     }
     if let Some(a) = &aborted {
         // The failing check, judged at the moment the run stopped.
@@ -600,7 +602,7 @@ impl Sink for Accounts<'_> {
         let _ = self.events.send(Event::Progress {
             stage: self.stage.name.clone(),
             elapsed_secs: elapsed.as_secs(),
-            total_secs: self.plan.workload.duration.as_secs(),
+            total_secs: self.stage.duration.as_secs(),
             sent: c.sent,
             acked: c.acked,
             rejected: c.rejected,

@@ -29,6 +29,7 @@ use crate::verdict::Criterion;
 use crate::workload::Workload;
 
 pub use compile::Ctx;
+pub use compile::matrix::Mode as MatrixMode;
 pub use diag::{Diagnostic, Diagnostics};
 pub use overrides::Override;
 
@@ -69,6 +70,61 @@ pub struct Stage {
     /// Every flag's state in this stage (defaults filled in).
     pub flags: BTreeMap<String, FlagState>,
     pub faults: Vec<Fault>,
+    /// How long the stage runs, warm-up included: `workload.duration`, or an exposure
+    /// step's `hold`.
+    #[serde(with = "crate::report::serde_duration")]
+    pub duration: std::time::Duration,
+    /// Set on each step of a progressive exposure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<ExposureStep>,
+    /// Set on each cell of a flag matrix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cell: Option<MatrixCell>,
+}
+
+/// One cell of a flag matrix (`matrix:` in a stage): a stage of its own, named by its
+/// values (`combos(new-enricher=true, faults=slow-store)`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MatrixCell {
+    /// The stage as written, which the cells expand.
+    pub group: String,
+    pub mode: MatrixMode,
+    /// Each dimension (a flag's key, or `faults`) and this cell's value, as named.
+    pub values: Vec<(String, String)>,
+    /// This cell's position (0-based) and the number of cells.
+    pub index: usize,
+    pub cells: usize,
+    /// The cells the full product would have had.
+    pub product: u128,
+}
+
+/// One step of a progressive exposure (`exposure:` in a stage): a stage of its own,
+/// named `STAGE@SHARE` (`rollout@10%`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExposureStep {
+    /// The stage as written, which the steps expand.
+    pub group: String,
+    pub flag: String,
+    /// The value exposed; the rest sees the flag's default.
+    pub value: serde_json::Value,
+    /// The share of records exposed in this step, 0 to 1.
+    pub share: f64,
+    /// This step's position (0-based) among `steps`.
+    pub index: usize,
+    pub steps: usize,
+}
+
+impl ExposureStep {
+    /// The variant label of the exposed cohort, as the stage's per-variant metrics
+    /// name it (`new-enricher=true`).
+    pub fn cohort(&self) -> String {
+        format!("{}={}", self.flag, self.value)
+    }
+}
+
+/// The name of an exposure step: the stage's name and the share (`rollout@10%`).
+pub fn step_name(group: &str, share: f64) -> String {
+    format!("{group}@{}", units::format_share(share))
 }
 
 /// The checked `on_verdict` section: a command per verdict.

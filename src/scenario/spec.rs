@@ -153,7 +153,8 @@ pub struct TargetSpec {
     pub process: Option<ProcessSpec>,
     /// With `builtin`: the defects the candidate path (`new-enricher` on) has, for
     /// rehearsing what must be caught: `drop-on-timeout`, `duplicate-on-retry`,
-    /// `slow-20ms`, `alter-field`, `accept-malformed`, `hang-on-blackhole`. Default:
+    /// `slow-20ms`, `alter-field`, `accept-malformed`, `hang-on-blackhole`,
+    /// `duplicate-under-load`. Default:
     /// `[duplicate-on-retry, accept-malformed]`; `[]` for a candidate without defects.
     #[serde(default)]
     pub defects: Option<Vec<String>>,
@@ -502,6 +503,67 @@ pub struct StageSpec {
     #[serde(default)]
     #[schemars(with = "Vec<FaultSpec>")]
     pub faults: Vec<Value>,
+    /// Widens one flag's exposure step by step: the stage runs once per step (each for
+    /// `hold`), stopping at the first step that fails.
+    #[serde(default)]
+    pub exposure: Option<ExposureSpec>,
+    /// Expands the stage over combinations of flag values and fault sets: one stage per
+    /// cell.
+    #[serde(default)]
+    pub matrix: Option<MatrixSpec>,
+}
+
+/// A flag matrix: `{ mode: pairwise, flags: { a: [true, false], b: [x, y, z] }, faults:
+/// { none: [], slow-store: [...] }, exclude: [ { a: false, b: z } ] }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixSpec {
+    /// `cartesian` (every combination, the default) or `pairwise` (every pair of values
+    /// of any two dimensions in at least one cell: far fewer cells).
+    #[serde(default)]
+    #[schemars(with = "Option<MatrixMode>")]
+    pub mode: Option<String>,
+    /// Each flag and the values it takes across the cells.
+    #[serde(default)]
+    pub flags: BTreeMap<String, Vec<Value>>,
+    /// Named fault sets, one per cell (`none: []` for a cell without faults); the
+    /// dimension is called `faults`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Vec<FaultSpec>>")]
+    pub faults: BTreeMap<String, Vec<Value>>,
+    /// Combinations that cannot occur: each a map of dimension (a flag, or `faults`) to
+    /// value (a flag value, or a fault set's name); a cell matching every entry of one
+    /// is not generated.
+    #[serde(default)]
+    pub exclude: Vec<BTreeMap<String, Value>>,
+}
+
+/// How a matrix chooses its cells.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum MatrixMode {
+    Cartesian,
+    Pairwise,
+}
+
+/// A progressive exposure: `{ flag: new-enricher, steps: [1%, 10%, 50%, 100%], hold: 20s }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExposureSpec {
+    /// The flag whose exposure widens.
+    pub flag: String,
+    /// The value exposed; the rest of the records see the flag's default. Default: the
+    /// other value of a boolean flag (required for other types).
+    #[serde(default)]
+    pub value: Option<Value>,
+    /// The shares exposed, in increasing order, e.g. `[1%, 10%, 50%, 100%]`.
+    #[schemars(with = "Vec<FractionText>")]
+    pub steps: Vec<Text>,
+    /// How long each step lasts, warm-up included, e.g. `20s`. Default: `workload.duration`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub hold: Option<Text>,
 }
 
 /// One fault. Which parameters apply depends on `kind` (see the fault table).

@@ -94,9 +94,26 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Renders a share as a percentage without needless digits (`1%`, `0.5%`, `12.5%`).
+pub fn format_share(share: f64) -> String {
+    let percent = (share * 100.0 * 1000.0).round() / 1000.0;
+    let text = format!("{percent:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_render_as_written() {
+        assert_eq!(format_share(0.01), "1%");
+        assert_eq!(format_share(0.005), "0.5%");
+        assert_eq!(format_share(0.125), "12.5%");
+        assert_eq!(format_share(1.0), "100%");
+        assert_eq!(format_share(parse_fraction("0.3").unwrap()), "30%");
+    }
 
     #[test]
     fn durations_need_a_unit() {

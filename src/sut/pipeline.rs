@@ -72,12 +72,27 @@ pub struct Defects {
     pub accept_malformed: bool,
     /// Store calls have no timeout: a store that swallows traffic holds every order.
     pub hang_on_blackhole: bool,
+    /// Past [`LOAD_LIMIT`] candidate orders in a second, the new path's write buffer
+    /// overflows and each further order is stored twice: sound for a small cohort,
+    /// broken once exposure widens.
+    pub duplicate_under_load: bool,
 }
+
+/// Candidate orders a second the `duplicate-under-load` defect takes before it
+/// duplicates.
+pub const LOAD_LIMIT: u32 = 100;
 
 impl Defects {
     /// Every defect's name in a scenario.
-    pub const NAMES: [&'static str; 6] =
-        ["drop-on-timeout", "duplicate-on-retry", "slow-20ms", "alter-field", "accept-malformed", "hang-on-blackhole"];
+    pub const NAMES: [&'static str; 7] = [
+        "drop-on-timeout",
+        "duplicate-on-retry",
+        "slow-20ms",
+        "alter-field",
+        "accept-malformed",
+        "hang-on-blackhole",
+        "duplicate-under-load",
+    ];
 
     /// The candidate path when a scenario names no defects: it forgot its idempotency
     /// token and two field checks (what the example scenarios catch).
@@ -94,6 +109,7 @@ impl Defects {
             "alter-field" => &mut self.alter_field,
             "accept-malformed" => &mut self.accept_malformed,
             "hang-on-blackhole" => &mut self.hang_on_blackhole,
+            "duplicate-under-load" => &mut self.duplicate_under_load,
             _ => return false,
         };
         *slot = true;
@@ -109,6 +125,7 @@ impl Defects {
             self.alter_field,
             self.accept_malformed,
             self.hang_on_blackhole,
+            self.duplicate_under_load,
         ];
         Defects::NAMES.iter().zip(on).filter(|(_, on)| *on).map(|(n, _)| *n).collect()
     }
@@ -237,9 +254,22 @@ struct App {
     new_enricher: Arc<AtomicU8>,
     ofrep_url: Arc<str>,
     http: reqwest::Client,
+    /// Candidate orders in the current second: (the second's start, count).
+    candidate_load: Arc<std::sync::Mutex<(std::time::Instant, u32)>>,
 }
 
 impl App {
+    /// Counts one candidate order; whether the second already had [`LOAD_LIMIT`].
+    fn over_load_limit(&self) -> bool {
+        let mut load = self.candidate_load.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if now.duration_since(load.0) >= Duration::from_secs(1) {
+            *load = (now, 0);
+        }
+        load.1 += 1;
+        load.1 > LOAD_LIMIT
+    }
+
     /// Whether the new path serves the order with `key`.
     async fn new_path_for(&self, key: &str) -> bool {
         match self.new_enricher.load(Ordering::Relaxed) {
@@ -283,6 +313,7 @@ impl Pipeline {
             new_enricher: Arc::new(AtomicU8::new(FLAG_OFF)),
             ofrep_url: Arc::from(ofrep_url.as_str()),
             http: reqwest::Client::builder().timeout(STORE_TIMEOUT).build().map_err(std::io::Error::other)?,
+            candidate_load: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 0))),
         };
         let router = Router::new()
             .route("/orders", post(create))
@@ -433,6 +464,12 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
     let enriched = Value::Object(enriched).to_string();
     // The order id is the idempotency token, unless the path forgot it.
     let token = (!defects.duplicate_on_retry).then_some(key.as_str());
+    if defects.duplicate_under_load && app.over_load_limit() {
+        // The overflowing buffer's copy, written without a token.
+        if let Err(e) = app.store.append(&key, None, &enriched, defects).await {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response();
+        }
+    }
     match app.store.append(&key, token, &enriched, defects).await {
         Ok(()) => (StatusCode::CREATED, axum::Json(json!({ "order_id": key }))).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),

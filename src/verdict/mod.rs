@@ -10,6 +10,8 @@
 
 mod check;
 mod compare;
+pub mod exposure;
+pub mod matrix;
 pub mod rollback;
 pub mod stats;
 
@@ -101,6 +103,20 @@ pub struct Assessment {
     /// A comparison's figures, for tools that read the report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comparison: Option<ComparisonFigures>,
+    /// Set when the check was judged on one flag variant's records only (the exposed
+    /// cohort of a progressive exposure step), e.g. `new-enricher=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<String>,
+}
+
+impl Assessment {
+    /// The criterion as a reader sees it: with its cohort, when judged on one.
+    pub fn label(&self) -> String {
+        match &self.cohort {
+            Some(c) => format!("{} [{c} cohort]", self.criterion),
+            None => self.criterion.clone(),
+        }
+    }
 }
 
 /// The numbers behind a comparison's outcome, as report.json gives them.
@@ -224,6 +240,7 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
         level: c.level,
         note,
         comparison: None,
+        cohort: None,
     }
 }
 
@@ -232,6 +249,32 @@ pub fn assess(criteria: &[Criterion], stage: &str, metrics: &StageMetrics) -> Ve
     applicable(criteria, stage)
         .into_iter()
         .filter_map(|c| c.check().map(|check| judge_check(c, check, stage, metrics)))
+        .collect()
+}
+
+/// Judges one flag variant's records (`cohort`, as the stage's per-variant metrics
+/// name it) against every applicable check that a variant has figures for: latency,
+/// errors, throughput and data counts of the whole stage (not a fault phase, freshness
+/// or recovery). A cohort that saw no request is judged on nothing, so INCONCLUSIVE.
+pub fn assess_cohort(criteria: &[Criterion], stage: &str, cohort: &str, metrics: &StageMetrics) -> Vec<Assessment> {
+    let slice = metrics.variants.get(cohort).cloned().unwrap_or_default();
+    let view = StageMetrics {
+        requests: slice.requests,
+        errors: slice.errors,
+        latency: slice.latency,
+        throughput: slice.throughput,
+        data: slice.data,
+        data_observed: metrics.data_observed,
+        output_unseen: metrics.output_unseen.clone(),
+        ..StageMetrics::default()
+    };
+    applicable(criteria, stage)
+        .into_iter()
+        .filter_map(|c| c.check().map(|check| (c, check)))
+        .filter(|(_, check)| {
+            check.metric.phase.is_none() && !matches!(check.metric.base, Base::RecoveryTime | Base::Freshness(_))
+        })
+        .map(|(c, check)| Assessment { cohort: Some(cohort.to_string()), ..judge_check(c, check, stage, &view) })
         .collect()
 }
 
@@ -369,6 +412,7 @@ fn compare_assessment(
         level: c.level,
         note: Some(note),
         comparison: Some(figures),
+        cohort: None,
     }
 }
 
@@ -520,18 +564,21 @@ pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>
             let note = a.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
             reasons.push(format!(
                 "stage `{}`: `{}` failed: measured {}, limit {}{note}",
-                a.stage, a.criterion, a.measured_text, a.limit_text
+                a.stage,
+                a.label(),
+                a.measured_text,
+                a.limit_text
             ));
         }
         return (Some(v), reasons);
     }
     // Inconclusive: one line per stage and reason, naming the criteria it holds back,
     // then what to change, once.
-    let mut groups: Vec<(&str, Option<&str>, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(&str, Option<&str>, Vec<String>)> = Vec::new();
     for a in enforced {
         match groups.iter_mut().find(|g| g.0 == a.stage && g.1 == a.note.as_deref()) {
-            Some(g) => g.2.push(&a.criterion),
-            None => groups.push((&a.stage, a.note.as_deref(), vec![&a.criterion])),
+            Some(g) => g.2.push(a.label()),
+            None => groups.push((&a.stage, a.note.as_deref(), vec![a.label()])),
         }
     }
     for (stage, note, criteria) in &groups {

@@ -157,6 +157,7 @@ mod tests {
             level: Level::Enforce,
             note: None,
             comparison: None,
+            cohort: None,
         }
     }
 

@@ -284,3 +284,18 @@ pub fn build_test_image() {
     let out = Command::new("bash").arg("tests/images/redis.sh").arg(TEST_IMAGE).current_dir(root()).output().unwrap();
     assert!(out.status.success(), "building {TEST_IMAGE}: {:?}", text(&out));
 }
+
+/// Each flag's value for each key, as the flagd provider reads `file`.
+pub fn read_with_flagd(file: &std::path::Path, wanted: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
+    require_python(&["openfeature.contrib.provider.flagd"], "openfeature-provider-flagd (scripts/test installs it)");
+    let out = std::process::Command::new("python3")
+        .arg(root().join("tests/flagd_client.py"))
+        .arg(file)
+        .arg(wanted.to_string())
+        .args(keys)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::super::spec::*;
 use super::super::yaml::{join_index, join_key};
-use super::super::{OnVerdict, units};
+use super::super::{OnVerdict, Stage, units};
 use super::Ctx;
 use crate::verdict::{Compare, CompareMetric, Criterion, DEFAULT_MIN_SAMPLES, Level, Rule, Tolerance, parse_check};
 
@@ -14,13 +14,13 @@ const DEFAULT_LATENCY_TOLERANCE: f64 = 0.10;
 /// An error comparison's tolerance when none is given: one percentage point.
 const DEFAULT_ERRORS_TOLERANCE: f64 = 0.01;
 
-pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages: &[String]) -> Vec<Criterion> {
+pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages: &[Stage]) -> Vec<Criterion> {
     let Some(raw) = root.get("criteria") else { return Vec::new() };
     let Some(list) = raw.as_array() else {
         ctx.error("criteria", "`criteria` is a list");
         return Vec::new();
     };
-    let names: Vec<&str> = stages.iter().map(String::as_str).collect();
+    let names = StageNames::of(stages);
     let mut out = Vec::new();
     for (i, value) in list.iter().enumerate() {
         let at = join_index("criteria", i);
@@ -57,7 +57,35 @@ pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages:
     out
 }
 
-pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, stages: &[&str]) -> Option<Criterion> {
+/// The stages a criterion may name: each stage, and each progressive exposure or matrix
+/// by the name of the stage that holds it (standing for all its steps or cells).
+pub(super) struct StageNames<'a> {
+    stages: Vec<&'a str>,
+    groups: Vec<(&'a str, Vec<&'a str>)>,
+}
+
+impl<'a> StageNames<'a> {
+    pub(super) fn of(stages: &'a [Stage]) -> Self {
+        let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+        for s in stages {
+            let group = s.exposure.as_ref().map(|e| &e.group).or(s.cell.as_ref().map(|c| &c.group));
+            if let Some(group) = group {
+                match groups.iter_mut().find(|(g, _)| g == group) {
+                    Some((_, steps)) => steps.push(&s.name),
+                    None => groups.push((group, vec![&s.name])),
+                }
+            }
+        }
+        StageNames { stages: stages.iter().map(|s| s.name.as_str()).collect(), groups }
+    }
+
+    fn steps(&self, name: &str) -> Option<&[&'a str]> {
+        self.groups.iter().find(|(g, _)| *g == name).map(|(_, s)| s.as_slice())
+    }
+}
+
+pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, names: &StageNames) -> Option<Criterion> {
+    let stages = names.stages.as_slice();
     let level = match m.level.as_deref() {
         None | Some("enforce") => Level::Enforce,
         Some("warn") => Level::Warn,
@@ -71,6 +99,15 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, st
     let abort_on_fail = m.abort_on_fail.unwrap_or(false);
     let stage_ok = |ctx: &mut Ctx, path: &str, s: &str| {
         let known = stages.contains(&s);
+        if let (false, Some(steps)) = (known, names.steps(s)) {
+            let listed = steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+            ctx.error(
+                path,
+                format!("`{s}` is a progressive exposure or a matrix; a comparison names one of its stages"),
+            )
+            .hint = Some(format!("its stages: {listed}"));
+            return false;
+        }
         if !known {
             ctx.unknown(path, "stage", s, stages);
         }
@@ -109,14 +146,23 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, st
                     ok = false;
                 }
                 for (j, s) in list.iter().enumerate() {
-                    ok &= stage_ok(ctx, &join_index(&join_key(at, "stages"), j), s);
+                    ok &= names.steps(s).is_some() || stage_ok(ctx, &join_index(&join_key(at, "stages"), j), s);
                 }
             }
+            // An exposure named stands for each of its steps.
+            let listed = m.stages.map(|list| {
+                list.into_iter()
+                    .flat_map(|s| match names.steps(&s) {
+                        Some(steps) => steps.iter().map(|x| x.to_string()).collect(),
+                        None => vec![s],
+                    })
+                    .collect::<Vec<_>>()
+            });
             match parse_check(text) {
                 Ok(check) => ok.then(|| Criterion {
                     text: check.text.clone(),
                     rule: Rule::Check(check),
-                    stages: m.stages,
+                    stages: listed,
                     level,
                     min_samples,
                     abort_on_fail,

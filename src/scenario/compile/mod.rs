@@ -13,6 +13,7 @@ mod criteria;
 mod deps;
 mod faults;
 mod flags;
+pub mod matrix;
 mod stages;
 mod target;
 mod workload;
@@ -201,8 +202,7 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
     let flags = flags::compile_flags(ctx, root, &target);
     let workload = top::<WorkloadSpec>(ctx, root, "workload", true).and_then(|w| workload::compile_workload(ctx, &w));
     let stages = stages::compile_stages(ctx, root, &flags, &dependencies, &target, workload.as_ref());
-    let stage_names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
-    let criteria = criteria::compile_criteria(ctx, root, &stage_names);
+    let criteria = criteria::compile_criteria(ctx, root, &stages);
     let on_verdict = top::<OnVerdictSpec>(ctx, root, "on_verdict", false)
         .map(|o| criteria::compile_on_verdict(ctx, o))
         .unwrap_or_default();
