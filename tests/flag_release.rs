@@ -260,4 +260,45 @@ fn a_service_using_the_openfeature_ofrep_provider_sees_each_stage_and_split_as_t
         }
     }
     assert_eq!(at, seen.len(), "every order evaluated once");
+    // Only order ids went into the contexts: no personal data.
+    for stage in report["stages"].as_array().unwrap() {
+        assert_eq!(stage["metrics"]["flags_pii_exposed"], 0, "{}", stage["name"]);
+        assert_eq!(stage["pii_in_flags"], serde_json::json!([]));
+    }
+}
+
+#[test]
+fn personal_data_in_the_evaluation_contexts_fails_flags_pii_exposed_naming_flag_and_attribute() {
+    common::require_python(
+        &["openfeature.contrib.provider.ofrep"],
+        "openfeature-provider-ofrep (scripts/test installs it)",
+    );
+    let reports = tempfile::tempdir().unwrap();
+    let evidence = reports.path().join("evidence.txt");
+    let out = Command::new(common::bin())
+        .args(["run", "tests/scenarios/ofrep-sdk.yaml", "--report-dir", reports.path().to_str().unwrap()])
+        .env("STAGEGATE_TEST_EVIDENCE", &evidence)
+        .env("STAGEGATE_TEST_LEAK_EMAIL", "1")
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let report = only_report(reports.path());
+    for stage in report["stages"].as_array().unwrap() {
+        // Every order's email went to the flag endpoint with its evaluation.
+        let sent = stage["metrics"]["data"]["sent"].as_u64().unwrap();
+        let exposed = stage["metrics"]["flags_pii_exposed"].as_u64().unwrap();
+        assert!(exposed > 0 && exposed <= sent, "{exposed} of {sent} in {}", stage["name"]);
+        let place = &stage["pii_in_flags"][0];
+        assert_eq!(
+            (&place["flag"], &place["attribute"], &place["field"]),
+            (&serde_json::json!("new-path"), &serde_json::json!("email"), &serde_json::json!("email")),
+            "{}",
+            stage["pii_in_flags"]
+        );
+        assert_eq!(place["values"].as_u64(), Some(exposed));
+    }
+    assert!(stdout.contains("`flags.pii_exposed == 0` failed"), "{stdout}");
+    assert!(stdout.contains("email"), "the terminal names the attribute: {stdout}");
 }

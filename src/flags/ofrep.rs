@@ -9,7 +9,7 @@
 //! each flag ([`OfrepServer::take_exposure`]), so a stage whose changed flag was never
 //! evaluated is known not to have run the new path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,102 @@ struct Shared {
     /// Whether any client ever asked for every flag at once (a polling client, which
     /// must see a new state before a stage starts).
     bulk_seen: Arc<std::sync::atomic::AtomicBool>,
+    contexts: Arc<Mutex<Contexts>>,
+}
+
+/// The string values the evaluation contexts carried since the last take, as hashes
+/// (the values themselves are not kept), by flag (`None`: a bulk evaluation) and
+/// attribute path (`targetingKey`, `user.email`, `tags[]`).
+#[derive(Debug, Default)]
+pub struct Contexts {
+    pub values: HashMap<(Option<String>, String), HashSet<u64>>,
+    /// Hashes kept in all; past [`MAX_CONTEXT_VALUES`] no more are (the count then
+    /// says "at least").
+    kept: usize,
+    /// Whether some were not kept for the bound.
+    pub capped: bool,
+}
+
+/// Personal data found in evaluation contexts: a record field marked `pii: true` whose
+/// values the system under test sent with its flag evaluations.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct PiiInContext {
+    /// The flag evaluated; `None` for bulk evaluations (every flag at once).
+    pub flag: Option<String>,
+    /// Where in the context: `targetingKey`, `email`, `user.email`.
+    pub attribute: String,
+    /// The record field whose values were found there.
+    pub field: String,
+    /// Distinct values found.
+    pub values: u64,
+}
+
+impl Contexts {
+    /// The personal data among these values: `matches` gives, for a value's hash, the
+    /// `pii` field of a sent record it is the value of. Returns each place found and
+    /// the number of distinct values found in all.
+    pub fn pii(&self, matches: impl Fn(&HashSet<u64>) -> HashMap<u64, Arc<str>>) -> (Vec<PiiInContext>, u64) {
+        let all: HashSet<u64> = self.values.values().flatten().copied().collect();
+        let found = matches(&all);
+        let mut places: BTreeMap<(Option<String>, String, String), u64> = BTreeMap::new();
+        for ((flag, attribute), hashes) in &self.values {
+            for h in hashes {
+                if let Some(field) = found.get(h) {
+                    *places.entry((flag.clone(), attribute.clone(), field.to_string())).or_default() += 1;
+                }
+            }
+        }
+        let list = places
+            .into_iter()
+            .map(|((flag, attribute, field), values)| PiiInContext { flag, attribute, field, values })
+            .collect();
+        (list, found.len() as u64)
+    }
+}
+
+/// The most context values kept for one stage.
+const MAX_CONTEXT_VALUES: usize = 200_000;
+/// The most attributes read from one context, and how deep.
+const MAX_CONTEXT_ATTRIBUTES: usize = 64;
+const MAX_CONTEXT_DEPTH: usize = 4;
+
+impl Contexts {
+    /// Notes every string value of an OFREP request's `context`.
+    fn note(&mut self, flag: Option<&str>, context: &Value) {
+        let mut found = Vec::new();
+        walk(context, String::new(), 0, &mut found);
+        for (path, hash) in found {
+            if self.kept >= MAX_CONTEXT_VALUES {
+                self.capped = true;
+                return;
+            }
+            if self.values.entry((flag.map(str::to_string), path)).or_default().insert(hash) {
+                self.kept += 1;
+            }
+        }
+    }
+}
+
+/// The string values inside `v` with their attribute paths, bounded in number and depth.
+fn walk(v: &Value, path: String, depth: usize, out: &mut Vec<(String, u64)>) {
+    if out.len() >= MAX_CONTEXT_ATTRIBUTES || depth > MAX_CONTEXT_DEPTH {
+        return;
+    }
+    match v {
+        Value::String(_) if !path.is_empty() => out.push((path, crate::quality::value_hash(v))),
+        Value::Object(map) => {
+            for (k, inner) in map.iter().take(MAX_CONTEXT_ATTRIBUTES) {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                walk(inner, p, depth + 1, out);
+            }
+        }
+        Value::Array(items) => {
+            for inner in items.iter().take(MAX_CONTEXT_ATTRIBUTES) {
+                walk(inner, format!("{path}[]"), depth + 1, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Distinct targeting keys kept per flag and variant; past it they are counted no more
@@ -95,6 +191,7 @@ impl OfrepServer {
             flags: Arc::new(Mutex::new(Flags::default())),
             served: Arc::new(watch::channel(0).0),
             tally: Arc::default(),
+            contexts: Arc::default(),
             bulk_seen: Arc::default(),
         };
         let app = Router::new()
@@ -132,6 +229,11 @@ impl OfrepServer {
     /// fetched until it polls again).
     pub fn bulk_clients(&self) -> bool {
         self.shared.bulk_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The evaluation contexts' string values since the last call.
+    pub fn take_contexts(&self) -> Contexts {
+        std::mem::take(&mut *self.shared.contexts.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// What the system under test asked of each flag since the last call.
@@ -187,15 +289,17 @@ fn evaluation(flag: &str, state: &FlagState, key: Option<&str>, seed: u64) -> Va
     json!({ "key": flag, "value": value, "reason": reason, "variant": variant, "metadata": {} })
 }
 
-/// The targeting key of an OFREP request body, if any.
-fn targeting_key(body: &[u8]) -> Option<String> {
+/// The targeting key of an OFREP request body, if any; the body's context is noted
+/// (for personal data in it) under `flag`.
+fn read_context(s: &Shared, flag: Option<&str>, body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
+    s.contexts.lock().unwrap_or_else(|p| p.into_inner()).note(flag, &v["context"]);
     v["context"]["targetingKey"].as_str().map(String::from)
 }
 
 async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::body::Bytes) -> Response {
+    let target = read_context(&s, Some(&key), &body);
     let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
-    let target = targeting_key(&body);
     match flags.states.get(&key) {
         Some(state) => {
             let answer = evaluation(&key, state, target.as_deref(), flags.seed);
@@ -219,7 +323,7 @@ async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::bo
 }
 
 async fn bulk(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let target = targeting_key(&body);
+    let target = read_context(&s, None, &body);
     let (body, generation) = {
         let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
         let list: Vec<Value> =
@@ -285,6 +389,53 @@ mod tests {
         let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(false)))]), 1);
         assert!(!server.picked_up(g2, Duration::from_millis(20)).await);
         server.stop().await;
+    }
+
+    #[test]
+    fn personal_data_is_found_by_attribute_path_in_nested_contexts() {
+        let mut c = Contexts::default();
+        let context = json!({
+            "targetingKey": "ada@example.com",
+            "user": { "card": "4111111111111111", "plan": "gold" },
+            "tags": ["ada@example.com"],
+            "age": 36
+        });
+        c.note(Some("f"), &context);
+        c.note(None, &json!({ "targetingKey": "grace@example.com" }));
+        let pii: HashMap<u64, Arc<str>> = [
+            (crate::quality::value_hash(&json!("ada@example.com")), Arc::from("email")),
+            (crate::quality::value_hash(&json!("grace@example.com")), Arc::from("email")),
+            (crate::quality::value_hash(&json!("4111111111111111")), Arc::from("card")),
+        ]
+        .into();
+        let (places, values) =
+            c.pii(|hashes| pii.iter().filter(|(h, _)| hashes.contains(h)).map(|(h, f)| (*h, f.clone())).collect());
+        let seen: Vec<(Option<&str>, &str, &str)> =
+            places.iter().map(|p| (p.flag.as_deref(), p.attribute.as_str(), p.field.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                (None, "targetingKey", "email"),
+                (Some("f"), "tags[]", "email"),
+                (Some("f"), "targetingKey", "email"),
+                (Some("f"), "user.card", "card"),
+            ]
+        );
+        assert_eq!(values, 3, "distinct values, wherever they were found");
+    }
+
+    #[test]
+    fn a_flood_of_context_values_is_bounded() {
+        let mut c = Contexts::default();
+        for i in 0..(MAX_CONTEXT_VALUES + 10) {
+            c.note(Some("f"), &json!({ "targetingKey": format!("k{i}") }));
+        }
+        assert!(c.capped);
+        assert_eq!(c.values.values().map(HashSet::len).sum::<usize>(), MAX_CONTEXT_VALUES);
+        let wide: serde_json::Map<String, Value> = (0..1000).map(|i| (format!("a{i}"), json!("v"))).collect();
+        let mut one = Contexts::default();
+        one.note(None, &Value::Object(wide));
+        assert_eq!(one.values.len(), MAX_CONTEXT_ATTRIBUTES);
     }
 
     #[tokio::test]

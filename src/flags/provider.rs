@@ -91,6 +91,12 @@ pub trait FlagProvider: Send + Sync {
         None
     }
 
+    /// The string values the evaluation contexts carried since the last call, when the
+    /// provider sees them (OFREP); `None` when it cannot.
+    fn take_contexts(&self) -> Option<super::ofrep::Contexts> {
+        None
+    }
+
     /// How the flags reach the system under test, for the exposure a stage reports.
     fn delivery(&self) -> Delivery;
 }
@@ -181,6 +187,10 @@ impl FlagProvider for Ofrep {
 
     fn take_exposure(&self) -> Option<BTreeMap<String, FlagExposure>> {
         Some(self.server.take_exposure())
+    }
+
+    fn take_contexts(&self) -> Option<super::ofrep::Contexts> {
+        Some(self.server.take_contexts())
     }
 
     fn delivery(&self) -> Delivery {

@@ -340,6 +340,7 @@ impl Recorder {
             recovery_missing: if self.windows.is_empty() { None } else { self.recovery.missing_because(&baseline) },
             freshness: None,
             output_unseen: None,
+            flags_pii_exposed: None,
         }
     }
 }
@@ -407,6 +408,11 @@ pub struct StageMetrics {
     /// it, lost and the like, are unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_unseen: Option<String>,
+    /// Distinct values of `pii` fields of the records sent that the system under test
+    /// put in its flag evaluation contexts (`flags.pii_exposed`); `None` when the flag
+    /// provider does not show stagegate the contexts (only `ofrep` does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags_pii_exposed: Option<u64>,
 }
 
 impl StageMetrics {

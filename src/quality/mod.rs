@@ -11,7 +11,7 @@
 
 pub mod freshness;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -202,6 +202,12 @@ fn hash(value: &Value) -> u64 {
     xxh3_64(value.to_string().as_bytes())
 }
 
+/// The hash the ledger keeps of a value: values seen elsewhere (an evaluation
+/// context) are matched against sent records by it.
+pub fn value_hash(value: &Value) -> u64 {
+    hash(value)
+}
+
 /// Whether any string inside `value` hashes to one of `pii`.
 fn leaks(value: &Value, pii: &[u64]) -> bool {
     match value {
@@ -292,6 +298,23 @@ impl Ledger {
             exposed: false,
         };
         self.entries.insert(key.to_string(), entry);
+    }
+
+    /// Of `hashes`, those that are the value of a `pii` field of a record sent, each
+    /// with that field's name.
+    pub fn pii_matches(&self, hashes: &HashSet<u64>) -> HashMap<u64, Arc<str>> {
+        let mut out = HashMap::new();
+        if self.pii_fields.is_empty() || hashes.is_empty() {
+            return out;
+        }
+        for entry in self.entries.values() {
+            for (name, h) in &entry.fields {
+                if hashes.contains(h) && self.pii_fields.iter().any(|f| f.as_str() == &**name) {
+                    out.insert(*h, name.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Notes that the record with `key` was acknowledged at `at`.

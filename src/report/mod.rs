@@ -103,6 +103,9 @@ pub struct StageReport {
     /// What the system under test asked of each flag (OFREP), or was sent of it (a
     /// header) or given (the environment), by value; empty for a flag file.
     pub flag_exposure: BTreeMap<String, crate::flags::ofrep::FlagExposure>,
+    /// Personal data (values of `pii: true` record fields) the system under test put
+    /// in its flag evaluation contexts: where, and how many distinct values.
+    pub pii_in_flags: Vec<crate::flags::ofrep::PiiInContext>,
     /// Why the stage's new flag states cannot have been exercised, when they cannot (its
     /// criteria are then INCONCLUSIVE).
     pub unexposed: Option<String>,

@@ -268,6 +268,13 @@ impl Reporter for TerminalReporter {
                     let values = if values.is_empty() { "-".to_string() } else { values.join(", ") };
                     self.say(format!("  flag {flag} {}: {values}{bulk}", e.how));
                 }
+                for p in &report.pii_in_flags {
+                    let flag = p.flag.as_deref().map_or("every flag (bulk)".to_string(), |f| format!("`{f}`"));
+                    self.say(format!(
+                        "warning: personal data in flag evaluations: {} values of `{}` in context attribute `{}` of {flag}",
+                        p.values, p.field, p.attribute
+                    ));
+                }
                 if let Some(why) = &report.exposure_unproven {
                     self.say(format!("warning: {why}"));
                 }

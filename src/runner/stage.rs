@@ -91,6 +91,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     }
     // What was asked of the flags before the stage is not the stage's.
     let _ = p.flags.take_exposure();
+    let _ = p.flags.take_contexts();
     let started_at = chrono::Utc::now().to_rfc3339();
     let _ = cx.events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });
 
@@ -254,6 +255,14 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     if let (Some(by), true) = (p.observer.timed_by(), seen.is_ok()) {
         metrics.freshness = Some(freshness::summarize(&arrivals, &by));
     }
+    // Personal data the system under test put in its flag evaluation contexts.
+    let mut pii_in_flags = Vec::new();
+    if let Some(contexts) = p.flags.take_contexts() {
+        let ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let (places, values) = contexts.pii(|hashes| ledger.pii_matches(hashes));
+        pii_in_flags = places;
+        metrics.flags_pii_exposed = Some(values);
+    }
     let aborted = aborted.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut assessments = Vec::new();
     if completed || aborted.is_some() {
@@ -262,6 +271,21 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         // records hides in the whole stage's figures. At 100% the stage is the cohort.
         if let Some(step) = stage.exposure.as_ref().filter(|s| s.share < 1.0) {
             assessments.extend(verdict::assess_cohort(&plan.criteria, &stage.name, &step.cohort(), &metrics));
+        }
+    }
+    if !pii_in_flags.is_empty() {
+        // Where the personal data was found, beside the count.
+        let places: Vec<String> = pii_in_flags
+            .iter()
+            .map(|p| {
+                let flag = p.flag.as_deref().map_or("bulk evaluations".to_string(), |f| format!("`{f}`"));
+                format!("`{}` in context attribute `{}` of {flag}", p.field, p.attribute)
+            })
+            .collect();
+        for a in
+            assessments.iter_mut().filter(|a| a.metric == "flags.pii_exposed" && a.outcome == verdict::Outcome::Fail)
+        {
+            a.note = Some(places.join("; "));
         }
     }
     if let Some(a) = &aborted {
@@ -310,6 +334,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             metrics,
             health,
             flag_exposure: exposure,
+            pii_in_flags,
             unexposed,
             exposure_unproven,
             series,

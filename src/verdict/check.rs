@@ -75,6 +75,8 @@ pub enum Base {
     Freshness(Quantile),
     /// Time from the last fault's end until back in band.
     RecoveryTime,
+    /// Distinct personal-data values found in flag evaluation contexts.
+    FlagsPiiExposed,
 }
 
 /// A latency statistic.
@@ -151,6 +153,7 @@ impl Metric {
         }
         out.extend(FRESHNESS.iter().map(|(n, _)| format!("freshness.{n}")));
         out.push("recovery.time".into());
+        out.push("flags.pii_exposed".into());
         out
     }
 
@@ -165,7 +168,7 @@ impl Metric {
             None => (None, name),
         };
         let base = Base::parse(rest)?;
-        if phase.is_some() && matches!(base, Base::RecoveryTime | Base::Freshness(_)) {
+        if phase.is_some() && matches!(base, Base::RecoveryTime | Base::Freshness(_) | Base::FlagsPiiExposed) {
             return None;
         }
         Some(Metric { phase, base })
@@ -175,6 +178,7 @@ impl Metric {
     pub fn value(self, m: &StageMetrics) -> Option<f64> {
         match self.base {
             Base::RecoveryTime => return m.recovery.as_ref()?.seconds.map(|s| s * 1000.0),
+            Base::FlagsPiiExposed => return m.flags_pii_exposed.map(|n| n as f64),
             Base::Freshness(q) => {
                 let f = m.freshness.as_ref()?;
                 return match q {
@@ -257,6 +261,7 @@ impl Base {
             "errors.count" => Some(Base::ErrorsCount),
             "throughput" => Some(Base::Throughput),
             "recovery.time" => Some(Base::RecoveryTime),
+            "flags.pii_exposed" => Some(Base::FlagsPiiExposed),
             _ => None,
         }
     }
@@ -290,7 +295,7 @@ impl Base {
             Base::Throughput => Some(m.throughput),
             Base::Data(f) => Some(count(f)),
             Base::DataRate(f) => (m.data.acked > 0).then(|| count(f) / m.data.acked as f64),
-            Base::Freshness(_) | Base::RecoveryTime => None,
+            Base::Freshness(_) | Base::RecoveryTime | Base::FlagsPiiExposed => None,
         }
     }
 
@@ -309,7 +314,7 @@ impl Base {
                         .map_err(|_| format!("expected a rate like `150/s`, got `{}`", text.trim()))
                 }
             }
-            Base::ErrorsCount | Base::Data(_) => match text.trim().parse::<u64>() {
+            Base::ErrorsCount | Base::Data(_) | Base::FlagsPiiExposed => match text.trim().parse::<u64>() {
                 Ok(n) => Ok(n as f64),
                 Err(_) => Err(format!("expected a whole number of records, got `{}`", text.trim())),
             },
@@ -327,7 +332,7 @@ impl Base {
             }
             Base::ErrorsRate | Base::DataRate(_) => format!("{:.2}%", v * 100.0),
             Base::Throughput => format!("{v:.1}/s"),
-            Base::ErrorsCount | Base::Data(_) => format!("{v:.0}"),
+            Base::ErrorsCount | Base::Data(_) | Base::FlagsPiiExposed => format!("{v:.0}"),
         }
     }
 }
@@ -350,6 +355,7 @@ impl std::fmt::Display for Metric {
             Base::ErrorsCount => f.write_str("errors.count"),
             Base::Throughput => f.write_str("throughput"),
             Base::RecoveryTime => f.write_str("recovery.time"),
+            Base::FlagsPiiExposed => f.write_str("flags.pii_exposed"),
             Base::Data(d) | Base::DataRate(d) => {
                 let name = DATA_FIELDS.iter().find(|(_, x)| *x == d).map_or("?", |(n, _)| n);
                 let suffix = if matches!(self.base, Base::DataRate(_)) { "_rate" } else { "" };

@@ -212,6 +212,12 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
             };
             (Outcome::Inconclusive, Some(why))
         }
+        None if check.metric.base == Base::FlagsPiiExposed => (
+            Outcome::Inconclusive,
+            Some(
+                "stagegate does not see the flag evaluation contexts: only the `ofrep` provider shows them".to_string(),
+            ),
+        ),
         None if matches!(check.metric.base, Base::RecoveryTime) => {
             let why = match (&metrics.recovery, &metrics.recovery_missing) {
                 (None, Some(why)) => why.clone(),
@@ -272,7 +278,8 @@ pub fn assess_cohort(criteria: &[Criterion], stage: &str, cohort: &str, metrics:
         .into_iter()
         .filter_map(|c| c.check().map(|check| (c, check)))
         .filter(|(_, check)| {
-            check.metric.phase.is_none() && !matches!(check.metric.base, Base::RecoveryTime | Base::Freshness(_))
+            check.metric.phase.is_none()
+                && !matches!(check.metric.base, Base::RecoveryTime | Base::Freshness(_) | Base::FlagsPiiExposed)
         })
         .map(|(c, check)| Assessment { cohort: Some(cohort.to_string()), ..judge_check(c, check, stage, &view) })
         .collect()
@@ -284,6 +291,7 @@ pub fn assess_cohort(criteria: &[Criterion], stage: &str, cohort: &str, metrics:
 pub fn timing_dependent(base: Base) -> bool {
     match base {
         Base::Data(f) | Base::DataRate(f) => matches!(f, DataField::Sent | DataField::Acked),
+        Base::FlagsPiiExposed => false,
         _ => true,
     }
 }

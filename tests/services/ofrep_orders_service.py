@@ -4,11 +4,14 @@ OpenFeature SDK with its OFREP provider, pointed at stagegate's OFREP endpoint.
 POST /orders evaluates the boolean flag `new-path` with the order's order_id as the
 targeting key, stores the order, and appends `order_id value` to the evidence file;
 GET /orders/<id> answers the stored order as a JSON array, or 404; GET /health, 200.
+With LEAK_EMAIL=1 in its environment it also puts the order's email in the evaluation
+context (the mistake `flags.pii_exposed` catches).
 Usage: python3 ofrep_orders_service.py --port PORT --ofrep URL --evidence FILE
 """
 
 import argparse
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,6 +29,7 @@ api.set_provider(OFREPProvider(base_url=args.ofrep))
 client = api.get_client()
 store = {}
 lock = threading.Lock()
+leak_email = os.environ.get("LEAK_EMAIL") == "1"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,7 +59,9 @@ class Handler(BaseHTTPRequestHandler):
             key = str(order["order_id"])
         except (ValueError, KeyError, TypeError):
             return self.answer(400)
-        value = client.get_boolean_value("new-path", False, EvaluationContext(targeting_key=key))
+        attributes = {"email": order.get("email")} if leak_email and isinstance(order.get("email"), str) else {}
+        context = EvaluationContext(targeting_key=key, attributes=attributes)
+        value = client.get_boolean_value("new-path", False, context)
         with lock:
             store[key] = order
             with open(args.evidence, "a") as f:
