@@ -69,6 +69,23 @@ fn a_defect_under_its_cohorts_load_stops_the_rollout_at_that_step_and_restores_t
     let share = requests / step["requests"].as_f64().unwrap();
     assert!((0.4..0.6).contains(&share), "the 50% cohort had {share:.2} of the requests");
 
+    // The flag change that came before the failure, and the cohort against the rest in
+    // the same step.
+    let failures = report["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(
+        failures[0]["summary"],
+        "`rollout@50%` failed after new-enricher true 10% / false rest → true 50% / false rest (since `rollout@10%`)"
+    );
+    let d = &report["stages"][3]["variant_differences"][0];
+    assert_eq!((&d["flag"], &d["variant"], &d["against"]), (&"new-enricher".into(), &"true".into(), &"false".into()));
+    assert_eq!(d["requests"].as_f64(), Some(requests));
+    // The builtin pipeline evaluates each order's flag: the shares of its evaluations
+    // are the split's.
+    let evaluated =
+        report["stages"][3]["flag_exposure"]["new-enricher"]["by_variant"]["true"]["share"].as_f64().unwrap();
+    assert!((0.4..0.6).contains(&evaluated), "{evaluated}");
+
     // The rollback restores 10%, the last exposure that held.
     let rollback = &report["rollback"];
     assert_eq!(rollback["held_stage"], "rollout@10%", "{rollback}");

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod flagd;
 pub mod ofrep;
 pub mod provider;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -177,7 +178,8 @@ impl FlagState {
         match self {
             FlagState::Fixed(v) => v.to_string(),
             FlagState::Split { variants, rest } => {
-                let parts: Vec<String> = variants.iter().map(|(v, s)| format!("{v} {:.0}%", s * 100.0)).collect();
+                let parts: Vec<String> =
+                    variants.iter().map(|(v, s)| format!("{v} {}", crate::scenario::units::format_share(*s))).collect();
                 format!("{} / {rest} rest", parts.join(" / "))
             }
         }

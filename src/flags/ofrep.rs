@@ -170,10 +170,23 @@ pub struct FlagExposure {
     pub bulk_fetches: u64,
 }
 
+impl FlagExposure {
+    /// The same counts with each variant's share of them filled in.
+    pub fn with_shares(mut self) -> Self {
+        let total: u64 = self.by_variant.values().map(|v| v.evaluations).sum();
+        for v in self.by_variant.values_mut() {
+            v.share = if total == 0 { 0.0 } else { v.evaluations as f64 / total as f64 };
+        }
+        self
+    }
+}
+
 /// One variant's count.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct VariantExposure {
     pub evaluations: u64,
+    /// Its share of the flag's evaluations (or requests, or values given) in the stage.
+    pub share: f64,
     /// Distinct targeting keys (at most 100000 counted).
     pub keys: u64,
 }
@@ -246,9 +259,9 @@ impl OfrepServer {
                 let by_variant = t
                     .single
                     .into_iter()
-                    .map(|(v, (n, keys))| (v, VariantExposure { evaluations: n, keys: keys.len() as u64 }))
+                    .map(|(v, (n, keys))| (v, VariantExposure { evaluations: n, share: 0.0, keys: keys.len() as u64 }))
                     .collect();
-                (flag, FlagExposure { how: "evaluated", by_variant, bulk_fetches: t.bulk })
+                (flag, FlagExposure { how: "evaluated", by_variant, bulk_fetches: t.bulk }.with_shares())
             })
             .collect()
     }

@@ -72,6 +72,14 @@ pub fn render(doc: &Value) -> Result<String, String> {
             esc(&t(&doc["on_verdict"]["output"]))
         ));
     }
+    let failures = doc["failures"].as_array().unwrap_or(&none);
+    if failures.len() > 1 {
+        page.push_str("<h3>flag changes before each failure</h3><ul>");
+        for f in failures {
+            page.push_str(&format!("<li>{}</li>", with_code(&t(&f["summary"]))));
+        }
+        page.push_str("</ul>\n");
+    }
     for e in doc["exposures"].as_array().unwrap_or(&none) {
         page.push_str(&format!(
             "<h3>exposure <code>{}</code> of <code>{}</code></h3>\n<table><tr><th>step</th><th>exposed</th><th>outcome</th><th>failed</th></tr>\n",
@@ -169,6 +177,20 @@ pub fn render(doc: &Value) -> Result<String, String> {
             page.push_str("</figure>\n");
         }
         variants_table(&mut page, &st["metrics"]["variants"]);
+        for d in st["variant_differences"].as_array().into_iter().flatten() {
+            let diff = |v: &Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:+.1} ms"));
+            page.push_str(&format!(
+                "<p class=\"meta\"><code>{}</code> {} against {} in the same window: p50 {}, p99 {}, errors {:+.2} points ({} and {} requests)</p>\n",
+                esc(&t(&d["flag"])),
+                esc(&t(&d["variant"])),
+                esc(&t(&d["against"])),
+                diff(&d["p50_diff_ms"]),
+                diff(&d["p99_diff_ms"]),
+                d["error_rate_diff"].as_f64().unwrap_or(0.0) * 100.0,
+                d["requests"].as_u64().unwrap_or(0),
+                d["against_requests"].as_u64().unwrap_or(0)
+            ));
+        }
         health_table(&mut page, &st["health"]);
         page.push_str("</section>\n");
     }

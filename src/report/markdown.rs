@@ -259,6 +259,44 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
             variants,
         ));
     }
+    // How each split flag's variant compared with the rest, in the same stage.
+    let differences: Vec<String> = doc["stages"]
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .flat_map(|st| {
+            let stage = t(&st["name"]);
+            st["variant_differences"].as_array().into_iter().flatten().map(move |d| {
+                let diff = |v: &Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:+.1}ms"));
+                format!(
+                    "| {} | {} | {} vs {} | {} | {} | {:+.2} points | {} vs {} |\n",
+                    cell(&stage),
+                    cell(&t(&d["flag"])),
+                    cell(&t(&d["variant"])),
+                    cell(&t(&d["against"])),
+                    diff(&d["p50_diff_ms"]),
+                    diff(&d["p99_diff_ms"]),
+                    d["error_rate_diff"].as_f64().unwrap_or(0.0) * 100.0,
+                    d["requests"].as_u64().unwrap_or(0),
+                    d["against_requests"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+        .collect();
+    if !differences.is_empty() {
+        sections.push((
+            "### Variant against the rest (same stage)\n\n| stage | flag | variants | p50 | p99 | errors | requests |\n|---|---|---|---|---|---|---|\n"
+                .into(),
+            differences,
+        ));
+    }
+    let failures = doc["failures"].as_array().unwrap_or(&none);
+    if failures.len() > 1 {
+        sections.push((
+            "### Flag changes before each failure\n\n".into(),
+            failures.iter().map(|f| format!("- {}\n", line(&t(&f["summary"])))).collect(),
+        ));
+    }
     let faults: Vec<String> = doc["faults"]
         .as_array()
         .unwrap_or(&none)

@@ -106,6 +106,8 @@ pub struct StageReport {
     /// Personal data (values of `pii: true` record fields) the system under test put
     /// in its flag evaluation contexts: where, and how many distinct values.
     pub pii_in_flags: Vec<crate::flags::ofrep::PiiInContext>,
+    /// Each split flag's variant against the rest of the records, in this stage.
+    pub variant_differences: Vec<crate::flags::telemetry::VariantDifference>,
     /// Why the stage's new flag states cannot have been exercised, when they cannot (its
     /// criteria are then INCONCLUSIVE).
     pub unexposed: Option<String>,
@@ -166,6 +168,8 @@ pub struct RunReport {
     pub exposures: Vec<crate::verdict::exposure::ExposureReport>,
     /// Each flag matrix: its cells by outcome, with the criteria that failed in each.
     pub matrices: Vec<crate::verdict::matrix::MatrixReport>,
+    /// Each stage that failed, with the flag changes that came before it.
+    pub failures: Vec<crate::flags::telemetry::FailureFlags>,
     /// The `on_verdict` command that ran, if any.
     pub on_verdict: Option<ActionReport>,
     /// Set when a target stagegate started exited on its own during the run.
@@ -223,6 +227,7 @@ impl RunReport {
             rollback: None,
             exposures: Vec::new(),
             matrices: Vec::new(),
+            failures: Vec::new(),
             on_verdict: None,
             target_exit: None,
             statistical_tests: 0,

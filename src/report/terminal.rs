@@ -354,6 +354,9 @@ pub fn summary(
     }
     for st in r.stages.iter().filter(|st| !st.metrics.variants.is_empty()) {
         s.push_str(&format!("\nvariants of `{}`\n", st.name));
+        for d in &st.variant_differences {
+            s.push_str(&format!("  {}\n", variant_difference(d)));
+        }
         for (name, v) in &st.metrics.variants {
             s.push_str(&format!(
                 "  {:<30} {:>7} requests  p50 {:>9}  p99 {:>9}  errors {:>6.2}%  lost {}  dup {}  corrupt {}\n",
@@ -457,6 +460,14 @@ pub fn verdict_lines(
     for reason in &r.reasons {
         s.push_str(&format!("  {reason}\n"));
     }
+    // With more than one failure, what changed before each (a single one is the
+    // rollback plan's own subject).
+    if r.failures.len() > 1 {
+        s.push_str("flag changes before each failure:\n");
+        for f in &r.failures {
+            s.push_str(&format!("  {}\n", f.summary));
+        }
+    }
     if let Some(plan) = &r.rollback {
         s.push_str(&format!("rollback: {}\n", plan.summary));
         if let Some(file) = &plan.flagd_file {
@@ -467,4 +478,20 @@ pub fn verdict_lines(
         s.push_str(&format!("report NOT WRITTEN: {e}\n"));
     }
     s
+}
+
+/// A variant against the rest, in one line: `new-enricher true vs false: p50 +2.0ms, ...`.
+pub fn variant_difference(d: &crate::flags::telemetry::VariantDifference) -> String {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:+.1}ms"));
+    format!(
+        "{} {} vs {}: p50 {}, p99 {}, errors {:+.2} points ({} vs {} requests, same window)",
+        d.flag,
+        d.variant,
+        d.against,
+        ms(d.p50_diff_ms),
+        ms(d.p99_diff_ms),
+        d.error_rate_diff * 100.0,
+        d.requests,
+        d.against_requests
+    )
 }

@@ -157,6 +157,10 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     let ran: Vec<(&str, bool)> = report.stages.iter().map(|s| (s.name.as_str(), s.completed)).collect();
     report.exposures = verdict::exposure::summarize(&plan.stages, &ran, &report.assessments);
     report.matrices = verdict::matrix::summarize(&plan.stages, &ran, &report.assessments);
+    let defaults = plan.flags.definitions.iter().map(|d| (d.key.clone(), d.default.clone())).collect();
+    let flags: Vec<(&str, &std::collections::BTreeMap<String, crate::flags::FlagState>)> =
+        report.stages.iter().map(|s| (s.name.as_str(), &s.flags)).collect();
+    report.failures = crate::flags::telemetry::preceding_changes(&flags, &report.assessments, &defaults);
     // What the exposures came to, first: the sentence a release team reads.
     if verdict.is_some() {
         reasons.splice(0..0, report.exposures.iter().map(|e| e.summary.clone()));

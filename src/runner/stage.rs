@@ -326,6 +326,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         verdict::hold_back(&mut assessments, &plan.criteria, behind, overload.as_deref());
     }
     let aborted = aborted.or_else(|| verdict::failed_abort(&plan.criteria, &assessments));
+    let variant_differences = crate::flags::telemetry::differences(&stage.flags, &metrics);
     Ok(StageOutcome {
         report: StageReport {
             name: stage.name.clone(),
@@ -335,6 +336,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             health,
             flag_exposure: exposure,
             pii_in_flags,
+            variant_differences,
             unexposed,
             exposure_unproven,
             series,
@@ -363,16 +365,19 @@ fn exposure_of(
         Delivery::Header => sent
             .into_iter()
             .map(|(flag, values)| {
-                let by_variant =
-                    values.into_iter().map(|(v, n)| (v, VariantExposure { evaluations: n, keys: n })).collect();
-                (flag, FlagExposure { how: "header", by_variant, bulk_fetches: 0 })
+                let by_variant = values
+                    .into_iter()
+                    .map(|(v, n)| (v, VariantExposure { evaluations: n, share: 0.0, keys: n }))
+                    .collect();
+                (flag, FlagExposure { how: "header", by_variant, bulk_fetches: 0 }.with_shares())
             })
             .collect(),
         Delivery::Environment => stage
             .flags
             .iter()
             .map(|(flag, state)| {
-                let by_variant = BTreeMap::from([(text(state.value_for(flag, None, 0)), VariantExposure::default())]);
+                let given = VariantExposure { share: 1.0, ..VariantExposure::default() };
+                let by_variant = BTreeMap::from([(text(state.value_for(flag, None, 0)), given)]);
                 (flag.clone(), FlagExposure { how: "environment", by_variant, bulk_fetches: 0 })
             })
             .collect(),
