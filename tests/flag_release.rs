@@ -212,6 +212,27 @@ fn a_stage_flag_file_with_a_split_reads_back_in_the_flagd_provider_with_its_shar
 }
 
 #[test]
+fn a_service_reading_the_flagd_file_through_the_flagd_provider_puts_each_key_in_stagegates_cohort() {
+    common::require_python(
+        &["openfeature.contrib.provider.flagd"],
+        "openfeature-provider-flagd (scripts/test installs it)",
+    );
+    let reports = tempfile::tempdir().unwrap();
+    let out = stagegate(&["run", "tests/scenarios/flagd-sdk.yaml", "--report-dir", reports.path().to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    // The refused 30% fail `errors.rate < 1%`.
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let report = only_report(reports.path());
+    let variants = &report["stages"][0]["metrics"]["variants"];
+    let (on, off) = (&variants["refuse-orders=true"], &variants["refuse-orders=false"]);
+    // Key by key, flagd's bucketing and stagegate's agree: every order stagegate put in
+    // the `true` cohort was refused by the service, and no other.
+    assert!(on["requests"].as_u64().unwrap() > 0, "{variants}");
+    assert_eq!(on["errors"], on["requests"], "{variants}");
+    assert_eq!(off["errors"], 0, "{variants}");
+}
+
+#[test]
 fn a_service_using_the_openfeature_ofrep_provider_sees_each_stage_and_split_as_the_report_says() {
     common::require_python(
         &["openfeature.contrib.provider.ofrep"],

@@ -2,8 +2,8 @@
 //!
 //! Each flag becomes a flagd flag whose variants are named after their values
 //! (`"true"`, `"false"`, `"blue"`); a stage's fixed value is the default variant, and a
-//! fractional exposure becomes flagd's `fractional` targeting on the `targetingKey`,
-//! with integer weights in basis points.
+//! fractional exposure becomes flagd's `fractional` targeting (bucketed by flag key and
+//! `targetingKey`, as stagegate buckets), with integer weights in basis points.
 //! The file is written to a temporary name and renamed, so a reader never sees half of it.
 
 use std::collections::BTreeMap;
@@ -34,15 +34,15 @@ pub fn document(states: &BTreeMap<String, FlagState>) -> Value {
             FlagState::Split { variants: shares, rest } => {
                 flag["defaultVariant"] = json!(variant_name(rest));
                 // flagd reads integer weights, relative to their sum: basis points keep
-                // shares below 1% (a float weight makes flagd ignore the rule).
-                let weight = |s: f64| (s * 10_000.0).round() as u64;
+                // shares below 1% (a float weight makes flagd ignore the rule). With no
+                // bucketing expression, flagd buckets by flag key and targeting key, as
+                // stagegate does (`FlagState::value_for`): a key's cohort is the same.
+                let (weights, total) = state.weights();
                 let mut buckets: Vec<Value> =
-                    shares.iter().map(|(v, s)| json!([variant_name(v), weight(*s)])).collect();
-                let given: u64 = shares.iter().map(|(_, s)| weight(*s)).sum();
-                buckets.push(json!([variant_name(rest), 10_000u64.saturating_sub(given)]));
-                let mut args = vec![json!({ "var": "targetingKey" })];
-                args.extend(buckets);
-                flag["targeting"] = json!({ "fractional": args });
+                    shares.iter().zip(&weights).map(|((v, _), w)| json!([variant_name(v), w])).collect();
+                let given: u64 = weights.iter().sum();
+                buckets.push(json!([variant_name(rest), total.saturating_sub(given)]));
+                flag["targeting"] = json!({ "fractional": buckets });
             }
         }
         flags.insert(key.clone(), flag);
@@ -74,9 +74,6 @@ mod tests {
         assert_eq!(doc["flags"]["on"]["defaultVariant"], "true");
         assert_eq!(doc["flags"]["on"]["variants"]["true"], true);
         assert_eq!(doc["flags"]["split"]["defaultVariant"], "green");
-        assert_eq!(
-            doc["flags"]["split"]["targeting"]["fractional"],
-            json!([{ "var": "targetingKey" }, ["blue", 1000], ["green", 9000]])
-        );
+        assert_eq!(doc["flags"]["split"]["targeting"]["fractional"], json!([["blue", 1000], ["green", 9000]]));
     }
 }

@@ -126,7 +126,7 @@ pub fn env_vars(states: &BTreeMap<String, FlagState>) -> Vec<(String, String)> {
         .map(|(name, state)| {
             let var: String =
                 name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-            let value = state.value_for(name, None, 0);
+            let value = state.value_for(name, None);
             let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
             (format!("FLAG_{var}"), text)
         })
@@ -134,21 +134,36 @@ pub fn env_vars(states: &BTreeMap<String, FlagState>) -> Vec<(String, String)> {
 }
 
 impl FlagState {
-    /// The value a record with `key` sees, bucketed by `seed` (the run's flag stream).
-    pub fn value_for(&self, flag: &str, key: Option<&str>, seed: u64) -> &Value {
+    /// The value a record with `key` sees: bucketed as flagd's `fractional` does with
+    /// the weights stagegate's flagd files give ([`weights`](FlagState::weights)), so a
+    /// key is in the same cohort whether the system under test asks stagegate (OFREP)
+    /// or reads its flagd file, and in every run. Without a key, the rest's value.
+    pub fn value_for(&self, flag: &str, key: Option<&str>) -> &Value {
         match self {
             FlagState::Fixed(v) => v,
             FlagState::Split { variants, rest } => {
                 let Some(key) = key else { return rest };
-                let u = bucket(seed, flag, key);
-                let mut acc = 0.0;
-                for (value, share) in variants {
-                    acc += share;
-                    if u < acc {
+                let (weights, total) = self.weights();
+                let b = bucket(flag, key, total);
+                let mut end = 0;
+                for ((value, _), w) in variants.iter().zip(&weights) {
+                    end += w;
+                    if b < end {
                         return value;
                     }
                 }
                 rest
+            }
+        }
+    }
+
+    /// A split's integer weights (basis points, as flagd reads them) for each variant,
+    /// the rest taking what is left of 10000; and 10000. A fixed state has none.
+    pub fn weights(&self) -> (Vec<u64>, u64) {
+        match self {
+            FlagState::Fixed(_) => (Vec::new(), TOTAL_WEIGHT),
+            FlagState::Split { variants, .. } => {
+                (variants.iter().map(|(_, s)| (s * TOTAL_WEIGHT as f64).round() as u64).collect(), TOTAL_WEIGHT)
             }
         }
     }
@@ -186,11 +201,23 @@ impl FlagState {
     }
 }
 
-/// The bucket of a record key for a flag, uniform in `[0, 1)`: the same key always falls
-/// in the same bucket for a given seed, so exposure is sticky per record.
-pub fn bucket(seed: u64, flag: &str, key: &str) -> f64 {
-    let h = xxhash_rust::xxh3::xxh3_64_with_seed(format!("{flag}\0{key}").as_bytes(), seed);
-    (h >> 11) as f64 / (1u64 << 53) as f64
+/// The sum of a split's weights: shares in basis points.
+pub const TOTAL_WEIGHT: u64 = 10_000;
+
+/// The bucket of `key` for `flag`, in `0..total`, as flagd's `fractional` computes it
+/// with no bucketing expression given (flagd-core 2.x, the `openfeature-provider-flagd`
+/// in-process and file resolvers): MurmurHash3 (x86, 32-bit, seed 0) of the canonical
+/// CBOR encoding of the array `[flag, key]`, scaled as `hash * total >> 32`. The same
+/// key always falls in the same bucket, so exposure is sticky per record and a wider
+/// step keeps every key of a narrower one.
+pub fn bucket(flag: &str, key: &str, total: u64) -> u64 {
+    let mut cbor = Vec::with_capacity(flag.len() + key.len() + 12);
+    // Two text strings in an array: CBOR's definite, shortest form is its canonical one.
+    if ciborium::into_writer(&(flag, key), &mut cbor).is_err() {
+        return 0;
+    }
+    let hash = murmur3::murmur3_32(&mut std::io::Cursor::new(&cbor), 0).unwrap_or(0);
+    (u64::from(hash) * total) >> 32
 }
 
 /// One flag definition.
@@ -233,9 +260,32 @@ mod tests {
     fn a_split_exposes_its_share_stickily() {
         let state = FlagState::Split { variants: vec![(json!(true), 0.1)], rest: json!(false) };
         let keys: Vec<String> = (0..20_000).map(|i| format!("order-{i}")).collect();
-        let on = keys.iter().filter(|k| state.value_for("f", Some(k), 42) == &json!(true)).count();
+        let on = keys.iter().filter(|k| state.value_for("f", Some(k)) == &json!(true)).count();
         assert!((1800..2200).contains(&on), "{on} of 20000");
-        assert_eq!(state.value_for("f", Some("order-7"), 42), state.value_for("f", Some("order-7"), 42));
-        assert_eq!(state.value_for("f", None, 42), &json!(false));
+        assert_eq!(state.value_for("f", Some("order-7")), state.value_for("f", Some("order-7")));
+        assert_eq!(state.value_for("f", None), &json!(false));
+        // A wider exposure keeps every key of a narrower one.
+        let wider = FlagState::Split { variants: vec![(json!(true), 0.5)], rest: json!(false) };
+        assert!(keys.iter().all(|k| state.value_for("f", Some(k)) != &json!(true) || wider.value_for("f", Some(k)) == &json!(true)));
+    }
+
+    /// Vectors from flagd's own Python implementation (`openfeature-provider-flagd`
+    /// 0.6.1: `mmh3.hash(cbor2.dumps([flag, key], canonical=True), signed=False)`, then
+    /// `hash * 10000 >> 32`), covering one-byte, two-byte and multi-byte string lengths
+    /// and non-ASCII keys.
+    #[test]
+    fn buckets_match_flagds_fractional() {
+        let long_flag = "x".repeat(30);
+        let long_key = "y".repeat(300);
+        let vectors = [
+            ("new-enricher", "order-1", 1955),
+            ("new-enricher", "0c7f3a1e-0000-4000-8000-000000000001", 6879),
+            ("f", "a", 8215),
+            ("tier", "ü-ключ", 7131),
+            (long_flag.as_str(), long_key.as_str(), 7500),
+        ];
+        for (flag, key, expected) in vectors {
+            assert_eq!(bucket(flag, key, 10_000), expected, "{flag} {key}");
+        }
     }
 }

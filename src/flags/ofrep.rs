@@ -30,7 +30,6 @@ use tokio::sync::watch;
 #[derive(Default)]
 struct Flags {
     states: BTreeMap<String, FlagState>,
-    seed: u64,
     generation: u64,
 }
 
@@ -221,12 +220,10 @@ impl OfrepServer {
         format!("http://{}", self.server.addr())
     }
 
-    /// Replaces every flag's state; `seed` buckets fractional exposure. Returns the new
-    /// generation.
-    pub fn set(&self, states: BTreeMap<String, FlagState>, seed: u64) -> u64 {
+    /// Replaces every flag's state. Returns the new generation.
+    pub fn set(&self, states: BTreeMap<String, FlagState>) -> u64 {
         let mut flags = self.shared.flags.lock().unwrap_or_else(|p| p.into_inner());
         flags.states = states;
-        flags.seed = seed;
         flags.generation += 1;
         flags.generation
     }
@@ -288,8 +285,8 @@ impl crate::teardown::Resource for OfrepServer {
 }
 
 /// The OFREP answer for one flag, for a caller whose context has `key` as targetingKey.
-fn evaluation(flag: &str, state: &FlagState, key: Option<&str>, seed: u64) -> Value {
-    let value = state.value_for(flag, key, seed);
+fn evaluation(flag: &str, state: &FlagState, key: Option<&str>) -> Value {
+    let value = state.value_for(flag, key);
     let variant = match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -315,7 +312,7 @@ async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::bo
     let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
     match flags.states.get(&key) {
         Some(state) => {
-            let answer = evaluation(&key, state, target.as_deref(), flags.seed);
+            let answer = evaluation(&key, state, target.as_deref());
             let variant = answer["variant"].as_str().unwrap_or_default().to_string();
             let mut tally = s.tally.lock().unwrap_or_else(|p| p.into_inner());
             let (n, keys) = tally.flags.entry(key.clone()).or_default().single.entry(variant).or_default();
@@ -339,8 +336,7 @@ async fn bulk(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Byt
     let target = read_context(&s, None, &body);
     let (body, generation) = {
         let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
-        let list: Vec<Value> =
-            flags.states.iter().map(|(k, st)| evaluation(k, st, target.as_deref(), flags.seed)).collect();
+        let list: Vec<Value> = flags.states.iter().map(|(k, st)| evaluation(k, st, target.as_deref())).collect();
         let mut tally = s.tally.lock().unwrap_or_else(|p| p.into_inner());
         for flag in flags.states.keys() {
             tally.flags.entry(flag.clone()).or_default().bulk += 1;
@@ -373,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn serves_single_and_bulk_with_etag() {
         let server = OfrepServer::start(None).await.unwrap();
-        let g = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(true)))]), 1);
+        let g = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(true)))]));
         let client = reqwest::Client::new();
         let one: Value = client
             .post(format!("{}/ofrep/v1/evaluate/flags/new-enricher", server.url()))
@@ -399,7 +395,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.status(), 304);
-        let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(false)))]), 1);
+        let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(false)))]));
         assert!(!server.picked_up(g2, Duration::from_millis(20)).await);
         server.stop().await;
     }
@@ -455,7 +451,7 @@ mod tests {
     async fn a_split_flag_answers_by_targeting_key() {
         let server = OfrepServer::start(None).await.unwrap();
         let state = FlagState::Split { variants: vec![(json!(true), 0.5)], rest: json!(false) };
-        server.set(BTreeMap::from([("f".to_string(), state.clone())]), 9);
+        server.set(BTreeMap::from([("f".to_string(), state.clone())]));
         let client = reqwest::Client::new();
         for key in ["a", "b", "c", "d", "e"] {
             let v: Value = client
@@ -467,7 +463,7 @@ mod tests {
                 .json()
                 .await
                 .unwrap();
-            assert_eq!(&v["value"], state.value_for("f", Some(key), 9));
+            assert_eq!(&v["value"], state.value_for("f", Some(key)));
             assert_eq!(v["reason"], "SPLIT");
         }
         server.stop().await;

@@ -115,12 +115,11 @@ pub enum Delivery {
 }
 
 /// Builds the provider `flags` names. `first` is the first stage's flags (in place
-/// before anything starts); `seed` buckets fractional exposure; `report_dir` holds the
+/// before anything starts); `report_dir` holds the
 /// flag file unless the scenario names one (relative to `scenario_dir`).
 pub async fn provide(
     flags: &FlagSet,
     first: &StageFlags,
-    seed: u64,
     scenario_dir: &std::path::Path,
     report_dir: Option<&std::path::Path>,
     guard: &Guard,
@@ -130,8 +129,8 @@ pub async fn provide(
         Provider::Ofrep => {
             let server =
                 guard.adopt(Arc::new(OfrepServer::start(Some(trouble.clone())).await.map_err(FlagError::Listen)?));
-            server.set(first.clone(), seed);
-            Arc::new(Ofrep { server, seed, polled: !flags.definitions.is_empty() })
+            server.set(first.clone());
+            Arc::new(Ofrep { server, polled: !flags.definitions.is_empty() })
         }
         Provider::FlagdFile(file) => {
             let path = match (file, report_dir) {
@@ -149,7 +148,6 @@ pub async fn provide(
 
 struct Ofrep {
     server: Arc<OfrepServer>,
-    seed: u64,
     /// Whether a client polls for flags at all (a scenario without flags has none).
     polled: bool,
 }
@@ -170,7 +168,7 @@ impl FlagProvider for Ofrep {
         _previous: Option<&StageFlags>,
         cancel: &CancellationToken,
     ) -> Result<Handover, FlagError> {
-        let generation = self.server.set(flags.clone(), self.seed);
+        let generation = self.server.set(flags.clone());
         // Only a client that fetches every flag ahead (and polls) must be waited for; one
         // that evaluates per request sees the new state at its next evaluation.
         if self.polled && self.server.bulk_clients() {
@@ -300,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn env_asks_for_a_restart_only_when_the_flags_change() {
         let set = FlagSet { provider: Provider::Env, definitions: Vec::new() };
-        let p = provide(&set, &flags(false), 0, std::path::Path::new("."), None, &Guard::new(), &Trouble::new())
+        let p = provide(&set, &flags(false), std::path::Path::new("."), None, &Guard::new(), &Trouble::new())
             .await
             .unwrap();
         assert_eq!(p.initial_env(), vec![("FLAG_NEW_PATH".to_string(), "false".to_string())]);
@@ -316,9 +314,8 @@ mod tests {
     #[tokio::test]
     async fn header_carries_each_records_values() {
         let set = FlagSet { provider: Provider::Header("X-Flags".into()), definitions: Vec::new() };
-        let p = provide(&set, &flags(true), 0, std::path::Path::new("."), None, &Guard::new(), &Trouble::new())
-            .await
-            .unwrap();
+        let p =
+            provide(&set, &flags(true), std::path::Path::new("."), None, &Guard::new(), &Trouble::new()).await.unwrap();
         assert_eq!(p.header(&json!({"a": true, "b": "blue"})), Some(("X-Flags".into(), "a=true,b=blue".into())));
     }
 }

@@ -29,7 +29,6 @@ use crate::deps::runfile::RunFile;
 use crate::health::Trouble;
 use crate::report::{Event, RunReport};
 use crate::scenario::Plan;
-use crate::seed;
 use crate::teardown::Guard;
 use crate::verdict;
 
@@ -100,14 +99,12 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         })
     };
     let guard = Guard::new();
-    let flag_seed = seed::derive(plan.seed, "flags", 0);
     let cx = provision::Context {
         guard: &guard,
         run: run_file.clone(),
         report_dir: out.dir.as_deref(),
         cancel: &halt,
         trouble: &trouble,
-        flag_seed,
     };
     let mut samples = HashMap::new();
     match provision::provision(plan, &cx).await {
@@ -126,7 +123,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
                     .collect(),
                 flags: provisioned.flags.endpoint().unwrap_or_default(),
             });
-            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, flag_seed, &mut report).await;
+            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, &mut report).await;
         }
     }
     // Every fault lifted first, then everything stopped, newest first.
@@ -246,7 +243,6 @@ async fn run_stages(
     halt: &CancellationToken,
     trouble: &Trouble,
     events: &UnboundedSender<Event>,
-    flag_seed: u64,
     report: &mut RunReport,
 ) -> HashMap<String, verdict::StageSamples> {
     let mut samples = HashMap::new();
@@ -262,7 +258,7 @@ async fn run_stages(
             return samples;
         }
     };
-    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, flag_seed };
+    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client };
     // A progressive exposure stops at its first failing step: the wider ones are not run.
     let mut stopped_exposure: Option<&str> = None;
     for index in 0..plan.stages.len() {

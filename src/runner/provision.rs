@@ -64,15 +64,13 @@ pub struct Context<'a> {
     pub report_dir: Option<&'a Path>,
     pub cancel: &'a CancellationToken,
     pub trouble: &'a Trouble,
-    /// The seed that buckets fractional exposure.
-    pub flag_seed: u64,
 }
 
 /// Starts everything `plan` needs; the first failure ends it (what started is the
 /// guard's to stop).
 pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, String> {
     let first = plan.stages.first().map(|s| s.flags.clone()).unwrap_or_default();
-    let flags = provide(&plan.flags, &first, cx.flag_seed, &plan.dir(), cx.report_dir, cx.guard, cx.trouble)
+    let flags = provide(&plan.flags, &first, &plan.dir(), cx.report_dir, cx.guard, cx.trouble)
         .await
         .map_err(|e| e.to_string())?;
     let with = Provisioning {

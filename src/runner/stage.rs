@@ -48,7 +48,6 @@ pub struct Context<'a> {
     pub trouble: &'a Trouble,
     pub events: &'a UnboundedSender<Event>,
     pub client: &'a reqwest::Client,
-    pub flag_seed: u64,
 }
 
 /// How a stage went.
@@ -115,7 +114,6 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let mut accounts = Accounts {
         plan,
         stage,
-        flag_seed: cx.flag_seed,
         ledger: ledger.clone(),
         recorder: Recorder::new(plan.workload.warmup, stage.duration, windows),
         series: SeriesRecorder::new(stage.duration, plan.workload.warmup),
@@ -377,7 +375,7 @@ fn exposure_of(
             .iter()
             .map(|(flag, state)| {
                 let given = VariantExposure { share: 1.0, ..VariantExposure::default() };
-                let by_variant = BTreeMap::from([(text(state.value_for(flag, None, 0)), given)]);
+                let by_variant = BTreeMap::from([(text(state.value_for(flag, None)), given)]);
                 (flag.clone(), FlagExposure { how: "environment", by_variant, bulk_fetches: 0 })
             })
             .collect(),
@@ -504,7 +502,6 @@ struct Counts {
 struct Accounts<'a> {
     plan: &'a Plan,
     stage: &'a Stage,
-    flag_seed: u64,
     ledger: SharedLedger,
     recorder: Recorder,
     /// The stage over time, for report.json and the plots.
@@ -531,13 +528,7 @@ struct Accounts<'a> {
 impl Accounts<'_> {
     /// The flag values a record sees in this stage, as a JSON object.
     fn flag_values(&self, key: &str) -> Value {
-        Value::Object(
-            self.stage
-                .flags
-                .iter()
-                .map(|(n, st)| (n.clone(), st.value_for(n, Some(key), self.flag_seed).clone()))
-                .collect(),
-        )
+        Value::Object(self.stage.flags.iter().map(|(n, st)| (n.clone(), st.value_for(n, Some(key)).clone())).collect())
     }
 
     /// The variant label of a record in a stage with fractional exposure
@@ -548,7 +539,7 @@ impl Accounts<'_> {
             .flags
             .iter()
             .filter(|(_, s)| matches!(s, FlagState::Split { .. }))
-            .map(|(name, s)| format!("{name}={}", s.value_for(name, Some(key), self.flag_seed)))
+            .map(|(name, s)| format!("{name}={}", s.value_for(name, Some(key))))
             .collect();
         if parts.is_empty() {
             return None;
@@ -588,7 +579,7 @@ impl Sink for Accounts<'_> {
         self.ledger().sent(key, record, tags);
         if self.provider.delivery() == Delivery::Header {
             for (flag, state) in &self.stage.flags {
-                let value = state.value_for(flag, Some(key), self.flag_seed);
+                let value = state.value_for(flag, Some(key));
                 let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
                 *self.sent_values.entry(flag.clone()).or_default().entry(text).or_default() += 1;
             }
