@@ -37,10 +37,11 @@ impl Severity {
 }
 
 /// Every kind of finding: its name, default severity, and what it means.
-pub const KINDS: [(&str, Severity, &str); 12] = [
+pub const KINDS: [(&str, Severity, &str); 13] = [
     ("missing-owner", Severity::Error, "no owner: nobody answers for the flag"),
     ("missing-category", Severity::Error, "no category: release, experiment, operational or permission"),
     ("unknown-category", Severity::Error, "a category outside the taxonomy"),
+    ("renamed-category", Severity::Warning, "a category under its former name (`experimental`, now `experiment`)"),
     ("expired", Severity::Error, "past its expiry date: remove it, or move the date with a reason"),
     ("no-expiry", Severity::Error, "a temporary flag (release, experiment) without an expiry"),
     ("too-old", Severity::Warning, "a temporary flag living past its category's maximum age"),
@@ -95,9 +96,61 @@ impl Rules {
         let category = Category::parse(name)
             .filter(|c| c.temporary())
             .ok_or_else(|| format!("`{text}`: a maximum age is for `release` or `experiment` flags"))?;
-        let days = humantime::parse_duration(age).map_err(|e| format!("`{text}`: {e}"))?.as_secs().div_ceil(86_400);
+        let days = humantime::parse_duration(age)
+            .map_err(|e| format!("`{text}`: `{age}` is not a duration like 60d, 12w or 6months ({e})"))?
+            .as_secs()
+            .div_ceil(86_400);
         self.max_age_days.insert(category, days as i64);
         Ok(())
+    }
+}
+
+/// The keys of a flagd file's `flags` object in the order written, twice if written
+/// twice.
+struct FlagKeys(Option<Vec<String>>);
+
+impl<'de> serde::Deserialize<'de> for FlagKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Doc;
+        impl<'de> serde::de::Visitor<'de> for Doc {
+            type Value = Option<Vec<String>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a flagd document")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "flags" {
+                        out = Some(map.next_value::<Keys>()?.0);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        struct Keys(Vec<String>);
+        impl<'de> serde::Deserialize<'de> for Keys {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Vec<String>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an object of flags")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                        let mut keys = Vec::new();
+                        while let Some(k) = map.next_key::<String>()? {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            keys.push(k);
+                        }
+                        Ok(keys)
+                    }
+                }
+                d.deserialize_map(V).map(Keys)
+            }
+        }
+        d.deserialize_map(Doc).map(FlagKeys)
     }
 }
 
@@ -195,6 +248,14 @@ impl Inventory {
     /// `metadata`. Returns why it cannot be read.
     pub fn add_flagd(&mut self, file: &Path, text: &str) -> Result<(), String> {
         let doc: Value = serde_json::from_str(text).map_err(|e| format!("{}: not JSON ({e})", file.display()))?;
+        // A JSON object keeps the last of two equal keys: a flag defined twice would
+        // be audited as whichever came last.
+        if let Ok(FlagKeys(Some(keys))) = serde_json::from_str::<FlagKeys>(text) {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = keys.iter().find(|k| !seen.insert(k.as_str())) {
+                return Err(format!("{}: flags.{twice} is defined twice", file.display()));
+            }
+        }
         let flags = doc
             .get("flags")
             .and_then(Value::as_object)
@@ -312,6 +373,10 @@ fn governance(
             None
         }
         Some(c) => match Category::parse(c) {
+            Some(cat) if c != cat.name() => {
+                say("renamed-category", home, format!("category `{c}` is now called `{}`; write that", cat.name()));
+                Some(cat)
+            }
             Some(cat) => Some(cat),
             None => {
                 say("unknown-category", home, format!("category `{c}` is not one of {}", Category::NAMES.join(", ")));
@@ -406,7 +471,9 @@ mod tests {
             "perm": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
                 "metadata": { "owner": "a", "category": "permission", "expires": "2027-06-01" } },
             "Bad_Name": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
-                "metadata": { "owner": "a", "category": "operational" } }
+                "metadata": { "owner": "a", "category": "operational" } },
+            "old-name": { "state": "ENABLED", "variants": {}, "defaultVariant": "off",
+                "metadata": { "owner": "a", "category": "experimental", "expires": "2027-01-01" } }
         } }"#;
         let mut inv = Inventory::default();
         inv.add_flagd(Path::new("flags.json"), text).unwrap();
@@ -422,6 +489,7 @@ mod tests {
         assert_eq!(kinds(&found, "old"), ["too-old"]);
         assert_eq!(kinds(&found, "perm"), ["permanent-with-expiry"]);
         assert_eq!(kinds(&found, "Bad_Name"), ["naming"]);
+        assert_eq!(kinds(&found, "old-name"), ["renamed-category"]);
         assert_eq!(found[0].severity, Severity::Error, "errors first");
 
         rules.set_severity("expired=off").unwrap();
@@ -430,6 +498,16 @@ mod tests {
         assert!(kinds(&found, "gone").is_empty() && kinds(&found, "old").is_empty(), "{found:?}");
         assert!(rules.set_severity("bogus=error").unwrap_err().contains("the kinds are missing-owner"));
         assert!(rules.set_max_age("permission=1d").is_err());
+        assert!(rules.set_max_age("release=60").unwrap_err().contains("not a duration like 60d"));
+    }
+
+    #[test]
+    fn a_flag_defined_twice_in_the_inventory_is_refused() {
+        let mut inv = Inventory::default();
+        let twice = r#"{"flags": {"a": {"metadata": {}}, "b": {}, "a": {"metadata": {"owner": "x"}}}}"#;
+        let e = inv.add_flagd(Path::new("f.json"), twice).unwrap_err();
+        assert_eq!(e, "f.json: flags.a is defined twice");
+        assert!(inv.add_flagd(Path::new("g.json"), r#"{"flags": {"a": {}, "b": {}}, "$schema": "x"}"#).is_ok());
     }
 
     #[test]
