@@ -342,6 +342,22 @@ fn compile_exposure(
         ));
         ok = false;
     }
+    if let (Some(h), Some(w)) = (hold, workload)
+        && h != w.duration
+        && let crate::workload::Arrival::Open(profile) = &w.arrival
+        && profile.points.len() > 1
+    {
+        ctx.warn(
+            &join_key(at, "hold"),
+            format_args!(
+                "each step runs {} of the {} arrival shape laid out over `workload.duration` ({}): {}",
+                units::format_duration(h),
+                profile.shape,
+                units::format_duration(w.duration),
+                if h < w.duration { "the rest of it is not reached" } else { "its last rate holds to the step's end" }
+            ),
+        );
+    }
     (ok && hold.is_some()).then(|| Exposure {
         flag: def.key.clone(),
         value,
