@@ -366,9 +366,17 @@ fn audit(
             return fail(e);
         }
         if naming.is_none() {
-            naming = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|d| d["metadata"]["naming"].as_str().map(str::to_string));
+            let doc = serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default();
+            match &doc["metadata"]["naming"] {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(s) => naming = Some(s.clone()),
+                other => {
+                    return fail(format!(
+                        "{}: metadata.naming: {other} is not a naming rule (a regular expression, as a string)",
+                        path.display()
+                    ));
+                }
+            }
         }
     }
     if let Some(pattern) = naming {

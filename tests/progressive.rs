@@ -1,9 +1,13 @@
 //! Progressive exposure on the builtin pipeline: a candidate that is sound for a small
-//! cohort and stores orders twice once its cohort's load passes 100 a second
+//! cohort and stores orders twice once its cohort's load passes 150 a second
 //! (`duplicate-under-load`) stops at the step where it breaks. The verdict names the
-//! largest exposure that held, the failing step, criterion and cohort; the wider steps
-//! are not run; the rollback plan restores the last step that held and is written as a
-//! flagd file OpenFeature's flagd provider reads. A sound candidate widens to 100%.
+//! largest exposure that held, the failing step, criterion and cohort; a step too small
+//! to judge is INCONCLUSIVE; the wider steps are not run; the rollback plan restores the
+//! last step that held and is written as a flagd file OpenFeature's flagd provider
+//! reads. The shipped scenario's sound candidate widens to 100% and promotes.
+//!
+//! The tests judge data only: latency and errors of the builtin pipeline depend on how
+//! busy the machine is, and the suite runs beside other work.
 
 mod common;
 
@@ -19,6 +23,8 @@ fn run(reports: &std::path::Path, extra: &[&str]) -> (Option<i32>, String, serde
         "markdown",
         "--set",
         common::RELAXED_HEALTH,
+        "--set",
+        r#"criteria=["data.lost == 0", "data.duplicated == 0", "data.corrupted == 0"]"#,
     ];
     args.extend_from_slice(extra);
     let out = stagegate(&args);
@@ -30,16 +36,16 @@ fn run(reports: &std::path::Path, extra: &[&str]) -> (Option<i32>, String, serde
 #[test]
 fn a_defect_under_its_cohorts_load_stops_the_rollout_at_that_step_and_restores_the_last_that_held() {
     let reports = tempfile::tempdir().unwrap();
-    let (code, output, report) = run(reports.path(), &[]);
+    let (code, output, report) = run(reports.path(), &["--set", "stages[1].exposure.steps=[1%, 10%, 50%, 100%]"]);
     assert_eq!(code, Some(1), "{output}");
     let e = &report["exposures"][0];
     let outcomes: Vec<&str> = e["steps"].as_array().unwrap().iter().map(|s| s["outcome"].as_str().unwrap()).collect();
-    // 1% of 400/s over 5 judged seconds is about 20 orders: too few to judge, not a pass.
+    // 1% of 400/s over 7 judged seconds is about 28 orders: too few to judge, not a pass.
     assert_eq!(outcomes, ["inconclusive", "held", "failed", "not_run"], "{e}");
     assert_eq!((e["held_at"].as_f64(), e["failed_at"].as_f64()), (Some(0.1), Some(0.5)), "{e}");
     let summary = e["summary"].as_str().unwrap();
     assert!(
-        summary.contains("held at 10%, inconclusive at 1%, failed at 50%: data.duplicated ")
+        summary.contains("held at 10% (1% inconclusive), failed at 50%: data.duplicated ")
             && summary.contains("in the new-enricher=true cohort")
             && summary.ends_with("(100% not run)"),
         "{summary}"
@@ -75,7 +81,7 @@ fn a_defect_under_its_cohorts_load_stops_the_rollout_at_that_step_and_restores_t
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(
         failures[0]["summary"],
-        "`rollout@50%` failed after new-enricher true 10% / false rest → true 50% / false rest (since `rollout@10%`)"
+        "`rollout@50%` failed after new-enricher true 10% / false rest → true 50% / false rest (since `rollout@10%`, the last stage that held)"
     );
     let d = &report["stages"][3]["variant_differences"][0];
     assert_eq!((&d["flag"], &d["variant"], &d["against"]), (&"new-enricher".into(), &"true".into(), &"false".into()));
@@ -104,13 +110,14 @@ fn a_defect_under_its_cohorts_load_stops_the_rollout_at_that_step_and_restores_t
 }
 
 #[test]
-fn a_sound_candidate_widens_to_every_record() {
+fn the_shipped_rollout_with_a_sound_candidate_widens_to_every_record_and_promotes() {
     let reports = tempfile::tempdir().unwrap();
-    let (code, output, report) =
-        run(reports.path(), &["--set", "target.defects=[]", "--set", "stages[1].exposure.steps=[10%, 100%]"]);
+    let (code, output, report) = run(reports.path(), &["--set", "target.defects=[]"]);
     assert_eq!(code, Some(0), "{output}");
     let e = &report["exposures"][0];
     assert_eq!(e["held_at"].as_f64(), Some(1.0), "{e}");
+    let outcomes: Vec<&str> = e["steps"].as_array().unwrap().iter().map(|s| s["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["held"; 4], "every step's cohort is large enough to judge: {e}");
     assert_eq!(e["failed_at"], serde_json::Value::Null);
     assert!(output.contains("exposure `rollout` of `new-enricher`: held at 100%"), "{output}");
 }

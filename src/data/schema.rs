@@ -198,7 +198,14 @@ impl Schema {
     /// Checks a schema given as text; `path` is used in messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Schema, Diagnostics> {
         let (spec, loc) = yaml::parse::<SchemaSpec>(path, text)?;
-        let mut ctx = Ctx { file: path, loc: &loc, errors: Vec::new(), warnings: Vec::new(), overrides: &[] };
+        let mut ctx = Ctx {
+            file: path,
+            loc: &loc,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            overrides: &[],
+            broken_stages: Vec::new(),
+        };
         let mut fields = Vec::new();
         let mut names = BTreeMap::new();
         let declared: Vec<String> = spec.fields.0.iter().map(|(n, _)| n.clone()).collect();

@@ -227,7 +227,7 @@ impl Inventory {
                 self.flags.entry(def.key.clone()).or_insert_with(|| Entry { key: def.key.clone(), ..Entry::default() });
             let given = Governance {
                 owner: def.owner.clone(),
-                category: def.category.map(|c| c.name().to_string()),
+                category: def.category_as_written.clone().or(def.category.map(|c| c.name().to_string())),
                 expires: def.expires,
                 created: None,
             };
@@ -262,7 +262,19 @@ impl Inventory {
             .ok_or_else(|| format!("{}: no `flags` object: not a flagd flag file", file.display()))?;
         self.inventory_file = Some(file.to_path_buf());
         for (key, flag) in flags {
+            let at = |field: &str| format!("{}: flags.{}{field}", file.display(), shown(key));
+            if !flag.is_object() {
+                return Err(format!("{}: {flag} is not a flag (an object)", at("")));
+            }
             let meta = flag.get("metadata").cloned().unwrap_or(Value::Null);
+            if !(meta.is_object() || meta.is_null()) {
+                return Err(format!("{}: {meta} is not an object", at(".metadata")));
+            }
+            for field in ["owner", "category"] {
+                if let Some(v) = meta.get(field).filter(|v| !v.is_string() && !v.is_null()) {
+                    return Err(format!("{}: {v} is not a string", at(&format!(".metadata.{field}"))));
+                }
+            }
             let text = |name: &str| meta.get(name).and_then(Value::as_str).map(str::to_string);
             let date = |name: &str| -> Result<Option<NaiveDate>, String> {
                 match meta.get(name) {
@@ -287,11 +299,7 @@ impl Inventory {
             let e = self.flags.entry(key.clone()).or_insert_with(|| Entry { key: key.clone(), ..Entry::default() });
             e.in_inventory = true;
             // The inventory is the record: its governance wins over a scenario's copy.
-            let owner = match meta.get("owner") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(other) if !other.is_null() => Some(other.to_string()),
-                _ => None,
-            };
+            let owner = meta.get("owner").and_then(Value::as_str).map(str::to_string);
             let given = Governance { owner, category: text("category"), expires, created };
             // The inventory is the record: it comes first.
             e.records.insert(0, (file.to_path_buf(), given));
@@ -420,10 +428,18 @@ fn governance(
 }
 
 /// The findings as a table, with a last line counting them.
+/// Text from an inventory or a scenario as the terminal shows it: control and
+/// direction characters escaped (`\u{1b}`), so a name cannot rewrite the screen.
+pub fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| if crate::report::hidden(c) { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect()
+}
+
 pub fn table(findings: &[Finding], flags: usize) -> String {
     let mut s = String::new();
     if !findings.is_empty() {
-        let w = findings.iter().map(|f| f.flag.len()).max().unwrap_or(4).max(4);
+        let w = findings.iter().map(|f| shown(&f.flag).chars().count()).max().unwrap_or(4).clamp(4, 60);
         s.push_str(&format!("{:<7}  {:<w$}  {:<22}  {}\n", "level", "flag", "finding", "detail"));
         for f in findings {
             let level = match f.severity {
@@ -431,7 +447,13 @@ pub fn table(findings: &[Finding], flags: usize) -> String {
                 Severity::Warning => "warning",
                 Severity::Off => "off",
             };
-            s.push_str(&format!("{level:<7}  {:<w$}  {:<22}  {} ({})\n", f.flag, f.kind, f.message, f.file.display()));
+            s.push_str(&format!(
+                "{level:<7}  {:<w$}  {:<22}  {} ({})\n",
+                shown(&f.flag),
+                f.kind,
+                shown(&f.message),
+                shown(&f.file.display().to_string())
+            ));
         }
         s.push('\n');
     }
@@ -499,6 +521,24 @@ mod tests {
         assert!(rules.set_severity("bogus=error").unwrap_err().contains("the kinds are missing-owner"));
         assert!(rules.set_max_age("permission=1d").is_err());
         assert!(rules.set_max_age("release=60").unwrap_err().contains("not a duration like 60d"));
+    }
+
+    #[test]
+    fn an_inventory_with_governance_of_the_wrong_type_is_refused_and_names_are_shown_escaped() {
+        for (text, field) in [
+            (r#"{"flags": {"a": null}}"#, "flags.a: null is not a flag"),
+            (r#"{"flags": {"a": {"metadata": [1]}}}"#, "flags.a.metadata: [1] is not an object"),
+            (r#"{"flags": {"a": {"metadata": {"owner": 123}}}}"#, "flags.a.metadata.owner: 123 is not a string"),
+            (r#"{"flags": {"a": {"metadata": {"category": ["release"]}}}}"#, "flags.a.metadata.category"),
+        ] {
+            let e = Inventory::default().add_flagd(Path::new("f.json"), text).unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut inv = Inventory::default();
+        inv.add_flagd(Path::new("f.json"), r#"{"flags": {"\u202eevil\u001b[31m": {}}}"#).unwrap();
+        let out = table(&inv.audit(&Rules::new(date("2026-12-01"))), 1);
+        assert!(out.lines().all(|l| !l.chars().any(crate::report::hidden)), "{out:?}");
+        assert!(out.contains("\\u{202e}evil\\u{1b}[31m"), "{out}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl FlagType {
         match self {
             FlagType::Boolean => value.is_boolean(),
             FlagType::String => value.is_string(),
-            FlagType::Integer => value.is_i64() || value.is_u64(),
+            FlagType::Integer => value.is_i64(),
             FlagType::Number => value.is_number(),
             FlagType::Object => value.is_object(),
         }
@@ -204,6 +204,12 @@ impl FlagState {
 /// The sum of a split's weights: shares in basis points.
 pub const TOTAL_WEIGHT: u64 = 10_000;
 
+/// Whether `share` is a whole number of basis points, as splits are served.
+pub fn whole_points(share: f64) -> bool {
+    let points = share * TOTAL_WEIGHT as f64;
+    (points - points.round()).abs() < 1e-6
+}
+
 /// The bucket of `key` for `flag`, in `0..total`, as flagd's `fractional` computes it
 /// with no bucketing expression given (flagd-core 2.x, the `openfeature-provider-flagd`
 /// in-process and file resolvers): MurmurHash3 (x86, 32-bit, seed 0) of the canonical
@@ -227,6 +233,10 @@ pub struct FlagDef {
     pub kind: FlagType,
     pub default: Value,
     pub category: Option<Category>,
+    /// The category as the scenario wrote it (`experimental`, the former name, reads
+    /// as `experiment`), for the audit.
+    #[serde(skip)]
+    pub category_as_written: Option<String>,
     pub owner: Option<String>,
     pub expires: Option<chrono::NaiveDate>,
 }

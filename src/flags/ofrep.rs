@@ -42,7 +42,17 @@ struct Shared {
     /// must see a new state before a stage starts).
     bulk_seen: Arc<std::sync::atomic::AtomicBool>,
     contexts: Arc<Mutex<Contexts>>,
+    /// Requests being read or answered at once: a flood of clients holding bodies
+    /// waits in the kernel's buffers, not in stagegate's memory.
+    reading: Arc<tokio::sync::Semaphore>,
 }
+
+/// The largest evaluation request read: an OFREP context is a few attributes.
+const MAX_BODY: usize = 64 * 1024;
+/// Requests read or answered at once.
+const MAX_READING: usize = 128;
+/// How long a request's body may take to arrive, and a request to wait for its turn.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The string values the evaluation contexts carried since the last take, as hashes
 /// (the values themselves are not kept), by flag (`None`: a bulk evaluation) and
@@ -204,12 +214,13 @@ impl OfrepServer {
             served: Arc::new(watch::channel(0).0),
             tally: Arc::default(),
             contexts: Arc::default(),
+            reading: Arc::new(tokio::sync::Semaphore::new(MAX_READING)),
             bulk_seen: Arc::default(),
         };
         let app = Router::new()
             .route("/ofrep/v1/evaluate/flags", post(bulk))
             .route("/ofrep/v1/evaluate/flags/{key}", post(single))
-            .layer(DefaultBodyLimit::max(crate::limits::CONTROL_BODY_BYTES))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(shared.clone());
         let server = Server::start_local("OFREP flag endpoint", app, trouble).await?;
         Ok(OfrepServer { server, shared })
@@ -299,16 +310,48 @@ fn evaluation(flag: &str, state: &FlagState, key: Option<&str>) -> Value {
     json!({ "key": flag, "value": value, "reason": reason, "variant": variant, "metadata": {} })
 }
 
-/// The targeting key of an OFREP request body, if any; the body's context is noted
-/// (for personal data in it) under `flag`.
-fn read_context(s: &Shared, flag: Option<&str>, body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
+/// Reads an evaluation request's body, in turn with the others and within
+/// [`BODY_TIMEOUT`], and notes its context (for personal data in it) under `flag`.
+/// Returns the targeting key, if any, and the permit that keeps the request's turn; or
+/// the answer to give: 503 while too many are read, 408 for a body that does not
+/// arrive, 413 for one too large, 400 for one that is not an OFREP request.
+async fn read_request(
+    s: &Shared,
+    flag: Option<&str>,
+    body: axum::body::Body,
+) -> Result<(Option<String>, tokio::sync::OwnedSemaphorePermit), Response> {
+    let error = |status: StatusCode, code: &str, details: &str| {
+        (status, Json(json!({ "errorCode": code, "errorDetails": details }))).into_response()
+    };
+    let permit = match tokio::time::timeout(BODY_TIMEOUT, s.reading.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "GENERAL", "too many evaluations at once")),
+    };
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_CONTEXT", "the request is over 64 KiB"));
+        }
+        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "GENERAL", "the request's body did not arrive")),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, permit));
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(error(StatusCode::BAD_REQUEST, "PARSE_ERROR", "the request is not JSON"));
+    };
+    if !v.is_object() || !(v["context"].is_object() || v["context"].is_null()) {
+        return Err(error(StatusCode::BAD_REQUEST, "INVALID_CONTEXT", "expected {\"context\": {...}}"));
+    }
     s.contexts.lock().unwrap_or_else(|p| p.into_inner()).note(flag, &v["context"]);
-    v["context"]["targetingKey"].as_str().map(String::from)
+    Ok((v["context"]["targetingKey"].as_str().map(String::from), permit))
 }
 
-async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::body::Bytes) -> Response {
-    let target = read_context(&s, Some(&key), &body);
+async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::body::Body) -> Response {
+    let (target, _turn) = match read_request(&s, Some(&key), body).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
+    };
     let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
     match flags.states.get(&key) {
         Some(state) => {
@@ -332,8 +375,11 @@ async fn single(State(s): State<Shared>, Path(key): Path<String>, body: axum::bo
     }
 }
 
-async fn bulk(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let target = read_context(&s, None, &body);
+async fn bulk(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let (target, _turn) = match read_request(&s, None, body).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
+    };
     let (body, generation) = {
         let flags = s.flags.lock().unwrap_or_else(|p| p.into_inner());
         let list: Vec<Value> = flags.states.iter().map(|(k, st)| evaluation(k, st, target.as_deref())).collect();
@@ -397,6 +443,28 @@ mod tests {
         assert_eq!(again.status(), 304);
         let g2 = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(false)))]));
         assert!(!server.picked_up(g2, Duration::from_millis(20)).await);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_an_evaluation_is_refused_and_not_kept() {
+        let server = OfrepServer::start(None).await.unwrap();
+        server.set(BTreeMap::from([("f".to_string(), FlagState::Fixed(json!(true)))]));
+        let client = reqwest::Client::new();
+        let url = format!("{}/ofrep/v1/evaluate/flags/f", server.url());
+        let status = |body: &'static str| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.post(url).body(body).send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("not json").await, 400);
+        assert_eq!(status(r#"{"context": "a string"}"#).await, 400);
+        assert_eq!(status("[1, 2]").await, 400);
+        assert_eq!(status("").await, 200, "no body: an evaluation without context");
+        assert_eq!(status(r#"{"context": {"targetingKey": "k"}}"#).await, 200);
+        let big = format!(r#"{{"context": {{"a": "{}"}}}}"#, "x".repeat(MAX_BODY));
+        assert_eq!(client.post(&url).body(big).send().await.unwrap().status(), 413);
+        let contexts = server.take_contexts();
+        assert_eq!(contexts.values.len(), 1, "only the evaluation's context is kept: {:?}", contexts.values);
         server.stop().await;
     }
 

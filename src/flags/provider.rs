@@ -146,6 +146,17 @@ pub async fn provide(
     })
 }
 
+/// What the header percent-encodes besides control characters and non-ASCII bytes: a
+/// space, and the characters that delimit flags and values.
+const HEADER_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
+
+/// A flag name or value as the header carries it, percent-encoded (`%`, `,`, `=`,
+/// spaces, control characters and non-ASCII), so that a value cannot read as another
+/// flag, nor break the header.
+fn escape(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, HEADER_ESCAPED).to_string()
+}
+
 struct Ofrep {
     server: Arc<OfrepServer>,
     /// Whether a client polls for flags at all (a scenario without flags has none).
@@ -242,8 +253,10 @@ impl FlagProvider for Header {
 
     fn header(&self, values: &Value) -> Option<(String, String)> {
         let Value::Object(values) = values else { return None };
-        let text: Vec<String> =
-            values.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from))).collect();
+        let text: Vec<String> = values
+            .iter()
+            .map(|(k, v)| format!("{}={}", escape(k), escape(&v.as_str().map_or(v.to_string(), String::from))))
+            .collect();
         Some((self.name.clone(), text.join(",")))
     }
 
@@ -317,5 +330,9 @@ mod tests {
         let p =
             provide(&set, &flags(true), std::path::Path::new("."), None, &Guard::new(), &Trouble::new()).await.unwrap();
         assert_eq!(p.header(&json!({"a": true, "b": "blue"})), Some(("X-Flags".into(), "a=true,b=blue".into())));
+        // A value cannot pose as another flag, nor break the header.
+        let (_, hostile) = p.header(&json!({"tier": "gold,new-enricher=true", "n": "d\ne ü%"})).unwrap();
+        assert_eq!(hostile, "n=d%0Ae%20%C3%BC%25,tier=gold%2Cnew-enricher%3Dtrue");
+        assert!(reqwest::header::HeaderValue::from_str(&hostile).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Flag telemetry for the report: per flag and stage, how its variants compared in the
 //! same window (latency and errors of the records on each side of a split), and across
-//! the run, the flag changes that came before each failure.
+//! the run, the flag changes that came before each failure: since the last stage that
+//! held, the state known to be good.
 //!
 //! Pure functions over a stage's flag states and metrics, and over the stages that ran.
 
@@ -71,18 +72,21 @@ pub struct FailureFlags {
     pub stage: String,
     /// The enforced criteria that failed there.
     pub failed: Vec<String>,
-    /// The stage that ran before it, whose flags it is compared with; `None`: it was the
-    /// first, compared with the flags' defaults.
-    pub after: Option<String>,
+    /// The last stage before it that held (every enforced criterion passed), whose
+    /// flags it is compared with; `None`: none held, so it is compared with the flags'
+    /// defaults.
+    pub since: Option<String>,
     /// Each flag whose state differs from that stage's (empty: the failure came with
-    /// no flag change, so faults or load brought it).
+    /// the flags of a state that held, so faults, load or something else than a flag
+    /// brought it).
     pub changes: Vec<FlagChange>,
     /// In words: "`candidate` failed after new-enricher false → true (since `baseline`)".
     pub summary: String,
 }
 
 /// For each stage with an enforced criterion that failed, in run order, the flag
-/// changes from the stage before it. `stages` are the stages that ran, in order.
+/// changes since the last stage before it that held. `stages` are the stages that ran,
+/// in order.
 pub fn preceding_changes(
     stages: &[(&str, &BTreeMap<String, FlagState>)],
     assessments: &[Assessment],
@@ -90,6 +94,12 @@ pub fn preceding_changes(
 ) -> Vec<FailureFlags> {
     let defaults: BTreeMap<String, FlagState> =
         defaults.iter().map(|(k, v)| (k.clone(), FlagState::Fixed(v.clone()))).collect();
+    let enforced = |stage: &str, outcome: Outcome| {
+        assessments.iter().any(|a| a.stage == stage && a.level == Level::Enforce && a.outcome == outcome)
+    };
+    let held = |stage: &str| {
+        enforced(stage, Outcome::Pass) && !enforced(stage, Outcome::Fail) && !enforced(stage, Outcome::Inconclusive)
+    };
     let mut out = Vec::new();
     for (i, (name, flags)) in stages.iter().enumerate() {
         let failed: Vec<String> = assessments
@@ -100,8 +110,8 @@ pub fn preceding_changes(
         if failed.is_empty() {
             continue;
         }
-        let (after, before) = match i.checked_sub(1) {
-            Some(j) => (Some(stages[j].0.to_string()), stages[j].1),
+        let (since, before) = match stages[..i].iter().rev().find(|(n, _)| held(n)) {
+            Some((n, f)) => (Some(n.to_string()), *f),
             None => (None, &defaults),
         };
         let changes = flags
@@ -111,7 +121,7 @@ pub fn preceding_changes(
                 (was != now).then(|| FlagChange { flag: flag.clone(), from: was.clone(), to: now.clone() })
             })
             .collect();
-        let mut f = FailureFlags { stage: name.to_string(), failed, after, changes, summary: String::new() };
+        let mut f = FailureFlags { stage: name.to_string(), failed, since, changes, summary: String::new() };
         f.summary = f.line();
         out.push(f);
     }
@@ -120,9 +130,11 @@ pub fn preceding_changes(
 
 impl FailureFlags {
     fn line(&self) -> String {
-        let since = self.after.as_ref().map_or("the flag defaults".to_string(), |s| format!("`{s}`"));
+        let since = self.since.as_ref().map_or("the flag defaults (no stage held before it)".to_string(), |s| {
+            format!("`{s}`, the last stage that held")
+        });
         if self.changes.is_empty() {
-            return format!("`{}` failed with no flag change since {since}", self.stage);
+            return format!("`{}` failed with the flags of {since}: not a flag change's doing", self.stage);
         }
         let changes: Vec<String> =
             self.changes.iter().map(|c| format!("{} {} → {}", c.flag, c.from.describe(), c.to.describe())).collect();
@@ -169,10 +181,10 @@ mod tests {
     }
 
     #[test]
-    fn each_failure_names_the_flag_changes_since_the_stage_before() {
+    fn each_failure_names_the_flag_changes_since_the_last_stage_that_held() {
         let off = BTreeMap::from([("f".to_string(), FlagState::Fixed(json!(false)))]);
         let on = BTreeMap::from([("f".to_string(), FlagState::Fixed(json!(true)))]);
-        let failed = |stage: &str| Assessment {
+        let judged = |stage: &str, outcome: Outcome| Assessment {
             stage: stage.into(),
             criterion: "data.lost == 0".into(),
             metric: "data.lost".into(),
@@ -180,7 +192,7 @@ mod tests {
             measured_text: "1".into(),
             limit_text: "== 0".into(),
             samples: Some(100),
-            outcome: Outcome::Fail,
+            outcome,
             level: Level::Enforce,
             note: None,
             comparison: None,
@@ -188,11 +200,23 @@ mod tests {
         };
         let stages = [("baseline", &off), ("candidate", &on), ("outage", &on)];
         let defaults = BTreeMap::from([("f".to_string(), json!(false))]);
-        let list = preceding_changes(&stages, &[failed("candidate"), failed("outage")], &defaults);
+        let assessments =
+            [judged("baseline", Outcome::Pass), judged("candidate", Outcome::Fail), judged("outage", Outcome::Fail)];
+        let list = preceding_changes(&stages, &assessments, &defaults);
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].summary, "`candidate` failed after f false → true (since `baseline`)");
-        assert_eq!(list[1].summary, "`outage` failed with no flag change since `candidate`");
-        let first = preceding_changes(&stages[1..], &[failed("candidate")], &defaults);
-        assert_eq!(first[0].summary, "`candidate` failed after f false → true (since the flag defaults)");
+        assert_eq!(
+            list[0].summary,
+            "`candidate` failed after f false → true (since `baseline`, the last stage that held)"
+        );
+        // Not against `candidate`, which failed too: the flag is still the change.
+        assert_eq!(
+            list[1].summary,
+            "`outage` failed after f false → true (since `baseline`, the last stage that held)"
+        );
+        let first = preceding_changes(&stages[..1], &[judged("baseline", Outcome::Fail)], &defaults);
+        assert_eq!(
+            first[0].summary,
+            "`baseline` failed with the flags of the flag defaults (no stage held before it): not a flag change's doing"
+        );
     }
 }

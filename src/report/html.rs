@@ -176,6 +176,27 @@ pub fn render(doc: &Value) -> Result<String, String> {
             )?);
             page.push_str("</figure>\n");
         }
+        for (flag, e) in st["flag_exposure"].as_object().into_iter().flatten() {
+            let values: Vec<String> = e["by_variant"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(v, x)| {
+                    format!(
+                        "{} {} ({:.1}%)",
+                        esc(v),
+                        x["evaluations"].as_u64().unwrap_or(0),
+                        x["share"].as_f64().unwrap_or(0.0) * 100.0
+                    )
+                })
+                .collect();
+            page.push_str(&format!(
+                "<p class=\"meta\">flag <code>{}</code> ({}): {}</p>\n",
+                esc(flag),
+                esc(&t(&e["how"])),
+                if values.is_empty() { "-".to_string() } else { values.join(", ") }
+            ));
+        }
         variants_table(&mut page, &st["metrics"]["variants"]);
         for d in st["variant_differences"].as_array().into_iter().flatten() {
             let diff = |v: &Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:+.1} ms"));

@@ -259,6 +259,44 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
             variants,
         ));
     }
+    // What the system under test asked of each flag, stage by stage.
+    let evaluations: Vec<String> = doc["stages"]
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .flat_map(|st| {
+            let stage = t(&st["name"]);
+            st["flag_exposure"].as_object().into_iter().flatten().map(move |(flag, e)| {
+                let values: Vec<String> = e["by_variant"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(v, x)| {
+                        format!(
+                            "{v} {} ({:.1}%)",
+                            x["evaluations"].as_u64().unwrap_or(0),
+                            x["share"].as_f64().unwrap_or(0.0) * 100.0
+                        )
+                    })
+                    .collect();
+                format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    cell(&stage),
+                    cell(flag),
+                    cell(&t(&e["how"])),
+                    cell(&values.join(", ")),
+                    e["bulk_fetches"].as_u64().unwrap_or(0)
+                )
+            })
+        })
+        .collect();
+    if !evaluations.is_empty() {
+        sections.push((
+            "### Flag evaluations\n\n| stage | flag | how | by value (share) | bulk fetches |\n|---|---|---|---|---|\n"
+                .into(),
+            evaluations,
+        ));
+    }
     // How each split flag's variant compared with the rest, in the same stage.
     let differences: Vec<String> = doc["stages"]
         .as_array()

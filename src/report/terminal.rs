@@ -256,8 +256,8 @@ impl Reporter for TerminalReporter {
                         .iter()
                         .map(|(v, x)| match e.how {
                             "environment" => v.clone(),
-                            "header" => format!("{v} {}", x.evaluations),
-                            _ => format!("{v} {} ({} keys)", x.evaluations, x.keys),
+                            "header" => format!("{v} {} ({:.1}%)", x.evaluations, x.share * 100.0),
+                            _ => format!("{v} {} ({:.1}%, {} keys)", x.evaluations, x.share * 100.0, x.keys),
                         })
                         .collect();
                     let bulk = if e.bulk_fetches > 0 {

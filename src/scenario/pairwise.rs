@@ -17,15 +17,40 @@ use std::collections::BTreeMap;
 /// A partial row: parameter index to value index.
 pub type Partial = BTreeMap<usize, usize>;
 
+/// Why no rows were given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooMuch {
+    /// More than the rows asked for at most.
+    Rows,
+    /// The work the generator may do ran out (many parameters, values and exclusions).
+    Work,
+}
+
+/// The most steps (row and exclusion checks) one generation may take: a few seconds.
+pub const WORK: u64 = 200_000_000;
+
+/// Counts the generator's steps against [`WORK`].
+struct Budget(u64);
+
+impl Budget {
+    fn spend(&mut self, n: usize) -> Result<(), TooMuch> {
+        self.0 = self.0.checked_sub(n as u64).ok_or(TooMuch::Work)?;
+        Ok(())
+    }
+}
+
 /// Rows (one value index per parameter) covering every allowed pair of `levels` (the
-/// number of values of each parameter), none matching an exclusion.
-pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
+/// number of values of each parameter), none matching an exclusion; at most `max_rows`
+/// of them, and within a bounded amount of work.
+pub fn pairwise(levels: &[usize], exclude: &[Partial], max_rows: usize) -> Result<Vec<Vec<usize>>, TooMuch> {
+    let budget = &mut Budget(WORK);
     let k = levels.len();
     if k == 0 || levels.contains(&0) {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     if k == 1 {
-        return (0..levels[0]).map(|v| vec![v]).filter(|r| allowed_full(r, exclude)).collect();
+        let rows: Vec<Vec<usize>> = (0..levels[0]).map(|v| vec![v]).filter(|r| allowed_full(r, exclude)).collect();
+        return if rows.len() > max_rows { Err(TooMuch::Rows) } else { Ok(rows) };
     }
     let allowed_pair = |i: usize, a: usize, j: usize, b: usize| {
         !exclude.iter().any(|e| e.len() <= 2 && e.iter().all(|(&p, &v)| (p == i && v == a) || (p == j && v == b)))
@@ -51,10 +76,14 @@ pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
                 }
             }
         }
+        if rows.len() > max_rows {
+            return Err(TooMuch::Rows);
+        }
         // Horizontal growth.
         for row in &mut rows {
             let mut best: Option<(usize, usize)> = None;
             for b in 0..levels[i] {
+                budget.spend(uncovered.len() + exclude.len() + i)?;
                 let mut candidate = row.clone();
                 candidate.push(Some(b));
                 if !consistent(&candidate, exclude) {
@@ -73,6 +102,10 @@ pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
         }
         // Vertical growth.
         for (j, a, b) in std::mem::take(&mut uncovered) {
+            budget.spend(rows.len() * (1 + exclude.len()))?;
+            if rows.len() > max_rows {
+                return Err(TooMuch::Rows);
+            }
             if rows.iter().any(|r| r[j] == Some(a) && r[i] == Some(b)) {
                 continue;
             }
@@ -101,7 +134,7 @@ pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
     // Open cells take the first value that keeps the row outside every exclusion.
     let mut out: Vec<Vec<usize>> = Vec::new();
     for r in rows {
-        if let Some(full) = complete(&r, levels, exclude)
+        if let Some(full) = complete(&r, levels, exclude, budget)?
             && !out.contains(&full)
         {
             out.push(full);
@@ -113,6 +146,7 @@ pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
         for j in i + 1..k {
             for a in 0..levels[i] {
                 for b in 0..levels[j] {
+                    budget.spend(out.len())?;
                     if out.iter().any(|r| r[i] == a && r[j] == b) {
                         continue;
                     }
@@ -120,15 +154,21 @@ pub fn pairwise(levels: &[usize], exclude: &[Partial]) -> Vec<Vec<usize>> {
                     r[i] = Some(a);
                     r[j] = Some(b);
                     if consistent(&r, exclude)
-                        && let Some(full) = complete(&r, levels, exclude)
+                        && let Some(full) = complete(&r, levels, exclude, budget)?
                     {
                         out.push(full);
+                        if out.len() > max_rows {
+                            return Err(TooMuch::Rows);
+                        }
                     }
                 }
             }
         }
     }
-    out
+    if out.len() > max_rows {
+        return Err(TooMuch::Rows);
+    }
+    Ok(out)
 }
 
 /// Whether the filled cells of `row` can still avoid every exclusion (none is wholly
@@ -141,17 +181,29 @@ fn allowed_full(row: &[usize], exclude: &[Partial]) -> bool {
     !exclude.iter().any(|e| e.iter().all(|(&p, &v)| row.get(p) == Some(&v)))
 }
 
-/// `row` with its open cells filled (depth first) so that it matches no exclusion.
-fn complete(row: &[Option<usize>], levels: &[usize], exclude: &[Partial]) -> Option<Vec<usize>> {
+/// `row` with its open cells filled (depth first) so that it matches no exclusion;
+/// `None` when no filling does.
+fn complete(
+    row: &[Option<usize>],
+    levels: &[usize],
+    exclude: &[Partial],
+    budget: &mut Budget,
+) -> Result<Option<Vec<usize>>, TooMuch> {
+    budget.spend(1 + exclude.len())?;
     let Some(open) = row.iter().position(Option::is_none) else {
         let full: Vec<usize> = row.iter().map(|c| c.unwrap_or(0)).collect();
-        return allowed_full(&full, exclude).then_some(full);
+        return Ok(allowed_full(&full, exclude).then_some(full));
     };
-    (0..levels[open]).find_map(|v| {
+    for v in 0..levels[open] {
         let mut next = row.to_vec();
         next[open] = Some(v);
-        if consistent(&next, exclude) { complete(&next, levels, exclude) } else { None }
-    })
+        if consistent(&next, exclude)
+            && let Some(full) = complete(&next, levels, exclude, budget)?
+        {
+            return Ok(Some(full));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -199,8 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn too_many_rows_or_too_much_work_is_said_not_waited_for() {
+        assert_eq!(pairwise(&[22; 32], &[], 500), Err(TooMuch::Rows));
+        assert_eq!(pairwise(&[3, 3, 3, 3], &[], 5), Err(TooMuch::Rows));
+        // Without a limit on rows, the work is bounded all the same.
+        assert_eq!(pairwise(&[30; 30], &[], usize::MAX), Err(TooMuch::Work));
+    }
+
+    #[test]
     fn four_flags_of_three_values_take_at_most_twelve_rows() {
-        let rows = pairwise(&[3, 3, 3, 3], &[]);
+        let rows = pairwise(&[3, 3, 3, 3], &[], usize::MAX).unwrap();
         assert!(rows.len() <= 12, "{} rows", rows.len());
         covers_every_pair(&[3, 3, 3, 3], &[], &rows).unwrap();
     }
@@ -222,7 +282,7 @@ mod tests {
                 }
                 exclude.push(e);
             }
-            let rows = pairwise(&levels, &exclude);
+            let rows = pairwise(&levels, &exclude, usize::MAX).unwrap();
             covers_every_pair(&levels, &exclude, &rows)
                 .unwrap_or_else(|e| panic!("case {case} {levels:?} {exclude:?}: {e}"));
             let full: usize = levels.iter().product();

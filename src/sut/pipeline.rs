@@ -80,7 +80,7 @@ pub struct Defects {
 
 /// Candidate orders a second the `duplicate-under-load` defect takes before it
 /// duplicates.
-pub const LOAD_LIMIT: u32 = 100;
+pub const LOAD_LIMIT: u32 = 150;
 
 impl Defects {
     /// Every defect's name in a scenario.

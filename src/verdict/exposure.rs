@@ -104,24 +104,25 @@ fn describe(a: &Assessment) -> String {
 
 fn sentence(e: &ExposureReport, first_failure: Option<usize>) -> String {
     let share = units::format_share;
-    let mut parts = Vec::new();
-    parts.push(match e.held_at {
-        Some(s) => format!("held at {}", share(s)),
-        None => "nothing held".to_string(),
-    });
     let shares_of = |outcome: StepOutcome| -> Vec<String> {
         e.steps.iter().filter(|s| s.outcome == outcome).map(|s| share(s.share)).collect()
     };
+    let held = match e.held_at {
+        Some(s) => format!("held at {}", share(s)),
+        None => "nothing held".to_string(),
+    };
+    // Steps that neither held nor failed, in step order, beside the largest that held.
+    let mut aside = Vec::new();
     let inconclusive = shares_of(StepOutcome::Inconclusive);
     if !inconclusive.is_empty() {
-        parts.push(format!("inconclusive at {}", inconclusive.join(", ")));
+        aside.push(format!("{} inconclusive", inconclusive.join(", ")));
     }
     let interrupted = shares_of(StepOutcome::Interrupted);
     if !interrupted.is_empty() {
-        parts.push(format!("interrupted at {}", interrupted.join(", ")));
+        aside.push(format!("{} interrupted", interrupted.join(", ")));
     }
     let not_run = shares_of(StepOutcome::NotRun);
-    let mut text = parts.join(", ");
+    let mut text = if aside.is_empty() { held } else { format!("{held} ({})", aside.join("; ")) };
     if let Some(i) = first_failure {
         let step = &e.steps[i];
         // The cohort's failure first: it is the one the exposure is about.
@@ -202,7 +203,7 @@ mod tests {
         assert_eq!((e.held_at, e.failed_at), (Some(0.1), Some(0.5)));
         assert_eq!(
             e.summary,
-            "exposure `rollout` of `new-enricher`: held at 10%, inconclusive at 1%, failed at 50%: \
+            "exposure `rollout` of `new-enricher`: held at 10% (1% inconclusive), failed at 50%: \
              data.duplicated 4 (limit == 0) in the new-enricher=true cohort (100% not run)"
         );
     }
@@ -231,6 +232,6 @@ mod tests {
         let e = &summarize(&stages, &[("rollout@10%", true), ("rollout@50%", false)], &[warned])[0];
         assert_eq!(e.steps[0].outcome, StepOutcome::Held);
         assert_eq!(e.steps[1].outcome, StepOutcome::Interrupted);
-        assert!(e.summary.contains("held at 10%, interrupted at 50%"), "{}", e.summary);
+        assert!(e.summary.contains("held at 10% (50% interrupted)"), "{}", e.summary);
     }
 }

@@ -475,12 +475,38 @@ pub fn compare_stages(
         samples: u64,
     }
     let mut pending = Vec::new();
+    let mut unjudged = Vec::new();
     for c in criteria {
         let Rule::Compare(cmp) = &c.rule else { continue };
-        let (Some(cand), Some(base)) = (samples.get(&cmp.stage), samples.get(&cmp.baseline)) else { continue };
-        if !(completed(&cmp.stage) && completed(&cmp.baseline)) {
+        let sides = (samples.get(&cmp.stage), samples.get(&cmp.baseline));
+        let (Some(cand), Some(base), true) = (sides.0, sides.1, completed(&cmp.stage) && completed(&cmp.baseline))
+        else {
+            // A side that never ran to its end (a progressive exposure stopped before
+            // it, an abort, Ctrl-C): the comparison is not made, and says why.
+            let missing = [&cmp.stage, &cmp.baseline]
+                .into_iter()
+                .find(|s| !samples.contains_key(*s))
+                .map(|s| format!("stage `{s}` did not run"))
+                .unwrap_or_else(|| "a stage it compares did not run to its end".to_string());
+            unjudged.push(Assessment {
+                stage: cmp.stage.clone(),
+                criterion: c.text.clone(),
+                metric: match cmp.metric {
+                    CompareMetric::Latency => "latency".into(),
+                    CompareMetric::Errors => "errors".into(),
+                },
+                measured: None,
+                measured_text: "-".into(),
+                limit_text: format!("<= {} vs {}", cmp.tolerance.text(cmp.metric), cmp.baseline),
+                samples: None,
+                outcome: Outcome::Inconclusive,
+                level: c.level,
+                note: Some(missing),
+                comparison: None,
+                cohort: None,
+            });
             continue;
-        }
+        };
         let sides = Sides {
             candidate: &cand.windows,
             baseline: &base.windows,
@@ -519,6 +545,7 @@ pub fn compare_stages(
             };
             compare_assessment(p.c, p.cmp, &p.r, outcome, why, adj.map(|a| (a, family)), Some(p.samples))
         })
+        .chain(unjudged)
         .collect();
     (out, family)
 }
@@ -618,7 +645,7 @@ pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>
     }
     if notes().any(|n| n.contains("samples, fewer than") || n.contains("records sent, fewer than")) {
         reasons.push(
-            "to get enough samples: lengthen the stages (`workload.duration`), raise the rate, or lower the \
+            "to get enough samples: lengthen the stages (`workload.duration`, or an exposure's `hold`), raise the rate, or lower the \
              criterion's `min_samples`"
                 .into(),
         );

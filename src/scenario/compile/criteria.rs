@@ -98,6 +98,10 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, na
     let min_samples = m.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES);
     let abort_on_fail = m.abort_on_fail.unwrap_or(false);
     let stage_ok = |ctx: &mut Ctx, path: &str, s: &str| {
+        if ctx.broken_stages.iter().any(|b| b == s) {
+            // Its own mistake is reported where it is.
+            return false;
+        }
         let known = stages.contains(&s);
         if let (false, Some(steps)) = (known, names.steps(s)) {
             let listed = steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
@@ -110,6 +114,14 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, na
         }
         if !known {
             ctx.unknown(path, "stage", s, stages);
+            // A matrix cell's name holds commas: unquoted in a YAML list, it splits.
+            if s.contains('(') != s.contains(')')
+                && let Some(d) = ctx.errors.last_mut()
+            {
+                d.hint = Some(
+                    "a matrix cell's name holds `, `: quote it in a list, e.g. `stages: [\"combos(a=1, b=2)\"]`".into(),
+                );
+            }
         }
         known
     };

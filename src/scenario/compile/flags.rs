@@ -102,7 +102,15 @@ pub(super) fn compile_flags(ctx: &mut Ctx, root: &Map<String, Value>, target: &O
                 }
             },
         };
-        definitions.push(FlagDef { key: key.clone(), kind, default: d.default, category, owner: d.owner, expires });
+        definitions.push(FlagDef {
+            key: key.clone(),
+            kind,
+            default: d.default,
+            category,
+            category_as_written: d.category.clone(),
+            owner: d.owner,
+            expires,
+        });
     }
     ok.then_some(FlagSet { provider, definitions })
 }
@@ -150,6 +158,11 @@ pub(super) fn flag_state(ctx: &mut Ctx, path: &str, def: &FlagDef, value: &Value
             other => other.to_string(),
         };
         match units::parse_fraction(&share_text) {
+            Ok(f) if !crate::flags::whole_points(f) => {
+                ctx.error(&p, format!("`{share_text}` is finer than shares are served")).hint =
+                    Some("shares are served in basis points: give at most two decimals of a percent (0.11%)".into());
+                return None;
+            }
             Ok(f) => {
                 total += f;
                 variants.push((variant, f));

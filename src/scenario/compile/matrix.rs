@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::super::pairwise::{Partial, pairwise};
+use super::super::pairwise::{Partial, TooMuch, pairwise};
 use super::super::spec::*;
 use super::super::yaml::{join_index, join_key};
 use super::Ctx;
@@ -23,6 +23,10 @@ use crate::sut::Target;
 
 /// The most cells one matrix may have: each is a stage of its own.
 pub const MAX_CELLS: usize = 500;
+/// The most dimensions (flags and the fault sets) one matrix may have.
+pub const MAX_DIMENSIONS: usize = 32;
+/// The longest a value may read in a cell's name.
+pub const MAX_LABEL: usize = 64;
 
 /// The name of the fault dimension in `exclude`, and in cell names.
 pub const FAULTS: &str = "faults";
@@ -84,12 +88,19 @@ pub(super) fn compile_matrix(
         }
     };
     let mut dims = Vec::new();
-    // In the order written (the map itself is sorted), so cell names read as the file does.
-    let mut written: Vec<(&String, &Vec<Value>)> = m.flags.iter().collect();
-    written.sort_by_key(|(key, _)| {
-        let pos = ctx.loc.key(&join_key(&join_key(at, "flags"), key));
+    let dimensions = m.flags.len() + usize::from(!m.faults.is_empty());
+    if dimensions > MAX_DIMENSIONS {
+        ctx.error(at, format!("{dimensions} dimensions; a matrix has at most {MAX_DIMENSIONS}"));
+        return None;
+    }
+    // In the order written (the maps themselves are sorted), so cell names read as the
+    // file does.
+    let written_order = |ctx: &Ctx, section: &str, key: &str| {
+        let pos = ctx.loc.key(&join_key(&join_key(at, section), key));
         (pos.line, pos.column)
-    });
+    };
+    let mut written: Vec<(&String, &Vec<Value>)> = m.flags.iter().collect();
+    written.sort_by_key(|(key, _)| written_order(ctx, "flags", key));
     for (key, values) in written {
         let path = join_key(&join_key(at, "flags"), key);
         let def = flags.as_ref().and_then(|f| f.definitions.iter().find(|d| &d.key == key));
@@ -111,6 +122,11 @@ pub(super) fn compile_matrix(
             ok = false;
             continue;
         }
+        if values.len() > MAX_CELLS {
+            ctx.error(&path, format!("{} values; a matrix has at most {MAX_CELLS} cells", values.len()));
+            ok = false;
+            continue;
+        }
         let mut seen: Vec<&Value> = Vec::new();
         for (i, v) in values.iter().enumerate() {
             if !def.kind.admits(v) {
@@ -122,6 +138,9 @@ pub(super) fn compile_matrix(
                 ok = false;
             } else if seen.contains(&v) {
                 ctx.error(&join_index(&path, i), format!("{v} is listed twice"));
+                ok = false;
+            } else if let Some(why) = unnameable(&label(v)) {
+                ctx.error(&join_index(&path, i), format!("{v} cannot name a cell: {why}"));
                 ok = false;
             }
             seen.push(v);
@@ -135,8 +154,21 @@ pub(super) fn compile_matrix(
     if !m.faults.is_empty() {
         let mut sets = Vec::new();
         let mut labels = Vec::new();
-        for (name, list) in &m.faults {
+        if m.faults.len() > MAX_CELLS {
+            ctx.error(
+                &join_key(at, "faults"),
+                format!("{} fault sets; a matrix has at most {MAX_CELLS} cells", m.faults.len()),
+            );
+            return None;
+        }
+        let mut written: Vec<(&String, &Vec<Value>)> = m.faults.iter().collect();
+        written.sort_by_key(|(name, _)| written_order(ctx, "faults", name));
+        for (name, list) in written {
             let set_at = join_key(&join_key(at, "faults"), name);
+            if let Some(why) = unnameable(name) {
+                ctx.error(&set_at, format!("`{name}` cannot name a cell: {why}"));
+                ok = false;
+            }
             let mut set = Vec::new();
             for (j, f) in list.iter().enumerate() {
                 let path = join_index(&set_at, j);
@@ -153,6 +185,9 @@ pub(super) fn compile_matrix(
             sets.push(set);
         }
         dims.push(Dim { name: FAULTS.to_string(), labels, values: DimValues::Faults(sets) });
+    }
+    if !ok {
+        return None;
     }
     if dims.is_empty() {
         ctx.error(at, "a matrix needs at least one flag (`flags: { NAME: [VALUES] }`) or fault set (`faults:`)");
@@ -198,10 +233,38 @@ pub(super) fn compile_matrix(
         return None;
     }
     let levels: Vec<usize> = dims.iter().map(|d| d.labels.len()).collect();
-    let product: u128 = levels.iter().map(|&l| l as u128).product();
+    let product: u128 = levels.iter().fold(1u128, |p, &l| p.saturating_mul(l as u128));
+    // Every pair of the two largest dimensions' values needs a cell of its own: past
+    // the limit, no choice of cells can do.
+    let mut sorted = levels.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let fewest = sorted.iter().take(2).product::<usize>();
+    if mode == Mode::Pairwise && fewest > MAX_CELLS {
+        ctx.error(
+            at,
+            format!("covering every pair of the two largest dimensions takes {fewest} cells; a matrix has at most {MAX_CELLS}"),
+        )
+        .hint = Some("give those dimensions fewer values".into());
+        return None;
+    }
     let excluded = |row: &[usize]| exclude.iter().any(|e| e.iter().all(|(&d, &v)| row[d] == v));
     let rows = match mode {
-        Mode::Pairwise => pairwise(&levels, &exclude),
+        Mode::Pairwise => match pairwise(&levels, &exclude, MAX_CELLS) {
+            Ok(rows) => rows,
+            Err(TooMuch::Rows) => {
+                ctx.error(
+                    at,
+                    format!("covering every pair takes more than {MAX_CELLS} cells, the most a matrix has"),
+                )
+                .hint = Some("give the dimensions fewer values, or split the matrix in two stages".into());
+                return None;
+            }
+            Err(TooMuch::Work) => {
+                ctx.error(at, "these dimensions and exclusions take too long to cover pair by pair").hint =
+                    Some("give the dimensions fewer values, or fewer exclusions".into());
+                return None;
+            }
+        },
         Mode::Cartesian => {
             if product > MAX_CELLS as u128 * 4 {
                 ctx.error(at, format!("the full product has {product} cells; a matrix has at most {MAX_CELLS}")).hint =
@@ -236,6 +299,18 @@ pub(super) fn compile_matrix(
         return None;
     }
     Some(Matrix { mode, dims, rows, product })
+}
+
+/// Why a value cannot go into a cell's name, if it cannot: the name is printed on
+/// terminals and in reports.
+fn unnameable(label: &str) -> Option<String> {
+    if label.chars().any(|c| c.is_control() || crate::report::hidden(c)) {
+        return Some("it holds control or direction characters".into());
+    }
+    if label.chars().count() > MAX_LABEL {
+        return Some(format!("it is longer than {MAX_LABEL} characters"));
+    }
+    None
 }
 
 impl Matrix {

@@ -39,6 +39,9 @@ pub struct Ctx<'a> {
     /// The `--set` overrides applied to the document: a warning about a value one of
     /// them set points at it, not at the file.
     pub overrides: &'a [crate::scenario::Override],
+    /// Stages whose exposure or matrix could not be expanded (their mistake is
+    /// reported): a criterion naming one is not reported again as naming no stage.
+    pub broken_stages: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -121,7 +124,14 @@ pub(in crate::scenario) fn compile(
     options: &LoadOptions,
     secrets: Secrets,
 ) -> Result<Plan, Diagnostics> {
-    let mut ctx = Ctx { file, loc, errors: Vec::new(), warnings: Vec::new(), overrides: &options.overrides };
+    let mut ctx = Ctx {
+        file,
+        loc,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        overrides: &options.overrides,
+        broken_stages: Vec::new(),
+    };
     let Value::Object(root) = doc else {
         ctx.error("", "a scenario is a map of keys (version, name, target, workload, stages, ...)");
         return Err(Diagnostics(ctx.errors));
@@ -203,6 +213,24 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
     let workload = top::<WorkloadSpec>(ctx, root, "workload", true).and_then(|w| workload::compile_workload(ctx, &w));
     let stages = stages::compile_stages(ctx, root, &flags, &dependencies, &target, workload.as_ref());
     let criteria = criteria::compile_criteria(ctx, root, &stages);
+    // Personal data in evaluation contexts is seen only where stagegate serves the
+    // evaluations: say so before the run, not after.
+    if let Some(f) = flags.as_ref().filter(|f| f.provider != crate::flags::Provider::Ofrep)
+        && let Some(list) = root.get("criteria").and_then(Value::as_array)
+    {
+        for (i, c) in list.iter().enumerate() {
+            let text = c.as_str().or_else(|| c.get("check").and_then(Value::as_str)).unwrap_or_default();
+            if text.contains("flags.pii_exposed") {
+                ctx.warn(
+                    &super::yaml::join_index("criteria", i),
+                    format_args!(
+                        "`flags.pii_exposed` needs the evaluation contexts, which only the `ofrep` provider shows; with `{}` it will be INCONCLUSIVE",
+                        f.provider.name()
+                    ),
+                );
+            }
+        }
+    }
     let on_verdict = top::<OnVerdictSpec>(ctx, root, "on_verdict", false)
         .map(|o| criteria::compile_on_verdict(ctx, o))
         .unwrap_or_default();

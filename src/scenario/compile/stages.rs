@@ -1,7 +1,7 @@
 //! The `stages` section: each stage's name, flag states and faults, and a progressive
 //! exposure expanded into one stage per step (`rollout@10%`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
@@ -39,16 +39,23 @@ pub(super) fn compile_stages(
     if list.is_empty() {
         ctx.error("stages", "a scenario needs at least one stage");
     }
-    let mut seen = BTreeSet::new();
+    // Each name given so far, and what gave it (for a clash's message).
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // A `flags` section with a mistake of its own leaves no flags to widen or combine:
+    // that mistake is reported, not a second one here.
+    let flags_broken = flags.is_none() && root.contains_key("flags");
     let mut out = Vec::new();
     for (i, value) in list.iter().enumerate() {
         let at = join_index("stages", i);
         let Some(st) = ctx.read::<StageSpec>(&at, value) else { continue };
-        if !seen.insert(st.name.clone()) {
+        if seen.insert(st.name.clone(), "the stage of that name".into()).is_some() {
             ctx.error(&join_key(&at, "name"), format!("stage `{}` is defined twice", st.name));
         }
-        if st.name.chars().any(char::is_control) {
-            ctx.error(&join_key(&at, "name"), "a stage's name cannot hold control characters (it is printed)");
+        if st.name.chars().any(crate::report::hidden) {
+            ctx.error(
+                &join_key(&at, "name"),
+                "a stage's name cannot hold control or direction characters (it is printed)",
+            );
         }
         if st.name.trim().is_empty() {
             ctx.error(&join_key(&at, "name"), "a stage needs a name");
@@ -86,15 +93,23 @@ pub(super) fn compile_stages(
                 }
             }
         }
+        if flags_broken && (st.exposure.is_some() || st.matrix.is_some()) {
+            ctx.broken_stages.push(st.name.clone());
+            continue;
+        }
         if st.exposure.is_some() && st.matrix.is_some() {
             ctx.error(&join_key(&at, "matrix"), "a stage widens an exposure or expands a matrix, not both").hint =
                 Some("put them in two stages".into());
+            ctx.broken_stages.push(st.name.clone());
             continue;
         }
         let exposure = match &st.exposure {
             Some(e) => match compile_exposure(ctx, &join_key(&at, "exposure"), e, flags, &st.flags, workload) {
                 Some(e) => Some(e),
-                None => continue,
+                None => {
+                    ctx.broken_stages.push(st.name.clone());
+                    continue;
+                }
             },
             None => None,
         };
@@ -106,6 +121,7 @@ pub(super) fn compile_stages(
                 format!("a stage with an exposure splits only the exposure's flag; `{key}` is split here too"),
             )
             .hint = Some("give it one value here, or split it in a stage of its own".into());
+            ctx.broken_stages.push(st.name.clone());
             continue;
         }
         let duration = exposure.as_ref().map(|e| e.hold).or(workload.map(|w| w.duration));
@@ -120,12 +136,14 @@ pub(super) fn compile_stages(
         if let Some(m) = &st.matrix {
             let at = join_key(&at, "matrix");
             let Some(matrix) = matrix::compile_matrix(ctx, &at, m, flags, &st.flags, deps, target, duration) else {
+                ctx.broken_stages.push(st.name.clone());
                 continue;
             };
             for (index, row) in matrix.rows.iter().enumerate() {
                 let name = matrix.cell_name(&st.name, row);
-                if !seen.insert(name.clone()) {
-                    ctx.error(&at, format!("the matrix cell `{name}` clashes with a stage of that name"));
+                if let Some(other) = seen.insert(name.clone(), format!("another cell of matrix `{}`", st.name)) {
+                    ctx.error(&at, format!("the matrix cell `{name}` clashes with {other}")).hint =
+                        Some("a value holding `, ` or `=` can read like two: rename it".into());
                 }
                 let mut states = states.clone();
                 let mut faults = stage_faults.clone();
@@ -177,11 +195,8 @@ pub(super) fn compile_stages(
         let steps = exposure.shares.len();
         for (index, &share) in exposure.shares.iter().enumerate() {
             let name = step_name(&st.name, share);
-            if !seen.insert(name.clone()) {
-                ctx.error(
-                    &join_key(&at, "name"),
-                    format!("the exposure step `{name}` clashes with a stage of that name"),
-                );
+            if let Some(other) = seen.insert(name.clone(), format!("a step of exposure `{}`", st.name)) {
+                ctx.error(&join_key(&at, "name"), format!("the exposure step `{name}` clashes with {other}"));
             }
             let state = if share >= 1.0 {
                 FlagState::Fixed(exposure.value.clone())
@@ -293,11 +308,18 @@ fn compile_exposure(
             ok = false;
             continue;
         };
-        if share <= 0.0 {
-            ctx.error(&path, "a step of 0% exposes nobody");
+        // Shares are basis points where flags are served (flagd's integer weights).
+        let points = |s: f64| (s * crate::flags::TOTAL_WEIGHT as f64).round() as u64;
+        if points(share) == 0 {
+            ctx.error(&path, format!("a step of {} exposes nobody", units::format_share(share))).hint =
+                Some("the smallest step is 0.01% (shares are served in basis points)".into());
+            ok = false;
+        } else if !crate::flags::whole_points(share) {
+            ctx.error(&path, format!("`{}` is finer than shares are served", text.0)).hint =
+                Some("shares are served in basis points: give at most two decimals of a percent (0.11%)".into());
             ok = false;
         } else if let Some(&last) = shares.last()
-            && share <= last
+            && points(share) <= points(last)
         {
             ctx.error(
                 &path,
@@ -306,7 +328,8 @@ fn compile_exposure(
                     units::format_share(share),
                     units::format_share(last)
                 ),
-            );
+            )
+            .hint = (share > last).then(|| "both are the same number of basis points, as shares are served".into());
             ok = false;
         }
         shares.push(share);

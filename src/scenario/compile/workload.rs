@@ -262,7 +262,14 @@ pub(super) fn compile_arrival(ctx: &mut Ctx, at: &str, a: &ArrivalSpec, stage: D
                 return None;
             }
         };
-        let mut inner = Ctx { file: &path, loc: &loc, errors: Vec::new(), warnings: Vec::new(), overrides: &[] };
+        let mut inner = Ctx {
+            file: &path,
+            loc: &loc,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            overrides: &[],
+            broken_stages: Vec::new(),
+        };
         let arrival = compile_arrival(&mut inner, "arrival", &spec.arrival, stage, depth + 1);
         ctx.errors.extend(inner.errors);
         return arrival.map(|a| match a {
