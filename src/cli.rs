@@ -168,8 +168,8 @@ pub enum Command {
         of: SchemaOf,
     },
     /// Run standalone fault proxies for a game day, driven over a Toxiproxy-compatible
-    /// HTTP API (`/proxies`, `/proxies/{name}/toxics`, `/reset`, `/populate`, `/version`).
-    /// Ctrl-C or SIGTERM removes every fault and closes every proxy.
+    /// HTTP API (`GET /` lists its endpoints). Every change is said on stderr. Ctrl-C or
+    /// SIGTERM removes every fault and closes every proxy, saying what it lifted.
     #[command(
         after_help = "Example:\n  stagegate proxy &\n  curl -s -X POST localhost:8474/proxies -d '{\"name\":\"redis\",\"listen\":\"127.0.0.1:26379\",\"upstream\":\"127.0.0.1:6379\"}'\n  curl -s -X POST localhost:8474/proxies/redis/toxics -d '{\"type\":\"latency\",\"attributes\":{\"latency\":100}}'"
     )]
@@ -181,6 +181,11 @@ pub enum Command {
         /// `{ "name", "listen", "upstream" }`.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Accept addresses outside loopback for the control API and for proxies'
+        /// `listen` and `upstream` (refused otherwise: a game day's faults stay on this
+        /// machine unless asked).
+        #[arg(long)]
+        allow_remote: bool,
     },
     /// Serve the builtin store as a process of its own (a `process` dependency that
     /// `kill` and `pause` faults can act on). Says its address on stderr when it
@@ -295,7 +300,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Flags {
             command: FlagsCommand::Audit { files, inventory, naming, max_age, severity, format, today },
         } => audit(&files, inventory.as_deref(), naming.as_deref(), &max_age, &severity, &format, today.as_deref()),
-        Command::Proxy { listen, config } => proxy(&listen, config.as_deref()),
+        Command::Proxy { listen, config, allow_remote } => proxy(&listen, config.as_deref(), allow_remote),
         Command::KvStore { port } => kv_store(port),
         Command::Cleanup { report_dir } => cleanup(&report_dir),
         Command::Report { run_dir, format } => rerender(&run_dir, &format),
@@ -445,7 +450,7 @@ fn cleanup(report_root: &Path) -> i32 {
     print_out(&text).err().unwrap_or(exit::PROMOTE)
 }
 
-fn proxy(listen: &str, config: Option<&Path>) -> i32 {
+fn proxy(listen: &str, config: Option<&Path>, allow_remote: bool) -> i32 {
     use crate::fault::api::{ProxySpec, Registry, router};
     let specs: Vec<ProxySpec> = match config {
         None => Vec::new(),
@@ -470,11 +475,25 @@ fn proxy(listen: &str, config: Option<&Path>) -> i32 {
                 return exit::RUN_BROKEN;
             }
         };
-        let registry = Registry::default();
+        if let Ok(addr) = listener.local_addr()
+            && !allow_remote
+            && !addr.ip().is_loopback()
+        {
+            eprintln!(
+                "error: the control API would listen on {addr}, outside loopback; add --allow-remote to allow it"
+            );
+            return exit::INVALID_INPUT;
+        }
+        let registry = Registry::new(true, allow_remote);
         for spec in specs {
             let name = spec.name.clone();
-            if registry.create(spec).await.is_err() {
-                eprintln!("error: proxy `{name}` from the config could not start");
+            if let Err(answer) = registry.create(spec).await {
+                let why = axum::body::to_bytes(answer.into_body(), 64 * 1024).await.unwrap_or_default();
+                let why: serde_json::Value = serde_json::from_slice(&why).unwrap_or_default();
+                eprintln!(
+                    "error: proxy `{name}` from the config could not start: {}",
+                    why["error"].as_str().unwrap_or("unknown reason")
+                );
                 registry.stop().await;
                 return exit::RUN_BROKEN;
             }

@@ -9,6 +9,12 @@
 //! milliseconds, at the top level or among its attributes), after which it removes
 //! itself. A disabled proxy refuses connections. Stopping the server removes every fault
 //! and closes every proxy.
+//!
+//! Where Toxiproxy is silent, this API speaks: every change is said on stderr (proxy,
+//! toxic, attributes, and the client's `User-Agent`); an attribute a toxic does not
+//! take, or a value of the wrong type, is a 400 naming it (Toxiproxy ignores it, and
+//! the toxic then does nothing); addresses outside loopback are refused unless the
+//! registry allows them (`--allow-remote`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -86,7 +92,41 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Registry {
     proxies: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// Say every change on stderr.
+    announce: bool,
+    /// Accept listen and upstream addresses outside loopback.
+    allow_remote: bool,
 }
+
+/// The attributes each toxic type takes (with `ttl`, stagegate's time to live).
+const ATTRIBUTES: [(&str, &[&str]); 8] = [
+    ("latency", &["latency", "jitter"]),
+    ("bandwidth", &["rate"]),
+    ("slow_close", &["delay"]),
+    ("timeout", &["timeout"]),
+    ("reset_peer", &["timeout"]),
+    ("slicer", &["average_size", "size_variation", "delay"]),
+    ("limit_data", &["bytes"]),
+    ("corrupt", &["rate"]),
+];
+
+/// The endpoints, as `GET /` lists them.
+const ENDPOINTS: [(&str, &str); 14] = [
+    ("GET /", "this list"),
+    ("GET /version", "the version"),
+    ("POST /reset", "remove every toxic and enable every proxy"),
+    ("POST /populate", "create or replace proxies from a list of {name, listen, upstream, enabled}"),
+    ("GET /proxies", "every proxy with its toxics"),
+    ("POST /proxies", "create a proxy: {name, listen, upstream, enabled}"),
+    ("GET /proxies/{name}", "one proxy"),
+    ("POST /proxies/{name}", "enable or disable it: {enabled}"),
+    ("DELETE /proxies/{name}", "remove it (its toxics lifted, its port closed)"),
+    ("GET /proxies/{name}/toxics", "its toxics"),
+    ("POST /proxies/{name}/toxics", "add a toxic: {name, type, stream, toxicity, attributes, ttl}"),
+    ("GET /proxies/{name}/toxics/{toxic}", "one toxic"),
+    ("POST /proxies/{name}/toxics/{toxic}", "change a toxic's attributes or toxicity"),
+    ("DELETE /proxies/{name}/toxics/{toxic}", "remove a toxic"),
+];
 
 /// Attribute `key` as a whole number of at least `least` (0 when absent, as Toxiproxy
 /// has it); a negative, fractional-overflowing or non-numeric value is refused.
@@ -104,6 +144,18 @@ fn number(attrs: &BTreeMap<String, Value>, key: &str, least: u64) -> Result<u64,
 /// Maps a Toxiproxy toxic onto our fault; the error names what is wrong.
 pub fn to_fault(t: &Toxic) -> Result<Fault, String> {
     let a = &t.attributes;
+    if let Some((_, known)) = ATTRIBUTES.iter().find(|(kind, _)| *kind == t.kind)
+        && let Some(stray) = a.keys().find(|k| k.as_str() != "ttl" && !known.contains(&k.as_str()))
+    {
+        let hint = crate::scenario::diag::nearest(stray, known.iter().copied())
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        return Err(format!(
+            "toxic type `{}` has no attribute `{stray}`{hint} (it takes {}, and `ttl`)",
+            t.kind,
+            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
     let ms = |k: &str| number(a, k, 0).map(Duration::from_millis);
     let kind = match t.kind.as_str() {
         "latency" => {
@@ -197,14 +249,43 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 impl Registry {
-    /// Creates a proxy; fails if the name is taken or an address does not resolve.
+    /// A registry that says every change on stderr, and accepts addresses outside
+    /// loopback when `allow_remote`.
+    pub fn new(announce: bool, allow_remote: bool) -> Registry {
+        Registry { announce, allow_remote, ..Registry::default() }
+    }
+
+    /// Says a change on stderr, when announcing.
+    fn say(&self, what: impl std::fmt::Display) {
+        if self.announce {
+            eprintln!("stagegate proxy: {}", crate::flags::audit::shown(&what.to_string()));
+        }
+    }
+
+    /// Creates a proxy and says so; fails if the name is taken, an address does not
+    /// resolve or lies outside loopback (unless allowed).
     pub async fn create(&self, spec: ProxySpec) -> Result<Value, Response> {
+        self.create_by(spec, "the config").await
+    }
+
+    async fn create_by(&self, spec: ProxySpec, by: &str) -> Result<Value, Response> {
         let mut proxies = self.proxies.lock().await;
         if proxies.contains_key(&spec.name) {
             return Err(error(StatusCode::CONFLICT, format!("proxy `{}` already exists", spec.name)));
         }
         let upstream = resolve(&spec.upstream).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let listen = resolve(&spec.listen).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        for (key, addr) in [("listen", listen), ("upstream", upstream)] {
+            if !self.allow_remote && !addr.ip().is_loopback() {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "proxy `{}`: `{key}` {addr} is outside loopback; start `stagegate proxy --allow-remote` to allow it",
+                        spec.name
+                    ),
+                ));
+            }
+        }
         let to_itself =
             || error(StatusCode::BAD_REQUEST, format!("proxy `{}` would forward to itself ({upstream})", spec.name));
         if listen == upstream {
@@ -221,6 +302,13 @@ impl Registry {
         apply(&entry);
         entry.proxy.settled().await;
         let body = proxy_json(&spec.name, &entry);
+        self.say(format_args!(
+            "created proxy `{}`: {} → {}{} (by {by})",
+            spec.name,
+            entry.proxy.addr(),
+            entry.upstream,
+            if entry.enabled { "" } else { ", disabled" }
+        ));
         proxies.insert(spec.name, entry);
         Ok(body)
     }
@@ -236,21 +324,29 @@ impl Registry {
         }
     }
 
-    /// Lifts every toxic of every proxy (the first thing a stop does). A request that
-    /// holds the registry holds it for a second at most; past that, the proxies are
-    /// lifted as each one stops.
+    /// Lifts every toxic of every proxy (the first thing a stop does), saying each one
+    /// lifted. A request that holds the registry holds it for a second at most; past
+    /// that, the proxies are lifted as each one stops.
     pub async fn lift_all(&self) {
         match tokio::time::timeout(Duration::from_millis(1500), self.proxies.lock()).await {
-            Ok(proxies) => proxies.values().for_each(|e| e.proxy.set_active(Vec::new())),
+            Ok(proxies) => {
+                for (name, e) in proxies.iter() {
+                    e.proxy.set_active(Vec::new());
+                    for t in &e.toxics {
+                        self.say(format_args!("lifted toxic `{}` ({}) from proxy `{name}`", t.name, t.kind));
+                    }
+                }
+            }
             Err(_) => tracing::warn!("the proxy registry is busy; its proxies are lifted as they stop"),
         }
     }
 
-    /// Stops every proxy (faults lifted, listeners closed).
+    /// Stops every proxy (faults lifted, listeners closed), saying each one closed.
     pub async fn stop(&self) {
         let proxies = std::mem::take(&mut *self.proxies.lock().await);
-        for (_, e) in proxies {
+        for (name, e) in proxies {
             e.proxy.stop().await;
+            self.say(format_args!("closed proxy `{name}` ({} → {})", e.proxy.addr(), e.upstream));
         }
     }
 }
@@ -263,6 +359,14 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
 /// The control API's routes.
 pub fn router(registry: Registry) -> Router {
     Router::new()
+        .route(
+            "/",
+            get(|| async {
+                let endpoints: Vec<Value> =
+                    ENDPOINTS.iter().map(|(e, what)| json!({ "endpoint": e, "does": what })).collect();
+                Json(json!({ "api": "toxiproxy-compatible (stagegate proxy)", "endpoints": endpoints }))
+            }),
+        )
         .route(
             "/version",
             get(|| async { format!("{} (stagegate, toxiproxy-compatible API)", env!("CARGO_PKG_VERSION")) }),
@@ -277,8 +381,15 @@ pub fn router(registry: Registry) -> Router {
         .with_state(registry)
 }
 
-async fn reset(State(r): State<Registry>) -> StatusCode {
+/// Who asked, as a change's line says it: the client's `User-Agent`.
+fn by(headers: &HeaderMap) -> String {
+    let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("a client");
+    agent.chars().take(60).collect()
+}
+
+async fn reset(State(r): State<Registry>, headers: HeaderMap) -> StatusCode {
     r.reset().await;
+    r.say(format_args!("reset: every toxic removed, every proxy enabled (by {})", by(&headers)));
     StatusCode::NO_CONTENT
 }
 
@@ -287,18 +398,18 @@ async fn list(State(r): State<Registry>) -> Json<Value> {
     Json(Value::Object(proxies.iter().map(|(n, e)| (n.clone(), proxy_json(n, e))).collect()))
 }
 
-async fn create(State(r): State<Registry>, bytes: axum::body::Bytes) -> Response {
+async fn create(State(r): State<Registry>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     let spec: ProxySpec = match body(&bytes) {
         Ok(s) => s,
         Err(e) => return e,
     };
-    match r.create(spec).await {
+    match r.create_by(spec, &by(&headers)).await {
         Ok(body) => (StatusCode::CREATED, Json(body)).into_response(),
         Err(e) => e,
     }
 }
 
-async fn populate(State(r): State<Registry>, bytes: axum::body::Bytes) -> Response {
+async fn populate(State(r): State<Registry>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     let specs: Vec<ProxySpec> = match body(&bytes) {
         Ok(s) => s,
         Err(e) => return e,
@@ -326,11 +437,12 @@ async fn populate(State(r): State<Registry>, bytes: axum::body::Bytes) -> Respon
             Some(true) => {
                 if let Some(e) = r.proxies.lock().await.remove(&spec.name) {
                     e.proxy.stop().await;
+                    r.say(format_args!("replacing proxy `{}`: its upstream changed", spec.name));
                 }
             }
             None => {}
         }
-        match r.create(spec).await {
+        match r.create_by(spec, &by(&headers)).await {
             Ok(body) => created.push(body),
             Err(e) => return e,
         }
@@ -345,14 +457,19 @@ async fn show(State(r): State<Registry>, Path(name): Path<String>) -> Response {
     }
 }
 
-async fn update(State(r): State<Registry>, Path(name): Path<String>, bytes: axum::body::Bytes) -> Response {
-    let body: Value = match self::body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e,
-    };
+async fn update(
+    State(r): State<Registry>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
         return no_proxy(&name);
+    };
+    let body: Value = match self::body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
     };
     // Moving a live proxy is not done here: said, rather than answered 200 unchanged.
     let now = proxy_json(&name, e);
@@ -366,8 +483,17 @@ async fn update(State(r): State<Registry>, Path(name): Path<String>, bytes: axum
             );
         }
     }
-    if let Some(enabled) = body.get("enabled").and_then(Value::as_bool) {
-        e.enabled = enabled;
+    match body.get("enabled") {
+        None => {}
+        Some(Value::Bool(enabled)) => {
+            e.enabled = *enabled;
+            r.say(format_args!(
+                "{} proxy `{name}` (by {})",
+                if *enabled { "enabled" } else { "disabled" },
+                by(&headers)
+            ));
+        }
+        Some(other) => return error(StatusCode::BAD_REQUEST, format!("`enabled` is true or false, got {other}")),
     }
     apply(e);
     // Like Toxiproxy, answer once the port is open (or closed) as asked.
@@ -375,11 +501,12 @@ async fn update(State(r): State<Registry>, Path(name): Path<String>, bytes: axum
     Json(proxy_json(&name, e)).into_response()
 }
 
-async fn remove(State(r): State<Registry>, Path(name): Path<String>) -> Response {
+async fn remove(State(r): State<Registry>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let removed = r.proxies.lock().await.remove(&name);
     match removed {
         Some(e) => {
             e.proxy.stop().await;
+            r.say(format_args!("removed proxy `{name}` and its {} toxic(s) (by {})", e.toxics.len(), by(&headers)));
             StatusCode::NO_CONTENT.into_response()
         }
         None => no_proxy(&name),
@@ -393,7 +520,16 @@ async fn toxics(State(r): State<Registry>, Path(name): Path<String>) -> Response
     }
 }
 
-async fn add_toxic(State(r): State<Registry>, Path(name): Path<String>, bytes: axum::body::Bytes) -> Response {
+async fn add_toxic(
+    State(r): State<Registry>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    // An unknown proxy first: what is wrong with the body matters only for one that is.
+    if !r.proxies.lock().await.contains_key(&name) {
+        return no_proxy(&name);
+    }
     let mut toxic: Toxic = match body(&bytes) {
         Ok(t) => t,
         Err(e) => return e,
@@ -417,6 +553,16 @@ async fn add_toxic(State(r): State<Registry>, Path(name): Path<String>, bytes: a
     e.toxics.push(toxic.clone());
     e.generation += 1;
     apply(e);
+    r.say(format_args!(
+        "added toxic `{}` to proxy `{name}`: {} {}, toxicity {}, {}{} (by {})",
+        toxic.name,
+        toxic.kind,
+        toxic.stream,
+        toxic.toxicity,
+        Value::Object(toxic.attributes.clone().into_iter().collect()),
+        toxic.ttl.map(|t| format!(", for {t} ms")).unwrap_or_default(),
+        by(&headers)
+    ));
     if let Some(ttl) = toxic.ttl {
         let (registry, proxy, toxic_name, generation) = (r.clone(), name.clone(), toxic.name.clone(), e.generation);
         tokio::spawn(async move {
@@ -429,6 +575,7 @@ async fn add_toxic(State(r): State<Registry>, Path(name): Path<String>, bytes: a
                 e.toxics.remove(pos);
                 e.generation += 1;
                 apply(e);
+                registry.say(format_args!("toxic `{toxic_name}` on proxy `{proxy}` ended (its ttl passed)"));
             }
         });
     }
@@ -446,15 +593,16 @@ async fn show_toxic(State(r): State<Registry>, Path((name, toxic)): Path<(String
 async fn update_toxic(
     State(r): State<Registry>,
     Path((name, toxic)): Path<(String, String)>,
+    headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Response {
-    let body: Value = match self::body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e,
-    };
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
         return no_proxy(&name);
+    };
+    let body: Value = match self::body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
     };
     let Some(t) = e.toxics.iter_mut().find(|t| t.name == toxic) else {
         return error(StatusCode::NOT_FOUND, format!("toxic `{toxic}` not found on `{name}`"));
@@ -463,8 +611,15 @@ async fn update_toxic(
     if let Some(Value::Object(attrs)) = body.get("attributes") {
         updated.attributes.extend(attrs.clone());
     }
-    if let Some(x) = body.get("toxicity").and_then(Value::as_f64) {
-        updated.toxicity = x;
+    match body.get("toxicity") {
+        None => {}
+        Some(v) => match v.as_f64() {
+            Some(x) => updated.toxicity = x,
+            None => return error(StatusCode::BAD_REQUEST, format!("`toxicity` is a number from 0 to 1, got {v}")),
+        },
+    }
+    if let Some(v) = body.get("attributes").filter(|v| !v.is_object()) {
+        return error(StatusCode::BAD_REQUEST, format!("`attributes` is an object, got {v}"));
     }
     if let Err(err) = to_fault(&updated) {
         return error(StatusCode::BAD_REQUEST, err);
@@ -472,10 +627,20 @@ async fn update_toxic(
     *t = updated.clone();
     e.generation += 1;
     apply(e);
+    r.say(format_args!(
+        "changed toxic `{toxic}` on proxy `{name}`: toxicity {}, {} (by {})",
+        updated.toxicity,
+        Value::Object(updated.attributes.clone().into_iter().collect()),
+        by(&headers)
+    ));
     Json(json!(updated)).into_response()
 }
 
-async fn remove_toxic(State(r): State<Registry>, Path((name, toxic)): Path<(String, String)>) -> Response {
+async fn remove_toxic(
+    State(r): State<Registry>,
+    Path((name, toxic)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let mut proxies = r.proxies.lock().await;
     let Some(e) = proxies.get_mut(&name) else {
         return no_proxy(&name);
@@ -487,6 +652,7 @@ async fn remove_toxic(State(r): State<Registry>, Path((name, toxic)): Path<(Stri
     }
     e.generation += 1;
     apply(e);
+    r.say(format_args!("removed toxic `{toxic}` from proxy `{name}` (by {})", by(&headers)));
     StatusCode::NO_CONTENT.into_response()
 }
 
