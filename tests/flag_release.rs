@@ -217,12 +217,19 @@ fn a_service_reading_the_flagd_file_through_the_flagd_provider_puts_each_key_in_
         &["openfeature.contrib.provider.flagd"],
         "openfeature-provider-flagd (scripts/test installs it)",
     );
-    let reports = tempfile::tempdir().unwrap();
-    let out = stagegate(&["run", "tests/scenarios/flagd-sdk.yaml", "--report-dir", reports.path().to_str().unwrap()]);
+    // Run from elsewhere with a relative report folder: the target, which runs in the
+    // scenario's folder, must still find the flag file (`{{ flags.file }}` is absolute).
+    let here = tempfile::tempdir().unwrap();
+    let scenario = common::root().join("tests/scenarios/flagd-sdk.yaml");
+    let out = Command::new(common::bin())
+        .args(["run", scenario.to_str().unwrap(), "--report-dir", "reports"])
+        .current_dir(here.path())
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     // The refused 30% fail `errors.rate < 1%`.
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    let report = only_report(reports.path());
+    let report = only_report(&here.path().join("reports"));
     let variants = &report["stages"][0]["metrics"]["variants"];
     let (on, off) = (&variants["refuse-orders=true"], &variants["refuse-orders=false"]);
     // Key by key, flagd's bucketing and stagegate's agree: every order stagegate put in

@@ -201,6 +201,18 @@ impl FlagState {
     }
 }
 
+/// Whether a flag value holds text that would not print as itself (control or
+/// direction characters, anywhere inside it): such a value is printed in reports and
+/// sent in headers, where it breaks both.
+pub fn unprintable(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.chars().any(crate::report::hidden),
+        Value::Array(items) => items.iter().any(unprintable),
+        Value::Object(map) => map.iter().any(|(k, v)| k.chars().any(crate::report::hidden) || unprintable(v)),
+        _ => false,
+    }
+}
+
 /// The sum of a split's weights: shares in basis points.
 pub const TOTAL_WEIGHT: u64 = 10_000;
 

@@ -49,10 +49,10 @@ struct Shared {
 
 /// The largest evaluation request read: an OFREP context is a few attributes.
 const MAX_BODY: usize = 64 * 1024;
-/// Requests read or answered at once.
-const MAX_READING: usize = 128;
+/// Requests read or answered at once (at most 32 MiB of bodies held).
+const MAX_READING: usize = 512;
 /// How long a request's body may take to arrive, and a request to wait for its turn.
-const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The string values the evaluation contexts carried since the last take, as hashes
 /// (the values themselves are not kept), by flag (`None`: a bulk evaluation) and

@@ -138,6 +138,8 @@ pub async fn provide(
                 (None, Some(dir)) => dir.join("flags.flagd.json"),
                 (None, None) => std::env::temp_dir().join(format!("stagegate-{}.flagd.json", std::process::id())),
             };
+            // The target is told this path and runs in the scenario's folder, not here.
+            let path = std::path::absolute(&path).unwrap_or(path);
             flagd::write(&path, first).map_err(|source| FlagError::File { path: path.clone(), source })?;
             Arc::new(FlagdFile { path })
         }

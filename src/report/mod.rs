@@ -258,8 +258,14 @@ pub fn criterion_label(a: &serde_json::Value) -> String {
     }
 }
 
+/// Whether `c` changes how text around it shows rather than showing itself: control
+/// characters, and the direction marks, embeddings, overrides and isolates of Unicode's
+/// bidirectional text.
 pub fn hidden(c: char) -> bool {
-    c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c)
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// Something that consumes the run's events.

@@ -39,7 +39,9 @@ impl Diagnostic {
 /// return from a scenario value) written as `\u{..}`, so a message cannot drive the
 /// terminal it is printed on.
 pub fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() }).collect()
+    text.chars()
+        .map(|c| if crate::report::hidden(c) { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() })
+        .collect()
 }
 
 impl fmt::Display for Diagnostic {

@@ -98,7 +98,10 @@ pub(super) fn compile_criterion(ctx: &mut Ctx, at: &str, m: CriterionMapSpec, na
     let min_samples = m.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES);
     let abort_on_fail = m.abort_on_fail.unwrap_or(false);
     let stage_ok = |ctx: &mut Ctx, path: &str, s: &str| {
-        if ctx.broken_stages.iter().any(|b| b == s) {
+        // The stage itself, or one of its steps or cells.
+        if ctx.broken_stages.iter().any(|b| {
+            s == b || s.strip_prefix(b.as_str()).is_some_and(|rest| rest.starts_with('@') || rest.starts_with('('))
+        }) {
             // Its own mistake is reported where it is.
             return false;
         }

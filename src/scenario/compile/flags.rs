@@ -11,6 +11,10 @@ use super::{Ctx, top};
 use crate::flags::{Category, FlagDef, FlagSet, FlagState, FlagType, Provider};
 use crate::sut::Target;
 
+/// Why a flag value with control or direction characters is refused.
+pub(super) const UNPRINTABLE: &str =
+    "a flag value cannot hold control or direction characters: it is printed in reports and sent in headers";
+
 const FLAG_TYPES: [&str; 5] = ["boolean", "string", "integer", "number", "object"];
 const CATEGORIES: [&str; 4] = ["release", "experiment", "operational", "permission"];
 const PROVIDERS: [&str; 4] = ["ofrep", "flagd-file", "header", "env"];
@@ -73,6 +77,9 @@ pub(super) fn compile_flags(ctx: &mut Ctx, root: &Map<String, Value>, target: &O
         if !kind.admits(&d.default) {
             ctx.error(&join_key(&at, "default"), format!("the default {} is not a {}", d.default, d.kind));
             ok = false;
+        } else if crate::flags::unprintable(&d.default) {
+            ctx.error(&join_key(&at, "default"), UNPRINTABLE);
+            ok = false;
         }
         let category = match d.category.as_deref() {
             None => None,
@@ -118,6 +125,10 @@ pub(super) fn compile_flags(ctx: &mut Ctx, root: &Map<String, Value>, target: &O
 /// Reads a stage's value for a flag: a plain value, or `{ VALUE: SHARE, ... }`.
 pub(super) fn flag_state(ctx: &mut Ctx, path: &str, def: &FlagDef, value: &Value) -> Option<FlagState> {
     if def.kind.admits(value) {
+        if crate::flags::unprintable(value) {
+            ctx.error(path, UNPRINTABLE);
+            return None;
+        }
         return Some(FlagState::Fixed(value.clone()));
     }
     let Value::Object(split) = value else {
@@ -139,6 +150,10 @@ pub(super) fn flag_state(ctx: &mut Ctx, path: &str, def: &FlagDef, value: &Value
             FlagType::Number => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number),
             FlagType::Object => None,
         };
+        if variant.as_ref().is_some_and(crate::flags::unprintable) {
+            ctx.error(&p, UNPRINTABLE);
+            return None;
+        }
         let Some(variant) = variant else {
             let hint = match def.kind {
                 FlagType::Boolean => nearest(text, ["true", "false"]).map(|b| format!("did you mean `{b}`?")),
@@ -159,8 +174,11 @@ pub(super) fn flag_state(ctx: &mut Ctx, path: &str, def: &FlagDef, value: &Value
         };
         match units::parse_fraction(&share_text) {
             Ok(f) if !crate::flags::whole_points(f) => {
-                ctx.error(&p, format!("`{share_text}` is finer than shares are served")).hint =
-                    Some("shares are served in basis points: give at most two decimals of a percent (0.11%)".into());
+                let points = (f * crate::flags::TOTAL_WEIGHT as f64).round() / crate::flags::TOTAL_WEIGHT as f64;
+                ctx.error(&p, format!("`{share_text}` is finer than shares are served")).hint = Some(format!(
+                    "shares are served in basis points: give at most two decimals of a percent ({})",
+                    units::format_share(points)
+                ));
                 return None;
             }
             Ok(f) => {

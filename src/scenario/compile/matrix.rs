@@ -136,7 +136,7 @@ pub(super) fn compile_matrix(
                 )
                 .hint = (def.kind == FlagType::Boolean).then(|| "a boolean flag takes `true` or `false`".into());
                 ok = false;
-            } else if seen.contains(&v) {
+            } else if seen.iter().any(|s| same(s, v)) {
                 ctx.error(&join_index(&path, i), format!("{v} is listed twice"));
                 ok = false;
             } else if let Some(why) = unnameable(&label(v)) {
@@ -299,6 +299,14 @@ pub(super) fn compile_matrix(
         return None;
     }
     Some(Matrix { mode, dims, rows, product })
+}
+
+/// Whether two values of a flag are the same value (`1` and `1.0` are).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+        _ => a == b,
+    }
 }
 
 /// Why a value cannot go into a cell's name, if it cannot: the name is printed on

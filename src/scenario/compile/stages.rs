@@ -277,6 +277,10 @@ fn compile_exposure(
             ctx.error(&join_key(at, "value"), format!("{v} is not a value of flag `{}`", def.key));
             return None;
         }
+        Some(v) if crate::flags::unprintable(v) => {
+            ctx.error(&join_key(at, "value"), super::flags::UNPRINTABLE);
+            return None;
+        }
         Some(v) => v.clone(),
         None if def.kind == FlagType::Boolean => Value::Bool(!def.default.as_bool().unwrap_or(false)),
         None => {
@@ -315,8 +319,10 @@ fn compile_exposure(
                 Some("the smallest step is 0.01% (shares are served in basis points)".into());
             ok = false;
         } else if !crate::flags::whole_points(share) {
-            ctx.error(&path, format!("`{}` is finer than shares are served", text.0)).hint =
-                Some("shares are served in basis points: give at most two decimals of a percent (0.11%)".into());
+            ctx.error(&path, format!("`{}` is finer than shares are served", text.0)).hint = Some(format!(
+                "shares are served in basis points: give at most two decimals of a percent ({})",
+                units::format_share(points(share) as f64 / crate::flags::TOTAL_WEIGHT as f64)
+            ));
             ok = false;
         } else if let Some(&last) = shares.last()
             && points(share) <= points(last)
