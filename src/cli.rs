@@ -132,6 +132,12 @@ pub enum Command {
         /// terminal, plain lines once a second elsewhere.
         #[arg(long, short)]
         quiet: bool,
+        /// Serve `/metrics` in the Prometheus text format at ADDR (a loopback address,
+        /// e.g. 127.0.0.1:9464) while the run lasts: requests and latency by stage and
+        /// flag variant, the running stage, active faults, flag shares, data counts and
+        /// stagegate's own send lag.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Check scenario files without running anything (exit 0 valid, 2 invalid).
     ///
@@ -279,12 +285,12 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { file, scenario, report_dir, out, report, quiet } => {
+        Command::Run { file, scenario, report_dir, out, report, quiet, metrics } => {
             let folder = match out {
                 Some(dir) => RunFolder::Exact(dir),
                 None => RunFolder::Under(report_dir),
             };
-            run(&file, &scenario, &folder, &report, quiet)
+            run(&file, &scenario, &folder, &report, quiet, metrics.as_deref())
         }
         Command::Validate { files, scenario } => validate(&files, &scenario),
         Command::Plan { file, scenario } => plan(&file, &scenario),
@@ -673,12 +679,24 @@ enum RunFolder {
     Exact(PathBuf),
 }
 
+/// Binds `--metrics`'s address: a loopback one, free.
+fn metrics_listener(addr: &str) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    if !bound.ip().is_loopback() {
+        return Err(format!("{bound} is outside loopback; give a loopback address such as 127.0.0.1:9464"));
+    }
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(listener)
+}
+
 fn run(
     file: &Path,
     args: &ScenarioArgs,
     folder: &RunFolder,
     wanted: &[crate::report::files::Wanted],
     quiet: bool,
+    metrics: Option<&str>,
 ) -> i32 {
     // Ctrl-C is taken from the first moment: one that comes while the scenario is read
     // makes the run stop before anything starts.
@@ -701,6 +719,15 @@ fn run(
     let plan = match load(file, args, NOT_RUN) {
         Ok(p) => p,
         Err(c) => return c,
+    };
+    // The metrics endpoint is taken before anything starts: a port in use is a wrong
+    // argument, not a broken run.
+    let metrics = match metrics.map(metrics_listener).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: --metrics: {e}; {NOT_RUN}");
+            return exit::INVALID_INPUT;
+        }
     };
     crate::secrets::install_for_logs(&plan.secrets);
     crate::health::raise_file_limit();
@@ -731,10 +758,38 @@ fn run(
     }
     let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
     let code = runtime.block_on(async move {
+        // `/metrics` for the run's whole length: the server stops when dropped, at the
+        // end of this block.
+        let (live, _endpoint) = match metrics {
+            Some(listener) => {
+                let live = std::sync::Arc::new(crate::report::prometheus::Live::default());
+                let server = tokio::net::TcpListener::from_std(listener).and_then(|l| {
+                    crate::server::Server::start(
+                        "metrics endpoint",
+                        l,
+                        crate::report::prometheus::router(live.clone()),
+                        None,
+                    )
+                });
+                match server {
+                    Ok(s) => {
+                        if !quiet {
+                            eprintln!("metrics: http://{}/metrics", s.addr());
+                        }
+                        (Some(live), Some(s))
+                    }
+                    Err(e) => {
+                        eprintln!("error: the metrics endpoint cannot serve: {e}");
+                        (None, None)
+                    }
+                }
+            }
+            None => (None, None),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let runner = {
             let plan = plan.clone();
-            let out = crate::runner::Output { dir: Some(report_dir.clone()), run_id };
+            let out = crate::runner::Output { dir: Some(report_dir.clone()), run_id, live: live.clone() };
             let stop = stop.clone();
             tokio::spawn(async move { crate::runner::run(&plan, out, stop, tx).await })
         };

@@ -132,6 +132,17 @@ fn toxiproxy_cli_patterns_through_curl_are_answered_and_said() {
         200
     );
 
+    // What is injected, as Prometheus reads it.
+    let (code, metrics) = curl(port, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(metrics.contains(r#"stagegate_proxy_enabled{proxy="web","#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"stagegate_proxy_toxic_toxicity{proxy="web",toxic="latency_downstream",kind="latency",stream="downstream"} 1.0"#
+        ),
+        "{metrics}"
+    );
+
     server.signal(Signal::SIGTERM);
     let (code, _, stderr, _) = server.finish(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{stderr}");

@@ -111,9 +111,10 @@ const ATTRIBUTES: [(&str, &[&str]); 8] = [
 ];
 
 /// The endpoints, as `GET /` lists them.
-const ENDPOINTS: [(&str, &str); 14] = [
+const ENDPOINTS: [(&str, &str); 15] = [
     ("GET /", "this list"),
     ("GET /version", "the version"),
+    ("GET /metrics", "proxies and active toxics in the Prometheus text format"),
     ("POST /reset", "remove every toxic and enable every proxy"),
     ("POST /populate", "create or replace proxies from a list of {name, listen, upstream, enabled}"),
     ("GET /proxies", "every proxy with its toxics"),
@@ -371,6 +372,7 @@ pub fn router(registry: Registry) -> Router {
             "/version",
             get(|| async { format!("{} (stagegate, toxiproxy-compatible API)", env!("CARGO_PKG_VERSION")) }),
         )
+        .route("/metrics", get(metrics))
         .route("/reset", post(reset))
         .route("/populate", post(populate))
         .route("/proxies", get(list).post(create))
@@ -379,6 +381,52 @@ pub fn router(registry: Registry) -> Router {
         .route("/proxies/{name}/toxics/{toxic}", get(show_toxic).post(update_toxic).delete(remove_toxic))
         .layer(axum::extract::DefaultBodyLimit::max(crate::limits::CONTROL_BODY_BYTES))
         .with_state(registry)
+}
+
+/// `/metrics`: each proxy (enabled or not) and each active toxic (its toxicity), in
+/// the Prometheus text format, so a game day's dashboard shows what is injected.
+async fn metrics(State(r): State<Registry>) -> Response {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ProxyLabels {
+        proxy: String,
+        listen: String,
+        upstream: String,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ToxicLabels {
+        proxy: String,
+        toxic: String,
+        kind: String,
+        stream: String,
+    }
+    let mut registry = prometheus_client::registry::Registry::with_prefix("stagegate_proxy");
+    let enabled = Family::<ProxyLabels, Gauge>::default();
+    registry.register("enabled", "1 for a proxy that forwards, 0 for a disabled one", enabled.clone());
+    let toxics = Family::<ToxicLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register("toxic_toxicity", "Each active toxic, valued at its toxicity", toxics.clone());
+    for (name, e) in r.proxies.lock().await.iter() {
+        let labels =
+            ProxyLabels { proxy: name.clone(), listen: e.proxy.addr().to_string(), upstream: e.upstream.clone() };
+        enabled.get_or_create(&labels).set(i64::from(e.enabled));
+        for t in &e.toxics {
+            let labels = ToxicLabels {
+                proxy: name.clone(),
+                toxic: t.name.clone(),
+                kind: t.kind.clone(),
+                stream: t.stream.clone(),
+            };
+            toxics.get_or_create(&labels).set(t.toxicity);
+        }
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response()
 }
 
 /// Who asked, as a change's line says it: the client's `User-Agent`.

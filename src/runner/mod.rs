@@ -44,6 +44,8 @@ pub struct Shutdown {
 pub struct Output {
     pub dir: Option<PathBuf>,
     pub run_id: String,
+    /// The metrics `/metrics` serves during the run, when asked for (`--metrics`).
+    pub live: Option<Arc<crate::report::prometheus::Live>>,
 }
 
 /// Runs `plan`, sending events to `events`; the report is also the last event.
@@ -123,7 +125,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
                     .collect(),
                 flags: provisioned.flags.endpoint().unwrap_or_default(),
             });
-            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, &mut report).await;
+            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, out.live.as_deref(), &mut report).await;
         }
     }
     // Every fault lifted first, then everything stopped, newest first.
@@ -243,6 +245,7 @@ async fn run_stages(
     halt: &CancellationToken,
     trouble: &Trouble,
     events: &UnboundedSender<Event>,
+    live: Option<&crate::report::prometheus::Live>,
     report: &mut RunReport,
 ) -> HashMap<String, verdict::StageSamples> {
     let mut samples = HashMap::new();
@@ -258,7 +261,7 @@ async fn run_stages(
             return samples;
         }
     };
-    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client };
+    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, live };
     // A progressive exposure stops at its first failing step: the wider ones are not run.
     let mut stopped_exposure: Option<&str> = None;
     for index in 0..plan.stages.len() {

@@ -48,6 +48,8 @@ pub struct Context<'a> {
     pub trouble: &'a Trouble,
     pub events: &'a UnboundedSender<Event>,
     pub client: &'a reqwest::Client,
+    /// The run's `/metrics`, when served.
+    pub live: Option<&'a crate::report::prometheus::Live>,
 }
 
 /// How a stage went.
@@ -93,6 +95,9 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let _ = p.flags.take_contexts();
     let started_at = chrono::Utc::now().to_rfc3339();
     let _ = cx.events.send(Event::StageStarted { index, name: stage.name.clone(), flags: stage.flags.clone() });
+    if let Some(live) = cx.live {
+        live.stage_started(stage, index.checked_sub(1).map(|i| plan.stages[i].name.as_str()));
+    }
 
     let schema = &plan.workload.schema;
     let renamed = match &plan.target {
@@ -127,6 +132,8 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         send_lag: SendLag::new(plan.workload.warmup),
         failed_late: 0,
         sent_values: BTreeMap::new(),
+        live: cx.live,
+        live_handles: HashMap::new(),
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
     let judge = tokio::spawn(watch_for_abort(
@@ -174,8 +181,12 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let faults =
         StageFaults { name: &stage.name, index, faults: &stage.faults, duration: stage.duration, seed_of: &seed_of };
     let events = cx.events.clone();
+    let live = cx.live;
     let mut emit = move |r: &FaultRecord| {
         let _ = events.send(Event::Fault(r.clone()));
+        if let Some(live) = live {
+            live.fault(&r.stage, &r.kind, &r.at, r.ended_secs.is_none());
+        }
         // A way for the tests to make the runner itself fail while a fault is active, to
         // check that the guard still lifts it and stops everything (debug builds only).
         #[cfg(debug_assertions)]
@@ -325,7 +336,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     }
     let aborted = aborted.or_else(|| verdict::failed_abort(&plan.criteria, &assessments));
     let variant_differences = crate::flags::telemetry::differences(&stage.flags, &metrics);
-    Ok(StageOutcome {
+    let outcome = StageOutcome {
         report: StageReport {
             name: stage.name.clone(),
             flags: stage.flags.clone(),
@@ -348,7 +359,11 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         faults: records,
         aborted,
         target_exit,
-    })
+    };
+    if let Some(live) = cx.live {
+        live.stage_finished(&outcome.report);
+    }
+    Ok(outcome)
 }
 
 /// What the system under test asked of (or was sent of) each flag in the stage.
@@ -523,6 +538,9 @@ struct Accounts<'a> {
     failed_late: u64,
     /// The flag values sent with requests, by flag and value (a `header` provider).
     sent_values: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The run's `/metrics`, and its handles for this stage by variant.
+    live: Option<&'a crate::report::prometheus::Live>,
+    live_handles: HashMap<Option<Arc<str>>, crate::report::prometheus::Handles>,
 }
 
 impl Accounts<'_> {
@@ -616,6 +634,13 @@ impl Sink for Accounts<'_> {
         let variant = self.keys.remove(&s.key).flatten();
         self.series.ended(s.offset, s.latency, s.outcome);
         self.recorder.record(s.offset, s.latency, s.outcome, variant.as_deref());
+        if let Some(live) = self.live {
+            let stage = &self.stage.name;
+            self.live_handles
+                .entry(variant.clone())
+                .or_insert_with(|| live.handles(stage, variant.as_deref()))
+                .request(s.outcome, s.latency);
+        }
     }
 
     fn tick(&mut self, elapsed: Duration) {
