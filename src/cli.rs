@@ -163,6 +163,10 @@ pub enum Command {
         file: PathBuf,
         #[command(flatten)]
         scenario: ScenarioArgs,
+        /// Print a game-day runbook instead: per stage, when it starts, what it turns
+        /// on, what to watch, how to abort, and the flag change that rolls it back.
+        #[arg(long)]
+        runbook: bool,
     },
     /// Print the JSON Schema of the scenario format (for editors), or of report.json.
     #[command(
@@ -293,7 +297,7 @@ pub fn execute(cli: Cli) -> i32 {
             run(&file, &scenario, &folder, &report, quiet, metrics.as_deref())
         }
         Command::Validate { files, scenario } => validate(&files, &scenario),
-        Command::Plan { file, scenario } => plan(&file, &scenario),
+        Command::Plan { file, scenario, runbook } => plan(&file, &scenario, runbook),
         Command::Schema { of } => {
             let schema = match of {
                 SchemaOf::Scenario => scenario::schema::json_schema(),
@@ -627,9 +631,13 @@ fn validate(files: &[PathBuf], args: &ScenarioArgs) -> i32 {
     code
 }
 
-fn plan(file: &Path, args: &ScenarioArgs) -> i32 {
+fn plan(file: &Path, args: &ScenarioArgs, runbook: bool) -> i32 {
     match load(file, args, "no plan printed") {
-        Ok(plan) => print_out(&plan.secrets.mask(&crate::report::plan::markdown(&plan))).err().unwrap_or(exit::PROMOTE),
+        Ok(plan) => {
+            let text =
+                if runbook { crate::report::plan::runbook(&plan, file) } else { crate::report::plan::markdown(&plan) };
+            print_out(&plan.secrets.mask(&text)).err().unwrap_or(exit::PROMOTE)
+        }
         Err(c) => c,
     }
 }

@@ -1,4 +1,5 @@
-//! `stagegate plan`: the rollout plan as Markdown, before anything runs.
+//! `stagegate plan`: the rollout plan as Markdown, before anything runs; with
+//! `--runbook`, the same as a game-day room's runbook.
 //!
 //! Stages in order with their flag states, the fault timeline of each stage, the
 //! expected record counts from the arrival model, the criteria that judge each stage,
@@ -290,4 +291,131 @@ pub fn markdown(plan: &Plan) -> String {
         }
     }
     s
+}
+
+/// `stagegate plan --runbook`: the rehearsal as a game-day room runs it, step by step:
+/// when each stage starts and what it turns on, what to watch (its criteria, and the
+/// `/metrics` series that show them live), how to abort at any moment, and the flag
+/// change that rolls back if the stage fails (to the last earlier stage with other
+/// flags, assuming it held; to the defaults before the first).
+pub fn runbook(plan: &Plan, file: &std::path::Path) -> String {
+    let mut s = String::new();
+    let total: std::time::Duration = plan.stages.iter().map(|st| st.duration).sum();
+    let _ = writeln!(s, "# Game-day runbook: {}\n", plan.name);
+    if let Some(d) = &plan.description {
+        let _ = writeln!(s, "> {d}\n");
+    }
+    let command = shell_words(&[
+        "stagegate".into(),
+        "run".into(),
+        file.display().to_string(),
+        "--metrics".into(),
+        "127.0.0.1:9464".into(),
+    ]);
+    let _ = writeln!(s, "## Before\n");
+    let _ = writeln!(s, "- Start: `{command}` (seed {}).", plan.seed);
+    let _ = writeln!(
+        s,
+        "- It runs {} stages, about {} of load, plus start-up and a read-back of the output after each stage.",
+        plan.stages.len(),
+        format_duration(total)
+    );
+    let _ = writeln!(
+        s,
+        "- Dashboards: scrape `http://127.0.0.1:9464/metrics` (`stagegate_stage_running`, `stagegate_fault_active`, `stagegate_request_duration_seconds`, `stagegate_requests_total`)."
+    );
+    let _ = writeln!(
+        s,
+        "- **Abort at any moment:** Ctrl-C in stagegate's terminal (or `kill -TERM` its process). Every fault is lifted, everything it started is stopped, and the report is written, marked interrupted. A second Ctrl-C stops at once, still lifting faults.\n"
+    );
+    let defaults: std::collections::BTreeMap<String, crate::flags::FlagState> = plan
+        .flags
+        .definitions
+        .iter()
+        .map(|d| (d.key.clone(), crate::flags::FlagState::Fixed(d.default.clone())))
+        .collect();
+    let mut at = std::time::Duration::ZERO;
+    for (i, st) in plan.stages.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "## Step {}. `{}` (from about +{}, for {})\n",
+            i + 1,
+            st.name,
+            clock(at),
+            format_duration(st.duration)
+        );
+        let flags: Vec<String> = st.flags.iter().map(|(k, v)| format!("`{k}` = {}", v.describe())).collect();
+        let _ = writeln!(s, "- Flags: {}.", if flags.is_empty() { "none".into() } else { flags.join(", ") });
+        if !plan.workload.warmup.is_zero() {
+            let _ =
+                writeln!(s, "- The first {} are warm-up: measured, not judged.", format_duration(plan.workload.warmup));
+        }
+        for f in &st.faults {
+            for (from, to) in f.schedule.windows(st.duration).iter().take(4) {
+                let _ = writeln!(
+                    s,
+                    "- At +{} (stage +{}): **{}** at `{}` ({}) until stage +{}.",
+                    clock(at + *from),
+                    format_duration(*from),
+                    f.kind.name(),
+                    f.at,
+                    params(f),
+                    format_duration(*to)
+                );
+            }
+        }
+        let watch: Vec<String> =
+            verdict::applicable(&plan.criteria, &st.name).iter().map(|c| format!("`{}`", c.text)).collect();
+        let _ = writeln!(
+            s,
+            "- Watch: {}.",
+            if watch.is_empty() { "nothing is judged here".into() } else { watch.join(", ") }
+        );
+        let _ = writeln!(
+            s,
+            "  Live: `stagegate_request_duration_seconds{{stage=\"{0}\"}}`, `stagegate_requests_total{{stage=\"{0}\"}}`.",
+            st.name
+        );
+        let back = plan.stages[..i].iter().rev().find(|p| p.flags != st.flags);
+        let (to, whence, same) = match back {
+            Some(p) => (&p.flags, format!("as in `{}`", p.name), format!("the flags of `{}`", p.name)),
+            None => (&defaults, "the flags' defaults".to_string(), "the flags' defaults".to_string()),
+        };
+        let changes: Vec<String> = st
+            .flags
+            .iter()
+            .filter_map(|(k, now)| {
+                let then = to.get(k)?;
+                (then != now).then(|| format!("`{k}` {} → {}", now.describe(), then.describe()))
+            })
+            .collect();
+        if changes.is_empty() {
+            let _ = writeln!(
+                s,
+                "- If it fails: no flag change undoes it (it runs with {same}); look at the faults and the system.\n"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "- If it fails, roll back: set {} ({whence}). The run's `rollback.flagd.json` holds it for flagd.\n",
+                changes.join(", ")
+            );
+        }
+        at += st.duration;
+    }
+    let _ = writeln!(s, "## After\n");
+    let _ = writeln!(
+        s,
+        "- The verdict is printed and in `reports/latest/report.json`; exit 0 PROMOTE, 1 ROLLBACK, 3 INCONCLUSIVE. A ROLLBACK names the flag change to make."
+    );
+    if let Some(cmd) = &plan.on_verdict.rollback {
+        let _ = writeln!(s, "- On ROLLBACK stagegate runs `{}` itself.", shell_words(cmd));
+    }
+    s
+}
+
+/// An offset from the run's start as `m:ss`.
+fn clock(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    format!("{}:{:02}", secs / 60, secs % 60)
 }
