@@ -73,7 +73,16 @@ fn main() {
             };
             let mut sink = Count { recorder: Recorder::new(workload.warmup, duration, vec![]), ok: 0 };
             let started = std::time::Instant::now();
-            let drive = driver::drive(&write, &workload, 1, &InputFaults::default(), &CancellationToken::new(), &mut sink).await;
+            let drive = driver::drive(
+                &write,
+                &workload,
+                1,
+                &InputFaults::default(),
+                &CancellationToken::new(),
+                &mut driver::StageEnd::fixed(workload.duration),
+                &mut sink,
+            )
+            .await;
             let secs = started.elapsed().as_secs_f64();
             let m = sink.recorder.finish(duration, &Judgement::default());
             println!(

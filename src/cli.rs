@@ -138,6 +138,17 @@ pub enum Command {
         /// stagegate's own send lag.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Serve the live page at ADDR (default 127.0.0.1:0, a free loopback port; its
+        /// address is printed): the stage and its flags, latency and errors each second,
+        /// active faults, criteria as they stand; and steering with a token: hold,
+        /// advance, abort, start a fault. An address beyond loopback needs --ui-token.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        ui: Option<String>,
+        /// A steering token, as NAME=SECRET (the name goes in the audit log; the secret
+        /// at least 16 characters). Repeatable. Without one, a token named `operator` is
+        /// made and printed.
+        #[arg(long = "ui-token", value_name = "NAME=SECRET", env = "STAGEGATE_UI_TOKEN", value_delimiter = ',')]
+        ui_tokens: Vec<String>,
     },
     /// Check scenario files without running anything (exit 0 valid, 2 invalid).
     ///
@@ -289,12 +300,13 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { file, scenario, report_dir, out, report, quiet, metrics } => {
+        Command::Run { file, scenario, report_dir, out, report, quiet, metrics, ui, ui_tokens } => {
             let folder = match out {
                 Some(dir) => RunFolder::Exact(dir),
                 None => RunFolder::Under(report_dir),
             };
-            run(&file, &scenario, &folder, &report, quiet, metrics.as_deref())
+            let serve = Serve { metrics, ui, ui_tokens };
+            run(&file, &scenario, &folder, &report, quiet, serve)
         }
         Command::Validate { files, scenario } => validate(&files, &scenario),
         Command::Plan { file, scenario, runbook } => plan(&file, &scenario, runbook),
@@ -698,13 +710,60 @@ fn metrics_listener(addr: &str) -> Result<std::net::TcpListener, String> {
     Ok(listener)
 }
 
+/// What a run serves while it goes: `/metrics`, the live page and its steering tokens.
+struct Serve {
+    metrics: Option<String>,
+    ui: Option<String>,
+    ui_tokens: Vec<String>,
+}
+
+/// `--ui-token`s as `(name, secret)`: names unique, secrets long enough.
+fn ui_tokens(given: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut tokens: Vec<(String, String)> = Vec::new();
+    for t in given {
+        let Some((name, secret)) = t.split_once('=') else {
+            return Err("--ui-token: expected NAME=SECRET, e.g. alice=$(openssl rand -hex 16)".into());
+        };
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(format!(
+                "--ui-token: the name `{}` must be 1 to 64 letters, digits, `-`, `_`, `.` or `@`",
+                name.escape_debug()
+            ));
+        }
+        if secret.chars().count() < 16 || secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("--ui-token: `{name}`'s secret must be at least 16 characters, without spaces"));
+        }
+        if tokens.iter().any(|(n, s)| n == name || s == secret) {
+            return Err(format!("--ui-token: `{name}` is given twice, or shares its secret with another token"));
+        }
+        tokens.push((name.to_string(), secret.to_string()));
+    }
+    Ok(tokens)
+}
+
+/// Binds `--ui`'s address: loopback, or beyond it only with tokens given.
+fn ui_listener(addr: &str, tokens_given: bool) -> Result<std::net::TcpListener, String> {
+    let target: std::net::SocketAddr =
+        addr.parse().map_err(|_| format!("`{addr}` is not an address like 127.0.0.1:8080"))?;
+    if !target.ip().is_loopback() && !tokens_given {
+        return Err(format!(
+            "{target} is beyond loopback: anyone who reaches it could watch the run; give --ui-token NAME=SECRET too"
+        ));
+    }
+    let listener = std::net::TcpListener::bind(target).map_err(|e| format!("cannot listen on {target}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(listener)
+}
+
 fn run(
     file: &Path,
     args: &ScenarioArgs,
     folder: &RunFolder,
     wanted: &[crate::report::files::Wanted],
     quiet: bool,
-    metrics: Option<&str>,
+    serve: Serve,
 ) -> i32 {
     // Ctrl-C is taken from the first moment: one that comes while the scenario is read
     // makes the run stop before anything starts.
@@ -730,10 +789,24 @@ fn run(
     };
     // The metrics endpoint is taken before anything starts: a port in use is a wrong
     // argument, not a broken run.
-    let metrics = match metrics.map(metrics_listener).transpose() {
+    let metrics = match serve.metrics.as_deref().map(metrics_listener).transpose() {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: --metrics: {e}; {NOT_RUN}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    let tokens = match ui_tokens(&serve.ui_tokens) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}; {NOT_RUN}");
+            return exit::INVALID_INPUT;
+        }
+    };
+    let ui = match serve.ui.as_deref().map(|a| ui_listener(a, !tokens.is_empty())).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: --ui: {e}; {NOT_RUN}");
             return exit::INVALID_INPUT;
         }
     };
@@ -794,10 +867,59 @@ fn run(
             }
             None => (None, None),
         };
+        // The live page and its steering, for the run's whole length too.
+        let (board, steering, _page) = match ui {
+            Some(listener) => {
+                let generated = tokens.is_empty();
+                let tokens =
+                    if generated { vec![("operator".to_string(), crate::steer::new_token())] } else { tokens.clone() };
+                let board = std::sync::Arc::new(crate::steer::board::Board::new(&plan));
+                let steering =
+                    std::sync::Arc::new(crate::steer::Steering::new(&plan, tokens.clone(), Some(report_dir.clone())));
+                let server = listener.local_addr().and_then(|addr| {
+                    let ui = crate::steer::ui::Ui::new(board.clone(), Some(steering.clone()), addr);
+                    let l = tokio::net::TcpListener::from_std(listener)?;
+                    crate::server::Server::start("live page", l, crate::steer::ui::router(ui), None)
+                });
+                match server {
+                    Ok(s) => {
+                        // Asked for by name: said even with -q, or nobody could open it.
+                        let host = if s.addr().ip().is_unspecified() {
+                            "127.0.0.1".to_string()
+                        } else {
+                            s.addr().ip().to_string()
+                        };
+                        let host = if host.contains(':') { format!("[{host}]") } else { host };
+                        if generated {
+                            eprintln!("live page: http://{host}:{}/#token={}", s.addr().port(), tokens[0].1);
+                            eprintln!("steering token (operator): {}", tokens[0].1);
+                        } else {
+                            let names: Vec<&str> = tokens.iter().map(|(n, _)| n.as_str()).collect();
+                            eprintln!(
+                                "live page: http://{host}:{}/ (steering tokens: {})",
+                                s.addr().port(),
+                                names.join(", ")
+                            );
+                        }
+                        (Some(board), Some(steering), Some(s))
+                    }
+                    Err(e) => {
+                        eprintln!("error: the live page cannot serve: {e}");
+                        (None, None, None)
+                    }
+                }
+            }
+            None => (None, None, None),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let runner = {
             let plan = plan.clone();
-            let out = crate::runner::Output { dir: Some(report_dir.clone()), run_id, live: live.clone() };
+            let out = crate::runner::Output {
+                dir: Some(report_dir.clone()),
+                run_id,
+                live: live.clone(),
+                steering: steering.clone(),
+            };
             let stop = stop.clone();
             tokio::spawn(async move { crate::runner::run(&plan, out, stop, tx).await })
         };
@@ -808,6 +930,9 @@ fn run(
         let mut partial = crate::report::RunReport::begin(&plan, Some(report_dir.clone()));
         while let Some(event) = rx.recv().await {
             partial.follow(&event);
+            if let Some(b) = &board {
+                b.follow(&event);
+            }
             deliver(&event, &mut json, &mut files, &mut terminal);
         }
         let report = match runner.await {

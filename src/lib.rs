@@ -39,6 +39,7 @@ pub mod scenario;
 pub mod secrets;
 pub mod seed;
 pub mod server;
+pub mod steer;
 pub mod sut;
 pub mod teardown;
 pub mod threads;

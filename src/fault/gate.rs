@@ -141,6 +141,15 @@ impl Gate {
         self.http.is_some()
     }
 
+    /// Whether one of the proxies here can carry `fault` out.
+    pub fn carries(&self, fault: &Fault) -> bool {
+        if per_request(fault, self.latency_per_request) {
+            self.http.is_some()
+        } else {
+            self.tcp.is_some() && fault.kind.runs_in_proxy()
+        }
+    }
+
     /// Replaces the active faults, each sent to the proxy that carries it out.
     pub fn set_active(&self, faults: Vec<Activation>) {
         let (requests, stream): (Vec<Activation>, Vec<Activation>) =

@@ -57,6 +57,31 @@ impl<'a> Places<'a> {
     fn process(&self, place: &Place) -> Option<&'a dyn Controllable> {
         self.processes.iter().find(|(p, _)| p == place).map(|(_, c)| *c)
     }
+
+    /// Whether this run has what `fault` needs at its place (a proxy of the right kind,
+    /// a process stagegate started), and why not.
+    pub fn carries(&self, fault: &Fault) -> Result<(), String> {
+        let layer = catalog::find(fault.kind.name()).map(|k| k.layer);
+        let ok = match layer {
+            Some(Layer::Stream | Layer::Request) => self.gate(&fault.at).is_some_and(|g| g.carries(fault)),
+            Some(Layer::Process) => self.process(&fault.at).is_some(),
+            Some(Layer::Record) | None => {
+                return Err(format!(
+                    "a {} fault acts on the records a stage plans; it cannot start live",
+                    fault.kind.name()
+                ));
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "nothing at `{}` in this run can carry a {} fault: stagegate puts a proxy of each kind (and the process control) only where the scenario's stages place such a fault",
+                fault.at,
+                fault.kind.name()
+            ))
+        }
+    }
 }
 
 /// One fault's life inside a stage, as reports show it.
@@ -71,8 +96,15 @@ pub struct FaultRecord {
     pub started_secs: f64,
     /// Offset when it was lifted; `None` while active.
     pub ended_secs: Option<f64>,
+    /// Offset when it is due to be lifted, if before the stage's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_secs: Option<f64>,
     /// Whether the place it acted on carries no fault any more (and nothing is frozen).
     pub removed: bool,
+    /// The token that started it live through the steering API; `None` for the
+    /// scenario's own faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The stage being played.
@@ -93,12 +125,29 @@ pub struct Clock<'a> {
     pub run: &'a CancellationToken,
 }
 
-/// Plays `stage`'s faults on `places` until the stage is over; `emit` hears every start
-/// and lift. Returns the stage's fault records.
+/// A fault an operator started while the stage runs (the steering API): it starts at
+/// once and is lifted after `ttl`, or at the stage's end if that comes first.
+#[derive(Debug)]
+pub struct LiveFault {
+    pub fault: Fault,
+    pub ttl: Duration,
+    /// The name of the token that asked for it.
+    pub by: String,
+    /// Told when it started (its offset into the stage, in seconds) or why it could not.
+    pub done: tokio::sync::oneshot::Sender<Result<f64, String>>,
+}
+
+/// Plays `stage`'s faults on `places` until the stage is over, with the faults an
+/// operator starts on `live` (when steered); `emit` hears every start and lift. Returns
+/// the stage's fault records.
+///
+/// A fault that lasts to the stage's end is lifted when the stage is over, not at its
+/// planned length: an operator may hold the stage longer.
 pub async fn play(
     stage: &StageFaults<'_>,
     places: &Places<'_>,
     clock: Clock<'_>,
+    mut live: Option<&mut tokio::sync::mpsc::Receiver<LiveFault>>,
     emit: &mut (dyn FnMut(&FaultRecord) + Send),
 ) -> Vec<FaultRecord> {
     let Clock { start, over, run } = clock;
@@ -108,17 +157,71 @@ pub async fn play(
     let mut active: HashMap<Place, Vec<Activation>> = HashMap::new();
     let mut restarts: Vec<(Instant, Place)> = Vec::new();
     let at_secs = || start.elapsed().as_secs_f64();
+    // Ends at the planned length are the stage's end, wherever that comes to be.
+    let transitions: Vec<_> = super::timeline(stage.faults, stage.duration)
+        .into_iter()
+        .filter(|t| t.start || t.offset < stage.duration)
+        .collect();
+    let mut next = 0usize;
+    let mut n = 0u64;
+    // Live faults, numbered after the stage's own, and when each is lifted.
+    let mut extra: Vec<Fault> = Vec::new();
+    let mut expiries: Vec<(Instant, usize)> = Vec::new();
+    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
 
-    for (n, t) in super::timeline(stage.faults, stage.duration).into_iter().enumerate() {
-        let due = start + t.offset;
-        if !wait_restarts_until(&mut restarts, Some(due), places, over, run).await {
-            break;
+    loop {
+        restarts.sort_by_key(|(at, _)| *at);
+        expiries.sort_by_key(|(at, _)| *at);
+        let due = transitions.get(next).map(|t| start + t.offset);
+        let restart_due = restarts.first().map(|(at, _)| *at);
+        let expiry_due = expiries.first().map(|(at, _)| *at);
+        let live_open = live.is_some();
+        enum Step {
+            Transition,
+            Restart,
+            Expiry,
+            Live(Option<Box<LiveFault>>),
         }
-        tokio::select! {
+        let step = tokio::select! {
+            biased;
             _ = over.cancelled() => break,
-            _ = tokio::time::sleep_until(due) => {}
-        }
-        let f = &stage.faults[t.index];
+            _ = tokio::time::sleep_until(restart_due.unwrap_or_else(far)), if restart_due.is_some() => Step::Restart,
+            _ = tokio::time::sleep_until(expiry_due.unwrap_or_else(far)), if expiry_due.is_some() => Step::Expiry,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(far)), if due.is_some() => Step::Transition,
+            l = async { match live.as_mut() { Some(rx) => rx.recv().await, None => None } }, if live_open => Step::Live(l.map(Box::new)),
+        };
+        let (index, starting, by, ttl) = match step {
+            Step::Restart => {
+                let (_, place) = restarts.remove(0);
+                restart(places, &place, run).await;
+                continue;
+            }
+            Step::Transition => {
+                let t = transitions[next];
+                next += 1;
+                (t.index, t.start, None, None)
+            }
+            Step::Expiry => {
+                let (_, index) = expiries.remove(0);
+                (index, false, None, None)
+            }
+            Step::Live(None) => {
+                live = None;
+                continue;
+            }
+            Step::Live(Some(l)) => {
+                if let Err(why) = places.carries(&l.fault) {
+                    let _ = l.done.send(Err(why));
+                    continue;
+                }
+                let index = stage.faults.len() + extra.len();
+                expiries.push((Instant::now() + l.ttl, index));
+                extra.push(l.fault);
+                let _ = l.done.send(Ok(at_secs()));
+                (index, true, Some(l.by), Some(l.ttl))
+            }
+        };
+        let f = stage.faults.get(index).unwrap_or_else(|| &extra[index - stage.faults.len()]);
         // When it was applied: before the action, which may take a moment (a container's
         // kill goes through Docker).
         let at = at_secs();
@@ -126,11 +229,12 @@ pub async fn play(
         match layer {
             Some(Layer::Stream | Layer::Request) => {
                 let set = active.entry(f.at.clone()).or_default();
-                if t.start {
-                    let id = (stage.index as u64) << 32 | n as u64;
-                    set.push(Activation { index: t.index, id, fault: f.clone(), seed: (stage.seed_of)(id) });
+                if starting {
+                    let id = (stage.index as u64) << 32 | n;
+                    n += 1;
+                    set.push(Activation { index, id, fault: f.clone(), seed: (stage.seed_of)(id) });
                 } else {
-                    set.retain(|a| a.index != t.index);
+                    set.retain(|a| a.index != index);
                 }
                 if let Some(gate) = places.gate(&f.at) {
                     gate.set_active(set.clone());
@@ -138,7 +242,7 @@ pub async fn play(
             }
             Some(Layer::Process) => {
                 if let Some(p) = places.process(&f.at) {
-                    match (&f.kind, t.start) {
+                    match (&f.kind, starting) {
                         (FaultKind::Kill { signal, restart_after }, true) => {
                             p.kill(signal.parse().unwrap_or(Signal::SIGKILL)).await;
                             if let Some(after) = restart_after {
@@ -154,26 +258,33 @@ pub async fn play(
             // Record faults are asked per record by the driver; nothing to apply here.
             Some(Layer::Record) | None => {}
         }
-        if t.start {
-            open.insert(t.index, records.len());
+        if starting {
+            open.insert(index, records.len());
             records.push(FaultRecord {
                 stage: stage.name.to_string(),
-                index: t.index,
+                index,
                 kind: f.kind.name().to_string(),
                 at: f.at.to_string(),
                 started_secs: at,
                 ended_secs: None,
                 removed: false,
+                until_secs: ttl.or(f.schedule.length).map(|l| at + l.as_secs_f64()),
+                by,
             });
             emit(&records[records.len() - 1]);
-        } else if let Some(i) = open.remove(&t.index) {
+        } else if let Some(i) = open.remove(&index) {
             records[i].ended_secs = Some(at);
             records[i].removed = true;
             emit(&records[i]);
         }
     }
-    // Restarts still due within the stage happen at their time.
-    wait_restarts_until(&mut restarts, None, places, over, run).await;
+    // Live faults asked for as the stage ended are not started.
+    if let Some(rx) = live {
+        rx.close();
+        while let Ok(l) = rx.try_recv() {
+            let _ = l.done.send(Err(format!("stage `{}` ended before the fault could start", stage.name)));
+        }
+    }
     // The stage is over (or the run is stopping): lift whatever is still active, and
     // bring back what was frozen or killed, so the next stage starts whole.
     for (place, set) in &mut active {
@@ -187,6 +298,7 @@ pub async fn play(
     for (_, p) in &places.processes {
         p.resume().await;
     }
+    // A restart still due happens now, unless the run itself is stopping.
     if !run.is_cancelled() {
         for (_, place) in restarts.drain(..) {
             restart(places, &place, run).await;
@@ -202,30 +314,6 @@ pub async fn play(
         emit(&records[i]);
     }
     records
-}
-
-/// Carries out the restarts due before `until` (all of them when `None`), each at its
-/// time. Returns `false` when the stage ended while waiting.
-async fn wait_restarts_until(
-    restarts: &mut Vec<(Instant, Place)>,
-    until: Option<Instant>,
-    places: &Places<'_>,
-    over: &CancellationToken,
-    run: &CancellationToken,
-) -> bool {
-    loop {
-        restarts.sort_by_key(|(at, _)| *at);
-        let Some((due, _)) = restarts.first() else { return true };
-        if until.is_some_and(|u| *due > u) {
-            return true;
-        }
-        tokio::select! {
-            _ = over.cancelled() => return false,
-            _ = tokio::time::sleep_until(*due) => {}
-        }
-        let (_, place) = restarts.remove(0);
-        restart(places, &place, run).await;
-    }
 }
 
 async fn restart(places: &Places<'_>, place: &Place, run: &CancellationToken) {
@@ -302,7 +390,7 @@ mod tests {
         let mut emitted = Vec::new();
         let mut emit = |r: &FaultRecord| emitted.push(r.clone());
         let clock = Clock { start: Instant::now(), over: &over, run: &run };
-        let (failed, records) = tokio::join!(driver, play(&stage, &places, clock, &mut emit));
+        let (failed, records) = tokio::join!(driver, play(&stage, &places, clock, None, &mut emit));
         assert_eq!(failed, 3, "exactly the first 3 requests of the stage fail");
         assert_eq!(records.len(), 3);
         assert!(records.iter().all(|r| r.removed), "{records:?}");

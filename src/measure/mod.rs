@@ -226,6 +226,20 @@ impl Recorder {
         }
     }
 
+    /// The stage now ends at `end` (an operator held it): faults that lasted to its
+    /// planned end last to the new one.
+    pub fn extend(&mut self, end: Duration) {
+        if end <= self.length {
+            return;
+        }
+        for (_, e) in &mut self.windows {
+            if *e == self.length {
+                *e = end;
+            }
+        }
+        self.length = end;
+    }
+
     /// The phase of a request intended at `offset`.
     pub fn phase(&self, offset: Duration) -> Phase {
         Phase::of(offset, &self.windows)

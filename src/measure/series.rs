@@ -75,6 +75,35 @@ impl SeriesRecorder {
         SeriesRecorder { width, counts, latency: vec![None; n] }
     }
 
+    /// Interval `i` as it stands (requests still in flight not in it yet).
+    pub fn point(&self, i: usize) -> Option<Point> {
+        let mut p = self.counts.get(i)?.clone();
+        if let Some(h) = self.latency.get(i).and_then(Option::as_ref).filter(|h| !h.is_empty()) {
+            p.p50_ms = Some(h.value_at_quantile(0.5) as f64 / 1000.0);
+            p.p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1000.0);
+            p.max_ms = Some(h.max() as f64 / 1000.0);
+        }
+        Some(p)
+    }
+
+    /// The stage now lasts `length` (an operator held it): intervals are added to cover
+    /// it, up to twice [`MAX_POINTS`].
+    pub fn extend(&mut self, length: Duration) {
+        let n = (length.as_secs().max(1).div_ceil(self.width.as_secs()) as usize).min(2 * MAX_POINTS as usize);
+        while self.counts.len() < n {
+            let from = self.width * self.counts.len() as u32;
+            self.counts.push(Point { at_secs: from.as_secs_f64(), ..Point::default() });
+            self.latency.push(None);
+        }
+    }
+
+    /// The stage ended at `length` (an operator ended it early): later intervals go.
+    pub fn truncate(&mut self, length: Duration) {
+        let n = (length.as_secs_f64() / self.width.as_secs_f64()).ceil().max(1.0) as usize;
+        self.counts.truncate(n);
+        self.latency.truncate(n);
+    }
+
     /// The interval of a request due at `offset` (the last for one due after the end).
     pub fn index(&self, offset: Duration) -> usize {
         ((offset.as_nanos() / self.width.as_nanos()) as usize).min(self.counts.len().saturating_sub(1))
@@ -161,6 +190,8 @@ mod tests {
             started_secs: 1.0,
             ended_secs: Some(2.0),
             removed: true,
+            until_secs: None,
+            by: None,
         };
         let data = [DataCounts::default(), DataCounts { lost: 2, ..Default::default() }];
         let s = r.finish(Some(&data), &[fault]);

@@ -321,11 +321,11 @@ fn chart_error(e: impl std::fmt::Display) -> String {
 /// The series fields of the latency chart: (field, label, colour).
 const LATENCY: [(&str, &str, RGBColor); 2] = [("p50_ms", "p50", BLUE), ("p99_ms", "p99", RED)];
 
-fn latency_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> Result<String, String> {
+pub(crate) fn latency_chart(title: &str, series: &Value, faults: &[(f64, f64, String)]) -> Result<String, String> {
     time_chart(title, series, faults, &LATENCY, "ms", SeriesLabelPosition::UpperLeft)
 }
 
-fn counts_chart(
+pub(crate) fn counts_chart(
     title: &str,
     series: &Value,
     faults: &[(f64, f64, String)],
@@ -335,7 +335,8 @@ fn counts_chart(
 }
 
 /// The series fields of the traffic chart: (field, label, colour).
-const TRAFFIC: [(&str, &str, RGBColor); 2] = [("sent", "sent", RGBColor(90, 90, 90)), ("failed", "errors", RED)];
+pub(crate) const TRAFFIC: [(&str, &str, RGBColor); 2] =
+    [("sent", "sent", RGBColor(90, 90, 90)), ("failed", "errors", RED)];
 /// The series fields of the data-quality chart.
 const QUALITY: [(&str, &str, RGBColor); 3] = [
     ("lost", "lost", RGBColor(160, 0, 160)),

@@ -76,7 +76,12 @@ pub enum Event {
         failed: u64,
         /// The judged requests' p99 so far (`None` during warm-up), in milliseconds.
         p99_ms: Option<f64>,
+        /// The second just past: what was due in it and its latency so far.
+        second: Option<crate::measure::series::Point>,
     },
+    /// About once a second in a steered or `abort_on_fail` run: the stage's criteria
+    /// judged on what it measured so far (its data checks wait for its end).
+    Interim { stage: String, assessments: Vec<Assessment> },
     /// A fault became active or was lifted.
     Fault(FaultRecord),
     /// A stage ended, was observed and judged.
@@ -125,6 +130,9 @@ pub struct StageReport {
     /// (for the HdrHistogram interval log, `--report hlog`).
     pub started_at: String,
     pub histograms: Vec<crate::measure::EncodedHistogram>,
+    /// How long the stage ran, in seconds: its planned length, or longer or shorter
+    /// as an operator held or advanced it, or less when it was stopped.
+    pub length_secs: f64,
 }
 
 /// The layout version of report.json ([`RunReport::report_version`]).
@@ -151,6 +159,11 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Set when an `abort_on_fail` criterion stopped the run: why.
     pub aborted: Option<String>,
+    /// Set when an operator aborted the run from the steering API (`--ui`): who, when.
+    pub steered_abort: Option<String>,
+    /// What operators did through the steering API, allowed or refused, in order (also
+    /// in `steering.jsonl`).
+    pub steering: Vec<crate::steer::AuditEntry>,
     /// Why the run itself broke, if it did (not a judgement on the candidate).
     pub error: Option<String>,
     /// `None` when the run broke before it could judge.
@@ -217,6 +230,8 @@ impl RunReport {
             finished_at: String::new(),
             interrupted: false,
             aborted: None,
+            steered_abort: None,
+            steering: Vec::new(),
             error: None,
             verdict: None,
             reasons: Vec::new(),

@@ -204,10 +204,11 @@ impl Reporter for TerminalReporter {
                 self.say(format!("stage {} `{name}` started [{}]", index + 1, state.join(", ")));
                 self.stage_started(*index, name);
             }
-            Event::Progress { stage, elapsed_secs, total_secs, sent, acked, rejected, failed, p99_ms } => {
+            Event::Progress { stage, elapsed_secs, total_secs, sent, acked, rejected, failed, p99_ms, .. } => {
                 self.progress(stage, *elapsed_secs, *total_secs, *sent, rejected + failed, *acked, *p99_ms);
             }
             Event::Note { message } => self.say(format!("  {message}")),
+            Event::Interim { .. } => {}
             Event::Aborted { stage, reason } => self.say(format!("stage `{stage}` aborted: {reason}")),
             Event::Fault(f) => {
                 let key = (f.stage.clone(), f.index, f.started_secs.to_bits());

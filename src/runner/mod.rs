@@ -46,6 +46,8 @@ pub struct Output {
     pub run_id: String,
     /// The metrics `/metrics` serves during the run, when asked for (`--metrics`).
     pub live: Option<Arc<crate::report::prometheus::Live>>,
+    /// The operator's controls, when the run is steered (`--ui`).
+    pub steering: Option<Arc<crate::steer::Steering>>,
 }
 
 /// Runs `plan`, sending events to `events`; the report is also the last event.
@@ -93,6 +95,10 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     let trouble = Trouble::new();
     // The stages stop on Ctrl-C, and on stagegate's own failure.
     let halt = stop.cancel.child_token();
+    if let Some(s) = &out.steering {
+        s.attach(halt.clone());
+    }
+    let steered_abort = || out.steering.as_ref().and_then(|s| s.aborted());
     let on_trouble = {
         let (failed, halt) = (trouble.failed().clone(), halt.clone());
         tokio::spawn(async move {
@@ -111,7 +117,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     let mut samples = HashMap::new();
     match provision::provision(plan, &cx).await {
         // Stopped while starting: an interrupted run, not a broken one.
-        Err(_) if stop.cancel.is_cancelled() => {}
+        Err(_) if stop.cancel.is_cancelled() || steered_abort().is_some() => {}
         Err(e) => report.error = Some(e),
         Ok(provisioned) => {
             let gate = provisioned.target.gate.is_some();
@@ -125,7 +131,8 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
                     .collect(),
                 flags: provisioned.flags.endpoint().unwrap_or_default(),
             });
-            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, out.live.as_deref(), &mut report).await;
+            let watchers = Watchers { live: out.live.as_deref(), steering: out.steering.as_deref() };
+            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, watchers, &mut report).await;
         }
     }
     // Every fault lifted first, then everything stopped, newest first.
@@ -135,6 +142,15 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         report.error.get_or_insert(reason);
     }
     report.interrupted = report.interrupted || stop.cancel.is_cancelled();
+    if let Some(s) = &out.steering {
+        report.steered_abort = s.aborted();
+        report.steering = s.audit();
+        if s.audit_dropped() > 0 {
+            report
+                .warnings
+                .push(format!("{} steering attempts were left out of the audit (past its bounds)", s.audit_dropped()));
+        }
+    }
     let completed = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
     // A stage whose timing cannot be trusted, or whose new flag states never ran, cannot
     // speak in a comparison either.
@@ -149,6 +165,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
         error: report.error.as_deref(),
         interrupted: report.interrupted,
         aborted: report.aborted.as_deref(),
+        steered: report.steered_abort.as_deref().map(|why| (why, plan.on_abort)),
         target_exit: report.target_exit.as_deref(),
         last_stage: report.stages.last().map(|s| s.name.as_str()),
     };
@@ -237,6 +254,12 @@ fn finish(_plan: &Plan, mut report: RunReport, events: &UnboundedSender<Event>) 
     report
 }
 
+/// Who watches and steers the run while it goes.
+struct Watchers<'a> {
+    live: Option<&'a crate::report::prometheus::Live>,
+    steering: Option<&'a crate::steer::Steering>,
+}
+
 /// Runs the stages in order until one cannot go on; returns each finished stage's judged
 /// samples, for comparisons.
 async fn run_stages(
@@ -245,9 +268,10 @@ async fn run_stages(
     halt: &CancellationToken,
     trouble: &Trouble,
     events: &UnboundedSender<Event>,
-    live: Option<&crate::report::prometheus::Live>,
+    watchers: Watchers<'_>,
     report: &mut RunReport,
 ) -> HashMap<String, verdict::StageSamples> {
+    let Watchers { live, steering } = watchers;
     let mut samples = HashMap::new();
     // Connections stay open for reuse, as a client of the target would keep them; those
     // idle for a while are closed, so a burst of concurrency does not keep its
@@ -261,7 +285,7 @@ async fn run_stages(
             return samples;
         }
     };
-    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, live };
+    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, live, steering };
     // A progressive exposure stops at its first failing step: the wider ones are not run.
     let mut stopped_exposure: Option<&str> = None;
     for index in 0..plan.stages.len() {
@@ -329,7 +353,15 @@ async fn run_stages(
             break;
         }
         if !completed {
-            report.interrupted = true;
+            // An operator's abort ends the run as it says; anything else stopping a
+            // stage is an interruption.
+            if let Some(why) = steering.and_then(|s| s.aborted()) {
+                let _ = events.send(Event::Note {
+                    message: format!("{why}: every fault is lifted and everything started is stopped"),
+                });
+            } else {
+                report.interrupted = true;
+            }
             break;
         }
     }

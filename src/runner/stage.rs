@@ -50,6 +50,8 @@ pub struct Context<'a> {
     pub client: &'a reqwest::Client,
     /// The run's `/metrics`, when served.
     pub live: Option<&'a crate::report::prometheus::Live>,
+    /// The operator's controls, when the run is steered (`--ui`).
+    pub steering: Option<&'a crate::steer::Steering>,
 }
 
 /// How a stage went.
@@ -111,6 +113,12 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     p.observer.begin(ledger.clone());
 
     let stop = cx.halt.child_token();
+    // An operator may move the stage's end (hold, advance) and start faults in it.
+    let steer = cx.steering.map(|s| s.stage_started(&stage.name, stage.duration, plan.workload.warmup));
+    let (mut stage_end, mut live_faults) = match steer {
+        Some(s) => (driver::StageEnd::steered(s.end, s.most), Some(s.faults)),
+        None => (driver::StageEnd::fixed(stage.duration), None),
+    };
     // A stage lasts `workload.duration`, or its exposure step's `hold`.
     let workload = crate::workload::Workload { duration: stage.duration, ..plan.workload.clone() };
     let windows = fault::windows(&stage.faults, stage.duration);
@@ -127,13 +135,14 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         counts: Counts::default(),
         events: cx.events,
         provider: p.flags.as_ref(),
-        snapshots: abort_criteria.then_some(snapshots),
+        snapshots: (abort_criteria || cx.steering.is_some()).then_some(snapshots),
         trouble: cx.trouble,
         send_lag: SendLag::new(plan.workload.warmup),
         failed_late: 0,
         sent_values: BTreeMap::new(),
         live: cx.live,
         live_handles: HashMap::new(),
+        end: stage.duration,
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
     let judge = tokio::spawn(watch_for_abort(
@@ -142,6 +151,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         snapshot_rx,
         stop.clone(),
         aborted.clone(),
+        cx.steering.is_some().then(|| cx.events.clone()),
     ));
 
     // stagegate's own lateness over the stage: what the proxies held before it is not
@@ -173,7 +183,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     };
     let data_seed = seed::derive(plan.seed, "data", index as u64);
     let drive = async {
-        let d = driver::drive(&write, &workload, data_seed, &input, &stop, &mut accounts).await;
+        let d = driver::drive(&write, &workload, data_seed, &input, &stop, &mut stage_end, &mut accounts).await;
         over.cancel();
         d
     };
@@ -207,13 +217,17 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     };
     let (drive, records, (), ()) = tokio::join!(
         drive,
-        timeline::play(&faults, &places, clock, &mut emit),
+        timeline::play(&faults, &places, clock, live_faults.as_mut(), &mut emit),
         p.observer.watch(&over),
         forget_warmup_overruns
     );
     judge.abort();
+    if let Some(s) = cx.steering {
+        s.stage_ended();
+    }
     let elapsed = start.elapsed();
     let completed = drive.completed;
+    let steered_abort = cx.steering.is_some_and(|s| s.aborted().is_some());
     let mut overruns = crate::measure::new_histogram();
     for (_, gate) in &places.gates {
         let _ = overruns.add(gate.take_hold_overruns());
@@ -256,7 +270,10 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     if seen.is_err() {
         judgement = judgement.unobserved();
     }
-    let ran = if completed && !drive.capped { stage.duration } else { elapsed };
+    let ran = if completed && !drive.capped { drive.length } else { elapsed };
+    if ran < stage.duration {
+        accounts.series.truncate(ran);
+    }
     let mut metrics = accounts.recorder.finish(ran, &judgement);
     if let Err(why) = &seen {
         metrics.output_unseen = Some(format!("{} ({})", why, p.observer.kind()));
@@ -274,7 +291,9 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     }
     let aborted = aborted.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut assessments = Vec::new();
-    if completed || aborted.is_some() {
+    // A stage an operator aborted is judged on what it has, as one an `abort_on_fail`
+    // criterion stopped: what already failed stands.
+    if completed || aborted.is_some() || steered_abort {
         assessments = verdict::assess(&plan.criteria, &stage.name, &metrics);
         // An exposure step is judged on its exposed cohort too: a defect in 1% of the
         // records hides in the whole stage's figures. At 100% the stage is the cohort.
@@ -352,6 +371,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             windows: accounts.recorder.windows(),
             started_at,
             histograms: accounts.recorder.encoded_histograms(),
+            length_secs: ran.as_secs_f64(),
         },
         assessments,
         samples: accounts.recorder.judged.clone(),
@@ -486,17 +506,29 @@ fn places(p: &Provisioned) -> Places<'_> {
 }
 
 /// Judges the `abort_on_fail` criteria on each copy of the measurements the stage's
-/// accounts send, and stops the stage when one fails.
+/// accounts send, and stops the stage when one fails; for a steered run, also sends the
+/// criteria as they stand to `interim` (all but the data checks, which need the output).
 async fn watch_for_abort(
     criteria: Vec<verdict::Criterion>,
     stage: String,
     mut snapshots: watch::Receiver<Option<(Recorder, Duration)>>,
     stop: CancellationToken,
     aborted: Arc<Mutex<Option<Assessment>>>,
+    interim: Option<UnboundedSender<Event>>,
 ) {
     while snapshots.changed().await.is_ok() {
         let Some((recorder, elapsed)) = snapshots.borrow_and_update().clone() else { continue };
         let so_far = recorder.finish(elapsed, &Judgement::default());
+        if let Some(events) = &interim {
+            let assessments = verdict::assess(&criteria, &stage, &so_far)
+                .into_iter()
+                .filter(|a| !["data.", "freshness.", "flags."].iter().any(|p| a.metric.starts_with(p)))
+                .collect();
+            let _ = events.send(Event::Interim { stage: stage.clone(), assessments });
+        }
+        if !criteria.iter().any(|c| c.abort_on_fail) {
+            continue;
+        }
         if let Some(a) = verdict::abort_reason(&criteria, &stage, &so_far) {
             *aborted.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
             stop.cancel();
@@ -541,6 +573,8 @@ struct Accounts<'a> {
     /// The run's `/metrics`, and its handles for this stage by variant.
     live: Option<&'a crate::report::prometheus::Live>,
     live_handles: HashMap<Option<Arc<str>>, crate::report::prometheus::Handles>,
+    /// Where the stage ends now (an operator may hold it).
+    end: Duration,
 }
 
 impl Accounts<'_> {
@@ -648,15 +682,22 @@ impl Sink for Accounts<'_> {
         let _ = self.events.send(Event::Progress {
             stage: self.stage.name.clone(),
             elapsed_secs: elapsed.as_secs(),
-            total_secs: self.stage.duration.as_secs(),
+            total_secs: self.end.as_secs(),
             sent: c.sent,
             acked: c.acked,
             rejected: c.rejected,
             failed: c.failed,
             p99_ms: self.recorder.p99_ms(),
+            second: elapsed.checked_sub(Duration::from_secs(1)).and_then(|at| self.series.point(self.series.index(at))),
         });
         if let Some(tx) = &self.snapshots {
             tx.send_replace(Some((self.recorder.clone(), elapsed)));
         }
+    }
+
+    fn end_moved(&mut self, end: Duration) {
+        self.end = end;
+        self.recorder.extend(end);
+        self.series.extend(end);
     }
 }

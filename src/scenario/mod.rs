@@ -30,6 +30,7 @@ use crate::workload::Workload;
 
 pub use compile::Ctx;
 pub use compile::matrix::Mode as MatrixMode;
+pub use compile::{MAX_LIVE_FAULT_TTL, live_fault};
 pub use diag::{Diagnostic, Diagnostics};
 pub use overrides::Override;
 
@@ -53,6 +54,9 @@ pub struct Plan {
     pub on_verdict: OnVerdict,
     /// How far behind its schedule stagegate may fall before timing is not trusted.
     pub health: crate::measure::lateness::HealthLimits,
+    /// The verdict of a run an operator aborts from the steering API (`steering.on_abort`)
+    /// when nothing measured already fails.
+    pub on_abort: crate::verdict::Verdict,
     /// Things worth knowing that do not stop the run (an expired flag, say).
     pub warnings: Vec<String>,
     /// Every `--set` applied, as written.

@@ -135,6 +135,21 @@ pub struct ScenarioSpec {
     /// are INCONCLUSIVE instead of judged.
     #[serde(default)]
     pub health: Option<HealthSpec>,
+    /// What an operator steering the run live (`stagegate run --ui`) may do to it.
+    #[serde(default)]
+    pub steering: Option<SteeringSpec>,
+}
+
+/// `steering:`: how a run steered live ends.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SteeringSpec {
+    /// The verdict of a run an operator aborts, when nothing measured so far already
+    /// fails: `inconclusive` (default) or `rollback`. A criterion that failed on what
+    /// was measured makes it ROLLBACK either way; an aborted run never PROMOTEs.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["inconclusive", "rollback", null]))]
+    pub on_abort: Option<String>,
 }
 
 /// `target:`: exactly one of `builtin` or `http` (with an optional `process`).

@@ -558,6 +558,9 @@ pub struct Ending<'a> {
     pub interrupted: bool,
     /// Why an `abort_on_fail` criterion stopped the run.
     pub aborted: Option<&'a str>,
+    /// Why an operator aborted the run from the steering API, and the verdict the
+    /// scenario gives such a run (`steering.on_abort`) when nothing already failed.
+    pub steered: Option<(&'a str, Verdict)>,
     /// How the target's process ended on its own, if it did.
     pub target_exit: Option<&'a str>,
     /// The last stage that started.
@@ -584,6 +587,18 @@ pub fn conclude(ending: &Ending, assessments: &[Assessment]) -> (Option<Verdict>
     if let Some(reason) = ending.aborted {
         v = Verdict::Rollback;
         reasons.push(format!("aborted: {reason}"));
+    }
+    if let Some((reason, on_abort)) = ending.steered {
+        // What already failed stands; otherwise the scenario says. Never a PROMOTE.
+        if v != Verdict::Rollback {
+            v = on_abort;
+        }
+        let says = match on_abort {
+            Verdict::Rollback => "ROLLBACK",
+            _ => "INCONCLUSIVE",
+        };
+        reasons
+            .push(format!("{reason}; an aborted run is {says} unless a criterion already failed (steering.on_abort)"));
     }
     let wanted = match v {
         Verdict::Rollback => Outcome::Fail,

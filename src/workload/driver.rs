@@ -67,6 +67,8 @@ pub trait Sink {
     fn sample(&mut self, sample: Sample);
     /// Called about once a second with the elapsed stage time.
     fn tick(&mut self, elapsed: Duration);
+    /// An operator moved the stage's end to `end` (from its start).
+    fn end_moved(&mut self, _end: Duration) {}
 }
 
 /// The stage's input-data faults, and the record fields they act on.
@@ -103,6 +105,9 @@ pub struct Drive {
     /// until the stage was over (its slowness, not stagegate's; counted apart from
     /// `dropped`).
     pub held_back: u64,
+    /// How long the stage lasted: its planned length, or as an operator moved its end, or
+    /// until it was stopped.
+    pub length: Duration,
 }
 
 /// Drives one stage.
@@ -112,6 +117,7 @@ pub async fn drive(
     data_seed: u64,
     input: &InputFaults,
     cancel: &CancellationToken,
+    stage_end: &mut StageEnd,
     sink: &mut (dyn Sink + Send),
 ) -> Drive {
     let mut generator = Generator::new(workload.schema.clone(), data_seed);
@@ -120,17 +126,17 @@ pub async fn drive(
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let mut tasks = JoinSet::new();
     let start = Instant::now();
-    let end = start + workload.duration;
+    let mut end_seen = stage_end.get();
     let mut next_tick = start + Duration::from_secs(1);
     let mut completed = true;
     let (mut open, closed) = match &workload.arrival {
-        Arrival::Open(profile) => (Some(pacing::schedule(profile, workload.duration)), 0usize),
+        Arrival::Open(profile) => (Some(pacing::schedule(profile, stage_end.most())), 0usize),
         Arrival::Closed { concurrency } => (None, *concurrency as usize),
     };
     // How many sends the schedule holds, and how many it has given so far: what is left
     // when the driver falls behind is counted, never walked through.
-    let planned = match &workload.arrival {
-        Arrival::Open(profile) => (profile.expected(workload.duration.as_secs_f64()) - 1e-9).ceil().max(0.0) as u64,
+    let planned = |length: Duration| match &workload.arrival {
+        Arrival::Open(profile) => (profile.expected(length.as_secs_f64()) - 1e-9).ceil().max(0.0) as u64,
         Arrival::Closed { .. } => 0,
     };
     let mut scheduled = 0u64;
@@ -160,7 +166,15 @@ pub async fn drive(
             },
             None => None,
         };
+        // Waits for the next send's time (or a free slot), or for the stage's end, which an
+        // operator may move while the driver waits.
+        let mut over = false;
         loop {
+            if stage_end.get() != end_seen {
+                end_seen = stage_end.get();
+                sink.end_moved(end_seen);
+            }
+            let end = start + end_seen;
             let ready = match intended {
                 Some(_) => false,
                 None => in_flight < closed,
@@ -179,20 +193,26 @@ pub async fn drive(
                     sink.tick(next_tick - start);
                     next_tick += Duration::from_secs(1);
                 }
-                _ = tokio::time::sleep_until(intended.unwrap_or(end)), if intended.is_some() => break,
-                _ = tokio::time::sleep_until(end), if intended.is_none() => break,
+                () = stage_end.moved() => {}
+                _ = tokio::time::sleep_until(intended.map_or(end, |i| i.min(end))) => {
+                    if intended.is_none_or(|i| i >= end) {
+                        over = true;
+                    }
+                    break;
+                }
             }
         }
-        if !completed {
+        if !completed || over {
             break;
         }
+        let end = start + end_seen;
         let intended = intended.unwrap_or_else(Instant::now);
         if intended >= end {
             break;
         }
         if Instant::now() >= end + DROP_GRACE {
             // Behind schedule past the stage's end: what is left will never be sent.
-            let left = planned.saturating_sub(scheduled) + 1;
+            let left = planned(end_seen).saturating_sub(scheduled) + 1;
             if slot_wait.is_zero() {
                 dropped = left;
             } else {
@@ -309,5 +329,48 @@ pub async fn drive(
         }
     }
     while tasks.join_next().await.is_some() {}
-    Drive { completed, dropped, capped, held_back }
+    let length = if completed && !capped { stage_end.get() } else { start.elapsed().min(stage_end.get()) };
+    Drive { completed, dropped, capped, held_back, length }
+}
+
+/// When a stage ends, as an offset from its start: its planned length, or where an
+/// operator moved it (held longer, or ended now) through the steering API.
+#[derive(Debug)]
+pub struct StageEnd {
+    steered: Option<tokio::sync::watch::Receiver<Duration>>,
+    planned: Duration,
+    most: Duration,
+}
+
+impl StageEnd {
+    /// A stage that ends at `length`.
+    pub fn fixed(length: Duration) -> StageEnd {
+        StageEnd { steered: None, planned: length, most: length }
+    }
+
+    /// A stage whose end follows `end`, never past `most`.
+    pub fn steered(end: tokio::sync::watch::Receiver<Duration>, most: Duration) -> StageEnd {
+        let planned = *end.borrow();
+        StageEnd { steered: Some(end), planned, most: most.max(planned) }
+    }
+
+    /// The end now.
+    pub fn get(&self) -> Duration {
+        self.steered.as_ref().map_or(self.planned, |r| *r.borrow()).min(self.most)
+    }
+
+    /// The latest it can be.
+    pub fn most(&self) -> Duration {
+        self.most
+    }
+
+    /// Resolves when the end moves (never, for a fixed one).
+    pub async fn moved(&mut self) {
+        if let Some(rx) = &mut self.steered
+            && rx.changed().await.is_ok()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
 }

@@ -29,6 +29,7 @@ use super::yaml::{self, Locations, join_key};
 use super::{LoadOptions, Plan, units};
 use crate::measure::lateness::HealthLimits;
 use crate::secrets::Secrets;
+use crate::verdict::Verdict;
 
 /// Gathers diagnostics (and warnings) while checking a file, each located by key path.
 pub struct Ctx<'a> {
@@ -102,7 +103,7 @@ impl Ctx<'_> {
     }
 }
 
-const TOP_KEYS: [&str; 12] = [
+const TOP_KEYS: [&str; 13] = [
     "version",
     "name",
     "description",
@@ -115,6 +116,7 @@ const TOP_KEYS: [&str; 12] = [
     "criteria",
     "on_verdict",
     "health",
+    "steering",
 ];
 
 pub(in crate::scenario) fn compile(
@@ -235,6 +237,17 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
         .map(|o| criteria::compile_on_verdict(ctx, o))
         .unwrap_or_default();
     let health = top::<HealthSpec>(ctx, root, "health", false).map(|h| compile_health(ctx, h)).unwrap_or_default();
+    let on_abort =
+        top::<SteeringSpec>(ctx, root, "steering", false).and_then(|s| s.on_abort).map_or(Verdict::Inconclusive, |v| {
+            match v.as_str() {
+                "inconclusive" => Verdict::Inconclusive,
+                "rollback" => Verdict::Rollback,
+                other => {
+                    ctx.unknown("steering.on_abort", "verdict", other, &["inconclusive", "rollback"]);
+                    Verdict::Inconclusive
+                }
+            }
+        });
     if let Some(f) = &flags {
         for d in &f.definitions {
             if let Some(exp) = d.expires.filter(|e| *e < options.today) {
@@ -264,6 +277,7 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
         criteria,
         on_verdict,
         health,
+        on_abort,
         warnings: std::mem::take(&mut ctx.warnings),
         overrides: options.overrides.iter().map(|o| o.text.clone()).collect(),
         secrets,
@@ -307,5 +321,68 @@ pub(super) fn base_dir(ctx: &Ctx) -> PathBuf {
     match ctx.file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// The longest an ad-hoc fault may live.
+pub const MAX_LIVE_FAULT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Checks a fault asked for while the run goes (the steering API), as a stage's fault
+/// is checked, against the plan's dependencies and target: `{"kind": "latency", "at":
+/// "store", "delay": "200ms", "ttl": "30s"}`. It starts at once and lasts `ttl` (or
+/// `for`). Returns the fault and its time to live, or every mistake, each naming its
+/// field.
+pub fn live_fault(plan: &Plan, body: &Value) -> Result<(crate::fault::Fault, std::time::Duration), Vec<String>> {
+    let Value::Object(fields) = body else {
+        return Err(vec!["a fault is a JSON object: {\"kind\": ..., \"at\": ..., \"ttl\": \"30s\", ...}".into()]);
+    };
+    let mut fields = fields.clone();
+    for fixed in ["from", "every"] {
+        if fields.contains_key(fixed) {
+            return Err(vec![format!("`{fixed}`: a live fault starts now and lasts `ttl`; it takes no `{fixed}`")]);
+        }
+    }
+    let ttl = match (fields.remove("ttl"), fields.remove("for")) {
+        (Some(_), Some(_)) => return Err(vec!["`ttl` and `for` say the same thing; give one".into()]),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => return Err(vec!["`ttl`: missing; say how long the fault lives, e.g. \"30s\"".into()]),
+    };
+    let ttl = match &ttl {
+        Value::String(t) => units::parse_duration(t).map_err(|e| vec![format!("`ttl`: {e}")])?,
+        _ => return Err(vec!["`ttl`: expected a duration like \"30s\"".into()]),
+    };
+    if ttl.is_zero() || ttl > MAX_LIVE_FAULT_TTL {
+        return Err(vec!["`ttl`: a live fault lives more than 0s and at most 1h".into()]);
+    }
+    fields.insert("for".into(), Value::String(units::format_duration(ttl)));
+    let loc = Locations::default();
+    let mut ctx = Ctx {
+        file: Path::new("live fault"),
+        loc: &loc,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        overrides: &[],
+        broken_stages: Vec::new(),
+    };
+    let deps: Vec<(String, crate::deps::Dependency)> =
+        plan.dependencies.iter().map(|d| (d.name.clone(), d.clone())).collect();
+    let target = Some(plan.target.clone());
+    let fault = ctx
+        .read::<FaultSpec>("", &Value::Object(fields))
+        .and_then(|spec| faults::compile(&mut ctx, "", &spec, &deps, &target, Some(ttl + ttl)));
+    match fault {
+        Some(f) if ctx.errors.is_empty() => Ok((f, ttl)),
+        _ => Err(ctx
+            .errors
+            .iter()
+            .map(|d| {
+                let hint = d.hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default();
+                if d.path.is_empty() {
+                    format!("{}{hint}", d.message)
+                } else {
+                    format!("`{}`: {}{hint}", d.path, d.message)
+                }
+            })
+            .collect()),
     }
 }
