@@ -17,6 +17,7 @@ let token = "";
     token = sessionStorage.getItem("stagegate-token") || "";
   }
   $("token").value = token;
+  $("token-form").addEventListener("submit", (e) => e.preventDefault());
   $("token").addEventListener("change", () => {
     token = $("token").value.trim();
     sessionStorage.setItem("stagegate-token", token);
@@ -184,4 +185,7 @@ async function follow() {
   }
 }
 
+// The state when the page was served, so the first paint shows the run.
+const initial = $("initial-state");
+if (initial) render(JSON.parse(initial.textContent));
 follow();

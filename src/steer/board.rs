@@ -269,7 +269,13 @@ impl Board {
                 })
             })
             .collect();
+        // Where the stage ends now, as the steering has it: a hold shows at once.
+        let end_now = steering.and_then(|s| s.running());
         let running = st.running.as_ref().map(|r| {
+            let end_secs = match &end_now {
+                Some((name, _, end, _)) if *name == r.name => end.round() as u64,
+                _ => r.end_secs,
+            };
             let last = r.points.back();
             let now = r.elapsed_secs as f64;
             let active: Vec<Value> = r
@@ -284,7 +290,7 @@ impl Board {
                 })
                 .collect();
             json!({
-                "name": r.name, "index": r.index, "elapsed_secs": r.elapsed_secs, "end_secs": r.end_secs,
+                "name": r.name, "index": r.index, "elapsed_secs": r.elapsed_secs, "end_secs": end_secs,
                 "sent": r.sent, "acked": r.acked, "rejected": r.rejected, "failed": r.failed,
                 "errors_per_sec": last.map(|p| p.failed), "sent_per_sec": last.map(|p| p.sent),
                 "p50_ms": last.and_then(|p| p.p50_ms), "p99_ms": last.and_then(|p| p.p99_ms),

@@ -202,8 +202,12 @@ impl Steering {
 
     /// Records a request of the token named `who` that was refused before it was
     /// understood (a malformed body).
-    pub fn refused(&self, who: &str, action: &str, why: &str) {
-        self.record(who, action, json!({}), Err((400, why.to_string())));
+    pub fn refused(&self, who: &str, action: &str, body: &[u8], why: &str) {
+        let request = serde_json::from_slice(body).unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(body);
+            Value::String(text.chars().take(1024).collect())
+        });
+        self.record(who, action, request, Err((400, why.to_string())));
     }
 
     /// Carries out `action` for the token named `who`, and audits it.

@@ -109,8 +109,20 @@ fn security(mut r: Response) -> Response {
     r
 }
 
-async fn page() -> Response {
-    security(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response())
+/// The page, with the board as it stands inside (as data, not script) where watching
+/// needs no token.
+async fn page(State(ui): State<Arc<Ui>>) -> Response {
+    let page = if ui.private {
+        PAGE.to_string()
+    } else {
+        // `<` escaped, so nothing in the run's names can close the element.
+        let state = ui.board.snapshot(ui.steering.as_deref()).to_string().replace('<', "\\u003c");
+        PAGE.replace(
+            "<!--initial-state-->",
+            &format!("<script id=\"initial-state\" type=\"application/json\">{state}</script>"),
+        )
+    };
+    security(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
 }
 
 async fn script() -> Response {
@@ -214,7 +226,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs a steering action for a request, answering with its result.
-async fn steer(ui: &Ui, headers: &HeaderMap, name: &str, action: impl FnOnce() -> Result<Action, String>) -> Response {
+async fn steer(
+    ui: &Ui,
+    headers: &HeaderMap,
+    name: &str,
+    body: &Bytes,
+    action: impl FnOnce() -> Result<Action, String>,
+) -> Response {
     let Some(steering) = &ui.steering else {
         return refuse(StatusCode::NOT_FOUND, "this run is not steerable");
     };
@@ -225,7 +243,7 @@ async fn steer(ui: &Ui, headers: &HeaderMap, name: &str, action: impl FnOnce() -
     let action = match action() {
         Ok(a) => a,
         Err(e) => {
-            steering.refused(&token, name, &e);
+            steering.refused(&token, name, body, &e);
             return refuse(StatusCode::BAD_REQUEST, e);
         }
     };
@@ -248,7 +266,7 @@ fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, String> {
 }
 
 async fn hold(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Response {
-    steer(&ui, &headers, "hold", || {
+    steer(&ui, &headers, "hold", &body, || {
         let mut fields = body_object(&body)?;
         let by = match fields.remove("for") {
             None => super::DEFAULT_HOLD,
@@ -267,19 +285,19 @@ async fn hold(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Res
 }
 
 async fn advance(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Response {
-    steer(&ui, &headers, "advance", || {
+    steer(&ui, &headers, "advance", &body, || {
         body_object(&body)?.keys().next().map_or(Ok(Action::Advance), |k| Err(format!("`{k}`: advance takes nothing")))
     })
     .await
 }
 
 async fn abort(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Response {
-    steer(&ui, &headers, "abort", || {
+    steer(&ui, &headers, "abort", &body, || {
         body_object(&body)?.keys().next().map_or(Ok(Action::Abort), |k| Err(format!("`{k}`: abort takes nothing")))
     })
     .await
 }
 
 async fn fault(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Response {
-    steer(&ui, &headers, "fault", || Ok(Action::Fault(Value::Object(body_object(&body)?)))).await
+    steer(&ui, &headers, "fault", &body, || Ok(Action::Fault(Value::Object(body_object(&body)?)))).await
 }
