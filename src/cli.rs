@@ -207,6 +207,11 @@ pub enum Command {
         /// machine unless asked).
         #[arg(long)]
         allow_remote: bool,
+        /// Serve the live page at /ui on the control API's address: each proxy with its
+        /// connections and toxics (time left for those with a ttl), the latest changes,
+        /// and buttons that call the API (remove a toxic, disable a proxy, reset).
+        #[arg(long)]
+        ui: bool,
     },
     /// Serve the builtin store as a process of its own (a `process` dependency that
     /// `kill` and `pause` faults can act on). Says its address on stderr when it
@@ -322,7 +327,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Flags {
             command: FlagsCommand::Audit { files, inventory, naming, max_age, severity, format, today },
         } => audit(&files, inventory.as_deref(), naming.as_deref(), &max_age, &severity, &format, today.as_deref()),
-        Command::Proxy { listen, config, allow_remote } => proxy(&listen, config.as_deref(), allow_remote),
+        Command::Proxy { listen, config, allow_remote, ui } => proxy(&listen, config.as_deref(), allow_remote, ui),
         Command::KvStore { port } => kv_store(port),
         Command::Cleanup { report_dir } => cleanup(&report_dir),
         Command::Report { run_dir, format } => rerender(&run_dir, &format),
@@ -472,7 +477,7 @@ fn cleanup(report_root: &Path) -> i32 {
     print_out(&text).err().unwrap_or(exit::PROMOTE)
 }
 
-fn proxy(listen: &str, config: Option<&Path>, allow_remote: bool) -> i32 {
+fn proxy(listen: &str, config: Option<&Path>, allow_remote: bool, ui: bool) -> i32 {
     use crate::fault::api::{ProxySpec, Registry, router};
     let specs: Vec<ProxySpec> = match config {
         None => Vec::new(),
@@ -526,7 +531,8 @@ fn proxy(listen: &str, config: Option<&Path>, allow_remote: bool) -> i32 {
             registry.stop().await;
             return exit::RUN_BROKEN;
         }
-        let api = match crate::server::Server::start("proxy control API", listener, router(registry.clone()), None) {
+        let api = match crate::server::Server::start("proxy control API", listener, router(registry.clone(), ui), None)
+        {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: the control API failed: {e}");
@@ -535,6 +541,9 @@ fn proxy(listen: &str, config: Option<&Path>, allow_remote: bool) -> i32 {
             }
         };
         eprintln!("stagegate proxy: control API on http://{}", api.addr());
+        if ui {
+            eprintln!("stagegate proxy: live page on http://{}/ui", api.addr());
+        }
         stop.cancel.cancelled().await;
         // Faults first: nothing may go on delaying traffic while the API winds down.
         registry.lift_all().await;

@@ -26,8 +26,9 @@ fn figure(dom: &str, id: &str) -> String {
 fn browse(url: &str, shot: &Path) -> (String, String) {
     let profile = tempfile::tempdir().unwrap();
     let chromium = |extra: &[&str]| {
-        Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
+        // Within a deadline: a page that never settles fails the test, not the suite.
+        Command::new("timeout")
+            .args(["60", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(url)
@@ -126,4 +127,45 @@ fn the_live_page_moves_with_the_run_in_a_real_browser() {
     run.signal(nix::sys::signal::Signal::SIGINT);
     let (code, _, stderr, _) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(130), "{stderr}");
+}
+
+/// `stagegate proxy --ui`: the page at `/ui` shows each proxy with its toxics and the
+/// changes made through the API, in a real browser with nothing logged; a toxic removed
+/// through the API is gone from the page and in its changes.
+#[test]
+fn the_proxy_page_shows_proxies_toxics_and_changes() {
+    common::require_program("chromium", "apt-get install chromium");
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = common::Running::start(&["proxy", "--listen", &format!("127.0.0.1:{port}"), "--ui"], &[]);
+    let line = server.wait_for("live page on", Duration::from_secs(10));
+    assert!(line.ends_with(&format!("http://127.0.0.1:{port}/ui")), "{line}");
+    let api = |method: &str, path: &str, body: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-f", "-X", method, "-d", body, &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{method} {path}: {}", String::from_utf8_lossy(&out.stdout));
+    };
+    api("POST", "/proxies", &format!(r#"{{"name":"orders-db","listen":"127.0.0.1:0","upstream":"{up}"}}"#));
+    api("POST", "/proxies/orders-db/toxics", r#"{"name":"slow","type":"latency","attributes":{"latency":250}}"#);
+
+    let shots = tempfile::tempdir().unwrap();
+    let (dom, log) = browse(&format!("http://127.0.0.1:{port}/ui"), &shots.path().join("proxy.png"));
+    assert!(dom.contains("orders-db"), "{dom}");
+    assert!(dom.contains("slow: latency downstream"), "the toxic and its attributes are listed");
+    assert!(dom.contains("added toxic `slow`"), "the change log: {dom}");
+    let noise: Vec<&str> =
+        log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("Refused")).collect();
+    assert!(noise.is_empty(), "the page logged: {noise:?}");
+
+    // The events stream follows the API: the toxic removed, the page's next state says so.
+    api("DELETE", "/proxies/orders-db/toxics/slow", "");
+    let (dom, _) = browse(&format!("http://127.0.0.1:{port}/ui"), &shots.path().join("after.png"));
+    assert!(!dom.contains("slow: latency"), "the toxic is gone from the page");
+    assert!(dom.contains("removed toxic `slow`"), "{dom}");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, _, stderr, _) = server.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -88,10 +88,17 @@ struct Entry {
     generation: u64,
 }
 
+/// Changes kept for the live page (the latest).
+const MAX_LOG: usize = 100;
+
 /// The proxies the API manages.
 #[derive(Clone, Default)]
 pub struct Registry {
     proxies: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// The latest changes, as said, with when (for the live page).
+    log: Arc<std::sync::Mutex<std::collections::VecDeque<(String, String)>>>,
+    /// Bumped on every change.
+    version: Arc<tokio::sync::watch::Sender<u64>>,
     /// Say every change on stderr.
     announce: bool,
     /// Accept listen and upstream addresses outside loopback.
@@ -256,11 +263,51 @@ impl Registry {
         Registry { announce, allow_remote, ..Registry::default() }
     }
 
-    /// Says a change on stderr, when announcing.
+    /// Says a change on stderr, when announcing, and keeps it for the live page.
     fn say(&self, what: impl std::fmt::Display) {
+        let text = crate::flags::audit::shown(&what.to_string());
         if self.announce {
-            eprintln!("stagegate proxy: {}", crate::flags::audit::shown(&what.to_string()));
+            eprintln!("stagegate proxy: {text}");
         }
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() >= MAX_LOG {
+            log.pop_front();
+        }
+        log.push_back((chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true), text));
+        drop(log);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that changes with every change.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// What the live page shows: each proxy with its counters and toxics, and the
+    /// latest changes (newest last).
+    pub async fn board(&self) -> Value {
+        let proxies: Vec<Value> = self
+            .proxies
+            .lock()
+            .await
+            .iter()
+            .map(|(name, e)| {
+                let stats = e.proxy.stats();
+                let mut p = proxy_json(name, e);
+                p["connections"] = json!(stats.connections.load(std::sync::atomic::Ordering::Relaxed));
+                p["cut"] = json!(stats.cut.load(std::sync::atomic::Ordering::Relaxed));
+                p["chunks_faulted"] = json!(stats.chunks_faulted.load(std::sync::atomic::Ordering::Relaxed));
+                p
+            })
+            .collect();
+        let log: Vec<Value> = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(at, text)| json!({ "at": at, "text": text }))
+            .collect();
+        json!({ "proxies": proxies, "log": log, "version": *self.version.borrow() })
     }
 
     /// Creates a proxy and says so; fails if the name is taken, an address does not
@@ -357,8 +404,13 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
     found.next().ok_or_else(|| format!("`{addr}` resolves to nothing"))
 }
 
-/// The control API's routes.
-pub fn router(registry: Registry) -> Router {
+/// The control API's routes; with `ui`, the live page too (`/ui`).
+pub fn router(registry: Registry, ui: bool) -> Router {
+    let api = api_routes(registry.clone());
+    if ui { api.merge(crate::steer::ui::proxy_routes(registry)) } else { api }
+}
+
+fn api_routes(registry: Registry) -> Router {
     Router::new()
         .route(
             "/",

@@ -301,3 +301,59 @@ async fn abort(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Re
 async fn fault(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Response {
     steer(&ui, &headers, "fault", &body, || Ok(Action::Fault(Value::Object(body_object(&body)?)))).await
 }
+
+const PROXY_PAGE: &str = include_str!("proxy.html");
+const PROXY_SCRIPT: &str = include_str!("proxy.js");
+
+/// The live page of `stagegate proxy --ui`, on the control API's own server: `/ui`, its
+/// script, and `/ui/events` (the proxies, their counters and toxics, and the latest
+/// changes, pushed on every change and once a second for the counters). Its buttons
+/// call the Toxiproxy-compatible API beside it.
+pub fn proxy_routes(registry: crate::fault::api::Registry) -> Router {
+    let streams = Arc::new(Semaphore::new(MAX_STREAMS));
+    Router::new()
+        .route("/ui", get(proxy_page))
+        .route(
+            "/ui/app.js",
+            get(|| async {
+                security(([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], PROXY_SCRIPT).into_response())
+            }),
+        )
+        .route("/ui/events", get(proxy_events))
+        .with_state((registry, streams))
+}
+
+/// The proxy page, with the board as it stands inside (as data, not script).
+async fn proxy_page(State((registry, _)): State<(crate::fault::api::Registry, Arc<Semaphore>)>) -> Response {
+    let state = registry.board().await.to_string().replace('<', "\\u003c");
+    let page = PROXY_PAGE.replace(
+        "<!--initial-state-->",
+        &format!("<script id=\"initial-state\" type=\"application/json\">{state}</script>"),
+    );
+    security(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
+}
+
+async fn proxy_events(State((registry, streams)): State<(crate::fault::api::Registry, Arc<Semaphore>)>) -> Response {
+    let Ok(permit) = streams.clone().try_acquire_owned() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_STREAMS} pages are watching already"));
+    };
+    let mut changes = registry.changes();
+    let stream = async_stream(move |tx| async move {
+        let _permit = permit;
+        loop {
+            changes.borrow_and_update();
+            let board = registry.board().await;
+            if tx.send(SseEvent::default().event("state").data(board.to_string())).await.is_err() {
+                break;
+            }
+            // On a change (at most four a second), or once a second for the counters.
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let stream = futures_util::StreamExt::map(stream, Ok::<_, std::convert::Infallible>);
+    security(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))).into_response())
+}
