@@ -9,6 +9,7 @@
 //! criteria read. Data-quality counts come from [`crate::quality`].
 
 pub mod lateness;
+pub mod prom;
 mod recovery;
 pub mod series;
 
@@ -355,6 +356,7 @@ impl Recorder {
             freshness: None,
             output_unseen: None,
             flags_pii_exposed: None,
+            prom: BTreeMap::new(),
         }
     }
 }
@@ -427,6 +429,9 @@ pub struct StageMetrics {
     /// provider does not show stagegate the contexts (only `ofrep` does).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flags_pii_exposed: Option<u64>,
+    /// The system's own metrics, by query name (`metrics:`; criteria read them as
+    /// `prom.NAME`); empty without a `metrics:` section.
+    pub prom: BTreeMap<String, prom::PromFigures>,
 }
 
 impl StageMetrics {

@@ -162,6 +162,8 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     }
     let cpu_before = CpuClock::now();
     let start = Instant::now();
+    let start_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     // Warm-up is measured, not judged: the health figures start where judging does.
     let judged_from = start + plan.workload.warmup;
     let probe = TimerProbe::start(&tokio::runtime::Handle::current(), judged_from);
@@ -277,6 +279,13 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     let mut metrics = accounts.recorder.finish(ran, &judgement);
     if let Err(why) = &seen {
         metrics.output_unseen = Some(format!("{} ({})", why, p.observer.kind()));
+    }
+    // The system's own metrics over the stage, from its Prometheus server.
+    if let Some(source) = &plan.metrics {
+        let recorder = &accounts.recorder;
+        let phase = |t: Duration| recorder.phase(t);
+        let window = crate::measure::prom::StageWindow { start_unix, ran, warmup: plan.workload.warmup, phase: &phase };
+        metrics.prom = crate::measure::prom::collect(source, &window, cx.client, cx.halt).await;
     }
     if let (Some(by), true) = (p.observer.timed_by(), seen.is_ok()) {
         metrics.freshness = Some(freshness::summarize(&arrivals, &by));
@@ -522,7 +531,15 @@ async fn watch_for_abort(
         if let Some(events) = &interim {
             let assessments = verdict::assess(&criteria, &stage, &so_far)
                 .into_iter()
-                .filter(|a| !["data.", "freshness.", "flags."].iter().any(|p| a.metric.starts_with(p)))
+                .filter(|a| {
+                    // The metric without its phase (`during.prom.x` is a `prom.` one).
+                    let base = a
+                        .metric
+                        .split_once('.')
+                        .filter(|(p, _)| ["before", "during", "after"].contains(p))
+                        .map_or(a.metric.as_str(), |(_, rest)| rest);
+                    !["data.", "freshness.", "flags.", "prom."].iter().any(|p| base.starts_with(p))
+                })
                 .collect();
             let _ = events.send(Event::Interim { stage: stage.clone(), assessments });
         }

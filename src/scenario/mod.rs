@@ -57,6 +57,8 @@ pub struct Plan {
     /// The verdict of a run an operator aborts from the steering API (`steering.on_abort`)
     /// when nothing measured already fails.
     pub on_abort: crate::verdict::Verdict,
+    /// The system's own metrics, when the scenario reads them (`metrics:`).
+    pub metrics: Option<crate::measure::prom::PromSource>,
     /// Things worth knowing that do not stop the run (an expired flag, say).
     pub warnings: Vec<String>,
     /// Every `--set` applied, as written.

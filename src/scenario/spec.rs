@@ -138,6 +138,34 @@ pub struct ScenarioSpec {
     /// What an operator steering the run live (`stagegate run --ui`) may do to it.
     #[serde(default)]
     pub steering: Option<SteeringSpec>,
+    /// The system's own metrics, from a Prometheus server: criteria read them as
+    /// `prom.NAME`.
+    #[serde(default)]
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// `metrics:`: a Prometheus server and the PromQL queries criteria read.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// The Prometheus server's base URL, e.g. `http://127.0.0.1:9090`.
+    pub prometheus: String,
+    /// Each query, by the name criteria use (`prom.NAME`); one series each (aggregate
+    /// in the query with `sum(...)` or `max(...)`).
+    pub queries: BTreeMap<String, String>,
+    /// The resolution each query is evaluated at over a stage. Default `1s`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub step: Option<Text>,
+    /// How long after a stage's end to wait before reading its metrics, so that the
+    /// server has scraped its last seconds. Default `5s`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub settle: Option<Text>,
+    /// Each query's deadline. Default `10s`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub timeout: Option<Text>,
 }
 
 /// `steering:`: how a run steered live ends.

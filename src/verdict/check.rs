@@ -77,6 +77,42 @@ pub enum Base {
     RecoveryTime,
     /// Distinct personal-data values found in flag evaluation contexts.
     FlagsPiiExposed,
+    /// A query of the scenario's `metrics:` section, summarised over the window.
+    Prom(&'static str, PromAgg),
+}
+
+/// How a query's points over a window are summarised (`prom.NAME.max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromAgg {
+    Mean,
+    Max,
+    Min,
+    Last,
+}
+
+const PROM_AGGS: [(&str, PromAgg); 4] =
+    [("mean", PromAgg::Mean), ("max", PromAgg::Max), ("min", PromAgg::Min), ("last", PromAgg::Last)];
+
+/// A query name held for the program's life: the names of one scenario's queries,
+/// kept once each however often scenarios are loaded.
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+/// Whether `name` can name a query (`queue_depth`): a letter or `_`, then letters,
+/// digits and `_`, at most 64.
+pub fn is_query_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// A latency statistic.
@@ -177,6 +213,19 @@ impl Metric {
     /// The measured value, in the metric's unit; `None` when nothing was measured.
     pub fn value(self, m: &StageMetrics) -> Option<f64> {
         match self.base {
+            Base::Prom(name, agg) => {
+                let f = m.prom.get(name)?;
+                let slice = match self.phase {
+                    None => &f.whole,
+                    Some(p) => f.phases.get(p.name())?,
+                };
+                return match agg {
+                    PromAgg::Mean => slice.mean,
+                    PromAgg::Max => slice.max,
+                    PromAgg::Min => slice.min,
+                    PromAgg::Last => slice.last,
+                };
+            }
             Base::RecoveryTime => return m.recovery.as_ref()?.seconds.map(|s| s * 1000.0),
             Base::FlagsPiiExposed => return m.flags_pii_exposed.map(|n| n as f64),
             Base::Freshness(q) => {
@@ -198,6 +247,13 @@ impl Metric {
 
     /// How many samples stand behind the value, for `min_samples`.
     pub fn samples(self, m: &StageMetrics) -> u64 {
+        if let Base::Prom(name, _) = self.base {
+            let Some(f) = m.prom.get(name) else { return 0 };
+            return match self.phase {
+                None => f.whole.samples,
+                Some(p) => f.phases.get(p.name()).map_or(0, |s| s.samples),
+            };
+        }
         let slice = match self.phase {
             None => m.whole(),
             Some(p) => m.phases.get(p.name()).cloned().unwrap_or_default(),
@@ -218,6 +274,7 @@ impl Metric {
             Base::Data(f) | Base::DataRate(f) if f.of_acknowledged() => "acknowledged records",
             Base::Data(_) | Base::DataRate(_) => "records sent",
             Base::Freshness(_) => "records timed",
+            Base::Prom(..) => "points from Prometheus",
             _ => "samples",
         }
     }
@@ -241,6 +298,13 @@ impl Metric {
 
 impl Base {
     fn parse(name: &str) -> Option<Base> {
+        if let Some(rest) = name.strip_prefix("prom.") {
+            let (query, agg) = match rest.rsplit_once('.') {
+                Some((q, a)) => (q, PROM_AGGS.iter().find(|(n, _)| *n == a).map(|(_, a)| *a)?),
+                None => (rest, PromAgg::Mean),
+            };
+            return is_query_name(query).then(|| Base::Prom(intern(query), agg));
+        }
         if let Some(q) = name.strip_prefix("latency.") {
             return QUANTILES.iter().find(|(n, _)| *n == q).map(|(_, q)| Base::Latency(*q));
         }
@@ -295,7 +359,7 @@ impl Base {
             Base::Throughput => Some(m.throughput),
             Base::Data(f) => Some(count(f)),
             Base::DataRate(f) => (m.data.acked > 0).then(|| count(f) / m.data.acked as f64),
-            Base::Freshness(_) | Base::RecoveryTime | Base::FlagsPiiExposed => None,
+            Base::Freshness(_) | Base::RecoveryTime | Base::FlagsPiiExposed | Base::Prom(..) => None,
         }
     }
 
@@ -314,6 +378,10 @@ impl Base {
                         .map_err(|_| format!("expected a rate like `150/s`, got `{}`", text.trim()))
                 }
             }
+            Base::Prom(..) => match text.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(format!("expected a number (the query's own unit), got `{}`", text.trim())),
+            },
             Base::ErrorsCount | Base::Data(_) | Base::FlagsPiiExposed => match text.trim().parse::<u64>() {
                 Ok(n) => Ok(n as f64),
                 Err(_) => Err(format!("expected a whole number of records, got `{}`", text.trim())),
@@ -333,6 +401,15 @@ impl Base {
             Base::ErrorsRate | Base::DataRate(_) => format!("{:.2}%", v * 100.0),
             Base::Throughput => format!("{v:.1}/s"),
             Base::ErrorsCount | Base::Data(_) | Base::FlagsPiiExposed => format!("{v:.0}"),
+            Base::Prom(..) => {
+                let text = if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.4}") };
+                let text = if text.contains('.') {
+                    text.trim_end_matches('0').trim_end_matches('.').to_string()
+                } else {
+                    text
+                };
+                if text == "-0" { "0".into() } else { text }
+            }
         }
     }
 }
@@ -356,6 +433,11 @@ impl std::fmt::Display for Metric {
             Base::Throughput => f.write_str("throughput"),
             Base::RecoveryTime => f.write_str("recovery.time"),
             Base::FlagsPiiExposed => f.write_str("flags.pii_exposed"),
+            Base::Prom(name, PromAgg::Mean) => write!(f, "prom.{name}"),
+            Base::Prom(name, agg) => {
+                let agg = PROM_AGGS.iter().find(|(_, x)| *x == agg).map_or("?", |(n, _)| n);
+                write!(f, "prom.{name}.{agg}")
+            }
             Base::Data(d) | Base::DataRate(d) => {
                 let name = DATA_FIELDS.iter().find(|(_, x)| *x == d).map_or("?", |(n, _)| n);
                 let suffix = if matches!(self.base, Base::DataRate(_)) { "_rate" } else { "" };

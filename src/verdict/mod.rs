@@ -15,7 +15,7 @@ pub mod matrix;
 pub mod rollback;
 pub mod stats;
 
-pub use check::{Base, Check, DataField, Metric, Op, Quantile, parse_check};
+pub use check::{Base, Check, DataField, Metric, Op, PromAgg, Quantile, is_query_name, parse_check};
 pub use compare::{Compare, CompareMetric, Comparison, Sides, Tolerance, compare as run_compare, decide};
 
 use serde::Serialize;
@@ -197,6 +197,14 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
         check.metric.base,
         Base::Data(f) | Base::DataRate(f) if !matches!(f, DataField::Sent | DataField::Acked | DataField::RejectedValid)
     );
+    // Why a query of the system's own metrics has no value here.
+    let prom_missing = match check.metric.base {
+        Base::Prom(name, _) if measured.is_none() => Some(match metrics.prom.get(name) {
+            Some(f) => f.missing.clone().unwrap_or_else(|| format!("`{}` had no value in this window", f.query)),
+            None => "the system's metrics were not read for this stage".to_string(),
+        }),
+        _ => None,
+    };
     let (outcome, note) = match measured {
         _ if needs_output && !metrics.data_observed => {
             let why = metrics.output_unseen.as_deref().unwrap_or("nothing observes it");
@@ -212,6 +220,7 @@ pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMet
             };
             (Outcome::Inconclusive, Some(why))
         }
+        None if prom_missing.is_some() => (Outcome::Inconclusive, prom_missing),
         None if check.metric.base == Base::FlagsPiiExposed => (
             Outcome::Inconclusive,
             Some(

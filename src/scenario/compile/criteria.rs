@@ -14,7 +14,54 @@ const DEFAULT_LATENCY_TOLERANCE: f64 = 0.10;
 /// An error comparison's tolerance when none is given: one percentage point.
 const DEFAULT_ERRORS_TOLERANCE: f64 = 0.01;
 
-pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages: &[Stage]) -> Vec<Criterion> {
+/// The default `min_samples` of a criterion on the system's own metrics: points from
+/// Prometheus, one each `step`, far fewer than requests.
+pub const DEFAULT_PROM_MIN_SAMPLES: u64 = 3;
+
+/// The default `min_samples` for a check on `check`'s metric.
+fn default_min_samples(check: &crate::verdict::Check) -> u64 {
+    match check.metric.base {
+        crate::verdict::Base::Prom(..) => DEFAULT_PROM_MIN_SAMPLES,
+        _ => DEFAULT_MIN_SAMPLES,
+    }
+}
+
+/// The queries of the `metrics:` section, as criteria may name them.
+#[derive(Clone, Copy)]
+pub(super) enum Queries<'a> {
+    /// No `metrics:` section.
+    Absent,
+    /// One with a mistake (reported there): any name passes here.
+    Broken,
+    Named(&'a [&'a str]),
+}
+
+/// Checks that a `prom.NAME` metric names a query of `metrics:`.
+fn check_prom(ctx: &mut Ctx, at: &str, check: &crate::verdict::Check, queries: Queries) -> bool {
+    let crate::verdict::Base::Prom(name, _) = check.metric.base else { return true };
+    match queries {
+        Queries::Absent => {
+            ctx.error(
+                at,
+                format!("`{}` reads the system's own metrics, and no `metrics:` section says where", check.metric),
+            )
+            .hint = Some("add `metrics: { prometheus: http://127.0.0.1:9090, queries: { NAME: PROMQL } }`".into());
+            false
+        }
+        Queries::Named(names) if !names.contains(&name) => {
+            ctx.unknown(at, "query", name, names);
+            false
+        }
+        Queries::Named(_) | Queries::Broken => true,
+    }
+}
+
+pub(super) fn compile_criteria(
+    ctx: &mut Ctx,
+    root: &Map<String, Value>,
+    stages: &[Stage],
+    queries: Queries,
+) -> Vec<Criterion> {
     let Some(raw) = root.get("criteria") else { return Vec::new() };
     let Some(list) = raw.as_array() else {
         ctx.error("criteria", "`criteria` is a list");
@@ -27,12 +74,13 @@ pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages:
         let m = match value {
             Value::String(s) => {
                 match parse_check(s) {
+                    Ok(check) if !check_prom(ctx, &at, &check, queries) => {}
                     Ok(check) => out.push(Criterion {
                         text: check.text.clone(),
+                        min_samples: default_min_samples(&check),
                         rule: Rule::Check(check),
                         stages: None,
                         level: Level::Enforce,
-                        min_samples: DEFAULT_MIN_SAMPLES,
                         abort_on_fail: false,
                     }),
                     Err(hint) => ctx.error(&at, format!("invalid check `{s}`")).hint = Some(hint),
@@ -40,7 +88,10 @@ pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages:
                 continue;
             }
             Value::Object(_) => match ctx.read::<CriterionMapSpec>(&at, value) {
-                Some(m) => m,
+                Some(m) => {
+                    let given = m.min_samples;
+                    (m, given)
+                }
                 None => continue,
             },
             other => {
@@ -50,7 +101,15 @@ pub(super) fn compile_criteria(ctx: &mut Ctx, root: &Map<String, Value>, stages:
                 continue;
             }
         };
-        if let Some(c) = compile_criterion(ctx, &at, m, &names) {
+        if let Some(mut c) = compile_criterion(ctx, &at, m.0, &names) {
+            if let Rule::Check(check) = &c.rule {
+                if !check_prom(ctx, &join_key(&at, "check"), check, queries) {
+                    continue;
+                }
+                if m.1.is_none() {
+                    c.min_samples = default_min_samples(check);
+                }
+            }
             out.push(c);
         }
     }

@@ -19,6 +19,7 @@ mod target;
 mod workload;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -103,7 +104,7 @@ impl Ctx<'_> {
     }
 }
 
-const TOP_KEYS: [&str; 13] = [
+const TOP_KEYS: [&str; 14] = [
     "version",
     "name",
     "description",
@@ -117,6 +118,7 @@ const TOP_KEYS: [&str; 13] = [
     "on_verdict",
     "health",
     "steering",
+    "metrics",
 ];
 
 pub(in crate::scenario) fn compile(
@@ -214,7 +216,15 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
     let flags = flags::compile_flags(ctx, root, &target);
     let workload = top::<WorkloadSpec>(ctx, root, "workload", true).and_then(|w| workload::compile_workload(ctx, &w));
     let stages = stages::compile_stages(ctx, root, &flags, &dependencies, &target, workload.as_ref());
-    let criteria = criteria::compile_criteria(ctx, root, &stages);
+    let metrics = top::<MetricsSpec>(ctx, root, "metrics", false).and_then(|m| compile_metrics(ctx, m));
+    let queries: Vec<&str> = metrics.iter().flat_map(|m| m.queries.iter().map(|(n, _)| n.as_str())).collect();
+    // A `metrics:` section with a mistake of its own is reported there only.
+    let names = match (&metrics, root.contains_key("metrics")) {
+        (Some(_), _) => criteria::Queries::Named(&queries),
+        (None, true) => criteria::Queries::Broken,
+        (None, false) => criteria::Queries::Absent,
+    };
+    let criteria = criteria::compile_criteria(ctx, root, &stages, names);
     // Personal data in evaluation contexts is seen only where stagegate serves the
     // evaluations: say so before the run, not after.
     if let Some(f) = flags.as_ref().filter(|f| f.provider != crate::flags::Provider::Ofrep)
@@ -278,9 +288,88 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
         on_verdict,
         health,
         on_abort,
+        metrics,
         warnings: std::mem::take(&mut ctx.warnings),
         overrides: options.overrides.iter().map(|o| o.text.clone()).collect(),
         secrets,
+    })
+}
+
+/// The `metrics:` section: a Prometheus server's URL and named queries.
+fn compile_metrics(ctx: &mut Ctx, m: MetricsSpec) -> Option<crate::measure::prom::PromSource> {
+    let mut ok = true;
+    let url = m.prometheus.trim().trim_end_matches('/').to_string();
+    let parsed =
+        reqwest::Url::parse(&url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if parsed.is_none() {
+        ctx.error("metrics.prometheus", format!("`{url}` is not an http(s) URL")).hint =
+            Some("the Prometheus server's base URL, e.g. `http://127.0.0.1:9090`".into());
+        ok = false;
+    }
+    if m.queries.is_empty() {
+        ctx.error("metrics.queries", "name at least one query").hint =
+            Some("e.g. `queries: { queue_depth: \"sum(orders_queue_depth)\" }`".into());
+        ok = false;
+    }
+    if m.queries.len() > 64 {
+        ctx.error("metrics.queries", format!("{} queries; at most 64", m.queries.len()));
+        ok = false;
+    }
+    for (name, query) in &m.queries {
+        let path = join_key("metrics.queries", name);
+        if !crate::verdict::is_query_name(name) {
+            ctx.error(&path, format!("`{}` cannot name a query", name.escape_debug())).hint = Some(
+                "a lowercase letter or `_`, then lowercase letters, digits and `_` (at most 64): criteria write `prom.NAME`".into(),
+            );
+            ok = false;
+        }
+        if query.trim().is_empty() || query.len() > 4096 || query.chars().any(|c| c.is_control() && c != '\n') {
+            ctx.error(&path, "a query is PromQL text of 1 to 4096 characters, without control characters");
+            ok = false;
+        }
+    }
+    let duration = |ctx: &mut Ctx, key: &str, text: Option<&Text>, default: Duration, range: (Duration, Duration)| {
+        let path = join_key("metrics", key);
+        match ctx.unit(&path, text, units::parse_duration) {
+            Some(d) if d < range.0 || d > range.1 => {
+                ctx.error(
+                    &path,
+                    format!(
+                        "`{key}` is from {} to {}",
+                        units::format_duration(range.0),
+                        units::format_duration(range.1)
+                    ),
+                );
+                None
+            }
+            Some(d) => Some(d),
+            None if text.is_some() => None,
+            None => Some(default),
+        }
+    };
+    let step = duration(
+        ctx,
+        "step",
+        m.step.as_ref(),
+        Duration::from_secs(1),
+        (Duration::from_millis(100), Duration::from_secs(600)),
+    );
+    let settle =
+        duration(ctx, "settle", m.settle.as_ref(), Duration::from_secs(5), (Duration::ZERO, Duration::from_secs(300)));
+    let timeout = duration(
+        ctx,
+        "timeout",
+        m.timeout.as_ref(),
+        Duration::from_secs(10),
+        (Duration::from_millis(100), Duration::from_secs(120)),
+    );
+    let (step, settle, timeout) = (step?, settle?, timeout?);
+    ok.then(|| crate::measure::prom::PromSource {
+        url,
+        step,
+        settle,
+        timeout,
+        queries: m.queries.into_iter().collect(),
     })
 }
 
