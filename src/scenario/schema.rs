@@ -16,7 +16,9 @@ use crate::verdict::Metric;
 
 /// A pattern for `METRIC OP VALUE` naming a known metric.
 fn check_pattern() -> String {
-    let names: Vec<String> = Metric::names().iter().map(|n| n.replace('.', "\\.")).collect();
+    let mut names: Vec<String> = Metric::names().iter().map(|n| n.replace('.', "\\.")).collect();
+    // A query of the `metrics:` section, by its name.
+    names.push(r"prom\.[a-z_][a-z0-9_]{0,63}(\.(mean|max|min|last))?".to_string());
     format!(r"^\s*((before|during|after)\.)?({})\s*(<=|>=|==|!=|<|>)\s*\S.*$", names.join("|"))
 }
 
