@@ -12,8 +12,10 @@ fn the_runbook_times_each_step_and_names_its_faults_watch_list_abort_and_rollbac
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     for said in [
-        "- Start: `stagegate run scenarios/quickstart.yaml --metrics 127.0.0.1:9464` (seed 42).",
-        "**Abort at any moment:** Ctrl-C",
+        "- Start: `stagegate run scenarios/quickstart.yaml --metrics 127.0.0.1:9464 --ui 127.0.0.1:8470` (seed 42).",
+        "**Abort at any moment:** the page's Abort button",
+        "/api/abort",
+        "Ctrl-C in stagegate's terminal",
         "## Step 3. `slow-store` (from about +0:16, for 8s)",
         "- At +0:18 (stage +2s): **latency** at `store`",
         "- Watch: `errors.rate < 1%`, `data.lost == 0`, `data.duplicated == 0`, `data.corrupted == 0`, `latency.p99 < 400ms`.",

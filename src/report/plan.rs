@@ -311,6 +311,8 @@ pub fn runbook(plan: &Plan, file: &std::path::Path) -> String {
         file.display().to_string(),
         "--metrics".into(),
         "127.0.0.1:9464".into(),
+        "--ui".into(),
+        "127.0.0.1:8470".into(),
     ]);
     let _ = writeln!(s, "## Before\n");
     let _ = writeln!(s, "- Start: `{command}` (seed {}).", plan.seed);
@@ -326,7 +328,15 @@ pub fn runbook(plan: &Plan, file: &std::path::Path) -> String {
     );
     let _ = writeln!(
         s,
-        "- **Abort at any moment:** Ctrl-C in stagegate's terminal (or `kill -TERM` its process). Every fault is lifted, everything it started is stopped, and the report is written, marked interrupted. A second Ctrl-C stops at once, still lifting faults.\n"
+        "- Live page: `http://127.0.0.1:8470/` with the `#token=` stagegate prints at start: the stage, its flags, latency and errors each second, active faults, the criteria as they stand. With the token: **Hold** (the stage runs longer), **Advance** (the next stage now), **Abort**, or start a fault for a while; every action is in `steering.jsonl`."
+    );
+    let on_abort = match plan.on_abort {
+        crate::verdict::Verdict::Rollback => "ROLLBACK",
+        _ => "INCONCLUSIVE",
+    };
+    let _ = writeln!(
+        s,
+        "- **Abort at any moment:** the page's Abort button, or `curl -X POST -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8470/api/abort`: every fault is lifted, everything stagegate started is stopped, the report is written, and the verdict is {on_abort} unless a criterion already failed (`steering.on_abort`). Without the page: Ctrl-C in stagegate's terminal (or `kill -TERM` its process), the report marked interrupted; a second Ctrl-C stops at once, still lifting faults.\n"
     );
     let defaults: std::collections::BTreeMap<String, crate::flags::FlagState> = plan
         .flags
