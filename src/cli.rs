@@ -208,8 +208,8 @@ pub enum Command {
         #[arg(long)]
         allow_remote: bool,
         /// Serve the live page at /ui on the control API's address: each proxy with its
-        /// connections and toxics (time left for those with a ttl), the latest changes,
-        /// and buttons that call the API (remove a toxic, disable a proxy, reset).
+        /// connections and toxics (with their ttl), the latest changes, and buttons that
+        /// call the API (remove a toxic, disable a proxy, reset).
         #[arg(long)]
         ui: bool,
     },
@@ -531,8 +531,16 @@ fn proxy(listen: &str, config: Option<&Path>, allow_remote: bool, ui: bool) -> i
             registry.stop().await;
             return exit::RUN_BROKEN;
         }
-        let api = match crate::server::Server::start("proxy control API", listener, router(registry.clone(), ui), None)
-        {
+        let served = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: the control API failed: {e}");
+                registry.stop().await;
+                return exit::RUN_BROKEN;
+            }
+        };
+        let app = router(registry.clone(), ui, served);
+        let api = match crate::server::Server::start("proxy control API", listener, app, None) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: the control API failed: {e}");
@@ -812,6 +820,11 @@ fn run(
             return exit::INVALID_INPUT;
         }
     };
+    if serve.ui.is_none() && !tokens.is_empty() {
+        eprintln!(
+            "warning: --ui-token (or STAGEGATE_UI_TOKEN) steers the live page, which only --ui serves; no page this run"
+        );
+    }
     let ui = match serve.ui.as_deref().map(|a| ui_listener(a, !tokens.is_empty())).transpose() {
         Ok(l) => l,
         Err(e) => {

@@ -149,3 +149,69 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(server.addr()).await.is_err(), "still listening");
     }
 }
+
+/// Why a request from a browser must be refused by a server meant for this machine's
+/// own clients, if it must: its `Host` names another server (a name pointed at loopback
+/// by a page elsewhere: DNS rebinding), or it comes from another site's page (its
+/// `Origin` is not this server, or `Sec-Fetch-Site` says cross-site). Clients that are
+/// not browsers (curl, the Toxiproxy clients) send neither and pass. `served` is the
+/// address listened on; beyond loopback, any `Host` passes (its names are not known
+/// here), the origin checks still apply.
+pub fn foreign_request(headers: &axum::http::HeaderMap, served: SocketAddr) -> Option<String> {
+    use axum::http::header;
+    let text = |name| headers.get(name).and_then(|h: &axum::http::HeaderValue| h.to_str().ok());
+    let host = text(header::HOST).unwrap_or_default();
+    let (name, port) = split_host(host);
+    let local_name = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if served.ip().is_loopback() {
+        let same_port = port.is_none_or(|p| p == served.port().to_string());
+        if !local_name || !same_port {
+            return Some(format!("this server answers for {served} only, not for `{}`", host.escape_debug()));
+        }
+    }
+    if matches!(text(axum::http::HeaderName::from_static("sec-fetch-site")), Some("cross-site" | "same-site")) {
+        return Some("a request from another site's page is refused".into());
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let ours = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
+        if !ours {
+            return Some(format!("a request from `{}` (another origin) is refused", origin.escape_debug()));
+        }
+    }
+    None
+}
+
+/// `name:port` (or `[v6]:port`) into its name and port.
+fn split_host(host: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((name, tail)) => (name, tail.strip_prefix(':')),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, Some(port)),
+        _ => (host, None),
+    }
+}
+
+/// A middleware refusing [`foreign_request`]s with 421 (another host) or 403.
+pub async fn refuse_foreign(
+    axum::extract::State(served): axum::extract::State<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match foreign_request(request.headers(), served) {
+        Some(why) => {
+            let status = if why.starts_with("this server answers") {
+                axum::http::StatusCode::MISDIRECTED_REQUEST
+            } else {
+                axum::http::StatusCode::FORBIDDEN
+            };
+            (status, axum::Json(serde_json::json!({ "result": "refused", "error": why, "message": why })))
+                .into_response()
+        }
+        None => next.run(request).await,
+    }
+}

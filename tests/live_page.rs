@@ -150,6 +150,22 @@ fn the_proxy_page_shows_proxies_toxics_and_changes() {
     };
     api("POST", "/proxies", &format!(r#"{{"name":"orders-db","listen":"127.0.0.1:0","upstream":"{up}"}}"#));
     api("POST", "/proxies/orders-db/toxics", r#"{"name":"slow","type":"latency","attributes":{"latency":250}}"#);
+    // No web page elsewhere drives the proxies: not through a name pointed at loopback,
+    // not from another origin; the page's own origin may.
+    let status = |extra: &[&str]| {
+        let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "{}"];
+        args.extend_from_slice(extra);
+        let url = format!("http://127.0.0.1:{port}/reset");
+        args.push(&url);
+        String::from_utf8(Command::new("curl").args(&args).output().unwrap().stdout).unwrap()
+    };
+    let rebound = format!("Host: rebind.example:{port}");
+    assert_eq!(status(&["-H", &rebound]), "421");
+    assert_eq!(status(&["-H", "Origin: http://evil.example"]), "403");
+    assert_eq!(status(&["-H", "Sec-Fetch-Site: cross-site"]), "403");
+    let own = format!("Origin: http://127.0.0.1:{port}");
+    assert_eq!(status(&["-H", &own]), "204", "the page's own requests pass");
+    api("POST", "/proxies/orders-db/toxics", r#"{"name":"slow","type":"latency","attributes":{"latency":250}}"#);
 
     let shots = tempfile::tempdir().unwrap();
     let (dom, log) = browse(&format!("http://127.0.0.1:{port}/ui"), &shots.path().join("proxy.png"));

@@ -12,7 +12,7 @@ fn the_runbook_times_each_step_and_names_its_faults_watch_list_abort_and_rollbac
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     for said in [
-        "- Start: `stagegate run scenarios/quickstart.yaml --metrics 127.0.0.1:9464 --ui 127.0.0.1:8470` (seed 42).",
+        "- Start: `stagegate run scenarios/quickstart.yaml --seed 42 --metrics 127.0.0.1:9464 --ui 127.0.0.1:8470` (seed 42).",
         "**Abort at any moment:** the page's Abort button",
         "/api/abort",
         "Ctrl-C in stagegate's terminal",
@@ -24,6 +24,14 @@ fn the_runbook_times_each_step_and_names_its_faults_watch_list_abort_and_rollbac
     ] {
         assert!(stdout.contains(said), "the runbook lacks {said:?}:\n{stdout}");
     }
+    // The start command is the run described: its seed and overrides.
+    let out =
+        stagegate(&["plan", "--runbook", "scenarios/quickstart.yaml", "--seed", "3", "--set", "workload.duration=6s"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("`stagegate run scenarios/quickstart.yaml --seed 3 --set workload.duration=6s --metrics"),
+        "{stdout}"
+    );
     let out = stagegate(&["plan", "--runbook", "scenarios/progressive-rollout.yaml"]);
     let (stdout, _) = text(&out);
     assert!(

@@ -21,12 +21,25 @@ fn free_port() -> u16 {
 
 /// One HTTP request to the live page's server; the status and the JSON answer.
 fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>, host: &str) -> (u16, Value) {
+    call_with(port, method, path, token, body, host, "")
+}
+
+/// [`call`] with extra header lines.
+fn call_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    host: &str,
+    extra: &str,
+) -> (u16, Value) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let body = body.unwrap_or("");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).unwrap();
@@ -101,6 +114,9 @@ fn hold_a_fault_and_abort_through_the_api_are_audited_and_reported() {
     assert_eq!(status, 400, "{answer}");
     let (status, _) = call(port, "GET", "/api/state", None, None, "attacker.example");
     assert_eq!(status, 421, "a name pointed at loopback from elsewhere is not this server");
+    let (status, _) =
+        call_with(port, "POST", "/api/abort", Some(SECRET), None, &host, "Origin: http://attacker.example\r\n");
+    assert_eq!(status, 403, "another site's page cannot steer, token or not");
 
     // Hold: the baseline now lasts 10s instead of 6s.
     let (status, answer) = call(port, "POST", "/api/hold", Some(SECRET), Some(r#"{"for": "4s"}"#), &host);

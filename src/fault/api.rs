@@ -404,10 +404,14 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
     found.next().ok_or_else(|| format!("`{addr}` resolves to nothing"))
 }
 
-/// The control API's routes; with `ui`, the live page too (`/ui`).
-pub fn router(registry: Registry, ui: bool) -> Router {
+/// The control API's routes, served at `served`; with `ui`, the live page too (`/ui`).
+/// Requests from browsers are held to the API's own pages: one whose `Host` names
+/// another server, or sent by another site's page, is refused
+/// ([`crate::server::foreign_request`]), so no web page can drive the proxies.
+pub fn router(registry: Registry, ui: bool, served: SocketAddr) -> Router {
     let api = api_routes(registry.clone());
-    if ui { api.merge(crate::steer::ui::proxy_routes(registry)) } else { api }
+    let all = if ui { api.merge(crate::steer::ui::proxy_routes(registry)) } else { api };
+    all.layer(axum::middleware::from_fn_with_state(served, crate::server::refuse_foreign))
 }
 
 fn api_routes(registry: Registry) -> Router {

@@ -119,7 +119,15 @@ pub async fn collect(
             }
         };
         let figures = match answer {
-            Ok(points) => summarize(query, &points, stage),
+            Ok((points, not_numbers)) => {
+                let mut f = summarize(query, &points, stage);
+                if f.whole.samples == 0 && not_numbers > 0 {
+                    f.missing = Some(format!(
+                        "`{query}` was not a number at {not_numbers} points (NaN or infinite: a ratio over nothing, such as 0/0 when a rate is 0)"
+                    ));
+                }
+                f
+            }
             Err(why) => PromFigures {
                 query: query.clone(),
                 missing: Some(format!("`{query}` on {}: {why}", source.url)),
@@ -131,13 +139,54 @@ pub async fn collect(
     out
 }
 
-/// The points `(offset into the stage, value)` of the query's single series.
+/// An error with its causes (`connection refused` is a cause of reqwest's error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Checks, before anything runs, that the server answers and takes every query (an
+/// instant query each: a series may well be empty yet). The error names the query.
+pub async fn preflight(source: &PromSource, client: &reqwest::Client) -> Result<(), String> {
+    let url = format!("{}/api/v1/query", source.url.trim_end_matches('/'));
+    for (name, query) in &source.queries {
+        let response =
+            client.post(&url).form(&[("query", query.as_str())]).timeout(source.timeout).send().await.map_err(|e| {
+                format!("the Prometheus server at {} (`metrics.prometheus`) does not answer: {}", source.url, chain(&e))
+            })?;
+        let status = response.status();
+        let body = read_bounded(response).await?;
+        let doc: Value = serde_json::from_slice(&body).map_err(|_| {
+            format!(
+                "{} answered {status} without Prometheus's JSON (`metrics.prometheus`): is it a Prometheus server?",
+                source.url
+            )
+        })?;
+        if doc["status"] != "success" {
+            let why = doc["error"].as_str().unwrap_or("no reason given");
+            return Err(format!(
+                "Prometheus refuses `metrics.queries.{name}` ({status}): {}",
+                crate::flags::audit::shown(why)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The points `(offset into the stage, value)` of the query's single series, and how
+/// many points were not numbers (NaN, infinite).
 async fn query_range(
     source: &PromSource,
     query: &str,
     stage: &StageWindow<'_>,
     client: &reqwest::Client,
-) -> Result<Vec<(Duration, f64)>, String> {
+) -> Result<(Vec<(Duration, f64)>, usize), String> {
     let end = stage.start_unix + stage.ran.as_secs_f64();
     let step = source.step.as_secs_f64();
     let url = format!("{}/api/v1/query_range", source.url.trim_end_matches('/'));
@@ -153,7 +202,7 @@ async fn query_range(
         .timeout(source.timeout)
         .send()
         .await
-        .map_err(|e| format!("the server did not answer ({e})"))?;
+        .map_err(|e| format!("the server did not answer ({})", chain(&e)))?;
     let status = response.status();
     let body = read_bounded(response).await?;
     let doc: Value = serde_json::from_slice(&body)
@@ -170,12 +219,14 @@ async fn query_range(
     }
     let values = series[0]["values"].as_array().ok_or("the series holds no values")?;
     let mut points = Vec::new();
+    let mut not_numbers = 0;
     for v in values.iter().take(MAX_POINTS) {
         let (Some(t), Some(x)) = (v[0].as_f64(), v[1].as_str().and_then(|s| s.parse::<f64>().ok())) else {
             continue;
         };
         // NaN (0/0 in a quiet second) and infinities say nothing.
         if !x.is_finite() {
+            not_numbers += 1;
             continue;
         }
         let offset = t - stage.start_unix;
@@ -183,7 +234,7 @@ async fn query_range(
             points.push((Duration::from_secs_f64(offset), x));
         }
     }
-    Ok(points)
+    Ok((points, not_numbers))
 }
 
 async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, String> {

@@ -76,8 +76,13 @@ pub enum Event {
         failed: u64,
         /// The judged requests' p99 so far (`None` during warm-up), in milliseconds.
         p99_ms: Option<f64>,
-        /// The second just past: what was due in it and its latency so far.
-        second: Option<crate::measure::series::Point>,
+        /// The last seconds of the stage (by intended send time, as the report files
+        /// them), as they stand: requests still in flight are not in them yet, so each
+        /// comes again, more complete, with the next ticks.
+        recent: Vec<crate::measure::series::Point>,
+        /// What ended in the second just past (by when it ended): requests, failures,
+        /// and their latency.
+        now: NowFigures,
     },
     /// About once a second in a steered or `abort_on_fail` run: the stage's criteria
     /// judged on what it measured so far (its data checks wait for its end).
@@ -92,6 +97,15 @@ pub enum Event {
     Judged(Box<RunReport>, Written),
     /// The run is over (whatever the reason); the report is final.
     Finished(Box<RunReport>),
+}
+
+/// What ended in one second of a stage, as it happened.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NowFigures {
+    pub ended: u64,
+    pub failed: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// What one stage did.

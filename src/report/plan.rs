@@ -305,15 +305,14 @@ pub fn runbook(plan: &Plan, file: &std::path::Path) -> String {
     if let Some(d) = &plan.description {
         let _ = writeln!(s, "> {d}\n");
     }
-    let command = shell_words(&[
-        "stagegate".into(),
-        "run".into(),
-        file.display().to_string(),
-        "--metrics".into(),
-        "127.0.0.1:9464".into(),
-        "--ui".into(),
-        "127.0.0.1:8470".into(),
-    ]);
+    // The run this runbook describes: its seed and every `--set` it was printed with.
+    let mut words = vec!["stagegate".to_string(), "run".into(), file.display().to_string()];
+    words.extend(["--seed".into(), plan.seed.to_string()]);
+    for o in &plan.overrides {
+        words.extend(["--set".into(), o.clone()]);
+    }
+    words.extend(["--metrics".into(), "127.0.0.1:9464".into(), "--ui".into(), "127.0.0.1:8470".into()]);
+    let command = shell_words(&words);
     let _ = writeln!(s, "## Before\n");
     let _ = writeln!(s, "- Start: `{command}` (seed {}).", plan.seed);
     let _ = writeln!(

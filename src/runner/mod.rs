@@ -96,7 +96,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     // The stages stop on Ctrl-C, and on stagegate's own failure.
     let halt = stop.cancel.child_token();
     if let Some(s) = &out.steering {
-        s.attach(halt.clone());
+        s.attach(halt.clone(), events.clone());
     }
     let steered_abort = || out.steering.as_ref().and_then(|s| s.aborted());
     let on_trouble = {
@@ -106,6 +106,29 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
             halt.cancel();
         })
     };
+    // The system's metrics server is asked first: a server that does not answer, or a
+    // query it refuses, would leave every `prom.` criterion unknown after the whole run.
+    if let Some(source) = &plan.metrics {
+        let client = reqwest::Client::builder().build().map_err(|e| e.to_string());
+        let checked = match client {
+            Ok(c) => tokio::select! {
+                r = crate::measure::prom::preflight(source, &c) => r,
+                _ = halt.cancelled() => Ok(()),
+            },
+            Err(e) => Err(format!("cannot build the HTTP client: {e}")),
+        };
+        if let Err(e) = checked {
+            report.reasons = vec![format!("the run broke: {e}")];
+            report.error = Some(e);
+            on_trouble.abort();
+            drop(escapes_stop);
+            if let Ok(escapes) = escapes {
+                let _ = escapes.join();
+            }
+            run_file.finish();
+            return finish(plan, report, &events);
+        }
+    }
     let guard = Guard::new();
     let cx = provision::Context {
         guard: &guard,
@@ -233,7 +256,29 @@ fn rollback_plan(
     let stages: Vec<verdict::rollback::StageFlags> =
         report.stages.iter().map(|s| verdict::rollback::StageFlags { name: &s.name, flags: &s.flags }).collect();
     let defaults = plan.flags.definitions.iter().map(|d| (d.key.clone(), d.default.clone())).collect();
-    let mut rollback = verdict::rollback::plan(&stages, &report.assessments, &defaults)?;
+    // An operator's abort that the scenario calls a ROLLBACK, with nothing failed: the
+    // stage it stopped is the one to undo.
+    let mut assessments = report.assessments.clone();
+    let failed = |a: &verdict::Assessment| a.outcome == verdict::Outcome::Fail && a.level == verdict::Level::Enforce;
+    if let (Some(why), Some(stopped)) = (&report.steered_abort, report.stages.last())
+        && !assessments.iter().any(failed)
+    {
+        assessments.push(verdict::Assessment {
+            stage: stopped.name.clone(),
+            criterion: "aborted by an operator".into(),
+            metric: "steering.abort".into(),
+            measured: None,
+            measured_text: why.clone(),
+            limit_text: String::new(),
+            samples: None,
+            outcome: verdict::Outcome::Fail,
+            level: verdict::Level::Enforce,
+            note: None,
+            comparison: None,
+            cohort: None,
+        });
+    }
+    let mut rollback = verdict::rollback::plan(&stages, &assessments, &defaults)?;
     if let Some(dir) = dir
         && !rollback.changes.is_empty()
     {

@@ -143,6 +143,9 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         live: cx.live,
         live_handles: HashMap::new(),
         end: stage.duration,
+        live_page: cx.steering.is_some(),
+        ended_now: crate::measure::new_histogram(),
+        failed_now: 0,
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
     let judge = tokio::spawn(watch_for_abort(
@@ -592,6 +595,11 @@ struct Accounts<'a> {
     live_handles: HashMap<Option<Arc<str>>, crate::report::prometheus::Handles>,
     /// Where the stage ends now (an operator may hold it).
     end: Duration,
+    /// Whether a live page follows the run (it gets the last seconds with each tick).
+    live_page: bool,
+    /// Latency of the requests that ended since the last tick, and how many failed.
+    ended_now: hdrhistogram::Histogram<u64>,
+    failed_now: u64,
 }
 
 impl Accounts<'_> {
@@ -682,6 +690,8 @@ impl Sink for Accounts<'_> {
             }
         }
         self.send_lag.record(s.offset, s.send_lag);
+        self.ended_now.saturating_record((s.latency.as_micros() as u64).max(1));
+        self.failed_now += u64::from(s.outcome == Outcome::Failed);
         let variant = self.keys.remove(&s.key).flatten();
         self.series.ended(s.offset, s.latency, s.outcome);
         self.recorder.record(s.offset, s.latency, s.outcome, variant.as_deref());
@@ -705,8 +715,20 @@ impl Sink for Accounts<'_> {
             rejected: c.rejected,
             failed: c.failed,
             p99_ms: self.recorder.p99_ms(),
-            second: elapsed.checked_sub(Duration::from_secs(1)).and_then(|at| self.series.point(self.series.index(at))),
+            recent: if self.live_page {
+                let last = elapsed.checked_sub(Duration::from_secs(1)).map_or(0, |at| self.series.index(at));
+                (last.saturating_sub(9)..=last).filter_map(|i| self.series.point(i)).collect()
+            } else {
+                Vec::new()
+            },
+            now: {
+                let h = &self.ended_now;
+                let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
+                crate::report::NowFigures { ended: h.len(), failed: self.failed_now, p50_ms: q(0.5), p99_ms: q(0.99) }
+            },
         });
+        self.ended_now.reset();
+        self.failed_now = 0;
         if let Some(tx) = &self.snapshots {
             tx.send_replace(Some((self.recorder.clone(), elapsed)));
         }

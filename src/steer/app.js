@@ -80,7 +80,7 @@ function render(s) {
   text($("fig-p50"), st ? num(st.p50_ms, 1) : "–");
   text($("fig-p99"), st ? num(st.p99_ms, 1) : "–");
   text($("fig-eps"), st ? st.errors_per_sec : "–");
-  text($("fig-rate"), st ? st.sent_per_sec : "–");
+  text($("fig-rate"), st ? st.ended_per_sec : "–");
   text($("fig-sent"), s.data.sent);
   text($("fig-acked"), s.data.acked);
   text($("fig-data"), `${s.data.lost} · ${s.data.duplicated} · ${s.data.corrupted}`);

@@ -52,6 +52,7 @@ struct Running {
     rejected: u64,
     failed: u64,
     p99_so_far_ms: Option<f64>,
+    now: crate::report::NowFigures,
     points: VecDeque<Point>,
     faults: Vec<FaultRecord>,
     interim: Vec<Assessment>,
@@ -154,17 +155,26 @@ impl Board {
                 st.running = Some(Running { name: name.clone(), index: *index, ..Running::default() });
                 true
             }
-            Event::Progress { stage, elapsed_secs, total_secs, sent, acked, rejected, failed, p99_ms, second } => {
+            Event::Progress { stage, elapsed_secs, total_secs, sent, acked, rejected, failed, p99_ms, recent, now } => {
                 match st.running.as_mut().filter(|r| &r.name == stage) {
                     Some(r) => {
                         (r.elapsed_secs, r.end_secs) = (*elapsed_secs, *total_secs);
                         (r.sent, r.acked, r.rejected, r.failed) = (*sent, *acked, *rejected, *failed);
                         r.p99_so_far_ms = *p99_ms;
-                        if let Some(p) = second {
-                            if r.points.len() >= MAX_POINTS {
-                                r.points.pop_front();
+                        r.now = now.clone();
+                        // Seconds come again as their requests end: the newer copy wins.
+                        for p in recent {
+                            let newest = r.points.back().is_none_or(|last| last.at_secs < p.at_secs);
+                            match r.points.iter_mut().rev().find(|x| x.at_secs == p.at_secs) {
+                                Some(known) => *known = p.clone(),
+                                None if newest => {
+                                    if r.points.len() >= MAX_POINTS {
+                                        r.points.pop_front();
+                                    }
+                                    r.points.push_back(p.clone());
+                                }
+                                None => {}
                             }
-                            r.points.push_back(p.clone());
                         }
                         true
                     }
@@ -276,7 +286,6 @@ impl Board {
                 Some((name, _, end, _)) if *name == r.name => end.round() as u64,
                 _ => r.end_secs,
             };
-            let last = r.points.back();
             let now = r.elapsed_secs as f64;
             let active: Vec<Value> = r
                 .faults
@@ -292,8 +301,8 @@ impl Board {
             json!({
                 "name": r.name, "index": r.index, "elapsed_secs": r.elapsed_secs, "end_secs": end_secs,
                 "sent": r.sent, "acked": r.acked, "rejected": r.rejected, "failed": r.failed,
-                "errors_per_sec": last.map(|p| p.failed), "sent_per_sec": last.map(|p| p.sent),
-                "p50_ms": last.and_then(|p| p.p50_ms), "p99_ms": last.and_then(|p| p.p99_ms),
+                "errors_per_sec": r.now.failed, "ended_per_sec": r.now.ended,
+                "p50_ms": r.now.p50_ms, "p99_ms": r.now.p99_ms,
                 "p99_so_far_ms": r.p99_so_far_ms, "faults": active,
             })
         });

@@ -121,6 +121,9 @@ pub struct Steering {
     plan: Plan,
     started: Instant,
     halt: Mutex<Option<CancellationToken>>,
+    /// The run's events: each action done is said there too (the terminal, the page).
+    /// Held weakly: the run's reporters stop when the run drops its own senders.
+    events: Mutex<Option<tokio::sync::mpsc::WeakUnboundedSender<crate::report::Event>>>,
     aborted: Mutex<Option<String>>,
     running: Mutex<Option<Running>>,
     audit: Mutex<Audit>,
@@ -135,6 +138,7 @@ impl Steering {
             plan: plan.clone(),
             started: Instant::now(),
             halt: Mutex::new(None),
+            events: Mutex::new(None),
             aborted: Mutex::new(None),
             running: Mutex::new(None),
             audit: Mutex::new(Audit {
@@ -158,9 +162,11 @@ impl Steering {
         self.tokens.iter().find(|(_, secret)| same(secret)).map(|(name, _)| name.clone())
     }
 
-    /// The runner's stop for the stages: an abort cancels it.
-    pub fn attach(&self, halt: CancellationToken) {
+    /// The runner's stop for the stages (an abort cancels it) and its events (each
+    /// action done is said there).
+    pub fn attach(&self, halt: CancellationToken, events: tokio::sync::mpsc::UnboundedSender<crate::report::Event>) {
         *lock(&self.halt) = Some(halt);
+        *lock(&self.events) = Some(events.downgrade());
     }
 
     /// Why the run was aborted from the steering API, if it was.
@@ -278,6 +284,17 @@ impl Steering {
             }
             Action::Fault(body) => {
                 let (fault, ttl) = crate::scenario::live_fault(&self.plan, body).map_err(|e| (400, e.join("; ")))?;
+                if crate::fault::catalog::find(fault.kind.name())
+                    .is_some_and(|k| k.layer == crate::fault::catalog::Layer::Record)
+                {
+                    return Err((
+                        400,
+                        format!(
+                            "a {} fault acts on the records a stage plans; it cannot start live",
+                            fault.kind.name()
+                        ),
+                    ));
+                }
                 let sender = {
                     let running = lock(&self.running);
                     let r = running.as_ref().ok_or((409, "no stage is running".to_string()))?;
@@ -320,8 +337,11 @@ impl Steering {
             result: result.to_string(),
             message,
         };
-        if result == "ok" {
-            tracing::info!(token = who, action, "{}", entry.message);
+        if result == "ok"
+            && let Some(events) = lock(&self.events).as_ref().and_then(|e| e.upgrade())
+        {
+            let message = format!("steering: `{who}` {action}: {}", entry.message);
+            let _ = events.send(crate::report::Event::Note { message });
         }
         let mut audit = lock(&self.audit);
         if audit.entries.len() >= MAX_AUDIT {

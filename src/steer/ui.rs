@@ -81,21 +81,18 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "result": "refused", "message": message.into() }))).into_response()
 }
 
-/// Refuses a request whose `Host` names another server: a page elsewhere that points a
-/// name of its own at loopback cannot read or steer the run.
+/// Refuses a request whose `Host` names another server (a page elsewhere pointing a
+/// name of its own at loopback), or that another site's page sent; served beyond
+/// loopback, a request must carry the token anyway.
 async fn check_host(State(ui): State<Arc<Ui>>, request: Request, next: Next) -> Response {
-    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    let port = ui.addr.port().to_string();
-    let (name, given_port) = match host.rsplit_once(':') {
-        Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, Some(p)),
-        _ => (host, None),
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    let ours = name == "localhost"
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip == ui.addr.ip())
-        || (ui.private && !name.is_empty());
-    if !ours || given_port.is_some_and(|p| p != port) {
-        return refuse(StatusCode::MISDIRECTED_REQUEST, format!("this server answers for {} only", ui.addr));
+    let served = if ui.private { SocketAddr::from(([0, 0, 0, 0], ui.addr.port())) } else { ui.addr };
+    if let Some(why) = crate::server::foreign_request(request.headers(), served) {
+        let status = if why.starts_with("this server answers") {
+            StatusCode::MISDIRECTED_REQUEST
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        return refuse(status, why);
     }
     next.run(request).await
 }

@@ -192,11 +192,13 @@ pub fn applicable<'a>(criteria: &'a [Criterion], stage: &str) -> Vec<&'a Criteri
 /// Judges one check against one stage's metrics.
 pub fn judge_check(c: &Criterion, check: &Check, stage: &str, metrics: &StageMetrics) -> Assessment {
     let samples = check.metric.samples(metrics);
-    let measured = check.metric.value(metrics);
     let needs_output = matches!(
         check.metric.base,
         Base::Data(f) | Base::DataRate(f) if !matches!(f, DataField::Sent | DataField::Acked | DataField::RejectedValid)
     );
+    // A count that needs the output is unknown when the output was not seen: no figure
+    // is shown for it (a count of "lost" records that were never looked for).
+    let measured = if needs_output && !metrics.data_observed { None } else { check.metric.value(metrics) };
     // Why a query of the system's own metrics has no value here.
     let prom_missing = match check.metric.base {
         Base::Prom(name, _) if measured.is_none() => Some(match metrics.prom.get(name) {
