@@ -762,8 +762,16 @@ fn ui_tokens(given: &[String]) -> Result<Vec<(String, String)>, String> {
 
 /// Binds `--ui`'s address: loopback, or beyond it only with tokens given.
 fn ui_listener(addr: &str, tokens_given: bool) -> Result<std::net::TcpListener, String> {
-    let target: std::net::SocketAddr =
-        addr.parse().map_err(|_| format!("`{addr}` is not an address like 127.0.0.1:8080"))?;
+    use std::net::ToSocketAddrs;
+    let not_address = || {
+        let hint = if Path::new(addr).exists() {
+            format!("; `{addr}` is a file: put `--ui` after the scenario file, or write `--ui=127.0.0.1:0`")
+        } else {
+            String::new()
+        };
+        format!("`{addr}` is not an address like 127.0.0.1:8080{hint}")
+    };
+    let target = addr.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(not_address)?;
     if !target.ip().is_loopback() && !tokens_given {
         return Err(format!(
             "{target} is beyond loopback: anyone who reaches it could watch the run; give --ui-token NAME=SECRET too"

@@ -129,27 +129,6 @@ async fn serve(name: String, listener: TcpListener, app: Router, cancel: Cancell
     while connections.join_next().await.is_some() {}
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    #[tokio::test]
-    async fn a_half_sent_request_cannot_hold_the_stop() {
-        let app = Router::new().route("/", axum::routing::post(|body: String| async move { body }));
-        let server = Server::start_local("test server", app, None).await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-        // Headers promise a body that never comes.
-        client.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhal").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = std::time::Instant::now();
-        server.stop(false).await;
-        let took = started.elapsed();
-        assert!(took < SERVER_STOP + Duration::from_secs(1), "stop took {took:?}");
-        assert!(tokio::net::TcpStream::connect(server.addr()).await.is_err(), "still listening");
-    }
-}
-
 /// Why a request from a browser must be refused by a server meant for this machine's
 /// own clients, if it must: its `Host` names another server (a name pointed at loopback
 /// by a page elsewhere: DNS rebinding), or it comes from another site's page (its
@@ -162,7 +141,8 @@ pub fn foreign_request(headers: &axum::http::HeaderMap, served: SocketAddr) -> O
     let text = |name| headers.get(name).and_then(|h: &axum::http::HeaderValue| h.to_str().ok());
     let host = text(header::HOST).unwrap_or_default();
     let (name, port) = split_host(host);
-    let local_name = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let local_name =
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if served.ip().is_loopback() {
         let same_port = port.is_none_or(|p| p == served.port().to_string());
         if !local_name || !same_port {
@@ -213,5 +193,47 @@ pub async fn refuse_foreign(
                 .into_response()
         }
         None => next.run(request).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_half_sent_request_cannot_hold_the_stop() {
+        let app = Router::new().route("/", axum::routing::post(|body: String| async move { body }));
+        let server = Server::start_local("test server", app, None).await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        // Headers promise a body that never comes.
+        client.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhal").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        server.stop(false).await;
+        let took = started.elapsed();
+        assert!(took < SERVER_STOP + Duration::from_secs(1), "stop took {took:?}");
+        assert!(tokio::net::TcpStream::connect(server.addr()).await.is_err(), "still listening");
+    }
+
+    #[test]
+    fn browsers_from_elsewhere_are_told_apart_from_local_clients() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let served: SocketAddr = "127.0.0.1:8474".parse().unwrap();
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            foreign_request(&h, served)
+        };
+        assert_eq!(with(&[("host", "127.0.0.1:8474")]), None, "curl");
+        assert_eq!(with(&[("host", "LOCALHOST:8474")]), None);
+        assert_eq!(with(&[("host", "127.0.0.1:8474"), ("origin", "http://127.0.0.1:8474")]), None, "the page");
+        assert!(with(&[("host", "rebind.example:8474")]).is_some());
+        assert!(with(&[("host", "127.0.0.1:9999")]).is_some());
+        assert!(with(&[("host", "127.0.0.1:8474"), ("origin", "http://evil.example")]).is_some());
+        assert!(with(&[("host", "127.0.0.1:8474"), ("sec-fetch-site", "cross-site")]).is_some());
+        assert!(with(&[("host", "[::1]:8474")]).is_none());
     }
 }

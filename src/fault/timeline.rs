@@ -125,6 +125,9 @@ pub struct Clock<'a> {
     pub run: &'a CancellationToken,
 }
 
+/// The most faults started live that may be active at once in a stage.
+pub const MAX_LIVE_FAULTS: usize = 16;
+
 /// A fault an operator started while the stage runs (the steering API): it starts at
 /// once and is lifted after `ttl`, or at the stage's end if that comes first.
 #[derive(Debug)]
@@ -156,6 +159,8 @@ pub async fn play(
     // The active faults a gate carries, by place; only the place that changes is told.
     let mut active: HashMap<Place, Vec<Activation>> = HashMap::new();
     let mut restarts: Vec<(Instant, Place)> = Vec::new();
+    // Pauses active at each place: it is frozen until the last one ends.
+    let mut paused: HashMap<Place, usize> = HashMap::new();
     let at_secs = || start.elapsed().as_secs_f64();
     // Ends at the planned length are the stage's end, wherever that comes to be.
     let transitions: Vec<_> = super::timeline(stage.faults, stage.duration)
@@ -210,6 +215,17 @@ pub async fn play(
                 continue;
             }
             Step::Live(Some(l)) => {
+                // The operator's request gave up waiting: it was answered as refused.
+                if l.done.is_closed() {
+                    continue;
+                }
+                let live_now = open.keys().filter(|i| **i >= stage.faults.len()).count();
+                if live_now >= MAX_LIVE_FAULTS {
+                    let _ = l.done.send(Err(format!(
+                        "{MAX_LIVE_FAULTS} live faults are active already; lift one (wait for its ttl) first"
+                    )));
+                    continue;
+                }
                 if let Err(why) = places.carries(&l.fault) {
                     let _ = l.done.send(Err(why));
                     continue;
@@ -249,8 +265,18 @@ pub async fn play(
                                 restarts.push((Instant::now() + *after, f.at.clone()));
                             }
                         }
-                        (FaultKind::Pause, true) => p.pause().await,
-                        (FaultKind::Pause, false) => p.resume().await,
+                        (FaultKind::Pause, true) => {
+                            *paused.entry(f.at.clone()).or_default() += 1;
+                            p.pause().await;
+                        }
+                        (FaultKind::Pause, false) => {
+                            // Frozen until the last pause there ends.
+                            let left = paused.entry(f.at.clone()).or_default();
+                            *left = left.saturating_sub(1);
+                            if *left == 0 {
+                                p.resume().await;
+                            }
+                        }
                         _ => {}
                     }
                 }

@@ -82,6 +82,19 @@ pub struct PromFigures {
 
 /// The most points one query may answer for a stage (Prometheus's own limit is 11000).
 const MAX_POINTS: usize = 11_000;
+/// The most characters of a server's own error message kept.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// A server's error message, shown safely and cut to [`MAX_ERROR_TEXT`].
+fn their_words(text: &str) -> String {
+    let shown = crate::flags::audit::shown(text);
+    if shown.chars().count() > MAX_ERROR_TEXT {
+        format!("{}…", shown.chars().take(MAX_ERROR_TEXT).collect::<String>())
+    } else {
+        shown
+    }
+}
+
 /// The most bytes of one answer read.
 const MAX_ANSWER: usize = 8 * 1024 * 1024;
 
@@ -108,16 +121,19 @@ pub async fn collect(
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(source.settle) => false,
     };
+    // Every query at once: a server that hangs costs one `timeout`, not one per query.
+    let answers = futures_util::future::join_all(source.queries.iter().map(|(_, query)| async move {
+        if stopped {
+            return Err("the run was stopped before the stage's metrics were read".to_string());
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => Err("the run was stopped while the metrics were read".to_string()),
+            a = query_range(source, query, stage, client) => a,
+        }
+    }))
+    .await;
     let mut out = BTreeMap::new();
-    for (name, query) in &source.queries {
-        let answer = if stopped {
-            Err("the run was stopped before the stage's metrics were read".to_string())
-        } else {
-            tokio::select! {
-                _ = cancel.cancelled() => Err("the run was stopped while the metrics were read".to_string()),
-                a = query_range(source, query, stage, client) => a,
-            }
-        };
+    for ((name, query), answer) in source.queries.iter().zip(answers) {
         let figures = match answer {
             Ok((points, not_numbers)) => {
                 let mut f = summarize(query, &points, stage);
@@ -170,10 +186,7 @@ pub async fn preflight(source: &PromSource, client: &reqwest::Client) -> Result<
         })?;
         if doc["status"] != "success" {
             let why = doc["error"].as_str().unwrap_or("no reason given");
-            return Err(format!(
-                "Prometheus refuses `metrics.queries.{name}` ({status}): {}",
-                crate::flags::audit::shown(why)
-            ));
+            return Err(format!("Prometheus refuses `metrics.queries.{name}` ({status}): {}", their_words(why)));
         }
     }
     Ok(())
@@ -209,7 +222,7 @@ async fn query_range(
         .map_err(|_| format!("the answer ({status}) is not Prometheus's JSON: is this a Prometheus server?"))?;
     if doc["status"] != "success" {
         let why = doc["error"].as_str().unwrap_or("no reason given");
-        return Err(format!("the query failed ({status}): {}", crate::flags::audit::shown(why)));
+        return Err(format!("the query failed ({status}): {}", their_words(why)));
     }
     let series = doc["data"]["result"].as_array().ok_or("the answer holds no result list")?;
     match series.len() {

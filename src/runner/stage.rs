@@ -365,6 +365,19 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         };
         verdict::hold_back(&mut assessments, &plan.criteria, behind, overload.as_deref());
     }
+    // A failure under a fault an operator started is the system's under that fault,
+    // not under the plan: said beside each, and so in the verdict's reasons.
+    let live: Vec<String> =
+        records.iter().filter_map(|r| r.by.as_ref().map(|by| format!("{} at {} by `{by}`", r.kind, r.at))).collect();
+    if !live.is_empty() {
+        let said = format!("with faults started live: {}", live.join(", "));
+        for a in assessments.iter_mut().filter(|a| a.outcome == verdict::Outcome::Fail) {
+            a.note = Some(match a.note.take() {
+                Some(n) => format!("{n}; {said}"),
+                None => said.clone(),
+            });
+        }
+    }
     let aborted = aborted.or_else(|| verdict::failed_abort(&plan.criteria, &assessments));
     let variant_differences = crate::flags::telemetry::differences(&stage.flags, &metrics);
     let outcome = StageOutcome {

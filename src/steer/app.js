@@ -69,7 +69,10 @@ function render(s) {
   tl.replaceChildren(...s.stages.map((line) => {
     const d = document.createElement("div");
     d.className = [line.state, line.outcome || ""].join(" ");
-    const length = line.length_secs !== null ? ` · ran ${num(line.length_secs, 0)}s` : "";
+    const running = st && s.stages[st.index] === line;
+    const length = line.length_secs !== null
+      ? ` · ran ${num(line.length_secs, 1)}s`
+      : running && st.end_secs !== line.planned_secs ? ` · now ${st.end_secs}s` : "";
     d.textContent = `${line.name} (${num(line.planned_secs, 0)}s${length})`;
     d.title = [line.flags].concat(line.faults).join("\n");
     return d;

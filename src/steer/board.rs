@@ -317,11 +317,7 @@ impl Board {
             criteria.extend(r.interim.iter().map(|a| criterion(a, true)));
         }
         let (run_sent, run_acked, run_failed) = st.running.as_ref().map_or((0, 0, 0), |r| (r.sent, r.acked, r.failed));
-        let steer = steering.map(|s| {
-            let audit = s.audit();
-            let from = audit.len().saturating_sub(20);
-            json!({ "enabled": true, "aborted": s.aborted(), "audit": audit[from..] })
-        });
+        let steer = steering.map(|s| json!({ "enabled": true, "aborted": s.aborted(), "audit": s.audit_tail(20) }));
         json!({
             "version": version,
             "scenario": st.scenario,

@@ -35,6 +35,11 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(30);
 const MAX_AUDIT: usize = 10_000;
 /// Refused attempts without a valid token recorded in the audit; later ones are counted.
 const MAX_UNAUTHORIZED: usize = 100;
+/// Refused requests (with a valid token) recorded in the audit; later ones are counted.
+/// Actions carried out are always recorded.
+const MAX_REFUSED: usize = 1000;
+/// The most characters of a refused request's body kept in the audit.
+const MAX_REQUEST_TEXT: usize = 1024;
 
 /// One action in the audit log.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -110,6 +115,7 @@ pub struct StageSteering {
 struct Audit {
     entries: Vec<AuditEntry>,
     unauthorized: usize,
+    refused: usize,
     dropped: u64,
     file: Option<std::fs::File>,
     path: Option<PathBuf>,
@@ -144,6 +150,7 @@ impl Steering {
             audit: Mutex::new(Audit {
                 entries: Vec::new(),
                 unauthorized: 0,
+                refused: 0,
                 dropped: 0,
                 file: None,
                 path: dir.map(|d| d.join("steering.jsonl")),
@@ -153,7 +160,13 @@ impl Steering {
 
     /// The name of the token `header` (an `Authorization` value) carries, if valid.
     pub fn authorize(&self, header: Option<&str>) -> Option<String> {
-        let given = header?.strip_prefix("Bearer ")?.trim().as_bytes();
+        // The scheme's name is case-insensitive (RFC 7235).
+        let header = header?;
+        let (scheme, given) = header.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let given = given.trim().as_bytes();
         // Compared in full whatever the first difference, so timing tells nothing.
         let same = |secret: &str| {
             let s = secret.as_bytes();
@@ -194,6 +207,12 @@ impl Steering {
         lock(&self.audit).entries.clone()
     }
 
+    /// The last `n` entries of the audit.
+    pub fn audit_tail(&self, n: usize) -> Vec<AuditEntry> {
+        let audit = lock(&self.audit);
+        audit.entries[audit.entries.len().saturating_sub(n)..].to_vec()
+    }
+
     /// Records an attempt without a valid token (the first ones; the rest are counted).
     pub fn refused_unauthorized(&self, action: &str) {
         let mut audit = lock(&self.audit);
@@ -209,10 +228,12 @@ impl Steering {
     /// Records a request of the token named `who` that was refused before it was
     /// understood (a malformed body).
     pub fn refused(&self, who: &str, action: &str, body: &[u8], why: &str) {
-        let request = serde_json::from_slice(body).unwrap_or_else(|_| {
-            let text = String::from_utf8_lossy(body);
-            Value::String(text.chars().take(1024).collect())
-        });
+        // Kept as sent when small, as text cut to 1 KiB otherwise.
+        let request =
+            serde_json::from_slice(body).ok().filter(|_| body.len() <= MAX_REQUEST_TEXT).unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(body);
+                Value::String(text.chars().take(MAX_REQUEST_TEXT).collect())
+            });
         self.record(who, action, request, Err((400, why.to_string())));
     }
 
@@ -270,6 +291,9 @@ impl Steering {
                 let running = lock(&self.running);
                 let r = running.as_ref().ok_or((409, "no stage is running".to_string()))?;
                 let now = r.start.elapsed();
+                if now >= *r.end.borrow() {
+                    return Err((409, format!("stage `{}` has reached its end", r.name)));
+                }
                 r.end.send_replace(now);
                 let thin = if now <= r.warmup {
                     " (still in its warm-up: nothing of it is judged, so its criteria will be INCONCLUSIVE)"
@@ -284,6 +308,13 @@ impl Steering {
             }
             Action::Fault(body) => {
                 let (fault, ttl) = crate::scenario::live_fault(&self.plan, body).map_err(|e| (400, e.join("; ")))?;
+                if matches!(fault.kind, crate::fault::FaultKind::Kill { restart_after: None, .. }) {
+                    return Err((
+                        400,
+                        "a live kill needs `restart_after`: without it the process stays down for the rest of the run"
+                            .into(),
+                    ));
+                }
                 if crate::fault::catalog::find(fault.kind.name())
                     .is_some_and(|k| k.layer == crate::fault::catalog::Layer::Record)
                 {
@@ -344,6 +375,13 @@ impl Steering {
             let _ = events.send(crate::report::Event::Note { message });
         }
         let mut audit = lock(&self.audit);
+        if result == "refused" && who != "(none)" {
+            if audit.refused >= MAX_REFUSED {
+                audit.dropped += 1;
+                return;
+            }
+            audit.refused += 1;
+        }
         if audit.entries.len() >= MAX_AUDIT {
             audit.dropped += 1;
             return;

@@ -273,8 +273,8 @@ async fn hold(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> Res
         if let Some(k) = fields.keys().next() {
             return Err(format!("`{k}`: a hold takes only `for`"));
         }
-        if by.is_zero() || by > MAX_HOLD {
-            return Err("`for`: a hold is more than 0s and at most 1h".into());
+        if by < Duration::from_secs(1) || by > MAX_HOLD {
+            return Err("`for`: a hold is from 1s to 1h".into());
         }
         Ok(Action::Hold(by))
     })

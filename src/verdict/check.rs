@@ -401,6 +401,7 @@ impl Base {
             Base::ErrorsRate | Base::DataRate(_) => format!("{:.2}%", v * 100.0),
             Base::Throughput => format!("{v:.1}/s"),
             Base::ErrorsCount | Base::Data(_) | Base::FlagsPiiExposed => format!("{v:.0}"),
+            Base::Prom(..) if v.abs() >= 1e9 => format!("{v:.4e}"),
             Base::Prom(..) => {
                 let text = if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.4}") };
                 let text = if text.contains('.') {
