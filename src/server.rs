@@ -132,27 +132,32 @@ async fn serve(name: String, listener: TcpListener, app: Router, cancel: Cancell
 /// Why a request from a browser must be refused by a server meant for this machine's
 /// own clients, if it must: its `Host` names another server (a name pointed at loopback
 /// by a page elsewhere: DNS rebinding), or it comes from another site's page (its
-/// `Origin` is not this server, or `Sec-Fetch-Site` says cross-site). Clients that are
-/// not browsers (curl, the Toxiproxy clients) send neither and pass. `served` is the
-/// address listened on; beyond loopback, any `Host` passes (its names are not known
-/// here), the origin checks still apply.
+/// `Origin` is not this server, or `Sec-Fetch-Site` says cross-site). A browser is told
+/// by what browsers send (`Sec-Fetch-*`, `Origin`, a `Mozilla/` User-Agent); other
+/// clients (curl, scripts, the Toxiproxy clients, a tunnel's port) pass whatever their
+/// `Host`. `served` is the address listened on; beyond loopback any `Host` name passes
+/// (its names are not known here), and the origin checks still apply.
 pub fn foreign_request(headers: &axum::http::HeaderMap, served: SocketAddr) -> Option<String> {
     use axum::http::header;
-    let text = |name| headers.get(name).and_then(|h: &axum::http::HeaderValue| h.to_str().ok());
-    let host = text(header::HOST).unwrap_or_default();
-    let (name, port) = split_host(host);
+    let text = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
+    let browser = text("sec-fetch-site").is_some()
+        || text("sec-fetch-mode").is_some()
+        || headers.contains_key(header::ORIGIN)
+        || text("user-agent").is_some_and(|ua| ua.starts_with("Mozilla/"));
+    if !browser {
+        return None;
+    }
+    let host = text("host").unwrap_or_default();
+    let (name, _) = split_host(host);
     let local_name =
         name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if served.ip().is_loopback() {
-        let same_port = port.is_none_or(|p| p == served.port().to_string());
-        if !local_name || !same_port {
-            return Some(format!("this server answers for {served} only, not for `{}`", host.escape_debug()));
-        }
+    if served.ip().is_loopback() && !local_name {
+        return Some(format!("this server answers for {served} only, not for `{}`", host.escape_debug()));
     }
-    if matches!(text(axum::http::HeaderName::from_static("sec-fetch-site")), Some("cross-site" | "same-site")) {
+    if matches!(text("sec-fetch-site"), Some("cross-site" | "same-site")) {
         return Some("a request from another site's page is refused".into());
     }
-    if let Some(origin) = text(header::ORIGIN) {
+    if let Some(origin) = text("origin") {
         let ours = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host);
         if !ours {
             return Some(format!("a request from `{}` (another origin) is refused", origin.escape_debug()));
@@ -227,13 +232,15 @@ mod tests {
             }
             foreign_request(&h, served)
         };
-        assert_eq!(with(&[("host", "127.0.0.1:8474")]), None, "curl");
-        assert_eq!(with(&[("host", "LOCALHOST:8474")]), None);
+        const UA: (&str, &str) = ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)");
+        assert_eq!(with(&[("host", "x")]), None, "curl and scripts, whatever their Host");
+        assert_eq!(with(&[("host", "LOCALHOST:8474"), UA]), None);
+        assert_eq!(with(&[("host", "127.0.0.1:9000"), UA]), None, "through a tunnel's port");
         assert_eq!(with(&[("host", "127.0.0.1:8474"), ("origin", "http://127.0.0.1:8474")]), None, "the page");
-        assert!(with(&[("host", "rebind.example:8474")]).is_some());
-        assert!(with(&[("host", "127.0.0.1:9999")]).is_some());
+        assert!(with(&[("host", "rebind.example:8474"), UA]).is_some());
+        assert!(with(&[("host", "rebind.example:8474"), ("sec-fetch-mode", "cors")]).is_some());
         assert!(with(&[("host", "127.0.0.1:8474"), ("origin", "http://evil.example")]).is_some());
         assert!(with(&[("host", "127.0.0.1:8474"), ("sec-fetch-site", "cross-site")]).is_some());
-        assert!(with(&[("host", "[::1]:8474")]).is_none());
+        assert!(with(&[("host", "[::1]:8474"), UA]).is_none());
     }
 }

@@ -160,7 +160,8 @@ fn the_proxy_page_shows_proxies_toxics_and_changes() {
         String::from_utf8(Command::new("curl").args(&args).output().unwrap().stdout).unwrap()
     };
     let rebound = format!("Host: rebind.example:{port}");
-    assert_eq!(status(&["-H", &rebound]), "421");
+    assert_eq!(status(&["-H", &rebound, "-A", "Mozilla/5.0 (X11; Linux x86_64)"]), "421");
+    assert_eq!(status(&["-H", &rebound]), "204", "a script may name any host");
     assert_eq!(status(&["-H", "Origin: http://evil.example"]), "403");
     assert_eq!(status(&["-H", "Sec-Fetch-Site: cross-site"]), "403");
     let own = format!("Origin: http://127.0.0.1:{port}");

@@ -112,7 +112,8 @@ fn hold_a_fault_and_abort_through_the_api_are_audited_and_reported() {
     assert_eq!(status, 401);
     let (status, answer) = call(port, "POST", "/api/hold", Some(SECRET), Some(r#"{"for": "forever"}"#), &host);
     assert_eq!(status, 400, "{answer}");
-    let (status, _) = call(port, "GET", "/api/state", None, None, "attacker.example");
+    let browser = "User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n";
+    let (status, _) = call_with(port, "GET", "/api/state", None, None, "attacker.example", browser);
     assert_eq!(status, 421, "a name pointed at loopback from elsewhere is not this server");
     let (status, _) =
         call_with(port, "POST", "/api/abort", Some(SECRET), None, &host, "Origin: http://attacker.example\r\n");

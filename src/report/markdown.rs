@@ -341,10 +341,15 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         .iter()
         .map(|f| {
             let to = f["ended_secs"].as_f64().map_or("end".to_string(), |s| format!("{s:.1}s"));
+            // A fault started live names who started it.
+            let kind = match f["by"].as_str() {
+                Some(by) => format!("{} (live, by {by})", t(&f["kind"])),
+                None => t(&f["kind"]),
+            };
             format!(
                 "| {} | {} | {} | {:.1}s | {to} | {} |\n",
                 cell(&t(&f["stage"])),
-                cell(&t(&f["kind"])),
+                cell(&kind),
                 cell(&t(&f["at"])),
                 f["started_secs"].as_f64().unwrap_or(0.0),
                 if f["removed"].as_bool().unwrap_or(false) { "yes" } else { "**NO**" },
@@ -355,6 +360,28 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
         sections.push((
             "### Faults\n\n| stage | fault | at | from | to | removed |\n|---|---|---|---|---|---|\n".into(),
             faults,
+        ));
+    }
+    // What operators did through the steering API (allowed or refused).
+    let steering: Vec<String> = doc["steering"]
+        .as_array()
+        .unwrap_or(&none)
+        .iter()
+        .map(|a| {
+            format!(
+                "| {:.1}s | {} | {} | {} | {} |\n",
+                a["run_secs"].as_f64().unwrap_or(0.0),
+                cell(&t(&a["token"])),
+                cell(&t(&a["action"])),
+                cell(&t(&a["result"])),
+                cell(&t(&a["message"])),
+            )
+        })
+        .collect();
+    if !steering.is_empty() {
+        sections.push((
+            "### Steering\n\n| at | token | action | result | what |\n|---|---|---|---|---|\n".into(),
+            steering,
         ));
     }
     let mut tail = String::new();
