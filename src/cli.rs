@@ -111,7 +111,8 @@ pub enum Command {
     )]
     Run {
         /// The scenario file.
-        file: PathBuf,
+        #[arg(required_unless_present = "ui")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         scenario: ScenarioArgs,
         /// Folder that receives one sub-folder per run (and a `latest` link to the
@@ -305,7 +306,20 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { file, scenario, report_dir, out, report, quiet, metrics, ui, ui_tokens } => {
+        Command::Run { file, scenario, report_dir, out, report, quiet, metrics, mut ui, ui_tokens } => {
+            // `--ui scenario.yaml`: the option took the file as its address.
+            let file = match (file, &ui) {
+                (Some(f), _) => f,
+                (None, Some(addr)) if Path::new(addr).is_file() => {
+                    let f = PathBuf::from(addr);
+                    ui = Some("127.0.0.1:0".into());
+                    f
+                }
+                (None, _) => {
+                    eprintln!("error: the scenario file is missing: stagegate run FILE [--ui [ADDR]]");
+                    return exit::INVALID_INPUT;
+                }
+            };
             let folder = match out {
                 Some(dir) => RunFolder::Exact(dir),
                 None => RunFolder::Under(report_dir),

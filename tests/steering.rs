@@ -251,5 +251,10 @@ fn a_page_beyond_loopback_needs_a_given_token_and_tokens_are_checked() {
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert!(stderr.contains("--ui-token"), "{stderr}");
     }
+    // `--ui FILE`: the option took the scenario file as its address; it is the file.
+    let out = stagegate(&["run", "--ui", "scenarios/quickstart.yaml", "--ui-token", "bob=short"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--ui-token: `bob`'s secret"), "the file was read as the scenario: {stderr}");
     assert!(!dir.exists(), "nothing ran");
 }

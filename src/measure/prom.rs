@@ -193,7 +193,7 @@ pub async fn preflight(source: &PromSource, client: &reqwest::Client) -> Result<
 }
 
 /// The points `(offset into the stage, value)` of the query's single series, and how
-/// many points were not numbers (NaN, infinite).
+/// many points were not numbers (NaN); infinite points are kept (a ratio over zero).
 async fn query_range(
     source: &PromSource,
     query: &str,
@@ -237,8 +237,9 @@ async fn query_range(
         let (Some(t), Some(x)) = (v[0].as_f64(), v[1].as_str().and_then(|s| s.parse::<f64>().ok())) else {
             continue;
         };
-        // NaN (0/0 in a quiet second) and infinities say nothing.
-        if !x.is_finite() {
+        // NaN (0/0 in a quiet second) says nothing; an infinity (x/0) is kept, to be
+        // named: it must not pass quietly.
+        if x.is_nan() {
             not_numbers += 1;
             continue;
         }
@@ -261,10 +262,21 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, String
     Ok(body)
 }
 
-/// The figures of `points` over the stage's judged part and each fault phase.
+/// The figures of `points` over the stage's judged part and each fault phase; a window
+/// with an infinite point (a ratio over zero) has no figures, and says why.
 fn summarize(query: &str, points: &[(Duration, f64)], stage: &StageWindow<'_>) -> PromFigures {
     let judged: Vec<(Duration, f64)> =
         points.iter().copied().filter(|(t, _)| *t >= stage.warmup && *t <= stage.ran).collect();
+    let infinite = judged.iter().filter(|(_, v)| v.is_infinite()).count();
+    if infinite > 0 {
+        return PromFigures {
+            query: query.to_string(),
+            missing: Some(format!(
+                "`{query}` was infinite at {infinite} of its points in the stage (a ratio over zero, such as failures over no successes): no figure stands for it"
+            )),
+            ..PromFigures::default()
+        };
+    }
     let whole: Vec<f64> = judged.iter().map(|(_, v)| *v).collect();
     let mut phases = BTreeMap::new();
     for phase in Phase::ALL {
@@ -299,5 +311,11 @@ mod tests {
         assert!(f.missing.is_none());
         let early = summarize("q", &points[..2], &stage);
         assert!(early.missing.unwrap().contains("no value"));
+        // An infinite point (x/0) leaves the window without figures: `max < 2` must not pass.
+        let mut with_inf = points.clone();
+        with_inf[5].1 = f64::INFINITY;
+        let f = summarize("q", &with_inf, &stage);
+        assert_eq!(f.whole.max, None);
+        assert!(f.missing.unwrap().contains("infinite at 1"));
     }
 }

@@ -358,6 +358,12 @@ impl Steering {
             Ok(m) => ("ok", m),
             Err((_, m)) => ("refused", m),
         };
+        // A refusal may quote what was sent: kept as short as the request itself.
+        let message = if message.chars().count() > MAX_REQUEST_TEXT {
+            format!("{}…", message.chars().take(MAX_REQUEST_TEXT).collect::<String>())
+        } else {
+            message
+        };
         let entry = AuditEntry {
             at: chrono::Utc::now().to_rfc3339(),
             run_secs: (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,

@@ -301,10 +301,19 @@ fn compile_metrics(ctx: &mut Ctx, m: MetricsSpec) -> Option<crate::measure::prom
     let url = m.prometheus.trim().trim_end_matches('/').to_string();
     let parsed =
         reqwest::Url::parse(&url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-    if parsed.is_none() {
-        ctx.error("metrics.prometheus", format!("`{url}` is not an http(s) URL")).hint =
-            Some("the Prometheus server's base URL, e.g. `http://127.0.0.1:9090`".into());
-        ok = false;
+    match parsed {
+        None => {
+            ctx.error("metrics.prometheus", format!("`{url}` is not an http(s) URL")).hint =
+                Some("the Prometheus server's base URL, e.g. `http://127.0.0.1:9090`".into());
+            ok = false;
+        }
+        Some(u) if u.query().is_some() || u.fragment().is_some() => {
+            ctx.error("metrics.prometheus", "the server's base URL takes no `?query` or `#fragment`").hint = Some(
+                "stagegate adds `/api/v1/...` to it; give the base, e.g. `http://127.0.0.1:9090/prometheus`".into(),
+            );
+            ok = false;
+        }
+        Some(_) => {}
     }
     if m.queries.is_empty() {
         ctx.error("metrics.queries", "name at least one query").hint =
