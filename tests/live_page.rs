@@ -77,7 +77,9 @@ fn the_live_page_moves_with_the_run_in_a_real_browser() {
             dir.to_str().unwrap(),
             "--ui",
             "--set",
-            "workload.duration=20s",
+            // Long enough that a slow browser start never outlasts the stage; the test
+            // stops the run itself.
+            "workload.duration=90s",
             "--set",
             RELAXED_HEALTH,
         ],

@@ -367,7 +367,15 @@ fn time_chart(
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..x_end, 0f64..top)
             .map_err(chart_error)?;
-        chart.configure_mesh().x_desc("seconds into the stage").y_desc(y_desc).draw().map_err(chart_error)?;
+        // Only the labelled grid lines: the finer ones would triple the SVG, which the live
+        // page sends once a second.
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_desc("seconds into the stage")
+            .y_desc(y_desc)
+            .draw()
+            .map_err(chart_error)?;
         shade_faults(&mut chart, faults, x_end, top)?;
         for (p, label, color) in data {
             if p.is_empty() {
