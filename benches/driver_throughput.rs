@@ -80,6 +80,7 @@ fn main() {
                 &InputFaults::default(),
                 &CancellationToken::new(),
                 &mut driver::StageEnd::fixed(workload.duration),
+                driver::Share::WHOLE,
                 &mut sink,
             )
             .await;

@@ -150,6 +150,46 @@ pub enum Command {
         /// made and printed.
         #[arg(long = "ui-token", value_name = "NAME=SECRET", env = "STAGEGATE_UI_TOKEN", value_delimiter = ',')]
         ui_tokens: Vec<String>,
+        /// Send the load through N load workers (`stagegate worker`), this process being
+        /// their controller: it keeps the flags, faults, timeline, data checks and
+        /// verdict, and each worker sends a disjoint share of every stage. A worker that
+        /// dies, is late or falls behind makes its stage INCONCLUSIVE.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        workers: Option<u32>,
+        /// Where the controller's API listens for workers (with --workers).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7400")]
+        controller_listen: String,
+        /// The token workers present (at least 16 characters). Without it one is made
+        /// and printed.
+        #[arg(long, value_name = "TOKEN", env = "STAGEGATE_WORKER_TOKEN", hide_env_values = true)]
+        worker_token: Option<String>,
+        /// How long the workers have to join before the run gives up (exit 4).
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::scenario::units::parse_duration)]
+        join_timeout: std::time::Duration,
+    },
+    /// Send a share of a distributed run's load (`stagegate run --workers N`): join the
+    /// controller, drive this worker's share of each stage from the start time it
+    /// gives, stream every outcome back, exit when the run is over.
+    ///
+    /// Exit codes: 0 the run is over, 2 refused (token, index), 4 the controller could
+    /// not be reached or was lost, 130 interrupted (the controller is told).
+    #[command(after_help = "Example:
+  stagegate worker --controller http://controller:7400 --token \"$STAGEGATE_WORKER_TOKEN\" --index 0
+
+In a Kubernetes Indexed Job the index comes from JOB_COMPLETION_INDEX.")]
+    Worker {
+        /// The controller's URL (`http://HOST:PORT`).
+        #[arg(long, env = "STAGEGATE_CONTROLLER")]
+        controller: String,
+        /// The run's worker token.
+        #[arg(long, env = "STAGEGATE_WORKER_TOKEN", hide_env_values = true)]
+        token: String,
+        /// This worker's index, 0 to N-1.
+        #[arg(long, env = "JOB_COMPLETION_INDEX")]
+        index: u32,
+        /// How long to keep trying to reach and join the controller.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::scenario::units::parse_duration)]
+        join_timeout: std::time::Duration,
     },
     /// Check scenario files without running anything (exit 0 valid, 2 invalid).
     ///
@@ -306,7 +346,21 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run { file, scenario, report_dir, out, report, quiet, metrics, mut ui, ui_tokens } => {
+        Command::Run {
+            file,
+            scenario,
+            report_dir,
+            out,
+            report,
+            quiet,
+            metrics,
+            mut ui,
+            ui_tokens,
+            workers,
+            controller_listen,
+            worker_token,
+            join_timeout,
+        } => {
             // `--ui scenario.yaml`: the option took the file as its address.
             let file = match (file, &ui) {
                 (Some(f), _) => f,
@@ -324,7 +378,8 @@ pub fn execute(cli: Cli) -> i32 {
                 Some(dir) => RunFolder::Exact(dir),
                 None => RunFolder::Under(report_dir),
             };
-            let serve = Serve { metrics, ui, ui_tokens };
+            let workers = workers.map(|n| Workers { n, listen: controller_listen, token: worker_token, join_timeout });
+            let serve = Serve { metrics, ui, ui_tokens, workers };
             run(&file, &scenario, &folder, &report, quiet, serve)
         }
         Command::Validate { files, scenario } => validate(&files, &scenario),
@@ -343,6 +398,9 @@ pub fn execute(cli: Cli) -> i32 {
         } => audit(&files, inventory.as_deref(), naming.as_deref(), &max_age, &severity, &format, today.as_deref()),
         Command::Proxy { listen, config, allow_remote, ui } => proxy(&listen, config.as_deref(), allow_remote, ui),
         Command::KvStore { port } => kv_store(port),
+        Command::Worker { controller, token, index, join_timeout } => {
+            worker(crate::distributed::worker::Args { controller, token, index, join_timeout })
+        }
         Command::Cleanup { report_dir } => cleanup(&report_dir),
         Command::Report { run_dir, format } => rerender(&run_dir, &format),
         Command::Compare { old, new, max_regression, max_error_rise, confidence } => {
@@ -746,6 +804,41 @@ struct Serve {
     metrics: Option<String>,
     ui: Option<String>,
     ui_tokens: Vec<String>,
+    workers: Option<Workers>,
+}
+
+/// `--workers` and its options.
+struct Workers {
+    n: u32,
+    listen: String,
+    token: Option<String>,
+    join_timeout: std::time::Duration,
+}
+
+/// `stagegate worker`.
+fn worker(args: crate::distributed::worker::Args) -> i32 {
+    if args.token.trim().len() < 16 {
+        eprintln!("error: --token: the worker token is at least 16 characters (the controller prints the one it made)");
+        return exit::INVALID_INPUT;
+    }
+    match reqwest::Url::parse(&args.controller) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            eprintln!(
+                "error: --controller: expected the controller's URL, like http://controller:7400, got `{}`",
+                args.controller
+            );
+            return exit::INVALID_INPUT;
+        }
+    }
+    let stop = Shutdown::default();
+    if let Err(e) = watch_signals(stop.clone(), "telling the controller and stopping") {
+        eprintln!("error: cannot watch for Ctrl-C: {e}");
+        return exit::RUN_BROKEN;
+    }
+    crate::health::raise_file_limit();
+    let Some(runtime) = runtime() else { return exit::RUN_BROKEN };
+    runtime.block_on(crate::distributed::worker::work(args, stop))
 }
 
 /// `--ui-token`s as `(name, secret)`: names unique, secrets long enough.
@@ -847,6 +940,30 @@ fn run(
             "warning: --ui-token (or STAGEGATE_UI_TOKEN) steers the live page, which only --ui serves; no page this run"
         );
     }
+    // The workers' API too: its address and token are arguments.
+    let controller = match &serve.workers {
+        Some(w) => {
+            let token = match &w.token {
+                Some(t) if t.trim().len() >= 16 && !t.contains(char::is_whitespace) => (t.clone(), false),
+                Some(_) => {
+                    eprintln!("error: --worker-token: at least 16 characters, without spaces; {NOT_RUN}");
+                    return exit::INVALID_INPUT;
+                }
+                None => (crate::steer::new_token(), true),
+            };
+            let listener = std::net::TcpListener::bind(&w.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| format!("cannot listen on {}: {e}", w.listen));
+            match listener {
+                Ok(l) => Some((l, token, w.n, w.join_timeout)),
+                Err(e) => {
+                    eprintln!("error: --controller-listen: {e}; {NOT_RUN}");
+                    return exit::INVALID_INPUT;
+                }
+            }
+        }
+        None => None,
+    };
     let ui = match serve.ui.as_deref().map(|a| ui_listener(a, !tokens.is_empty())).transpose() {
         Ok(l) => l,
         Err(e) => {
@@ -955,6 +1072,31 @@ fn run(
             }
             None => (None, None, None),
         };
+        // The workers' controller, for the run's whole length.
+        let (workers, _controller) = match controller {
+            Some((listener, (token, generated), n, join_timeout)) => {
+                let ctl = crate::distributed::controller::Controller::new(n, token.clone());
+                let server = tokio::net::TcpListener::from_std(listener).and_then(|l| {
+                    crate::server::Server::start("controller", l, crate::distributed::controller::router(ctl.clone()), None)
+                });
+                match server {
+                    Ok(s) => {
+                        ctl.served_at(s.addr().to_string());
+                        // Said even with -q: the workers need it.
+                        eprintln!("controller: http://{} waiting for {n} workers (stagegate worker --controller URL --token TOKEN --index 0..{})", s.addr(), n - 1);
+                        if generated {
+                            eprintln!("worker token: {token}");
+                        }
+                        (Some((ctl, join_timeout)), Some(s))
+                    }
+                    Err(e) => {
+                        eprintln!("error: the controller cannot serve: {e}");
+                        return exit::RUN_BROKEN;
+                    }
+                }
+            }
+            None => (None, None),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let runner = {
             let plan = plan.clone();
@@ -963,6 +1105,7 @@ fn run(
                 run_id,
                 live: live.clone(),
                 steering: steering.clone(),
+                workers,
             };
             let stop = stop.clone();
             tokio::spawn(async move { crate::runner::run(&plan, out, stop, tx).await })

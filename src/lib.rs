@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod data;
 pub mod deps;
+pub mod distributed;
 pub mod exit;
 pub mod fault;
 pub mod flags;

@@ -1,8 +1,10 @@
 //! The seeded record generator.
 //!
-//! One [`Generator`] owns one random stream (xoshiro256++, a fixed algorithm, so the
-//! stream does not change with the `rand` version's default). Records come out in
-//! order; record `n` of a seed is always the same bytes.
+//! Record `n` of a seed is always the same bytes, and can be made without the `n`
+//! before it: each record draws from its own random stream (xoshiro256++, a fixed
+//! algorithm, so it does not change with the `rand` version's default), seeded from the
+//! run's seed and `n`. That is what lets load workers each make a disjoint share of the
+//! records a single run would send, without making the rest.
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use super::schema::{FakeKind, FieldKind, Schema};
 /// Turns a schema and a seed into records.
 pub struct Generator {
     schema: Arc<Schema>,
+    seed: u64,
     rng: Xoshiro256PlusPlus,
     zipfs: Vec<Option<Zipf<f64>>>,
     index: u64,
@@ -41,7 +44,7 @@ impl Generator {
                 _ => None,
             })
             .collect();
-        Generator { schema, rng: Xoshiro256PlusPlus::seed_from_u64(seed), zipfs, index: 0 }
+        Generator { schema, seed, rng: Xoshiro256PlusPlus::seed_from_u64(seed), zipfs, index: 0 }
     }
 
     /// The schema this generator follows.
@@ -49,15 +52,23 @@ impl Generator {
         &self.schema
     }
 
-    /// The next record.
+    /// The next record: record 0 first, then the one after the last made.
     pub fn next_record(&mut self) -> Map<String, Value> {
+        let record = self.record(self.index);
+        self.index += 1;
+        record
+    }
+
+    /// Record number `n`.
+    pub fn record(&mut self, n: u64) -> Map<String, Value> {
+        self.index = n;
+        self.rng = Xoshiro256PlusPlus::seed_from_u64(xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed));
         let mut record = Map::new();
         let schema = Arc::clone(&self.schema);
         for (i, field) in schema.fields.iter().enumerate() {
             let value = self.value(i, &field.kind);
             record.insert(field.name.clone(), value);
         }
-        self.index += 1;
         record
     }
 
@@ -152,6 +163,16 @@ mod tests {
     fn same_seed_gives_byte_identical_records() {
         assert_eq!(records(42, 200), records(42, 200));
         assert_ne!(records(42, 5), records(43, 5));
+    }
+
+    #[test]
+    fn any_record_can_be_made_alone() {
+        let schema = Arc::new(Schema::parse(Path::new("orders.yaml"), ORDERS).unwrap());
+        let in_order = records(42, 50);
+        let mut g = Generator::new(schema, 42);
+        for n in [49u64, 3, 17, 0] {
+            assert_eq!(Value::Object(g.record(n)).to_string(), in_order[n as usize]);
+        }
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct Schema {
     /// The field whose value identifies a record (unique per record).
     pub key: String,
     pub fields: Vec<Field>,
+    /// The text it was read from (load workers are sent it).
+    pub source: String,
 }
 
 /// One field of a record.
@@ -236,7 +238,7 @@ impl Schema {
             ctx.error("fields", "a schema needs at least one field");
         }
         if ctx.errors.is_empty() {
-            Ok(Schema { name: spec.name, key: spec.key, fields })
+            Ok(Schema { name: spec.name, key: spec.key, fields, source: text.to_string() })
         } else {
             Err(Diagnostics(ctx.errors).sorted())
         }

@@ -54,6 +54,17 @@ impl RecordFaults {
         RecordFaults { faults, stage }
     }
 
+    /// The faults with their seeds, and the stage's length (to send them to a load
+    /// worker).
+    pub fn parts(&self) -> (&[(Fault, u64)], Duration) {
+        (&self.faults, self.stage)
+    }
+
+    /// Record faults from [`RecordFaults::parts`].
+    pub fn from_parts(faults: Vec<(Fault, u64)>, stage: Duration) -> Self {
+        RecordFaults { faults, stage }
+    }
+
     /// Whether any workload fault exists in the stage.
     pub fn is_empty(&self) -> bool {
         self.faults.is_empty()

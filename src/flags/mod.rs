@@ -106,7 +106,7 @@ impl Provider {
 }
 
 /// A flag's state in one stage.
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagState {
     /// Every record sees this value.

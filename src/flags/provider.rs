@@ -155,6 +155,17 @@ const HEADER_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.
 /// A flag name or value as the header carries it, percent-encoded (`%`, `,`, `=`,
 /// spaces, control characters and non-ASCII), so that a value cannot read as another
 /// flag, nor break the header.
+/// The `header` provider's header value for a record's flag values (a JSON object):
+/// `name=value,...`, each part percent-encoded so no value can pose as another flag.
+pub fn header_text(values: &Value) -> Option<String> {
+    let Value::Object(values) = values else { return None };
+    let text: Vec<String> = values
+        .iter()
+        .map(|(k, v)| format!("{}={}", escape(k), escape(&v.as_str().map_or(v.to_string(), String::from))))
+        .collect();
+    Some(text.join(","))
+}
+
 fn escape(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, HEADER_ESCAPED).to_string()
 }
@@ -254,12 +265,7 @@ impl FlagProvider for Header {
     }
 
     fn header(&self, values: &Value) -> Option<(String, String)> {
-        let Value::Object(values) = values else { return None };
-        let text: Vec<String> = values
-            .iter()
-            .map(|(k, v)| format!("{}={}", escape(k), escape(&v.as_str().map_or(v.to_string(), String::from))))
-            .collect();
-        Some((self.name.clone(), text.join(",")))
+        Some((self.name.clone(), header_text(values)?))
     }
 
     fn wants_values(&self) -> bool {

@@ -218,6 +218,23 @@ fn leaks(value: &Value, pii: &[u64]) -> bool {
     }
 }
 
+/// What the ledger keeps of a sent record: each field's name and value hash, and the
+/// hashes of its `pii` string values. Small enough to travel from a load worker to the
+/// controller in place of the record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Digest {
+    pub fields: Vec<(String, u64)>,
+    pub pii: Vec<u64>,
+}
+
+/// The [`Digest`] of `record`, watching `pii_fields`.
+pub fn digest(record: &Map<String, Value>, pii_fields: &[String]) -> Digest {
+    Digest {
+        fields: record.iter().map(|(name, value)| (name.clone(), hash(value))).collect(),
+        pii: pii_fields.iter().filter_map(|f| record.get(f)).filter(|v| v.is_string()).map(hash).collect(),
+    }
+}
+
 /// A record's key as text, whatever JSON type it has.
 pub fn key_of(record: &Map<String, Value>, key_field: &str) -> Option<String> {
     match record.get(key_field)? {
@@ -277,17 +294,32 @@ impl Ledger {
 
     /// Notes that `record` was sent, with its breakdown tags.
     pub fn sent(&mut self, key: &str, record: &Map<String, Value>, tags: Tags) {
-        let fields = record
-            .iter()
-            .map(|(name, value)| {
-                let name = self.names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str()));
-                (name.clone(), hash(value))
+        let digest = digest(record, &self.pii_fields);
+        self.sent_digest(key, digest, tags);
+    }
+
+    /// The `pii` fields watched.
+    pub fn pii_fields(&self) -> &[String] {
+        &self.pii_fields
+    }
+
+    /// Notes that a record was sent, from its [`Digest`] (made where it was sent: a
+    /// load worker).
+    pub fn sent_digest(&mut self, key: &str, digest: Digest, tags: Tags) {
+        let fields = digest
+            .fields
+            .into_iter()
+            .map(|(name, h)| {
+                let name = match self.names.get(&name) {
+                    Some(n) => n.clone(),
+                    None => self.names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str())).clone(),
+                };
+                (name, h)
             })
             .collect();
-        let pii = self.pii_fields.iter().filter_map(|f| record.get(f)).filter(|v| v.is_string()).map(hash).collect();
         let entry = Entry {
             fields,
-            pii,
+            pii: digest.pii,
             acked: false,
             rejected: false,
             tags,

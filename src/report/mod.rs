@@ -135,6 +135,11 @@ pub struct StageReport {
     /// that fetched its flags only in bulk), when it cannot; a warning, not a hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exposure_unproven: Option<String>,
+    /// Why the stage's evidence is incomplete in a distributed run (a load worker died,
+    /// was late or could not keep its schedule): every criterion of the stage is then
+    /// INCONCLUSIVE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers_incomplete: Option<String>,
     /// The stage over time (per second up to 600 s).
     pub series: crate::measure::series::Series,
     /// The judged time cut into windows, as comparisons test them (`stagegate compare`
@@ -186,6 +191,10 @@ pub struct RunReport {
     pub reasons: Vec<String>,
     pub warnings: Vec<String>,
     pub stages: Vec<StageReport>,
+    /// The load workers of a distributed run (`--workers`): how each joined (its clock
+    /// offset to the controller) and what it did in each stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<crate::distributed::controller::DistributedReport>,
     pub assessments: Vec<Assessment>,
     pub faults: Vec<FaultRecord>,
     /// Where the report files were written.
@@ -251,6 +260,7 @@ impl RunReport {
             reasons: Vec::new(),
             warnings: plan.warnings.clone(),
             stages: Vec::new(),
+            distributed: None,
             assessments: Vec::new(),
             faults: Vec::new(),
             report_dir,

@@ -48,6 +48,9 @@ pub struct Output {
     pub live: Option<Arc<crate::report::prometheus::Live>>,
     /// The operator's controls, when the run is steered (`--ui`).
     pub steering: Option<Arc<crate::steer::Steering>>,
+    /// The load workers' controller, when the run sends through workers (`--workers`),
+    /// and how long they have to join.
+    pub workers: Option<(Arc<crate::distributed::controller::Controller>, Duration)>,
 }
 
 /// Runs `plan`, sending events to `events`; the report is also the last event.
@@ -154,9 +157,41 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
                     .collect(),
                 flags: provisioned.flags.endpoint().unwrap_or_default(),
             });
-            let watchers = Watchers { live: out.live.as_deref(), steering: out.steering.as_deref() };
-            samples = run_stages(plan, &provisioned, &halt, &trouble, &events, watchers, &mut report).await;
+            let ctl = out.workers.as_ref().map(|(c, _)| c.as_ref());
+            let mut joined = true;
+            if let Some((ctl, join_timeout)) = &out.workers {
+                let steered = out.steering.is_some();
+                ctl.assign(crate::distributed::assignment(plan, &provisioned, &out.run_id, ctl.workers(), steered));
+                emit(Event::Note {
+                    message: format!(
+                        "waiting for {} load workers to join (at most {})",
+                        ctl.workers(),
+                        crate::scenario::units::format_duration(*join_timeout)
+                    ),
+                });
+                if let Err(missing) = ctl.await_members(*join_timeout, &halt).await {
+                    joined = false;
+                    if !halt.is_cancelled() {
+                        let missing: Vec<String> = missing.iter().map(u32::to_string).collect();
+                        report.error = Some(format!(
+                            "{} of {} load workers joined within {}; missing: {} (is `stagegate worker` running with this controller's URL and token?)",
+                            ctl.workers() as usize - missing.len(),
+                            ctl.workers(),
+                            crate::scenario::units::format_duration(*join_timeout),
+                            missing.join(", ")
+                        ));
+                    }
+                }
+            }
+            if joined {
+                let watchers = Watchers { live: out.live.as_deref(), steering: out.steering.as_deref(), workers: ctl };
+                samples = run_stages(plan, &provisioned, &halt, &trouble, &events, watchers, &mut report).await;
+            }
         }
+    }
+    // The workers stop sending before anything else stops.
+    if let Some((ctl, _)) = &out.workers {
+        ctl.finish(if halt.is_cancelled() { "the run was stopped" } else { "the run is over" });
     }
     // Every fault lifted first, then everything stopped, newest first.
     guard.teardown(&stop.force).await;
@@ -174,11 +209,18 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
                 .push(format!("{} steering attempts were left out of the audit (past its bounds)", s.audit_dropped()));
         }
     }
+    if let Some((ctl, _)) = &out.workers {
+        report.distributed = Some(distributed_report(ctl, &report, out.dir.as_deref()));
+    }
     let completed = |name: &str| report.stages.iter().any(|s| s.name == name && s.completed);
     // A stage whose timing cannot be trusted, or whose new flag states never ran, cannot
     // speak in a comparison either.
     let behind = |name: &str| {
-        report.stages.iter().find(|s| s.name == name).and_then(|s| s.health.behind.clone().or(s.unexposed.clone()))
+        report
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.health.behind.clone().or(s.unexposed.clone()).or(s.workers_incomplete.clone()))
     };
     let judged_secs = plan.workload.duration.saturating_sub(plan.workload.warmup).as_secs_f64();
     let (comparisons, tests) = verdict::compare_stages(&plan.criteria, &samples, completed, behind, judged_secs);
@@ -299,10 +341,30 @@ fn finish(_plan: &Plan, mut report: RunReport, events: &UnboundedSender<Event>) 
     report
 }
 
-/// Who watches and steers the run while it goes.
+/// Who watches and steers the run while it goes, and who sends its load.
 struct Watchers<'a> {
     live: Option<&'a crate::report::prometheus::Live>,
     steering: Option<&'a crate::steer::Steering>,
+    workers: Option<&'a crate::distributed::controller::Controller>,
+}
+
+/// The workers' part of the report, and their interval log written beside it.
+fn distributed_report(
+    ctl: &crate::distributed::controller::Controller,
+    report: &RunReport,
+    dir: Option<&std::path::Path>,
+) -> crate::distributed::controller::DistributedReport {
+    let mut out = ctl.report();
+    let run_start = chrono::DateTime::parse_from_rfc3339(&report.started_at)
+        .map_or(std::time::SystemTime::now(), std::time::SystemTime::from);
+    if let Some(dir) = dir {
+        let path = dir.join("workers.hlog");
+        match ctl.interval_log(run_start).and_then(|(text, _)| std::fs::write(&path, text).map_err(|e| e.to_string())) {
+            Ok(()) => out.interval_log = Some("workers.hlog".into()),
+            Err(e) => tracing::warn!(error = %e, "the workers' interval log could not be written"),
+        }
+    }
+    out
 }
 
 /// Runs the stages in order until one cannot go on; returns each finished stage's judged
@@ -316,7 +378,7 @@ async fn run_stages(
     watchers: Watchers<'_>,
     report: &mut RunReport,
 ) -> HashMap<String, verdict::StageSamples> {
-    let Watchers { live, steering } = watchers;
+    let Watchers { live, steering, workers } = watchers;
     let mut samples = HashMap::new();
     // Connections stay open for reuse, as a client of the target would keep them; those
     // idle for a while are closed, so a burst of concurrency does not keep its
@@ -330,7 +392,7 @@ async fn run_stages(
             return samples;
         }
     };
-    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, live, steering };
+    let cx = stage::Context { plan, provisioned, halt, trouble, events, client: &client, live, steering, workers };
     // A progressive exposure stops at its first failing step: the wider ones are not run.
     let mut stopped_exposure: Option<&str> = None;
     for index in 0..plan.stages.len() {

@@ -52,6 +52,8 @@ pub struct Context<'a> {
     pub live: Option<&'a crate::report::prometheus::Live>,
     /// The operator's controls, when the run is steered (`--ui`).
     pub steering: Option<&'a crate::steer::Steering>,
+    /// The load workers' controller, when the run sends through workers.
+    pub workers: Option<&'a crate::distributed::controller::Controller>,
 }
 
 /// How a stage went.
@@ -163,8 +165,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     for (_, gate) in &places.gates {
         gate.take_hold_overruns();
     }
+    // Through load workers, the stage is announced ahead and starts when they all do.
+    let (start, inbox) = match cx.workers {
+        Some(ctl) => {
+            let (start, inbox) = ctl.announce(index, stage_end.get()).await;
+            (start, Some(inbox))
+        }
+        None => (Instant::now(), None),
+    };
     let cpu_before = CpuClock::now();
-    let start = Instant::now();
     let start_unix =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     // Warm-up is measured, not judged: the health figures start where judging does.
@@ -188,7 +197,19 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     };
     let data_seed = seed::derive(plan.seed, "data", index as u64);
     let drive = async {
-        let d = driver::drive(&write, &workload, data_seed, &input, &stop, &mut stage_end, &mut accounts).await;
+        let d = match (cx.workers, inbox) {
+            (Some(ctl), Some(inbox)) => {
+                let timeout = plan.workload.timeout;
+                let warmup = plan.workload.warmup;
+                ctl.drive(index, &stage.name, start, inbox, warmup, timeout, &stop, &mut stage_end, &mut accounts).await
+            }
+            _ => {
+                let share = driver::Share::WHOLE;
+                let d =
+                    driver::drive(&write, &workload, data_seed, &input, &stop, &mut stage_end, share, &mut accounts);
+                (d.await, None)
+            }
+        };
         over.cancel();
         d
     };
@@ -220,7 +241,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             }
         }
     };
-    let (drive, records, (), ()) = tokio::join!(
+    let ((drive, workers_incomplete), records, (), ()) = tokio::join!(
         drive,
         timeline::play(&faults, &places, clock, live_faults.as_mut(), &mut emit),
         p.observer.watch(&over),
@@ -348,6 +369,10 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
     if let Some(why) = &unexposed {
         verdict::hold_all(&mut assessments, why);
     }
+    // A load worker's share missing: the stage's figures are not the whole load's.
+    if let Some(why) = &workers_incomplete {
+        verdict::hold_all(&mut assessments, why);
+    }
     if let Some(behind) = &health.behind {
         // A failure is the overload's when the request itself left late; failures of
         // requests sent on time are the faults' or the target's, and counted as usual.
@@ -392,6 +417,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             variant_differences,
             unexposed,
             exposure_unproven,
+            workers_incomplete,
             series,
             windows: accounts.recorder.windows(),
             started_at,
@@ -656,6 +682,11 @@ impl Sink for Accounts<'_> {
     }
 
     fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
+        let digest = crate::quality::digest(record, self.ledger().pii_fields());
+        self.sent_digest(offset, key, digest, invalid);
+    }
+
+    fn sent_digest(&mut self, offset: Duration, key: &str, digest: crate::quality::Digest, invalid: bool) {
         let variant = self.variant_of(key);
         let warmup = offset < self.plan.workload.warmup;
         let tags = Tags {
@@ -666,7 +697,7 @@ impl Sink for Accounts<'_> {
             interval: Some(self.series.index(offset) as u32),
         };
         self.series.sent(offset);
-        self.ledger().sent(key, record, tags);
+        self.ledger().sent_digest(key, digest, tags);
         if self.provider.delivery() == Delivery::Header {
             for (flag, state) in &self.stage.flags {
                 let value = state.value_for(flag, Some(key));

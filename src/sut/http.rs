@@ -35,6 +35,8 @@ pub struct WriteTemplate {
     static_path: Option<String>,
     /// Whether any part reads `flags`.
     reads_flags: bool,
+    /// What it was compiled from: the template, the common headers, the default body.
+    source: (RequestTemplate, BTreeMap<String, String>, Option<String>),
 }
 
 /// Whether a template source holds anything to render.
@@ -97,7 +99,13 @@ impl WriteTemplate {
             record_body,
             static_path,
             reads_flags,
+            source: (t.clone(), headers.clone(), default_body.map(String::from)),
         })
+    }
+
+    /// What it was compiled from (a load worker compiles the same).
+    pub fn source(&self) -> &(RequestTemplate, BTreeMap<String, String>, Option<String>) {
+        &self.source
     }
 
     /// Whether any part of the request reads `flags` (so the driver can skip computing them).

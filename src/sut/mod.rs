@@ -25,7 +25,7 @@ pub enum Target {
 }
 
 /// One HTTP request template, placeholders still in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RequestTemplate {
     pub method: String,
     pub path: String,

@@ -55,6 +55,11 @@ pub trait Sink {
     /// A record is about to be sent, intended at `offset` into the stage; `invalid` when a
     /// `malformed` fault broke it on purpose.
     fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool);
+    /// A record was sent by a load worker, which made its ledger [`Digest`] (the record
+    /// itself stays there). Sinks that keep no ledger need not care.
+    ///
+    /// [`Digest`]: crate::quality::Digest
+    fn sent_digest(&mut self, _offset: Duration, _key: &str, _digest: crate::quality::Digest, _invalid: bool) {}
     /// Extra headers for this record's request (a `header` flag provider uses this).
     fn headers(&mut self, _key: &str) -> Vec<(String, String)> {
         Vec::new()
@@ -90,6 +95,35 @@ pub struct HttpWrite {
     pub template: Arc<crate::sut::http::WriteTemplate>,
 }
 
+/// Which part of the load this driver sends: share `index` of `of` (a load worker's), or
+/// all of it. The schedule and the records are the whole run's; a share sends every
+/// `of`-th send slot of the open model's schedule (the record each slot carries is the one
+/// a single process would send there), or `1/of` of the closed model's concurrency with
+/// record numbers `index`, `index + of`, ...; so the shares are disjoint and, for the open
+/// model, their union is exactly what one process would send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: u64,
+    pub of: u64,
+}
+
+impl Share {
+    /// All of the load.
+    pub const WHOLE: Share = Share { index: 0, of: 1 };
+
+    /// Whether send slot `slot` of the schedule is this share's.
+    fn owns(self, slot: u64) -> bool {
+        slot % self.of.max(1) == self.index
+    }
+
+    /// This share of a closed model's `concurrency` (the first shares take the rest).
+    pub fn concurrency(self, concurrency: u32) -> u32 {
+        let of = self.of.max(1);
+        let base = u64::from(concurrency) / of;
+        (base + u64::from(self.index < u64::from(concurrency) % of)) as u32
+    }
+}
+
 /// How a stage's driving went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drive {
@@ -110,7 +144,8 @@ pub struct Drive {
     pub length: Duration,
 }
 
-/// Drives one stage.
+/// Drives one stage (this share of it).
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the stage; a struct would only rename them
 pub async fn drive(
     write: &HttpWrite,
     workload: &Workload,
@@ -118,6 +153,7 @@ pub async fn drive(
     input: &InputFaults,
     cancel: &CancellationToken,
     stage_end: &mut StageEnd,
+    share: Share,
     sink: &mut (dyn Sink + Send),
 ) -> Drive {
     let mut generator = Generator::new(workload.schema.clone(), data_seed);
@@ -131,8 +167,9 @@ pub async fn drive(
     let mut completed = true;
     let (mut open, closed) = match &workload.arrival {
         Arrival::Open(profile) => (Some(pacing::schedule(profile, stage_end.most())), 0usize),
-        Arrival::Closed { concurrency } => (None, *concurrency as usize),
+        Arrival::Closed { concurrency } => (None, share.concurrency(*concurrency) as usize),
     };
+    let open_model = open.is_some();
     // How many sends the schedule holds, and how many it has given so far: what is left
     // when the driver falls behind is counted, never walked through.
     let planned = |length: Duration| match &workload.arrival {
@@ -150,20 +187,37 @@ pub async fn drive(
     let fields: Vec<String> =
         workload.schema.fields.iter().map(|f| f.name.clone()).filter(|f| *f != key_field).collect();
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    // Sends made here (the closed model numbers its slots by them).
     let mut index = 0u64;
-    // Records generated ahead, for out-of-order sends.
-    let mut ahead: VecDeque<Map<String, Value>> = VecDeque::new();
+    let mut numbering = Numbering::new(if open_model { Share::WHOLE } else { share });
 
     loop {
-        // The next send: on schedule (open model), or as soon as a slot frees (closed).
+        // The next send: this share's next slot of the schedule (open model), or as soon
+        // as a slot frees (closed).
         let intended = match open.as_mut() {
-            Some(offsets) => match offsets.next() {
-                Some(offset) => {
+            Some(offsets) => {
+                let mut due = None;
+                for offset in offsets.by_ref() {
+                    let slot = scheduled;
                     scheduled += 1;
-                    Some(start + offset)
+                    if share.owns(slot) {
+                        due = Some((start + offset, slot));
+                        break;
+                    }
+                    // Another share's send: its record is taken here too, so the
+                    // numbering stays the whole run's.
+                    let reorder = if input.records.is_empty() {
+                        None
+                    } else {
+                        input.records.decide(offset, slot, &fields).reorder
+                    };
+                    numbering.take(reorder, input.seed, slot);
                 }
-                None => break,
-            },
+                match due {
+                    Some(due) => Some(due),
+                    None => break,
+                }
+            }
             None => None,
         };
         // Waits for the next send's time (or a free slot), or for the stage's end, which an
@@ -175,10 +229,7 @@ pub async fn drive(
                 sink.end_moved(end_seen);
             }
             let end = start + end_seen;
-            let ready = match intended {
-                Some(_) => false,
-                None => in_flight < closed,
-            };
+            let ready = intended.is_none() && in_flight < closed;
             if ready {
                 break;
             }
@@ -194,8 +245,8 @@ pub async fn drive(
                     next_tick += Duration::from_secs(1);
                 }
                 () = stage_end.moved() => {}
-                _ = tokio::time::sleep_until(intended.map_or(end, |i| i.min(end))) => {
-                    if intended.is_none_or(|i| i >= end) {
+                _ = tokio::time::sleep_until(intended.map_or(end, |(i, _)| i.min(end))) => {
+                    if intended.is_none_or(|(i, _)| i >= end) {
                         over = true;
                     }
                     break;
@@ -206,13 +257,14 @@ pub async fn drive(
             break;
         }
         let end = start + end_seen;
-        let intended = intended.unwrap_or_else(Instant::now);
+        let (intended, slot) = intended.unwrap_or_else(|| (Instant::now(), index * share.of.max(1) + share.index));
         if intended >= end {
             break;
         }
         if Instant::now() >= end + DROP_GRACE {
             // Behind schedule past the stage's end: what is left will never be sent.
-            let left = planned(end_seen).saturating_sub(scheduled) + 1;
+            // (this share's part of them)
+            let left = (planned(end_seen).saturating_sub(scheduled) + 1).div_ceil(share.of.max(1));
             if slot_wait.is_zero() {
                 dropped = left;
             } else {
@@ -229,19 +281,12 @@ pub async fn drive(
             break;
         }
         let offset = intended - start;
-        let fate = input.records.decide(offset, index, &fields);
-        let mut record = match fate.reorder {
-            Some(window) => {
-                // Send one of the next `window` records instead of the first of them.
-                while ahead.len() < window as usize {
-                    ahead.push_back(generator.next_record());
-                }
-                let pick = 1 + (unit(input.seed, index) * (ahead.len() - 1) as f64) as usize;
-                ahead.remove(pick.min(ahead.len() - 1)).expect("the window is filled")
-            }
-            None => ahead.pop_front().unwrap_or_else(|| generator.next_record()),
-        };
+        let fate = input.records.decide(offset, slot, &fields);
+        // Which record this slot sends: the next one, or (out of order) one of the next
+        // `window`.
+        let number = numbering.take(fate.reorder, input.seed, slot);
         index += 1;
+        let mut record = generator.record(number);
         if let Some(by) = fate.late {
             make_late(&mut record, &input.timestamps, by);
         }
@@ -331,6 +376,47 @@ pub async fn drive(
     while tasks.join_next().await.is_some() {}
     let length = if completed && !capped { stage_end.get() } else { start.elapsed().min(stage_end.get()) };
     Drive { completed, dropped, capped, held_back, length }
+}
+
+/// Which record each send slot carries: the next number, or with an out-of-order fault
+/// one of the next `window` (the numbers taken ahead wait their turn). Every share walks
+/// the whole schedule's numbering (open model) or its own numbers (closed), so each
+/// record goes out once overall.
+struct Numbering {
+    next: u64,
+    step: u64,
+    ahead: VecDeque<u64>,
+}
+
+impl Numbering {
+    /// Numbers `share.index`, `share.index + share.of`, ...
+    fn new(share: Share) -> Self {
+        Numbering { next: share.index, step: share.of.max(1), ahead: VecDeque::new() }
+    }
+
+    fn fresh(&mut self) -> u64 {
+        let n = self.next;
+        self.next += self.step;
+        n
+    }
+
+    /// The record number for send slot `slot`.
+    fn take(&mut self, reorder: Option<u32>, seed: u64, slot: u64) -> u64 {
+        match reorder {
+            Some(window) => {
+                while self.ahead.len() < window as usize {
+                    let n = self.fresh();
+                    self.ahead.push_back(n);
+                }
+                let pick = 1 + (unit(seed, slot) * (self.ahead.len() - 1) as f64) as usize;
+                self.ahead.remove(pick.min(self.ahead.len() - 1)).expect("the window is filled")
+            }
+            None => match self.ahead.pop_front() {
+                Some(n) => n,
+                None => self.fresh(),
+            },
+        }
+    }
 }
 
 /// When a stage ends, as an offset from its start: its planned length, or where an

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::data::Schema;
 
 /// The arrival model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arrival {
     /// Open model: requests start on schedule, whatever the answers do.
@@ -26,7 +26,7 @@ pub enum Arrival {
 }
 
 /// A request rate over a stage: piecewise linear between points, held after the last.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RateProfile {
     /// `(seconds into the stage, requests per second)`, by time; the first at 0.
     pub points: Vec<(f64, f64)>,

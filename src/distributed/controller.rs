@@ -1,0 +1,661 @@
+//! The controller's side: the API load workers call, and each stage's driving through
+//! them.
+//!
+//! Routes (every one needs `Authorization: Bearer TOKEN`):
+//! - `GET /v1/time`: the controller's clock, for the workers' offset measurement;
+//! - `POST /v1/join` ([`Join`]): the worker's [`Assignment`], once the run has one (the
+//!   request waits for it up to [`ASSIGNMENT_WAIT`]; then 503, to be asked again);
+//! - `GET /v1/next?worker=W&from=K`: the first stage from `K` on once it is announced,
+//!   or `done` ([`Next`]); waits up to [`LONG_POLL`], then says `wait`;
+//! - `POST /v1/batch` ([`Batch`]): what a worker did, answered with where the stage ends
+//!   and whether to stop ([`Reply`]). A batch waits for room in the stage's inbox (the
+//!   worker slows down with it); one for a stage that is over gets 410.
+//!
+//! [`Controller::drive`] stands where the driver stands in a single-process stage: it
+//! feeds every record sent and every request ended, from every worker, to the stage's
+//! accounts, so the stage is measured and judged by the same code either way. A worker
+//! that falls silent for [`SILENCE`], or has not finished [`FINISH_GRACE`] after the
+//! stage's end plus the request timeout, is lost: its share was not (all) sent, and the
+//! stage says so.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{Assignment, Batch, Finished, Join, Next, Reply, VERSION};
+use crate::measure::Outcome;
+use crate::workload::driver::{Drive, Sample, Sink, StageEnd};
+
+/// How long a join waits for the run's assignment before a 503.
+pub const ASSIGNMENT_WAIT: Duration = Duration::from_secs(20);
+/// How long `GET /v1/next` waits for a stage before saying `wait`.
+pub const LONG_POLL: Duration = Duration::from_secs(15);
+/// A worker that has posted nothing for this long during a stage is lost.
+pub const SILENCE: Duration = Duration::from_secs(3);
+/// How long past a stage's end (and the request timeout) a worker has to finish.
+pub const FINISH_GRACE: Duration = Duration::from_secs(5);
+/// How far ahead of its start a stage is announced, so every worker starts on time.
+pub const LEAD: Duration = Duration::from_millis(750);
+/// Batches queued for a stage at most; past it a worker's post waits.
+const INBOX: usize = 64;
+/// The largest batch body accepted.
+pub const MAX_BATCH: usize = 64 * 1024 * 1024;
+/// Interval histograms kept for the workers' log, at most.
+const MAX_INTERVALS: usize = 200_000;
+
+/// One worker as it joined.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Member {
+    pub index: u32,
+    pub host: String,
+    /// The controller's clock minus the worker's, as measured at join.
+    pub clock_offset_ms: f64,
+    /// The round trip of that measurement.
+    pub rtt_ms: f64,
+    pub joined_at: String,
+}
+
+/// One worker's part of one stage.
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
+pub struct WorkerStage {
+    pub stage: String,
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    /// Sends its schedule asked for that it could not make in time.
+    pub dropped: u64,
+    /// Judged requests in its histogram (the sum of its intervals).
+    pub judged_requests: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Its judged latency (microseconds), the sum of the intervals it streamed:
+    /// HdrHistogram's compressed V2 encoding, base64. The stage's own histogram is
+    /// these added together.
+    pub histogram: String,
+    /// Batches received.
+    pub batches: u64,
+    /// Why its share is incomplete, when it is (it stopped reporting, finished late,
+    /// or could not keep its schedule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
+}
+
+/// A worker in the report: how it joined and what it did in each stage.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct WorkerReport {
+    #[serde(flatten)]
+    pub member: Member,
+    pub stages: Vec<WorkerStage>,
+}
+
+/// The distributed part of a run's report.
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
+pub struct DistributedReport {
+    /// The address the controller's API listened on.
+    pub controller: String,
+    pub workers_expected: u32,
+    pub workers: Vec<WorkerReport>,
+    /// The workers' interval log, when written (`workers.hlog` in the run's folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_log: Option<String>,
+}
+
+/// One interval a worker streamed: when it was received, and its histogram (encoded).
+struct Interval {
+    worker: u32,
+    stage: String,
+    at: SystemTime,
+    encoded: String,
+}
+
+#[derive(Default)]
+struct Shared {
+    assignment: Option<Assignment>,
+    members: Vec<Option<Member>>,
+    /// The stage announced last: `(index, start in Unix ms, end)`.
+    announced: Option<(u32, f64, Duration)>,
+    done: Option<String>,
+    reply: Option<Reply>,
+    inbox: Option<(u32, mpsc::Sender<Batch>)>,
+    /// When each worker was last heard from.
+    heard: Vec<Option<Instant>>,
+    stages: Vec<Vec<WorkerStage>>,
+    intervals: Vec<Interval>,
+    intervals_dropped: usize,
+}
+
+/// The controller of a distributed run.
+pub struct Controller {
+    token: String,
+    workers: u32,
+    addr: Mutex<String>,
+    state: Mutex<Shared>,
+    changed: Notify,
+}
+
+fn unix_ms(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+impl Controller {
+    /// A controller expecting `workers` workers that present `token`.
+    pub fn new(workers: u32, token: String) -> Arc<Controller> {
+        let state = Shared {
+            members: vec![None; workers as usize],
+            heard: vec![None; workers as usize],
+            stages: vec![Vec::new(); workers as usize],
+            ..Shared::default()
+        };
+        Arc::new(Controller {
+            token,
+            workers,
+            addr: Mutex::new(String::new()),
+            state: Mutex::new(state),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many workers the run drives through.
+    pub fn workers(&self) -> u32 {
+        self.workers
+    }
+
+    /// Notes where the API listens, for the report.
+    pub fn served_at(&self, addr: String) {
+        *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+
+    /// Makes the run's assignment available to joining workers (`worker` is set per
+    /// worker).
+    pub fn assign(&self, assignment: Assignment) {
+        self.state().assignment = Some(assignment);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every worker has joined, at most `deadline`; the missing ones'
+    /// indexes otherwise.
+    pub async fn await_members(&self, deadline: Duration, cancel: &CancellationToken) -> Result<(), Vec<u32>> {
+        let until = Instant::now() + deadline;
+        loop {
+            let notified = self.changed.notified();
+            let missing: Vec<u32> = {
+                let s = self.state();
+                s.members.iter().enumerate().filter(|(_, m)| m.is_none()).map(|(i, _)| i as u32).collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = cancel.cancelled() => return Err(missing),
+                _ = tokio::time::sleep_until(until) => return Err(missing),
+            }
+        }
+    }
+
+    /// Announces stage `index`, planned to end `end` after its start, and waits for its
+    /// start ([`LEAD`] from now); returns the start and the stage's inbox.
+    pub async fn announce(&self, index: usize, end: Duration) -> (Instant, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::channel(INBOX);
+        let start_wall = SystemTime::now() + LEAD;
+        let start = Instant::now() + LEAD;
+        {
+            let mut s = self.state();
+            s.announced = Some((index as u32, unix_ms(start_wall), end));
+            s.reply = Some(Reply { end_us: end.as_micros() as u64, stop: false });
+            s.inbox = Some((index as u32, tx));
+        }
+        self.changed.notify_waiters();
+        tokio::time::sleep_until(start).await;
+        (start, rx)
+    }
+
+    /// Tells every worker the run is over.
+    pub fn finish(&self, reason: &str) {
+        let mut s = self.state();
+        s.done.get_or_insert_with(|| reason.to_string());
+        s.inbox = None;
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// The report's part: the workers, and what each did.
+    pub fn report(&self) -> DistributedReport {
+        let s = self.state();
+        let workers = s
+            .members
+            .iter()
+            .zip(&s.stages)
+            .filter_map(|(m, st)| m.clone().map(|member| WorkerReport { member, stages: st.clone() }))
+            .collect();
+        DistributedReport {
+            controller: self.addr.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            workers_expected: self.workers,
+            workers,
+            interval_log: None,
+        }
+    }
+
+    /// The workers' interval log: every interval each streamed, tagged
+    /// `worker-N/STAGE`, microseconds; and how many were left out (past the bound).
+    pub fn interval_log(&self, run_start: SystemTime) -> Result<(String, usize), String> {
+        use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+        let s = self.state();
+        let mut out = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        {
+            let mut builder = IntervalLogWriterBuilder::new();
+            builder
+                .add_comment(
+                    "stagegate load workers' interval log: the judged latency each worker streamed, microseconds",
+                )
+                .with_start_time(run_start)
+                .with_base_time(run_start)
+                .with_max_value_divisor(1000.0);
+            let mut log = builder.begin_log_with(&mut out, &mut serializer).map_err(|e| e.to_string())?;
+            let mut last: BTreeMap<u32, SystemTime> = BTreeMap::new();
+            for i in &s.intervals {
+                let h = crate::report::hlog::decode(&i.encoded)?;
+                let from = last.get(&i.worker).copied().unwrap_or(run_start).max(run_start);
+                let start = from.duration_since(run_start).unwrap_or_default();
+                let length = i.at.duration_since(from).unwrap_or_default();
+                last.insert(i.worker, i.at);
+                let tag: String = format!("worker-{}/{}", i.worker, i.stage)
+                    .chars()
+                    .map(|c| if c == ',' || c.is_whitespace() { '_' } else { c })
+                    .collect();
+                log.write_histogram(&h, start, length, Tag::new(&tag)).map_err(|e| format!("{e:?}"))?;
+            }
+        }
+        Ok((String::from_utf8_lossy(&out).into_owned(), s.intervals_dropped))
+    }
+
+    /// Drives stage `index` through the workers from `start`, feeding `sink` as a local
+    /// driver would; returns how it went, and why the stage's evidence is incomplete
+    /// when a worker was lost.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn drive(
+        &self,
+        index: usize,
+        name: &str,
+        start: Instant,
+        mut inbox: mpsc::Receiver<Batch>,
+        warmup: Duration,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        stage_end: &mut StageEnd,
+        sink: &mut (dyn Sink + Send),
+    ) -> (Drive, Option<String>) {
+        let n = self.workers as usize;
+        let mut figures: Vec<WorkerStage> =
+            (0..n).map(|_| WorkerStage { stage: name.to_string(), ..WorkerStage::default() }).collect();
+        let mut histograms: Vec<Histogram<u64>> = (0..n).map(|_| crate::measure::new_histogram()).collect();
+        let mut finished: Vec<Option<Finished>> = vec![None; n];
+        let mut lost: Vec<Option<String>> = vec![None; n];
+        let mut next_seq = vec![0u64; n];
+        let mut heard = vec![start; n];
+        let mut end_seen = stage_end.get();
+        let mut next_tick = start + Duration::from_secs(1);
+        let mut completed = true;
+        let at = |t: Instant| t.saturating_duration_since(start).as_secs_f64();
+        loop {
+            let open = (0..n).filter(|&w| finished[w].is_none() && lost[w].is_none()).count();
+            if open == 0 {
+                break;
+            }
+            let deadline = start + end_seen + timeout + FINISH_GRACE;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if completed => {
+                    completed = false;
+                    if let Some(r) = self.state().reply.as_mut() {
+                        r.stop = true;
+                    }
+                }
+                batch = inbox.recv() => {
+                    let Some(batch) = batch else { break };
+                    let w = batch.worker as usize;
+                    if w >= n || lost[w].is_some() || finished[w].is_some() {
+                        continue;
+                    }
+                    heard[w] = Instant::now();
+                    if batch.seq < next_seq[w] {
+                        // Posted again after its answer was lost: already counted.
+                        continue;
+                    }
+                    if batch.seq != next_seq[w] {
+                        lost[w] = Some(format!(
+                            "worker {w}'s reports arrived out of order (report {} after {})",
+                            batch.seq,
+                            next_seq[w].saturating_sub(1)
+                        ));
+                        continue;
+                    }
+                    next_seq[w] += 1;
+                    let f = &mut figures[w];
+                    f.batches += 1;
+                    for s in batch.sent {
+                        f.sent += 1;
+                        sink.sent_digest(Duration::from_micros(s.offset_us), &s.key, s.digest, s.invalid);
+                    }
+                    for e in batch.ended {
+                        let outcome = match e.outcome {
+                            'a' => Outcome::Acked,
+                            'r' => Outcome::Rejected,
+                            _ => Outcome::Failed,
+                        };
+                        if e.own_failure.is_none() {
+                            match outcome {
+                                Outcome::Acked => f.acked += 1,
+                                Outcome::Rejected => f.rejected += 1,
+                                Outcome::Failed => f.failed += 1,
+                            }
+                        }
+                        sink.sample(Sample {
+                            offset: Duration::from_micros(e.offset_us),
+                            latency: Duration::from_micros(e.latency_us),
+                            outcome,
+                            key: e.key,
+                            own_failure: e.own_failure.map(|why| format!("{why} (worker {w})")),
+                            send_lag: Duration::from_micros(e.send_lag_us),
+                        });
+                    }
+                    if let Some(encoded) = batch.interval {
+                        match crate::report::hlog::decode(&encoded) {
+                            Ok(h) => {
+                                let _ = histograms[w].add(&h);
+                                let mut s = self.state();
+                                if s.intervals.len() < MAX_INTERVALS {
+                                    s.intervals.push(Interval {
+                                        worker: w as u32,
+                                        stage: name.to_string(),
+                                        at: SystemTime::now(),
+                                        encoded,
+                                    });
+                                } else {
+                                    s.intervals_dropped += 1;
+                                }
+                            }
+                            Err(e) => {
+                                lost[w] = Some(format!("worker {w} sent a histogram that cannot be read ({e})"));
+                            }
+                        }
+                    }
+                    if let Some(done) = batch.finished {
+                        f.dropped = done.dropped + done.held_back;
+                        if done.late_us > 0 {
+                            lost[w] = Some(format!(
+                                "worker {w} heard of stage `{name}` {:.0} ms after its start and did not drive it",
+                                done.late_us as f64 / 1000.0
+                            ));
+                        }
+                        if done.overflowed {
+                            lost[w] = Some(format!(
+                                "worker {w} could not hand its records over as fast as it sent them and stopped at {:.1}s",
+                                done.length_us as f64 / 1e6
+                            ));
+                        }
+                        finished[w] = Some(done);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    sink.tick(next_tick - start);
+                    next_tick += Duration::from_secs(1);
+                    let now = Instant::now();
+                    for w in 0..n {
+                        if finished[w].is_none() && lost[w].is_none() && now.duration_since(heard[w]) >= SILENCE {
+                            lost[w] = Some(format!(
+                                "worker {w} stopped reporting {:.1}s into stage `{name}` (nothing for {}s): its share of the load after that was not sent or not seen",
+                                at(heard[w]),
+                                SILENCE.as_secs()
+                            ));
+                        }
+                    }
+                }
+                () = stage_end.moved() => {
+                    if stage_end.get() != end_seen {
+                        end_seen = stage_end.get();
+                        sink.end_moved(end_seen);
+                        if let Some(r) = self.state().reply.as_mut() {
+                            r.end_us = end_seen.as_micros() as u64;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    for w in 0..n {
+                        if finished[w].is_none() && lost[w].is_none() {
+                            lost[w] = Some(format!(
+                                "worker {w} had not finished stage `{name}` {}s after its end: it is late, its share is incomplete",
+                                (timeout + FINISH_GRACE).as_secs()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        // Batches still on their way for this stage are refused from here on.
+        self.state().inbox = None;
+        let drives: Vec<&Finished> = finished.iter().flatten().collect();
+        let length = if completed && drives.iter().all(|d| d.completed) {
+            stage_end.get()
+        } else {
+            start.elapsed().min(stage_end.get())
+        };
+        let drive = Drive {
+            completed: completed && drives.iter().all(|d| d.completed || d.overflowed),
+            dropped: drives.iter().map(|d| d.dropped).sum(),
+            capped: drives.iter().any(|d| d.capped),
+            held_back: drives.iter().map(|d| d.held_back).sum(),
+            length,
+        };
+        let _ = warmup;
+        let mut s = self.state();
+        for (w, (mut f, h)) in figures.into_iter().zip(histograms).enumerate() {
+            f.judged_requests = h.len();
+            let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
+            f.p50_ms = q(0.5);
+            f.p99_ms = q(0.99);
+            let mut bytes = Vec::new();
+            if V2DeflateSerializer::new().serialize(&h, &mut bytes).is_ok() {
+                f.histogram = base64::engine::general_purpose::STANDARD.encode(bytes);
+            }
+            f.lost = lost[w].clone();
+            s.stages[w].push(f);
+        }
+        drop(s);
+        let lost: Vec<String> = lost.into_iter().flatten().collect();
+        let incomplete = (!lost.is_empty()).then(|| lost.join("; "));
+        let _ = index;
+        (drive, incomplete)
+    }
+}
+
+/// The API's routes.
+pub fn router(ctl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/time", get(time))
+        .route("/v1/join", post(join))
+        .route("/v1/next", get(next))
+        .route("/v1/batch", post(batch))
+        .layer(DefaultBodyLimit::max(MAX_BATCH))
+        .with_state(ctl)
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Whether the request carries the run's token (compared in constant time).
+fn authorized(ctl: &Controller, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes())
+        .unwrap_or_default();
+    let want = ctl.token.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+const UNAUTHORIZED: &str = "a worker needs the run's token: Authorization: Bearer TOKEN";
+
+async fn time(State(ctl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
+    if !authorized(&ctl, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
+    }
+    axum::Json(json!({ "unix_ms": unix_ms(SystemTime::now()) })).into_response()
+}
+
+async fn join(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !authorized(&ctl, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
+    }
+    let j: Join = match serde_json::from_slice(&body) {
+        Ok(j) => j,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the join request is not understood: {e}")),
+    };
+    if j.protocol != VERSION {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "this controller speaks protocol {VERSION} (stagegate {}), the worker {} (stagegate {}): run the same stagegate on both",
+                env!("CARGO_PKG_VERSION"),
+                j.protocol,
+                j.stagegate_version
+            ),
+        );
+    }
+    if j.index >= ctl.workers {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "worker index {} is out of range: this run has {} workers (0 to {})",
+                j.index,
+                ctl.workers,
+                ctl.workers - 1
+            ),
+        );
+    }
+    let until = Instant::now() + ASSIGNMENT_WAIT;
+    loop {
+        let notified = ctl.changed.notified();
+        {
+            let mut s = ctl.state();
+            if let Some(reason) = &s.done {
+                return refuse(StatusCode::GONE, format!("the run is over: {reason}"));
+            }
+            if let Some(taken) = &s.members[j.index as usize] {
+                return refuse(
+                    StatusCode::CONFLICT,
+                    format!("worker index {} has already joined (from {})", j.index, taken.host),
+                );
+            }
+            if let Some(a) = &s.assignment {
+                let mut a = a.clone();
+                a.worker = j.index;
+                let host: String = j.host.chars().filter(|c| !c.is_control()).take(253).collect();
+                s.members[j.index as usize] = Some(Member {
+                    index: j.index,
+                    host,
+                    clock_offset_ms: j.clock_offset_ms,
+                    rtt_ms: j.rtt_ms,
+                    joined_at: chrono::Utc::now().to_rfc3339(),
+                });
+                s.heard[j.index as usize] = Some(Instant::now());
+                drop(s);
+                ctl.changed.notify_waiters();
+                return axum::Json(a).into_response();
+            }
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(until) => {
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "the run is still starting: join again");
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NextQuery {
+    worker: u32,
+    from: u32,
+}
+
+async fn next(State(ctl): State<Arc<Controller>>, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
+    if !authorized(&ctl, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
+    }
+    if q.worker >= ctl.workers {
+        return refuse(StatusCode::BAD_REQUEST, format!("worker index {} is out of range", q.worker));
+    }
+    let until = Instant::now() + LONG_POLL;
+    loop {
+        let notified = ctl.changed.notified();
+        {
+            let mut s = ctl.state();
+            s.heard[q.worker as usize] = Some(Instant::now());
+            if let Some(reason) = &s.done {
+                return axum::Json(Next::Done { reason: reason.clone() }).into_response();
+            }
+            if let Some((stage, start_unix_ms, end)) = s.announced
+                && stage >= q.from
+            {
+                return axum::Json(Next::Stage { stage, start_unix_ms, end_us: end.as_micros() as u64 })
+                    .into_response();
+            }
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(until) => return axum::Json(Next::Wait).into_response(),
+        }
+    }
+}
+
+async fn batch(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !authorized(&ctl, &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
+    }
+    let b: Batch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the batch is not understood: {e}")),
+    };
+    if b.worker >= ctl.workers {
+        return refuse(StatusCode::BAD_REQUEST, format!("worker index {} is out of range", b.worker));
+    }
+    let (inbox, reply) = {
+        let mut s = ctl.state();
+        s.heard[b.worker as usize] = Some(Instant::now());
+        match &s.inbox {
+            Some((stage, tx)) if *stage == b.stage => (tx.clone(), s.reply),
+            _ => return refuse(StatusCode::GONE, format!("stage {} is over", b.stage)),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), inbox.send(b)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return refuse(StatusCode::GONE, "the stage is over"),
+        Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the controller is behind: post again"),
+    }
+    let reply = ctl.state().reply.or(reply).unwrap_or(Reply { end_us: 0, stop: true });
+    axum::Json(reply).into_response()
+}
