@@ -1,0 +1,268 @@
+//! Distributed runs on loopback: a controller (`run --workers 3`) and three
+//! `stagegate worker` processes against a real HTTP order service, beside the same
+//! scenario and seed in one process. The container test (`tests/distributed_containers.rs`)
+//! runs the same across hosts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Running, bin, root};
+use serde_json::Value;
+
+const TOKEN: &str = "loopback-worker-token-0123";
+
+/// A fresh order service on a free port; stopped when dropped.
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Service {
+    fn start() -> Service {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .arg(root().join("tests/services/orders_service.py"))
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let s = Service { child, port };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the order service never listened");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every stored copy's order_id.
+    fn stored(&self) -> Vec<String> {
+        let out = Command::new("curl").args(["-sf", &format!("{}/orders.jsonl", self.url())]).output().unwrap();
+        assert!(out.status.success(), "listing the stored orders failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["order_id"].as_str().map_or_else(|| v["order_id"].to_string(), String::from)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn report(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+fn decode(encoded: &str) -> hdrhistogram::Histogram<u64> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+    hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap()
+}
+
+fn worker(controller: &str, index: u32) -> Child {
+    Command::new(bin())
+        .args(["worker", "--controller", controller, "--token", TOKEN, "--index", &index.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts a controller for `n` workers on a free loopback port; returns it and its URL.
+fn controller(args: &[&str], n: u32) -> (Running, String) {
+    let mut all = vec!["run", "tests/scenarios/distributed.yaml", "--workers"];
+    let n = n.to_string();
+    all.push(&n);
+    all.extend(["--controller-listen", "127.0.0.1:0", "--worker-token", TOKEN]);
+    all.extend(args);
+    let mut run = Running::start(&all, &[]);
+    let line = run.wait_for("controller: http://", Duration::from_secs(30));
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    (run, url)
+}
+
+fn wait_all(workers: Vec<Child>) -> Vec<(Option<i32>, String)> {
+    workers
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn three_workers_send_what_one_process_sends_and_reach_its_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One process.
+    let single_sut = Service::start();
+    let single_dir = tmp.path().join("single");
+    let base = format!("target.http.base_url={}", single_sut.url());
+    let out = common::stagegate(&[
+        "run",
+        "tests/scenarios/distributed.yaml",
+        "--set",
+        &base,
+        "--out",
+        single_dir.to_str().unwrap(),
+        "-q",
+    ]);
+    let single = report(&single_dir);
+    let single_stored = single_sut.stored();
+
+    // A controller and three workers.
+    let sut = Service::start();
+    let dir = tmp.path().join("distributed");
+    let base = format!("target.http.base_url={}", sut.url());
+    let (run, url) = controller(&["--set", &base, "--out", dir.to_str().unwrap()], 3);
+    let workers: Vec<Child> = (0..3).map(|i| worker(&url, i)).collect();
+    let (code, _, stderr, _) = run.finish(Duration::from_secs(120));
+    let exits = wait_all(workers);
+    for (i, (c, err)) in exits.iter().enumerate() {
+        assert_eq!(*c, Some(0), "worker {i} exit: {err}");
+    }
+    let doc = report(&dir);
+    common::assert_matches_report_schema(&doc);
+
+    // The same verdict, for the same reasons: records sent broken on purpose were
+    // accepted, the same number of them.
+    assert_eq!(code, out.status.code(), "{stderr}");
+    assert_eq!(doc["verdict"], single["verdict"], "{stderr}");
+    assert_eq!(doc["verdict"], "ROLLBACK", "{stderr}");
+    for (d, s) in doc["stages"].as_array().unwrap().iter().zip(single["stages"].as_array().unwrap()) {
+        assert_eq!(d["metrics"]["data"], s["metrics"]["data"], "stage {}", d["name"]);
+        assert_eq!(d["metrics"]["warmup_data"], s["metrics"]["warmup_data"], "stage {}", d["name"]);
+        assert!(d.get("workers_incomplete").is_none(), "{}", d["workers_incomplete"]);
+    }
+
+    // The union of the workers' records is the single run's: the same keys stored.
+    let stored = sut.stored();
+    let keys: BTreeSet<&String> = stored.iter().collect();
+    assert_eq!(keys.len(), stored.len(), "no order is stored twice");
+    assert_eq!(keys, single_stored.iter().collect::<BTreeSet<_>>(), "the stored orders differ from one process's");
+
+    // Counts: the workers' add up to the stage's, and to what the service stored.
+    let workers = doc["distributed"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    let mut acked_total = 0;
+    for (s, stage) in doc["stages"].as_array().unwrap().iter().enumerate() {
+        let parts: Vec<&Value> = workers.iter().map(|w| &w["stages"][s]).collect();
+        let sum = |field: &str| parts.iter().map(|p| p[field].as_u64().unwrap()).sum::<u64>();
+        let data = &stage["metrics"]["data"];
+        let warm = &stage["metrics"]["warmup_data"];
+        let warm_sent = warm["sent"].as_u64().unwrap_or(0);
+        assert_eq!(sum("sent"), data["sent"].as_u64().unwrap() + warm_sent, "stage {s}: {}", stage["metrics"]);
+        for p in &parts {
+            // Each worker sent about a third.
+            let third = sum("sent") as f64 / 3.0;
+            assert!((p["sent"].as_u64().unwrap() as f64 - third).abs() <= 2.0, "{p}");
+        }
+        acked_total += sum("acked");
+
+        // The stage's latency is the union of the workers' samples: their histograms
+        // added give the same count and the same p99, not an average of p99s.
+        let mut union = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for p in &parts {
+            union.add(decode(p["histogram"].as_str().unwrap())).unwrap();
+        }
+        let whole = stage["histograms"].as_array().unwrap().iter().find(|h| h["variant"].is_null()).unwrap();
+        let whole = decode(whole["encoded"].as_str().unwrap());
+        assert_eq!(union.len(), whole.len());
+        assert_eq!(union.value_at_quantile(0.99), whole.value_at_quantile(0.99));
+        assert_eq!(union.len(), stage["metrics"]["requests"].as_u64().unwrap());
+    }
+    let rejected: u64 =
+        workers.iter().flat_map(|w| w["stages"].as_array().unwrap()).map(|p| p["rejected"].as_u64().unwrap()).sum();
+    assert_eq!(
+        acked_total as usize,
+        stored.len(),
+        "acknowledged {acked_total}, stored {} ({rejected} refused)",
+        stored.len()
+    );
+
+    // Clock offsets were measured and reported; the interval log has every worker.
+    for w in workers {
+        assert!(w["clock_offset_ms"].as_f64().unwrap().abs() < 50.0, "{w}");
+        assert!(w["rtt_ms"].as_f64().unwrap() > 0.0, "{w}");
+    }
+    let log = std::fs::read_to_string(dir.join("workers.hlog")).unwrap();
+    for i in 0..3 {
+        assert!(log.contains(&format!("Tag=worker-{i}/candidate,")), "worker {i} missing from the interval log");
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_stage_makes_that_stage_inconclusive_and_the_report_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sut = Service::start();
+    let dir = tmp.path().join("run");
+    let base = format!("target.http.base_url={}", sut.url());
+    let (mut run, url) = controller(&["--set", &base, "--out", dir.to_str().unwrap()], 3);
+    let mut workers: Vec<Child> = (0..3).map(|i| worker(&url, i)).collect();
+    run.wait_for("stage 1 `baseline` started", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    workers[1].kill().unwrap();
+    let (code, _, stderr, _) = run.finish(Duration::from_secs(120));
+    let _ = workers[1].wait();
+    let rest: Vec<Child> = workers.drain(..).enumerate().filter(|(i, _)| *i != 1).map(|(_, c)| c).collect();
+    for (c, err) in wait_all(rest) {
+        assert_eq!(c, Some(0), "{err}");
+    }
+    assert_eq!(code, Some(3), "{stderr}");
+    let doc = report(&dir);
+    assert_eq!(doc["verdict"], "INCONCLUSIVE");
+    assert_eq!(doc["interrupted"], false);
+    for stage in doc["stages"].as_array().unwrap() {
+        let why = stage["workers_incomplete"].as_str().unwrap_or_else(|| panic!("{}", stage["name"]));
+        assert!(why.contains("worker 1"), "{why}");
+    }
+    let baseline = &doc["stages"][0];
+    assert!(baseline["workers_incomplete"].as_str().unwrap().contains("stopped reporting"), "{baseline}");
+    for a in doc["assessments"].as_array().unwrap() {
+        assert_eq!(a["outcome"], "inconclusive", "{a}");
+    }
+    // The lost worker's part shows in its figures; the others' shares are whole.
+    let w = &doc["distributed"]["workers"];
+    assert!(w[1]["stages"][0]["lost"].is_string());
+    assert!(w[0]["stages"][0]["lost"].is_null() && w[2]["stages"][0]["lost"].is_null(), "{w}");
+}
+
+#[test]
+fn workers_that_never_come_or_bring_the_wrong_token_stop_the_run_before_any_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let (run, url) = controller(&["--join-timeout", "3s", "--out", dir.to_str().unwrap()], 2);
+    let wrong = Command::new(bin())
+        .args(["worker", "--controller", &url, "--token", "not-the-token-0000000", "--index", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("token"), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let out_of_range =
+        Command::new(bin()).args(["worker", "--controller", &url, "--token", TOKEN, "--index", "5"]).output().unwrap();
+    assert_eq!(out_of_range.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out_of_range.stderr).contains("out of range"));
+    let (code, stdout, stderr, _) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stdout.contains("0 of 2 load workers joined within 3s; missing: 0, 1"), "{stdout}");
+    let doc = report(&dir);
+    assert!(doc["stages"].as_array().unwrap().is_empty());
+    assert_eq!(doc["distributed"]["workers"].as_array().unwrap().len(), 0);
+}
