@@ -18,6 +18,7 @@ Known-bad variants, for tests that check stagegate counts them exactly:
   --sink URL       push every stored copy to URL (JSON arrays, from a background thread)
   --delay MS       stored copies show in listings, and are pushed, MS after the answer
   --rename A=B     stored copies carry field A as B
+  --host ADDR      listen on ADDR (default 127.0.0.1; 0.0.0.0 in a container)
   --check URL      before storing an order, GET URL (an HTTP dependency, on a fresh
                    connection); when it fails or answers other than 2xx, answer 503
 Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N] [--flagd FILE]
@@ -36,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--bad", choices=["drop", "duplicate", "alter"])
 parser.add_argument("--crash-after", type=int)
 parser.add_argument("--flagd")
@@ -187,7 +189,7 @@ class Handler(BaseHTTPRequestHandler):
 
 if args.sink:
     threading.Thread(target=push, daemon=True).start()
-server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+server = ThreadingHTTPServer((args.host, args.port), Handler)
 server.daemon_threads = True
 print("orders service on port", args.port, "bad:", args.bad, flush=True)
 server.serve_forever()
