@@ -212,6 +212,43 @@ def memory_run(url, rate, minutes):
     return samples, m["requests"] + m["warmup_requests"]
 
 
+def worker_cost(url, rate, seconds):
+    """A controller and one worker on this machine, the worker sending `rate`/s for
+    `seconds`: the worker's CPU (cores) and peak resident memory (MB), and the
+    controller's CPU."""
+    out_dir = os.path.join(tmp, "distributed")
+    port = free_port()
+    token = "bench-worker-token-0123456789"
+    ctl = subprocess.Popen([STAGEGATE, "run", "benches/compare.yaml", "-q", "--out", out_dir,
+                            "--set", f"target.http.base_url={url}", "--set", f"workload.arrival={{rate: {rate}/s}}",
+                            "--set", f"workload.duration={seconds}s", "--workers", "1",
+                            "--controller-listen", f"127.0.0.1:{port}", "--worker-token", token],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children.append(ctl)
+    w = subprocess.Popen([STAGEGATE, "worker", "--controller", f"http://127.0.0.1:{port}", "--token", token,
+                          "--index", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children.append(w)
+    peak = 0.0
+    while True:
+        pid, status, usage = os.wait4(w.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            with open(f"/proc/{w.pid}/status") as f:
+                peak = max(peak, next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024)
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.2)
+    _, _, ctl_usage = os.wait4(ctl.pid, 0)
+    with open(os.path.join(out_dir, "report.json")) as f:
+        report = json.load(f)
+    stage = report["stages"][0]
+    length = stage["length_secs"] + 1.0  # with the join and the lead before the stage
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"cores": cpu / length, "peak_mb": peak, "controller_cores": (ctl_usage.ru_utime + ctl_usage.ru_stime) / length,
+            "incomplete": stage.get("workers_incomplete"), "p99_ms": stage["metrics"]["latency"]["p99"]}
+
+
 def main():
     for tool in ["nginx", "wrk", "iperf3", "socat"]:
         if not shutil.which(tool):
@@ -250,6 +287,12 @@ def main():
                          f"stagegate {o['p99_ms']:.2f}ms", f"{ratio:.2f}x", "<= 2x, rate held",
                          ratio <= 2 and held))
         top = o["rate"]
+
+    say(f"a worker of a distributed run at 10000/s, {secs}s (controller and worker on this machine)")
+    c = worker_cost(url, 10000, secs)
+    rows.append(("worker at 10000/s: CPU, peak memory", "-",
+                 f"worker {c['cores']:.2f} cores, {c['peak_mb']:.0f}MB; controller {c['controller_cores']:.2f} cores",
+                 "-", "-", None if not c["incomplete"] else False))
 
     say("fault proxy: benches/proxy.sh (iperf3 direct / proxy / socat, round trips, a 50 ms latency fault)")
     text, p = proxy_figures()

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// The driver allocates per request from every runtime thread at once; glibc's allocator
+// spent a third of the sending CPU in its locks and arenas (perf, benches/compare.sh).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = stagegate::cli::Cli::parse();
     // stagegate says itself what goes wrong with a container; the container library's

@@ -402,6 +402,13 @@ impl Controller {
                     }
                     if let Some(done) = batch.finished {
                         f.dropped = done.dropped + done.held_back;
+                        if !done.completed && !done.overflowed && done.late_us == 0 && completed {
+                            // Stopped on its side (SIGTERM, an evicted pod): a worker lost.
+                            lost[w] = Some(format!(
+                                "worker {w} was stopped {:.1}s into stage `{name}`: its share of the load after that was not sent",
+                                done.length_us as f64 / 1e6
+                            ));
+                        }
                         if done.late_us > 0 {
                             lost[w] = Some(format!(
                                 "worker {w} heard of stage `{name}` {:.0} ms after its start and did not drive it",
@@ -455,13 +462,10 @@ impl Controller {
         // Batches still on their way for this stage are refused from here on.
         self.state().inbox = None;
         let drives: Vec<&Finished> = finished.iter().flatten().collect();
-        let length = if completed && drives.iter().all(|d| d.completed) {
-            stage_end.get()
-        } else {
-            start.elapsed().min(stage_end.get())
-        };
+        let length = if completed { stage_end.get() } else { start.elapsed().min(stage_end.get()) };
+        // A worker that stopped early is a lost worker (said above), not a stopped stage.
         let drive = Drive {
-            completed: completed && drives.iter().all(|d| d.completed || d.overflowed),
+            completed,
             dropped: drives.iter().map(|d| d.dropped).sum(),
             capped: drives.iter().any(|d| d.capped),
             held_back: drives.iter().map(|d| d.held_back).sum(),

@@ -124,7 +124,7 @@ impl WriteTemplate {
                 method: self.method.clone(),
                 path: path.clone(),
                 headers: Vec::new(),
-                body: self.has_body.then(|| Value::Object(record.clone()).to_string()),
+                body: self.has_body.then(|| serde_json::to_string(record).unwrap_or_default()),
             });
         }
         let ctx = minijinja::context! {
@@ -146,7 +146,7 @@ impl WriteTemplate {
             headers,
             body: match (self.has_body, self.record_body) {
                 (false, _) => None,
-                (true, true) => Some(Value::Object(record.clone()).to_string()),
+                (true, true) => Some(serde_json::to_string(record).unwrap_or_default()),
                 (true, false) => Some(get("body")?),
             },
         })
