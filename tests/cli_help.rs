@@ -5,8 +5,8 @@ mod common;
 
 use common::{stagegate, text};
 
-const SUBCOMMANDS: [&str; 10] =
-    ["run", "validate", "plan", "schema", "proxy", "kv-store", "cleanup", "data", "completions", "man"];
+const SUBCOMMANDS: [&str; 11] =
+    ["run", "validate", "plan", "schema", "proxy", "kv-store", "cleanup", "data", "completions", "man", "worker"];
 
 #[test]
 fn version_names_the_revision_it_was_built_from() {

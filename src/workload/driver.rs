@@ -28,6 +28,8 @@ use tracing::warn;
 /// from the intended time, so the wait shows).
 const MAX_IN_FLIGHT: usize = 4096;
 
+const JSON: reqwest::header::HeaderValue = reqwest::header::HeaderValue::from_static("application/json");
+
 /// How far past the stage's end a late send may still go out; beyond it the rest of the
 /// schedule is dropped (and counted), so an overloaded driver cannot stretch a stage.
 const DROP_GRACE: Duration = Duration::from_millis(100);
@@ -190,6 +192,7 @@ pub async fn drive(
     // Sends made here (the closed model numbers its slots by them).
     let mut index = 0u64;
     let mut numbering = Numbering::new(if open_model { Share::WHOLE } else { share });
+    let mut last_url: Option<(String, reqwest::Url)> = None;
 
     loop {
         // The next send: this share's next slot of the schedule (open model), or as soon
@@ -306,7 +309,27 @@ pub async fn drive(
         sink.sent(offset, &key, &record, fate.malformed.is_some());
         let mut headers = rendered.headers.clone();
         headers.extend(sink.headers(&key));
-        let url = format!("{}{}", write.base_url, rendered.path);
+        // Most writes go to one path: its URL is parsed once, not per request.
+        let url = match &last_url {
+            Some((path, url)) if *path == rendered.path => url.clone(),
+            _ => match reqwest::Url::parse(&format!("{}{}", write.base_url, rendered.path)) {
+                Ok(url) => {
+                    last_url = Some((rendered.path.clone(), url.clone()));
+                    url
+                }
+                Err(e) => {
+                    sink.sample(Sample {
+                        offset,
+                        latency: Duration::ZERO,
+                        outcome: Outcome::Failed,
+                        key: key.clone(),
+                        own_failure: Some(format!("the request could not be built (URL: {e})")),
+                        send_lag: Duration::ZERO,
+                    });
+                    continue;
+                }
+            },
+        };
         let copies = if fate.duplicate { 2 } else { 1 };
         let own_lag = loop_lag.saturating_sub(slot_wait);
         for _ in 0..copies {
@@ -319,8 +342,8 @@ pub async fn drive(
             let spawned = Instant::now();
             let mut request = write
                 .client
-                .request(rendered.method.clone(), &url)
-                .header("content-type", "application/json")
+                .request(rendered.method.clone(), url.clone())
+                .header(reqwest::header::CONTENT_TYPE, JSON)
                 .timeout(workload.timeout);
             if let Some(b) = &body {
                 request = request.body(b.clone());
