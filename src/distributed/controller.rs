@@ -51,9 +51,10 @@ pub const FINISH_GRACE: Duration = Duration::from_secs(5);
 /// How far ahead of its start a stage is announced, so every worker starts on time.
 pub const LEAD: Duration = Duration::from_millis(750);
 /// Batches queued for a stage at most; past it a worker's post waits.
-const INBOX: usize = 64;
-/// The largest batch body accepted.
-pub const MAX_BATCH: usize = 64 * 1024 * 1024;
+const INBOX: usize = 16;
+/// The largest batch body accepted (a worker's batches hold at most 40,000 items, a
+/// few MiB).
+pub const MAX_BATCH: usize = 32 * 1024 * 1024;
 /// Interval histograms kept for the workers' log, at most.
 const MAX_INTERVALS: usize = 200_000;
 

@@ -41,6 +41,8 @@ use crate::workload::driver::{self, HttpWrite, InputFaults, Sample, Share, Sink,
 pub const FLUSH: Duration = Duration::from_millis(200);
 /// Records and outcomes waiting to be posted, at most.
 pub const MAX_PENDING: usize = 2_000_000;
+/// Records and outcomes in one post, at most (a backlog goes in several, in order).
+pub const MAX_BATCH_ITEMS: usize = 40_000;
 /// A stage started later than this (the worker heard of it too late) is not driven:
 /// its share would be off schedule. The controller holds the stage INCONCLUSIVE.
 pub const LATE: Duration = Duration::from_millis(250);
@@ -312,10 +314,16 @@ impl Kit {
     }
 }
 
+/// A record sent or a request ended, in the order they happened: a request's end is
+/// never posted before its record.
+enum Item {
+    Sent(Sent),
+    Ended(Ended),
+}
+
 /// What is on its way to the controller.
 struct Pending {
-    sent: Vec<Sent>,
-    ended: Vec<Ended>,
+    items: Vec<Item>,
     interval: hdrhistogram::Histogram<u64>,
     overflowed: bool,
 }
@@ -337,7 +345,7 @@ impl Outbox {
 
     /// Stops the stage once the outbox is full: nothing is dropped unsaid.
     fn check_bound(&self, p: &mut Pending) {
-        if p.sent.len() + p.ended.len() >= MAX_PENDING && !p.overflowed {
+        if p.items.len() >= MAX_PENDING && !p.overflowed {
             p.overflowed = true;
             self.stop.cancel();
         }
@@ -358,7 +366,12 @@ impl Sink for Outbox {
     fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
         let d = digest(record, &self.pii);
         let mut p = self.pending();
-        p.sent.push(Sent { offset_us: offset.as_micros() as u64, key: key.to_string(), digest: d, invalid });
+        p.items.push(Item::Sent(Sent {
+            offset_us: offset.as_micros() as u64,
+            key: key.to_string(),
+            digest: d,
+            invalid,
+        }));
         let p = &mut *p;
         self.check_bound(p);
     }
@@ -374,14 +387,14 @@ impl Sink for Outbox {
         if s.own_failure.is_none() && s.offset >= warmup {
             p.interval.saturating_record((s.latency.as_micros() as u64).max(1));
         }
-        p.ended.push(Ended {
+        p.items.push(Item::Ended(Ended {
             offset_us: s.offset.as_micros() as u64,
             latency_us: s.latency.as_micros() as u64,
             outcome,
             key: s.key,
             send_lag_us: s.send_lag.as_micros() as u64,
             own_failure: s.own_failure,
-        });
+        }));
         let p = &mut *p;
         self.check_bound(p);
     }
@@ -402,8 +415,7 @@ async fn run_stage(
     cancel: &CancellationToken,
 ) -> Result<(), Stopped> {
     let pending = Arc::new(Mutex::new(Pending {
-        sent: Vec::new(),
-        ended: Vec::new(),
+        items: Vec::new(),
         interval: crate::measure::new_histogram(),
         overflowed: false,
     }));
@@ -489,8 +501,9 @@ struct Flusher<'a> {
 }
 
 impl Flusher<'_> {
-    /// The outbox as a batch (emptied).
-    fn take(&mut self, finished: Option<Finished>) -> Batch {
+    /// The outbox's oldest items as a batch (at most [`MAX_BATCH_ITEMS`]), and whether
+    /// more wait. `finished` goes with the batch that empties it.
+    fn take(&mut self, finished: Option<Finished>) -> (Batch, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let interval = (!p.interval.is_empty()).then(|| {
             let mut bytes = Vec::new();
@@ -498,17 +511,27 @@ impl Flusher<'_> {
             base64::engine::general_purpose::STANDARD.encode(bytes)
         });
         p.interval.reset();
+        let n = p.items.len().min(MAX_BATCH_ITEMS);
+        let (mut sent, mut ended) = (Vec::new(), Vec::new());
+        for item in p.items.drain(..n) {
+            match item {
+                Item::Sent(x) => sent.push(x),
+                Item::Ended(x) => ended.push(x),
+            }
+        }
+        let more = !p.items.is_empty();
+        drop(p);
         let batch = Batch {
             worker: self.worker,
             stage: self.stage,
             seq: self.seq,
-            sent: std::mem::take(&mut p.sent),
-            ended: std::mem::take(&mut p.ended),
+            sent,
+            ended,
             interval,
-            finished,
+            finished: if more { None } else { finished },
         };
         self.seq += 1;
-        batch
+        (batch, more)
     }
 
     /// Posts `batch` until the controller takes it or `deadline`; its reply, or `None`
@@ -550,8 +573,9 @@ impl Flusher<'_> {
                 _ = done.cancelled() => return self,
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next += FLUSH;
-            let batch = self.take(None);
+            let (batch, more) = self.take(None);
+            // A backlog goes out at once, a post after another.
+            next = if more { Instant::now() } else { next + FLUSH };
             let deadline = Instant::now() + super::controller::SILENCE * 3;
             let reply = tokio::select! {
                 r = self.post(&batch, deadline) => r,
@@ -577,9 +601,13 @@ impl Flusher<'_> {
         }
     }
 
-    /// The stage's last batch, with how the driving went.
+    /// The stage's last batches, the last with how the driving went.
     async fn last(mut self, finished: Finished, deadline: Instant) {
-        let batch = self.take(Some(finished));
-        let _ = self.post(&batch, deadline).await;
+        loop {
+            let (batch, more) = self.take(Some(finished.clone()));
+            if self.post(&batch, deadline).await.is_none() || !more {
+                return;
+            }
+        }
     }
 }

@@ -384,6 +384,31 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
             steering,
         ));
     }
+    // A distributed run: each load worker's part of each stage.
+    let mut workers = Vec::new();
+    for w in doc["distributed"]["workers"].as_array().unwrap_or(&none) {
+        for st in w["stages"].as_array().unwrap_or(&none) {
+            let p99 = st["p99_ms"].as_f64().map_or("-".to_string(), |v| format!("{v:.1}ms"));
+            workers.push(format!(
+                "| {} | {} | {:+.1}ms | {} | {} | {} | {} | {} | {} |\n",
+                w["index"],
+                cell(&t(&w["host"])),
+                w["clock_offset_ms"].as_f64().unwrap_or(0.0),
+                cell(&t(&st["stage"])),
+                st["sent"],
+                st["acked"],
+                st["failed"],
+                p99,
+                st["lost"].as_str().map_or("ok".to_string(), |l| format!("**{}**", cell(l))),
+            ));
+        }
+    }
+    if !workers.is_empty() {
+        sections.push((
+            "### Load workers\n\n| worker | host | clock offset | stage | sent | acked | failed | p99 | share |\n|---|---|---|---|---|---|---|---|---|\n".into(),
+            workers,
+        ));
+    }
     let mut tail = String::new();
     if !files.is_empty() {
         tail.push_str("\n### Files\n\n");

@@ -415,6 +415,21 @@ pub fn summary(
             if faults_left > 0 { "  (SOME NOT REMOVED)" } else { "" }
         ));
     }
+    if let Some(d) = &r.distributed {
+        let offsets: Vec<f64> = d.workers.iter().map(|w| w.member.clock_offset_ms).collect();
+        let (lo, hi) = offsets.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        s.push_str(&format!("\nload workers: {} of {} joined", d.workers.len(), d.workers_expected));
+        if !offsets.is_empty() {
+            s.push_str(&format!(", clock offsets {lo:+.1} to {hi:+.1} ms"));
+        }
+        s.push('\n');
+        for w in &d.workers {
+            let sent: u64 = w.stages.iter().map(|x| x.sent).sum();
+            let lost: Vec<&str> = w.stages.iter().filter(|x| x.lost.is_some()).map(|x| x.stage.as_str()).collect();
+            let lost = if lost.is_empty() { String::new() } else { format!("  LOST in {}", lost.join(", ")) };
+            s.push_str(&format!("  worker {} ({}): {sent} sent{lost}\n", w.member.index, w.member.host));
+        }
+    }
     s.push('\n');
     s.push_str(&verdict_lines(r, written, &[]));
     if let Some(action) = &r.on_verdict {
