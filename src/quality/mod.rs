@@ -146,10 +146,12 @@ pub struct Judgement {
 
 #[derive(Debug)]
 struct Entry {
-    /// (field name, hash of its canonical JSON) for every field sent.
-    fields: Vec<(Arc<str>, u64)>,
+    /// The names of the fields sent (shared by every record with the same fields).
+    names: Arc<[Arc<str>]>,
+    /// The hash of each field's canonical JSON, in the order of `names`.
+    hashes: Box<[u64]>,
     /// Hashes of the values of its `pii` fields.
-    pii: Vec<u64>,
+    pii: Box<[u64]>,
     acked: bool,
     rejected: bool,
     tags: Tags,
@@ -187,6 +189,8 @@ pub struct Ledger {
     key_field: String,
     entries: HashMap<String, Entry>,
     names: HashMap<String, Arc<str>>,
+    /// The field-name lists of the records sent so far (nearly always one).
+    layouts: Vec<Arc<[Arc<str>]>>,
     pii_fields: Vec<String>,
     /// Output field names, by the sent field they carry (`target.http.renamed`).
     renamed: BTreeMap<String, String>,
@@ -322,20 +326,12 @@ impl Ledger {
     /// Notes that a record was sent, from its [`Digest`] (made where it was sent: a
     /// load worker).
     pub fn sent_digest(&mut self, key: &str, digest: Digest, tags: Tags) {
-        let fields = digest
-            .fields
-            .into_iter()
-            .map(|(name, h)| {
-                let name = match self.names.get(&name) {
-                    Some(n) => n.clone(),
-                    None => self.names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str())).clone(),
-                };
-                (name, h)
-            })
-            .collect();
+        let names = self.layout(&digest.fields);
+        let hashes = digest.fields.iter().map(|(_, h)| *h).collect();
         let entry = Entry {
-            fields,
-            pii: digest.pii,
+            names,
+            hashes,
+            pii: digest.pii.into_boxed_slice(),
             acked: false,
             rejected: false,
             tags,
@@ -348,6 +344,24 @@ impl Ledger {
         self.entries.insert(key.to_string(), entry);
     }
 
+    /// The shared name list for `fields`' names (made once per distinct list).
+    fn layout(&mut self, fields: &[(String, u64)]) -> Arc<[Arc<str>]> {
+        let same = |l: &Arc<[Arc<str>]>| l.len() == fields.len() && l.iter().zip(fields).all(|(a, (b, _))| **a == **b);
+        if let Some(l) = self.layouts.iter().rev().find(|l| same(l)) {
+            return l.clone();
+        }
+        let names: Arc<[Arc<str>]> = fields
+            .iter()
+            .map(|(name, _)| self.names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str())).clone())
+            .collect();
+        // Records with ever new field lists (a malformed stream) do not grow this forever.
+        if self.layouts.len() >= 64 {
+            self.layouts.remove(0);
+        }
+        self.layouts.push(names.clone());
+        names
+    }
+
     /// Of `hashes`, those that are the value of a `pii` field of a record sent, each
     /// with that field's name.
     pub fn pii_matches(&self, hashes: &HashSet<u64>) -> HashMap<u64, Arc<str>> {
@@ -356,7 +370,7 @@ impl Ledger {
             return out;
         }
         for entry in self.entries.values() {
-            for (name, h) in &entry.fields {
+            for (name, h) in entry.names.iter().zip(entry.hashes.iter()) {
                 if hashes.contains(h) && self.pii_fields.iter().any(|f| f.as_str() == &**name) {
                     out.insert(*h, name.clone());
                 }
@@ -414,7 +428,11 @@ impl Ledger {
         }
         let Some(key) = key_of(&record, &self.key_field) else { return };
         let Some(entry) = self.entries.get_mut(key.as_str()) else { return };
-        let altered = entry.fields.iter().any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
+        let altered = entry
+            .names
+            .iter()
+            .zip(entry.hashes.iter())
+            .any(|(name, h)| record.get(name.as_ref()).map(hash) != Some(*h));
         if !entry.pii.is_empty() && record.values().any(|v| leaks(v, &entry.pii)) {
             entry.exposed = true;
         }
