@@ -1083,9 +1083,30 @@ fn run(
                     Ok(s) => {
                         ctl.served_at(s.addr().to_string());
                         // Said even with -q: the workers need it.
-                        eprintln!("controller: http://{} waiting for {n} workers (stagegate worker --controller URL --token TOKEN --index 0..{})", s.addr(), n - 1);
-                        if generated {
-                            eprintln!("worker token: {token}");
+                        let addr = s.addr();
+                        let workers = if n == 1 { "1 load worker".to_string() } else { format!("{n} load workers") };
+                        eprintln!("controller: listening on {addr}, waiting for {workers}");
+                        // The URL as workers elsewhere reach it: this machine's name when
+                        // it listens on every address.
+                        let host = if addr.ip().is_unspecified() {
+                            std::fs::read_to_string("/etc/hostname")
+                                .ok()
+                                .map(|h| h.trim().to_string())
+                                .filter(|h| !h.is_empty())
+                                .unwrap_or_else(|| "THIS-HOST".into())
+                        } else if addr.is_ipv6() {
+                            format!("[{}]", addr.ip())
+                        } else {
+                            addr.ip().to_string()
+                        };
+                        let token_arg = if generated { token.clone() } else { "\"$STAGEGATE_WORKER_TOKEN\"".into() };
+                        let index = if n == 1 { "0".to_string() } else { format!("I    (I = 0 to {})", n - 1) };
+                        eprintln!(
+                            "  start each: stagegate worker --controller http://{host}:{} --token={token_arg} --index {index}",
+                            addr.port()
+                        );
+                        if addr.ip().is_unspecified() {
+                            eprintln!("  ({host}: this machine as the workers reach it; its name or an address of it)");
                         }
                         (Some((ctl, join_timeout)), Some(s))
                     }

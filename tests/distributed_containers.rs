@@ -82,7 +82,7 @@ async fn stored(sut: &ContainerAsync<GenericImage>) -> Vec<String> {
 async fn controller(net: &Net, image: &str, sut: u32, reports: &Path) -> ContainerAsync<GenericImage> {
     let (repo, tag) = split(image);
     GenericImage::new(repo, tag)
-        .with_wait_for(WaitFor::message_on_stderr("controller: http://"))
+        .with_wait_for(WaitFor::message_on_stderr("start each: stagegate worker"))
         .with_network(&net.name)
         .with_container_name(format!("ctl{sut}-{}", net.suffix))
         .with_mount(
@@ -114,7 +114,7 @@ async fn start_workers(net: &Net, image: &str, ctl: u32) -> Vec<ContainerAsync<G
     let mut out = Vec::new();
     for i in 0..3 {
         let w = GenericImage::new(repo, tag)
-            .with_wait_for(WaitFor::message_on_stderr("joined run"))
+            .with_wait_for(WaitFor::message_on_stderr("joined the controller"))
             .with_network(&net.name)
             .with_container_name(format!("worker{ctl}-{i}-{}", net.suffix))
             .with_cmd([

@@ -117,7 +117,14 @@ fn controller_workers_service_and_token_agree() {
     };
     assert_eq!(token_ref(controller), token_ref(worker));
     let key = token_ref(controller)["key"].as_str().unwrap().to_string();
-    assert!(secret["stringData"][&key].as_str().unwrap().len() >= 16);
+    // The example Secret's token is one stagegate refuses: applied by mistake, it fails
+    // at once rather than run with a token anyone can read here.
+    let example = secret["stringData"][&key].as_str().unwrap();
+    let out = common::stagegate(&["worker", "--controller", "http://127.0.0.1:9", "--token", example, "--index", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", common::text(&out));
+    // And `kubectl apply -k` leaves the user's own Secret and ConfigMap alone.
+    let kustomization = std::fs::read_to_string(dir().join("kustomization.yaml")).unwrap();
+    assert!(!kustomization.contains("- secret.yaml") && !kustomization.contains("- scenario.yaml"));
 
     // The reports land on the volume, and the scenario is the ConfigMap's.
     let mounts = controller["volumeMounts"].as_array().unwrap();

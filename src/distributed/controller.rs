@@ -18,7 +18,6 @@
 //! stage's end plus the request timeout, is lost: its share was not (all) sent, and the
 //! stage says so.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +119,8 @@ pub struct DistributedReport {
 struct Interval {
     worker: u32,
     stage: String,
+    /// From the worker's previous interval in the stage (or the stage's start) to `at`.
+    from: SystemTime,
     at: SystemTime,
     encoded: String,
 }
@@ -128,10 +129,13 @@ struct Interval {
 struct Shared {
     assignment: Option<Assignment>,
     members: Vec<Option<Member>>,
-    /// The stage announced last: `(index, start in Unix ms, end)`.
+    /// The stage announced last: `(index, start in Unix ms, end)`, and its start.
     announced: Option<(u32, f64, Duration)>,
+    stage_start: Option<SystemTime>,
     done: Option<String>,
     reply: Option<Reply>,
+    /// The exit code the workers get when the run is over.
+    done_exit: i32,
     inbox: Option<(u32, mpsc::Sender<Batch>)>,
     /// When each worker was last heard from.
     heard: Vec<Option<Instant>>,
@@ -142,6 +146,9 @@ struct Shared {
 
 /// The controller of a distributed run.
 pub struct Controller {
+    /// Where joins and losses are said as they happen (the run's events).
+    /// Weak: the run's reporters end when the run does, whatever holds the controller.
+    events: Mutex<Option<tokio::sync::mpsc::WeakUnboundedSender<crate::report::Event>>>,
     token: String,
     workers: u32,
     addr: Mutex<String>,
@@ -163,6 +170,7 @@ impl Controller {
             ..Shared::default()
         };
         Arc::new(Controller {
+            events: Mutex::new(None),
             token,
             workers,
             addr: Mutex::new(String::new()),
@@ -173,6 +181,18 @@ impl Controller {
 
     fn state(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Says joins and lost workers on the run's events as they happen.
+    pub fn attach(&self, events: tokio::sync::mpsc::UnboundedSender<crate::report::Event>) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events.downgrade());
+    }
+
+    fn say(&self, message: String) {
+        let tx = self.events.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|w| w.upgrade());
+        if let Some(tx) = tx {
+            let _ = tx.send(crate::report::Event::Note { message });
+        }
     }
 
     /// How many workers the run drives through.
@@ -222,6 +242,7 @@ impl Controller {
         {
             let mut s = self.state();
             s.announced = Some((index as u32, unix_ms(start_wall), end));
+            s.stage_start = Some(start_wall);
             s.reply = Some(Reply { end_us: end.as_micros() as u64, stop: false });
             s.inbox = Some((index as u32, tx));
         }
@@ -230,10 +251,13 @@ impl Controller {
         (start, rx)
     }
 
-    /// Tells every worker the run is over.
-    pub fn finish(&self, reason: &str) {
+    /// Tells every worker the run is over, and the exit code to end with.
+    pub fn finish(&self, reason: &str, exit: i32) {
         let mut s = self.state();
-        s.done.get_or_insert_with(|| reason.to_string());
+        if s.done.is_none() {
+            s.done = Some(reason.to_string());
+            s.done_exit = exit;
+        }
         s.inbox = None;
         drop(s);
         self.changed.notify_waiters();
@@ -273,13 +297,11 @@ impl Controller {
                 .with_base_time(run_start)
                 .with_max_value_divisor(1000.0);
             let mut log = builder.begin_log_with(&mut out, &mut serializer).map_err(|e| e.to_string())?;
-            let mut last: BTreeMap<u32, SystemTime> = BTreeMap::new();
             for i in &s.intervals {
                 let h = crate::report::hlog::decode(&i.encoded)?;
-                let from = last.get(&i.worker).copied().unwrap_or(run_start).max(run_start);
+                let from = i.from.max(run_start);
                 let start = from.duration_since(run_start).unwrap_or_default();
                 let length = i.at.duration_since(from).unwrap_or_default();
-                last.insert(i.worker, i.at);
                 let tag: String = format!("worker-{}/{}", i.worker, i.stage)
                     .chars()
                     .map(|c| if c == ',' || c.is_whitespace() { '_' } else { c })
@@ -313,12 +335,25 @@ impl Controller {
         let mut finished: Vec<Option<Finished>> = vec![None; n];
         let mut lost: Vec<Option<String>> = vec![None; n];
         let mut next_seq = vec![0u64; n];
-        let mut heard = vec![start; n];
+        // When each was last heard from, between stages too (its long poll).
+        let mut heard: Vec<Instant> = {
+            let s = self.state();
+            (0..n).map(|w| s.heard[w].map_or(start, |h| h.min(start))).collect()
+        };
+        let mut said = vec![false; n];
+        let stage_start = self.state().stage_start.unwrap_or_else(SystemTime::now);
+        let mut interval_from = vec![stage_start; n];
         let mut end_seen = stage_end.get();
         let mut next_tick = start + Duration::from_secs(1);
         let mut completed = true;
         let at = |t: Instant| t.saturating_duration_since(start).as_secs_f64();
         loop {
+            for w in 0..n {
+                if let (Some(why), false) = (&lost[w], said[w]) {
+                    said[w] = true;
+                    self.say(format!("load worker lost: {why}"));
+                }
+            }
             let open = (0..n).filter(|&w| finished[w].is_none() && lost[w].is_none()).count();
             if open == 0 {
                 break;
@@ -352,6 +387,9 @@ impl Controller {
                         continue;
                     }
                     next_seq[w] += 1;
+                    // Each interval runs from the worker's previous batch to this one.
+                    let received = SystemTime::now();
+                    let from = std::mem::replace(&mut interval_from[w], received);
                     let f = &mut figures[w];
                     f.batches += 1;
                     for s in batch.sent {
@@ -389,7 +427,8 @@ impl Controller {
                                     s.intervals.push(Interval {
                                         worker: w as u32,
                                         stage: name.to_string(),
-                                        at: SystemTime::now(),
+                                        from,
+                                        at: received,
                                         encoded,
                                     });
                                 } else {
@@ -431,11 +470,18 @@ impl Controller {
                     let now = Instant::now();
                     for w in 0..n {
                         if finished[w].is_none() && lost[w].is_none() && now.duration_since(heard[w]) >= SILENCE {
-                            lost[w] = Some(format!(
-                                "worker {w} stopped reporting {:.1}s into stage `{name}` (nothing for {}s): its share of the load after that was not sent or not seen",
-                                at(heard[w]),
-                                SILENCE.as_secs()
-                            ));
+                            lost[w] = Some(if heard[w] < start {
+                                format!(
+                                    "worker {w} took no part in stage `{name}`: last heard from {:.1}s before it started",
+                                    start.duration_since(heard[w]).as_secs_f64()
+                                )
+                            } else {
+                                format!(
+                                    "worker {w} stopped reporting {:.1}s into stage `{name}` (nothing for {}s): its share of the load after that was not sent or not seen",
+                                    at(heard[w]),
+                                    SILENCE.as_secs()
+                                )
+                            });
                         }
                     }
                 }
@@ -487,6 +533,11 @@ impl Controller {
             s.stages[w].push(f);
         }
         drop(s);
+        for w in 0..n {
+            if let (Some(why), false) = (&lost[w], said[w]) {
+                self.say(format!("load worker lost: {why}"));
+            }
+        }
         let lost: Vec<String> = lost.into_iter().flatten().collect();
         let incomplete = (!lost.is_empty()).then(|| lost.join("; "));
         let _ = index;
@@ -522,7 +573,7 @@ fn authorized(ctl: &Controller, headers: &HeaderMap) -> bool {
     given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-const UNAUTHORIZED: &str = "a worker needs the run's token: Authorization: Bearer TOKEN";
+const UNAUTHORIZED: &str = "the worker token was refused: give the controller's (--token, or STAGEGATE_WORKER_TOKEN)";
 
 async fn time(State(ctl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
     if !authorized(&ctl, &headers) {
@@ -587,8 +638,13 @@ async fn join(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axum
                     joined_at: chrono::Utc::now().to_rfc3339(),
                 });
                 s.heard[j.index as usize] = Some(Instant::now());
+                let joined = s.members.iter().filter(|m| m.is_some()).count();
                 drop(s);
                 ctl.changed.notify_waiters();
+                ctl.say(format!(
+                    "load worker {} joined from {} (clock offset {:+.1} ms, round trip {:.1} ms); {joined} of {}",
+                    j.index, j.host, j.clock_offset_ms, j.rtt_ms, ctl.workers
+                ));
                 return axum::Json(a).into_response();
             }
         }
@@ -621,7 +677,7 @@ async fn next(State(ctl): State<Arc<Controller>>, headers: HeaderMap, Query(q): 
             let mut s = ctl.state();
             s.heard[q.worker as usize] = Some(Instant::now());
             if let Some(reason) = &s.done {
-                return axum::Json(Next::Done { reason: reason.clone() }).into_response();
+                return axum::Json(Next::Done { reason: reason.clone(), exit: s.done_exit }).into_response();
             }
             if let Some((stage, start_unix_ms, end)) = s.announced
                 && stage >= q.from

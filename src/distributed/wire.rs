@@ -153,8 +153,13 @@ pub enum Next {
     Stage { stage: u32, start_unix_ms: f64, end_us: u64 },
     /// Not yet: ask again.
     Wait,
-    /// The run is over (finished, stopped or aborted): the worker exits.
-    Done { reason: String },
+    /// The run is over (finished, stopped or aborted): the worker exits with `exit`
+    /// (0 the run finished, 4 it broke, 130 it was stopped).
+    Done {
+        reason: String,
+        #[serde(default)]
+        exit: i32,
+    },
 }
 
 /// A record sent, as the ledger keeps it.

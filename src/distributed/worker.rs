@@ -140,10 +140,11 @@ async fn read_bounded(mut resp: reqwest::Response, most: usize) -> Result<Vec<u8
 
 /// Runs a worker until the controller says the run is over; the exit code.
 pub async fn work(args: Args, stop: Shutdown) -> i32 {
+    let index = args.index;
     match serve(args, &stop).await {
-        Ok(reason) => {
-            eprintln!("stagegate worker: the run is over ({reason})");
-            exit::PROMOTE
+        Ok((reason, code)) => {
+            eprintln!("stagegate worker {index}: {reason}");
+            code
         }
         Err(s) => {
             eprintln!("stagegate worker: {}", s.message);
@@ -152,7 +153,7 @@ pub async fn work(args: Args, stop: Shutdown) -> i32 {
     }
 }
 
-async fn serve(args: Args, stop: &Shutdown) -> Result<String, Stopped> {
+async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -161,6 +162,7 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<String, Stopped> {
     let cancel = &stop.cancel;
     let deadline = Instant::now() + args.join_timeout;
     // The clock offset first: the shortest round trip of a few says it best.
+    let mut waiting_said = false;
     let (offset_ms, rtt_ms) = loop {
         match clock_offset(&api).await {
             Ok(x) => break x,
@@ -169,6 +171,15 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<String, Stopped> {
                 return Err(stopped(exit::RUN_BROKEN, format!("the controller answered {code}: {m}")));
             }
             Err(CallError::Unreachable(why)) => {
+                if !waiting_said {
+                    waiting_said = true;
+                    eprintln!(
+                        "stagegate worker {}: waiting for the controller at {} (up to {}): {why}",
+                        args.index,
+                        api.base,
+                        crate::scenario::units::format_duration(args.join_timeout)
+                    );
+                }
                 if Instant::now() >= deadline {
                     return Err(stopped(
                         exit::RUN_BROKEN,
@@ -217,8 +228,8 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<String, Stopped> {
         }
     };
     eprintln!(
-        "stagegate worker {} of {}: joined run {} ({}), clock offset {offset_ms:+.1} ms (round trip {rtt_ms:.1} ms)",
-        assignment.worker, assignment.workers, assignment.run_id, assignment.scenario
+        "stagegate worker {} of {}: joined the controller of `{}` (run {}), clock offset {offset_ms:+.1} ms (round trip {rtt_ms:.1} ms)",
+        assignment.worker, assignment.workers, assignment.scenario, assignment.run_id
     );
     let kit = Kit::new(&assignment)?;
     let mut from = 0u32;
@@ -232,7 +243,7 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<String, Stopped> {
             _ = cancel.cancelled() => return Err(stopped(exit::INTERRUPTED, "stopped between stages")),
         };
         match answer {
-            Ok(Next::Done { reason }) => return Ok(reason),
+            Ok(Next::Done { reason, exit }) => return Ok((reason, exit)),
             Ok(Next::Wait) => silent_since = None,
             Ok(Next::Stage { stage, start_unix_ms, end_us }) => {
                 silent_since = None;

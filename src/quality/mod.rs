@@ -196,7 +196,24 @@ pub struct Ledger {
     renamed: BTreeMap<String, String>,
     /// Unreadable output items that name no sent key, in the current look.
     unreadable: u64,
+    /// Output records seen before their record was known here, kept for a while (a
+    /// distributed run learns of a record sent a moment after the system may store
+    /// it): by key, with when and in which look they were seen; `None` when not kept.
+    early: Option<Early>,
+    /// Looks begun so far.
+    looks: u64,
 }
+
+/// Output records whose key was not (yet) known, oldest first, at most [`MAX_EARLY`].
+#[derive(Debug, Default)]
+struct Early {
+    by_key: HashMap<String, (Map<String, Value>, Instant, u64)>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Early sightings kept at most; past it the oldest go (most likely other stages'
+/// records, which a listing shows too).
+pub const MAX_EARLY: usize = 50_000;
 
 /// A stage's ledger, shared by the driver's accounting and the observer.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -307,6 +324,14 @@ impl Ledger {
         self
     }
 
+    /// Keeps output records seen before their record is known, and applies them when it
+    /// is (for records whose digest arrives from a load worker after the system under
+    /// test has already stored them).
+    pub fn with_early_sightings(mut self) -> Self {
+        self.early = Some(Early::default());
+        self
+    }
+
     /// This ledger, shared.
     pub fn shared(self) -> SharedLedger {
         Arc::new(Mutex::new(self))
@@ -342,6 +367,15 @@ impl Ledger {
             exposed: false,
         };
         self.entries.insert(key.to_string(), entry);
+        // Seen in the output before it was known here: first seen then; and counted if
+        // that was in the current look (a later look sees it again by itself).
+        if let Some((record, at, look)) = self.early.as_mut().and_then(|e| e.by_key.remove(key)) {
+            if look == self.looks {
+                self.observe(record, at);
+            } else if let Some(e) = self.entries.get_mut(key) {
+                e.first_seen.get_or_insert(at);
+            }
+        }
     }
 
     /// The shared name list for `fields`' names (made once per distinct list).
@@ -412,6 +446,7 @@ impl Ledger {
     /// Starts a new look at the whole output (a scan lists all of it again): the copies
     /// seen are counted afresh; first sightings are kept.
     pub fn begin_look(&mut self) {
+        self.looks += 1;
         for e in self.entries.values_mut() {
             e.seen = 0;
             e.altered = false;
@@ -427,7 +462,20 @@ impl Ledger {
             rename_back(&mut record, &self.renamed);
         }
         let Some(key) = key_of(&record, &self.key_field) else { return };
-        let Some(entry) = self.entries.get_mut(key.as_str()) else { return };
+        let Some(entry) = self.entries.get_mut(key.as_str()) else {
+            if let Some(early) = &mut self.early
+                && !early.by_key.contains_key(&key)
+            {
+                if early.order.len() >= MAX_EARLY
+                    && let Some(old) = early.order.pop_front()
+                {
+                    early.by_key.remove(&old);
+                }
+                early.order.push_back(key.clone());
+                early.by_key.insert(key, (record, at, self.looks));
+            }
+            return;
+        };
         let altered = entry
             .names
             .iter()
@@ -530,6 +578,31 @@ mod tests {
             ledger.observe(r, now());
         }
         ledger.judge()
+    }
+
+    #[test]
+    fn a_record_stored_before_its_digest_arrives_is_counted_once_and_first_seen_when_stored() {
+        let mut ledger = Ledger::new("id").with_early_sightings();
+        let t0 = Instant::now();
+        let record = rec(json!({"id": "a", "amount": 1.5}));
+        // Pushed by the system (one look for the whole stage), then learned of.
+        ledger.observe(record.clone(), t0);
+        ledger.sent_digest("a", digest(&record, &[]), Tags::default());
+        ledger.acked("a", t0);
+        let j = ledger.judge();
+        assert_eq!((j.total.lost, j.total.duplicated, j.total.corrupted), (0, 0, 0));
+        assert_eq!(ledger.arrivals(), vec![(t0, t0)]);
+        // Seen early in a look that is over: first seen then, counted by the next look.
+        let mut ledger = Ledger::new("id").with_early_sightings();
+        ledger.begin_look();
+        ledger.observe(record.clone(), t0);
+        ledger.begin_look();
+        ledger.sent_digest("a", digest(&record, &[]), Tags::default());
+        ledger.acked("a", t0);
+        ledger.observe(record.clone(), t0 + std::time::Duration::from_secs(1));
+        let j = ledger.judge();
+        assert_eq!((j.total.lost, j.total.duplicated), (0, 0));
+        assert_eq!(ledger.arrivals(), vec![(t0, t0)]);
     }
 
     #[test]

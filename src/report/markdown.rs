@@ -405,7 +405,12 @@ pub fn render(doc: &Value, files: &[(String, String)]) -> String {
     }
     if !workers.is_empty() {
         sections.push((
-            "### Load workers\n\n| worker | host | clock offset | stage | sent | acked | failed | p99 | share |\n|---|---|---|---|---|---|---|---|---|\n".into(),
+            format!(
+                "### Load workers\n\n{}| worker | host | clock offset | stage | sent | acked | failed | p99 | share |\n|---|---|---|---|---|---|---|---|---|\n",
+                doc["distributed"]["interval_log"]
+                    .as_str()
+                    .map_or(String::new(), |f| format!("Each worker's latency intervals: `{}`.\n\n", cell(f)))
+            ),
             workers,
         ));
     }

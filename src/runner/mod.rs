@@ -160,6 +160,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
             let ctl = out.workers.as_ref().map(|(c, _)| c.as_ref());
             let mut joined = true;
             if let Some((ctl, join_timeout)) = &out.workers {
+                ctl.attach(events.clone());
                 let steered = out.steering.is_some();
                 ctl.assign(crate::distributed::assignment(plan, &provisioned, &out.run_id, ctl.workers(), steered));
                 emit(Event::Note {
@@ -174,7 +175,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
                     if !halt.is_cancelled() {
                         let missing: Vec<String> = missing.iter().map(u32::to_string).collect();
                         report.error = Some(format!(
-                            "{} of {} load workers joined within {}; missing: {} (is `stagegate worker` running with this controller's URL and token?)",
+                            "{} of {} load workers joined within {}; missing: index {} (is `stagegate worker` running with this controller's URL and token?)",
                             ctl.workers() as usize - missing.len(),
                             ctl.workers(),
                             crate::scenario::units::format_duration(*join_timeout),
@@ -191,7 +192,14 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     }
     // The workers stop sending before anything else stops.
     if let Some((ctl, _)) = &out.workers {
-        ctl.finish(if halt.is_cancelled() { "the run was stopped" } else { "the run is over" });
+        let (why, exit) = if stop.cancel.is_cancelled() {
+            ("the run was stopped", crate::exit::INTERRUPTED)
+        } else if report.error.is_some() || trouble.reason().is_some() {
+            ("the run broke", crate::exit::RUN_BROKEN)
+        } else {
+            ("the run is over", crate::exit::PROMOTE)
+        };
+        ctl.finish(why, exit);
     }
     // Every fault lifted first, then everything stopped, newest first.
     guard.teardown(&stop.force).await;

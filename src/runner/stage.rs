@@ -108,10 +108,15 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         crate::sut::Target::Http(h) => h.renamed.clone(),
         crate::sut::Target::Builtin(..) => Default::default(),
     };
-    let ledger = Ledger::new(&schema.key)
+    let mut ledger = Ledger::new(&schema.key)
         .with_pii(schema.fields.iter().filter(|f| f.pii).map(|f| f.name.clone()))
-        .with_renamed(renamed)
-        .shared();
+        .with_renamed(renamed);
+    // Through load workers, a record's digest arrives a moment after it was sent: the
+    // output may show it first.
+    if cx.workers.is_some() {
+        ledger = ledger.with_early_sightings();
+    }
+    let ledger = ledger.shared();
     p.observer.begin(ledger.clone());
 
     let stop = cx.halt.child_token();
@@ -148,6 +153,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         live_page: cx.steering.is_some(),
         ended_now: crate::measure::new_histogram(),
         failed_now: 0,
+        start: None,
     };
     let aborted: Arc<Mutex<Option<Assessment>>> = Arc::default();
     let judge = tokio::spawn(watch_for_abort(
@@ -173,6 +179,7 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         }
         None => (Instant::now(), None),
     };
+    accounts.start = Some(start);
     let cpu_before = CpuClock::now();
     let start_unix =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
@@ -636,6 +643,8 @@ struct Accounts<'a> {
     end: Duration,
     /// Whether a live page follows the run (it gets the last seconds with each tick).
     live_page: bool,
+    /// When the stage started (its offsets count from it).
+    start: Option<Instant>,
     /// Latency of the requests that ended since the last tick, and how many failed.
     ended_now: hdrhistogram::Histogram<u64>,
     failed_now: u64,
@@ -719,7 +728,9 @@ impl Sink for Accounts<'_> {
         }
         match s.outcome {
             Outcome::Acked => {
-                self.ledger().acked(&s.key, Instant::now());
+                // Acknowledged when its answer came (a worker's answer is reported later).
+                let at = self.start.map_or_else(Instant::now, |start| start + s.offset + s.latency);
+                self.ledger().acked(&s.key, at);
                 self.counts.acked += 1;
             }
             Outcome::Rejected => {

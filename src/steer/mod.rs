@@ -432,7 +432,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A fresh token: 32 random bytes, URL-safe base64.
 pub fn new_token() -> String {
-    use base64::Engine;
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    // Hex: nothing a shell or an argument parser reads specially (a base64 token could
+    // start with `-` and be taken for an option when pasted).
+    let bytes: [u8; 24] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
