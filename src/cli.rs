@@ -156,9 +156,10 @@ pub enum Command {
         /// dies, is late or falls behind makes its stage INCONCLUSIVE.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
         workers: Option<u32>,
-        /// Where the controller's API listens for workers (with --workers).
-        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7400")]
-        controller_listen: String,
+        /// Where the controller's API listens for workers (with --workers; default
+        /// 0.0.0.0:7400, every address: the workers are on other machines).
+        #[arg(long, value_name = "ADDR")]
+        controller_listen: Option<String>,
         /// The token workers present (at least 16 characters). Without it one is made
         /// and printed.
         #[arg(long, value_name = "TOKEN", env = "STAGEGATE_WORKER_TOKEN", hide_env_values = true)]
@@ -378,7 +379,13 @@ pub fn execute(cli: Cli) -> i32 {
                 Some(dir) => RunFolder::Exact(dir),
                 None => RunFolder::Under(report_dir),
             };
-            let workers = workers.map(|n| Workers { n, listen: controller_listen, token: worker_token, join_timeout });
+            if workers.is_none() && controller_listen.is_some() {
+                eprintln!(
+                    "warning: --controller-listen serves load workers, which only --workers asks for; one process this run"
+                );
+            }
+            let listen = controller_listen.unwrap_or_else(|| "0.0.0.0:7400".into());
+            let workers = workers.map(|n| Workers { n, listen, token: worker_token, join_timeout });
             let serve = Serve { metrics, ui, ui_tokens, workers };
             run(&file, &scenario, &folder, &report, quiet, serve)
         }
@@ -817,8 +824,10 @@ struct Workers {
 
 /// `stagegate worker`.
 fn worker(args: crate::distributed::worker::Args) -> i32 {
-    if args.token.trim().len() < 16 {
-        eprintln!("error: --token: the worker token is at least 16 characters (the controller prints the one it made)");
+    if args.token.trim().len() < 16 || !args.token.trim().chars().all(|c| c.is_ascii_graphic()) {
+        eprintln!(
+            "error: --token: the worker token is at least 16 printable ASCII characters (the controller prints the one it made)"
+        );
         return exit::INVALID_INPUT;
     }
     match reqwest::Url::parse(&args.controller) {
@@ -832,7 +841,7 @@ fn worker(args: crate::distributed::worker::Args) -> i32 {
         }
     }
     let stop = Shutdown::default();
-    if let Err(e) = watch_signals(stop.clone(), "telling the controller and stopping") {
+    if let Err(e) = watch_signals(stop.clone(), "stopping (again to stop at once)") {
         eprintln!("error: cannot watch for Ctrl-C: {e}");
         return exit::RUN_BROKEN;
     }
@@ -944,9 +953,11 @@ fn run(
     let controller = match &serve.workers {
         Some(w) => {
             let token = match &w.token {
-                Some(t) if t.trim().len() >= 16 && !t.contains(char::is_whitespace) => (t.clone(), false),
+                Some(t) if t.len() >= 16 && t.chars().all(|c| c.is_ascii_graphic()) => (t.clone(), false),
                 Some(_) => {
-                    eprintln!("error: --worker-token: at least 16 characters, without spaces; {NOT_RUN}");
+                    eprintln!(
+                        "error: --worker-token: at least 16 printable ASCII characters, without spaces; {NOT_RUN}"
+                    );
                     return exit::INVALID_INPUT;
                 }
                 None => (crate::steer::new_token(), true),

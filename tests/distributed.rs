@@ -298,3 +298,67 @@ fn freshness_through_workers_is_the_systems_not_the_reporting_delay() {
         assert!(p99 < 150.0, "stage {}: freshness p99 {p99} ms", stage["name"]);
     }
 }
+
+/// `curl` against the controller's API with the run's token; the answer's body.
+fn api(url: &str, method: &str, path: &str, body: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "30", "-X", method, "-H", &format!("Authorization: Bearer {TOKEN}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.arg(format!("{url}{path}")).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A worker holding the token but claiming its share done without sending it cannot turn
+/// a partial stage into a verdict; one without the token is refused before its body is
+/// read; and no one but the worker that joined posts as it.
+#[test]
+fn forged_completions_and_foreign_posts_do_not_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sut = Service::start();
+    let dir = tmp.path().join("run");
+    let base = format!("target.http.base_url={}", sut.url());
+    let (run, url) = controller(&["--set", &base, "--set", "stages=[{name: only}]", "--out", dir.to_str().unwrap()], 2);
+
+    // Without the token: refused at the headers, a 30 MB body announced and never sent.
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong-token-0000000\r\ncontent-type: application/json\r\ncontent-length: 31457280\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 64];
+    let n = s.read(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer[..n]));
+
+    // Worker 0 is real; "worker 1" joins, then says at once that its share is done.
+    let real = worker(&url, 0);
+    let join = format!(
+        r#"{{"index":1,"host":"forger","protocol":1,"stagegate_version":"{}","clock_offset_ms":0,"rtt_ms":1}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    let assignment: Value = serde_json::from_str(&api(&url, "POST", "/v1/join", Some(&join))).unwrap();
+    let session = assignment["session"].as_str().unwrap();
+    let next: Value = serde_json::from_str(&api(&url, "GET", "/v1/next?worker=1&from=0", None)).unwrap();
+    assert_eq!(next["next"], "stage", "{next}");
+    std::thread::sleep(Duration::from_secs(1));
+    // Posting as worker 0 without its session is refused.
+    let foreign = r#"{"worker":0,"session":"not-its-session","stage":0,"seq":0,"sent":[],"ended":[],"interval":null,"finished":null}"#;
+    assert!(api(&url, "POST", "/v1/batch", Some(foreign)).contains("session"));
+    let done = format!(
+        r#"{{"worker":1,"session":"{session}","stage":0,"seq":0,"sent":[],"ended":[],"interval":null,"finished":{{"completed":true,"dropped":0,"held_back":0,"capped":false,"length_us":{},"overflowed":false}}}}"#,
+        next["end_us"]
+    );
+    let reply = api(&url, "POST", "/v1/batch", Some(&done));
+    assert!(reply.contains("end_us"), "{reply}");
+    let (code, _, stderr, _) = run.finish(Duration::from_secs(120));
+    for (c, err) in wait_all(vec![real]) {
+        assert_eq!(c, Some(0), "{err}");
+    }
+    assert_eq!(code, Some(3), "{stderr}");
+    let doc = report(&dir);
+    let why = doc["stages"][0]["workers_incomplete"].as_str().unwrap();
+    assert!(why.contains("worker 1 said its share of stage `only` was complete after") && why.contains("of the"), "{why}");
+    // The real worker's share counted whole.
+    assert!(doc["distributed"]["workers"][0]["stages"][0]["lost"].is_null());
+}

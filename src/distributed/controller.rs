@@ -54,6 +54,10 @@ const INBOX: usize = 16;
 /// The largest batch body accepted (a worker's batches hold at most 40,000 items, a
 /// few MiB).
 pub const MAX_BATCH: usize = 32 * 1024 * 1024;
+/// How long a request's body may take to arrive.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// Fields a record's digest may have (a schema has far fewer).
+const MAX_DIGEST_FIELDS: usize = 1024;
 /// Interval histograms kept for the workers' log, at most.
 const MAX_INTERVALS: usize = 200_000;
 
@@ -139,6 +143,10 @@ struct Shared {
     inbox: Option<(u32, mpsc::Sender<Batch>)>,
     /// When each worker was last heard from.
     heard: Vec<Option<Instant>>,
+    /// Each worker's session, given at join: its batches carry it.
+    sessions: Vec<Option<String>>,
+    /// Workers lost in the running stage: told to stop.
+    dropped: Vec<bool>,
     stages: Vec<Vec<WorkerStage>>,
     intervals: Vec<Interval>,
     intervals_dropped: usize,
@@ -154,6 +162,8 @@ pub struct Controller {
     addr: Mutex<String>,
     state: Mutex<Shared>,
     changed: Notify,
+    /// Bodies read at once, at most (one per worker, and two more).
+    bodies: tokio::sync::Semaphore,
 }
 
 fn unix_ms(t: SystemTime) -> f64 {
@@ -166,6 +176,8 @@ impl Controller {
         let state = Shared {
             members: vec![None; workers as usize],
             heard: vec![None; workers as usize],
+            sessions: vec![None; workers as usize],
+            dropped: vec![false; workers as usize],
             stages: vec![Vec::new(); workers as usize],
             ..Shared::default()
         };
@@ -176,6 +188,7 @@ impl Controller {
             addr: Mutex::new(String::new()),
             state: Mutex::new(state),
             changed: Notify::new(),
+            bodies: tokio::sync::Semaphore::new(workers as usize + 2),
         })
     }
 
@@ -245,6 +258,7 @@ impl Controller {
             s.stage_start = Some(start_wall);
             s.reply = Some(Reply { end_us: end.as_micros() as u64, stop: false });
             s.inbox = Some((index as u32, tx));
+            s.dropped.iter_mut().for_each(|d| *d = false);
         }
         self.changed.notify_waiters();
         tokio::time::sleep_until(start).await;
@@ -312,7 +326,7 @@ impl Controller {
         Ok((String::from_utf8_lossy(&out).into_owned(), s.intervals_dropped))
     }
 
-    /// Drives stage `index` through the workers from `start`, feeding `sink` as a local
+    /// Drives stage `index` (its arrival model `arrival`) through the workers from `start`, feeding `sink` as a local
     /// driver would; returns how it went, and why the stage's evidence is incomplete
     /// when a worker was lost.
     #[allow(clippy::too_many_arguments)]
@@ -322,6 +336,7 @@ impl Controller {
         name: &str,
         start: Instant,
         mut inbox: mpsc::Receiver<Batch>,
+        arrival: &crate::workload::Arrival,
         warmup: Duration,
         timeout: Duration,
         cancel: &CancellationToken,
@@ -347,10 +362,13 @@ impl Controller {
         let mut next_tick = start + Duration::from_secs(1);
         let mut completed = true;
         let at = |t: Instant| t.saturating_duration_since(start).as_secs_f64();
+        let mut total_sent = 0u64;
+        let mut capped = false;
         loop {
             for w in 0..n {
                 if let (Some(why), false) = (&lost[w], said[w]) {
                     said[w] = true;
+                    self.state().dropped[w] = true;
                     self.say(format!("load worker lost: {why}"));
                 }
             }
@@ -390,11 +408,24 @@ impl Controller {
                     // Each interval runs from the worker's previous batch to this one.
                     let received = SystemTime::now();
                     let from = std::mem::replace(&mut interval_from[w], received);
+                    // A digest no schema makes is not counted: the worker is broken or forged.
+                    if batch.sent.iter().any(|s| s.digest.fields.len() > MAX_DIGEST_FIELDS || s.key.len() > 4096) {
+                        lost[w] = Some(format!("worker {w} sent records no schema makes (too many fields, or a key over 4 KiB)"));
+                        continue;
+                    }
                     let f = &mut figures[w];
                     f.batches += 1;
                     for s in batch.sent {
                         f.sent += 1;
+                        total_sent += 1;
                         sink.sent_digest(Duration::from_micros(s.offset_us), &s.key, s.digest, s.invalid);
+                    }
+                    // All workers together send no more than one process may in a stage.
+                    if total_sent as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE && !capped {
+                        capped = true;
+                        if let Some(r) = self.state().reply.as_mut() {
+                            r.stop = true;
+                        }
                     }
                     for e in batch.ended {
                         let outcome = match e.outcome {
@@ -442,6 +473,20 @@ impl Controller {
                     }
                     if let Some(done) = batch.finished {
                         f.dropped = done.dropped + done.held_back;
+                        // A share said to be complete must be: as long as the stage, and
+                        // (open model) every send of its share made or counted as dropped.
+                        if done.completed && completed && !capped && !done.capped {
+                            let short = Duration::from_micros(done.length_us) + Duration::from_millis(1) < end_seen;
+                            let owed = share_of(arrival, end_seen, w as u64, n as u64);
+                            let accounted = f.sent + done.dropped + done.held_back;
+                            if short || owed.is_some_and(|owed| accounted + 2 + owed / 1000 < owed) {
+                                lost[w] = Some(format!(
+                                    "worker {w} said its share of stage `{name}` was complete after {:.1}s and {accounted} sends{}",
+                                    done.length_us as f64 / 1e6,
+                                    owed.map_or(String::new(), |o| format!(" of the {o} it owed"))
+                                ));
+                            }
+                        }
                         if !done.completed && !done.overflowed && done.late_us == 0 && completed {
                             // Stopped on its side (SIGTERM, an evicted pod): a worker lost.
                             lost[w] = Some(format!(
@@ -514,7 +559,7 @@ impl Controller {
         let drive = Drive {
             completed,
             dropped: drives.iter().map(|d| d.dropped).sum(),
-            capped: drives.iter().any(|d| d.capped),
+            capped: capped || drives.iter().any(|d| d.capped),
             held_back: drives.iter().map(|d| d.held_back).sum(),
             length,
         };
@@ -545,6 +590,18 @@ impl Controller {
     }
 }
 
+/// How many sends worker `w` of `n` owes over a stage of `length` (open model: every
+/// n-th slot of the schedule); `None` for a closed model, where it depends on the answers.
+fn share_of(arrival: &crate::workload::Arrival, length: Duration, w: u64, n: u64) -> Option<u64> {
+    match arrival {
+        crate::workload::Arrival::Open(profile) => {
+            let planned = (profile.expected(length.as_secs_f64()) - 1e-9).ceil().max(0.0) as u64;
+            Some((planned + n - 1 - w.min(n - 1)) / n)
+        }
+        crate::workload::Arrival::Closed { .. } => None,
+    }
+}
+
 /// The API's routes.
 pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
@@ -552,8 +609,33 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/next", get(next))
         .route("/v1/batch", post(batch))
+        .layer(axum::middleware::from_fn_with_state(ctl.clone(), require_token))
         .layer(DefaultBodyLimit::max(MAX_BATCH))
         .with_state(ctl)
+}
+
+/// Every route needs the token, checked before any body is read.
+async fn require_token(
+    State(ctl): State<Arc<Controller>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !authorized(&ctl, request.headers()) {
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
+    }
+    next.run(request).await
+}
+
+/// Reads a body within [`BODY_DEADLINE`], up to `most` bytes, at most [`BODIES`] at once.
+async fn read_body(ctl: &Controller, body: axum::body::Body, most: usize) -> Result<axum::body::Bytes, Response> {
+    let _permit = tokio::time::timeout(BODY_DEADLINE, ctl.bodies.acquire())
+        .await
+        .map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "the controller is reading other bodies: post again"))?;
+    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, most)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body could not be read whole: {e}"))),
+        Err(_) => Err(refuse(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
+    }
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
@@ -582,10 +664,11 @@ async fn time(State(ctl): State<Arc<Controller>>, headers: HeaderMap) -> Respons
     axum::Json(json!({ "unix_ms": unix_ms(SystemTime::now()) })).into_response()
 }
 
-async fn join(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&ctl, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
-    }
+async fn join(State(ctl): State<Arc<Controller>>, body: axum::body::Body) -> Response {
+    let body = match read_body(&ctl, body, 64 * 1024).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let j: Join = match serde_json::from_slice(&body) {
         Ok(j) => j,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the join request is not understood: {e}")),
@@ -629,6 +712,8 @@ async fn join(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axum
             if let Some(a) = &s.assignment {
                 let mut a = a.clone();
                 a.worker = j.index;
+                a.session = crate::steer::new_token();
+                s.sessions[j.index as usize] = Some(a.session.clone());
                 let host: String = j.host.chars().filter(|c| !c.is_control()).take(253).collect();
                 s.members[j.index as usize] = Some(Member {
                     index: j.index,
@@ -693,10 +778,11 @@ async fn next(State(ctl): State<Arc<Controller>>, headers: HeaderMap, Query(q): 
     }
 }
 
-async fn batch(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&ctl, &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
-    }
+async fn batch(State(ctl): State<Arc<Controller>>, body: axum::body::Body) -> Response {
+    let body = match read_body(&ctl, body, MAX_BATCH).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let b: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the batch is not understood: {e}")),
@@ -704,12 +790,21 @@ async fn batch(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axu
     if b.worker >= ctl.workers {
         return refuse(StatusCode::BAD_REQUEST, format!("worker index {} is out of range", b.worker));
     }
+    let w = b.worker as usize;
     let (inbox, reply) = {
         let mut s = ctl.state();
-        s.heard[b.worker as usize] = Some(Instant::now());
+        // Only the worker that joined with this index posts as it.
+        if s.sessions[w].as_deref() != Some(b.session.as_str()) {
+            return refuse(StatusCode::FORBIDDEN, format!("this batch does not carry worker {w}'s session"));
+        }
+        if s.dropped[w] {
+            // Lost in this stage: what it sends is not counted, so it stops.
+            return axum::Json(Reply { end_us: s.reply.map_or(0, |r| r.end_us), stop: true }).into_response();
+        }
+        s.heard[w] = Some(Instant::now());
         match &s.inbox {
             Some((stage, tx)) if *stage == b.stage => (tx.clone(), s.reply),
-            _ => return refuse(StatusCode::GONE, format!("stage {} is over", b.stage)),
+            _ => return refuse(StatusCode::GONE, format!("stage {} is not running", b.stage)),
         }
     };
     match tokio::time::timeout(Duration::from_secs(10), inbox.send(b)).await {
@@ -717,6 +812,8 @@ async fn batch(State(ctl): State<Arc<Controller>>, headers: HeaderMap, body: axu
         Ok(Err(_)) => return refuse(StatusCode::GONE, "the stage is over"),
         Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the controller is behind: post again"),
     }
-    let reply = ctl.state().reply.or(reply).unwrap_or(Reply { end_us: 0, stop: true });
+    let s = ctl.state();
+    let mut reply = s.reply.or(reply).unwrap_or(Reply { end_us: 0, stop: true });
+    reply.stop |= s.dropped[w];
     axum::Json(reply).into_response()
 }

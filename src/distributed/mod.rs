@@ -70,6 +70,7 @@ pub fn assignment(plan: &Plan, p: &Provisioned, run_id: &str, workers: u32, stee
         scenario: plan.name.clone(),
         worker: 0,
         workers,
+        session: String::new(),
         schema_file: plan.workload.data_file.display().to_string(),
         schema_text: schema.source.clone(),
         arrival: plan.workload.arrival.clone(),

@@ -45,6 +45,9 @@ pub struct Assignment {
     pub scenario: String,
     pub worker: u32,
     pub workers: u32,
+    /// This worker's session: its batches carry it, so no other holder of the run's
+    /// token can post as this worker.
+    pub session: String,
     /// The data schema file's name (for messages) and text.
     pub schema_file: String,
     pub schema_text: String,
@@ -205,6 +208,8 @@ pub struct Finished {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Batch {
     pub worker: u32,
+    /// The session its join was given.
+    pub session: String,
     pub stage: u32,
     /// Counts up from 0 within the stage: a gap or a repeat is seen.
     pub seq: u64,

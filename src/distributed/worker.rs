@@ -46,6 +46,8 @@ pub const MAX_BATCH_ITEMS: usize = 40_000;
 /// A stage started later than this (the worker heard of it too late) is not driven:
 /// its share would be off schedule. The controller holds the stage INCONCLUSIVE.
 pub const LATE: Duration = Duration::from_millis(250);
+/// The furthest ahead a stage may be announced.
+pub const MAX_AHEAD: Duration = Duration::from_secs(60);
 /// How long the worker keeps trying a controller that does not answer.
 pub const CONTROLLER_SILENCE: Duration = Duration::from_secs(30);
 
@@ -78,6 +80,9 @@ struct Api {
     client: reqwest::Client,
     base: String,
     token: String,
+    /// When the controller last answered: every wait for it ends [`CONTROLLER_SILENCE`]
+    /// after that, however the waits add up.
+    heard: std::sync::Mutex<Instant>,
 }
 
 /// How a call went wrong: the controller could not be reached (try again), or it
@@ -88,6 +93,12 @@ enum CallError {
 }
 
 impl Api {
+    /// How long until the controller counts as lost.
+    fn patience(&self) -> Duration {
+        let heard = *self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        CONTROLLER_SILENCE.saturating_sub(heard.elapsed())
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -101,6 +112,7 @@ impl Api {
             req = req.header("content-type", "application/json").body(b);
         }
         let resp = req.send().await.map_err(|e| CallError::Unreachable(chain(&e)))?;
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let status = resp.status();
         // Answers are small, but read with a bound all the same.
         let bytes = read_bounded(resp, 64 * 1024 * 1024).await.map_err(CallError::Unreachable)?;
@@ -141,7 +153,12 @@ async fn read_bounded(mut resp: reqwest::Response, most: usize) -> Result<Vec<u8
 /// Runs a worker until the controller says the run is over; the exit code.
 pub async fn work(args: Args, stop: Shutdown) -> i32 {
     let index = args.index;
-    match serve(args, &stop).await {
+    // A second Ctrl-C/SIGTERM stops at once, whatever is waited for.
+    let served = tokio::select! {
+        s = serve(args, &stop) => s,
+        _ = stop.force.cancelled() => Err(stopped(exit::INTERRUPTED, "stopped at once (signalled twice)")),
+    };
+    match served {
         Ok((reason, code)) => {
             eprintln!("stagegate worker {index}: {reason}");
             code
@@ -158,7 +175,12 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| stopped(exit::RUN_BROKEN, format!("cannot build the HTTP client: {e}")))?;
-    let api = Api { client, base: args.controller.trim_end_matches('/').to_string(), token: args.token.clone() };
+    let api = Api {
+        client,
+        base: args.controller.trim_end_matches('/').to_string(),
+        token: args.token.clone(),
+        heard: std::sync::Mutex::new(Instant::now()),
+    };
     let cancel = &stop.cancel;
     let deadline = Instant::now() + args.join_timeout;
     // The clock offset first: the shortest round trip of a few says it best.
@@ -233,20 +255,28 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
     );
     let kit = Kit::new(&assignment)?;
     let mut from = 0u32;
-    let mut silent_since: Option<Instant> = None;
     loop {
+        if api.patience().is_zero() {
+            return Err(stopped(
+                exit::RUN_BROKEN,
+                format!("lost the controller: nothing from it for {}s", CONTROLLER_SILENCE.as_secs()),
+            ));
+        }
         let path = format!("/v1/next?worker={}&from={from}", assignment.worker);
-        let call =
-            api.call::<Next>(reqwest::Method::GET, &path, None, super::controller::LONG_POLL + Duration::from_secs(10));
+        let call = api.call::<Next>(
+            reqwest::Method::GET,
+            &path,
+            None,
+            (super::controller::LONG_POLL + Duration::from_secs(5)).min(api.patience().max(Duration::from_secs(1))),
+        );
         let answer = tokio::select! {
             a = call => a,
             _ = cancel.cancelled() => return Err(stopped(exit::INTERRUPTED, "stopped between stages")),
         };
         match answer {
             Ok(Next::Done { reason, exit }) => return Ok((reason, exit)),
-            Ok(Next::Wait) => silent_since = None,
+            Ok(Next::Wait) => {}
             Ok(Next::Stage { stage, start_unix_ms, end_us }) => {
-                silent_since = None;
                 let Some(plan) = assignment.stages.get(stage as usize) else {
                     return Err(stopped(
                         exit::RUN_BROKEN,
@@ -262,8 +292,7 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
                 return Err(stopped(exit::RUN_BROKEN, format!("the controller refused this worker: {m}")));
             }
             Err(CallError::Refused(_, m) | CallError::Unreachable(m)) => {
-                let since = *silent_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= CONTROLLER_SILENCE {
+                if api.patience().is_zero() {
                     return Err(stopped(
                         exit::RUN_BROKEN,
                         format!("lost the controller: nothing from it for {}s ({m})", CONTROLLER_SILENCE.as_secs()),
@@ -433,7 +462,8 @@ async fn run_stage(
     let stop = cancel.child_token();
     let (end_tx, end_rx) = tokio::sync::watch::channel(end);
     let mut stage_end = StageEnd::steered(end_rx, Duration::from_micros(plan.most_us));
-    let flusher = Flusher { api, worker: a.worker, stage: index, pending: pending.clone(), seq: 0 };
+    let flusher =
+        Flusher { api, worker: a.worker, session: a.session.clone(), stage: index, pending: pending.clone(), seq: 0 };
     let late_ms = unix_ms() - local_start_ms;
     if late_ms > LATE.as_secs_f64() * 1000.0 {
         eprintln!(
@@ -441,13 +471,23 @@ async fn run_stage(
             a.worker, plan.name
         );
         let finished = Finished { completed: false, late_us: (late_ms * 1000.0) as u64, ..Finished::default() };
-        flusher.last(finished, Instant::now() + Duration::from_secs(10)).await;
+        flusher.last(finished, Instant::now() + Duration::from_secs(10).min(api.patience())).await;
         return Ok(());
     }
     let wait_ms = (local_start_ms - unix_ms()).max(0.0);
-    wait(Duration::from_secs_f64(wait_ms / 1000.0), cancel)
-        .await
-        .or_else(|s| if s.code == exit::INTERRUPTED { Err(s) } else { Ok(()) })?;
+    // Stages are announced a moment ahead; a start far off (or not a number) is a
+    // controller or a clock gone wrong.
+    let Some(ahead) = Duration::try_from_secs_f64(wait_ms / 1000.0).ok().filter(|d| *d <= MAX_AHEAD) else {
+        return Err(stopped(
+            exit::RUN_BROKEN,
+            format!(
+                "the controller announced stage `{}` to start {wait_ms:.0} ms from now, more than {}s ahead: its clock or this one is wrong",
+                plan.name,
+                MAX_AHEAD.as_secs()
+            ),
+        ));
+    };
+    wait(ahead, cancel).await.or_else(|s| if s.code == exit::INTERRUPTED { Err(s) } else { Ok(()) })?;
     let warmup = Duration::from_micros(a.warmup_us);
     let mut outbox = Outbox {
         pending: pending.clone(),
@@ -491,13 +531,11 @@ async fn run_stage(
         overflowed,
         late_us: 0,
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    flusher.last(finished, deadline).await;
+    let deadline = Instant::now() + Duration::from_secs(10).min(api.patience());
+    let told = flusher.last(finished, deadline).await;
     if cancel.is_cancelled() {
-        return Err(stopped(
-            exit::INTERRUPTED,
-            format!("stopped during stage `{}`; the controller was told", plan.name),
-        ));
+        let told = if told { "the controller was told" } else { "the controller could not be told" };
+        return Err(stopped(exit::INTERRUPTED, format!("stopped during stage `{}`; {told}", plan.name)));
     }
     Ok(())
 }
@@ -506,6 +544,7 @@ async fn run_stage(
 struct Flusher<'a> {
     api: &'a Api,
     worker: u32,
+    session: String,
     stage: u32,
     pending: Arc<Mutex<Pending>>,
     seq: u64,
@@ -534,6 +573,7 @@ impl Flusher<'_> {
         drop(p);
         let batch = Batch {
             worker: self.worker,
+            session: self.session.clone(),
             stage: self.stage,
             seq: self.seq,
             sent,
@@ -587,12 +627,14 @@ impl Flusher<'_> {
             let (batch, more) = self.take(None);
             // A backlog goes out at once, a post after another.
             next = if more { Instant::now() } else { next + FLUSH };
-            let deadline = Instant::now() + super::controller::SILENCE * 3;
+            // A worker that cannot hand its records over stops sending: the controller
+            // counts it lost after as long.
+            let deadline = Instant::now() + super::controller::SILENCE.min(self.api.patience());
             let reply = tokio::select! {
                 r = self.post(&batch, deadline) => r,
                 _ = done.cancelled() => {
                     // The stage is over here: this batch still goes, then the last one.
-                    self.post(&batch, Instant::now() + Duration::from_secs(10)).await;
+                    self.post(&batch, Instant::now() + Duration::from_secs(10).min(self.api.patience())).await;
                     return self;
                 }
             };
@@ -613,11 +655,15 @@ impl Flusher<'_> {
     }
 
     /// The stage's last batches, the last with how the driving went.
-    async fn last(mut self, finished: Finished, deadline: Instant) {
+    /// Whether the controller took them.
+    async fn last(mut self, finished: Finished, deadline: Instant) -> bool {
         loop {
             let (batch, more) = self.take(Some(finished.clone()));
-            if self.post(&batch, deadline).await.is_none() || !more {
-                return;
+            if self.post(&batch, deadline).await.is_none() {
+                return false;
+            }
+            if !more {
+                return true;
             }
         }
     }

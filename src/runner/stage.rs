@@ -208,7 +208,20 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
             (Some(ctl), Some(inbox)) => {
                 let timeout = plan.workload.timeout;
                 let warmup = plan.workload.warmup;
-                ctl.drive(index, &stage.name, start, inbox, warmup, timeout, &stop, &mut stage_end, &mut accounts).await
+                let arrival = &workload.arrival;
+                ctl.drive(
+                    index,
+                    &stage.name,
+                    start,
+                    inbox,
+                    arrival,
+                    warmup,
+                    timeout,
+                    &stop,
+                    &mut stage_end,
+                    &mut accounts,
+                )
+                .await
             }
             _ => {
                 let share = driver::Share::WHOLE;
