@@ -826,7 +826,7 @@ struct Workers {
 fn worker(args: crate::distributed::worker::Args) -> i32 {
     if args.token.trim().len() < 16 || !args.token.trim().chars().all(|c| c.is_ascii_graphic()) {
         eprintln!(
-            "error: --token: the worker token is at least 16 printable ASCII characters (the controller prints the one it made)"
+            "error: --token: the worker token is at least 16 printable ASCII characters (the controller's --worker-token, or the one it printed)"
         );
         return exit::INVALID_INPUT;
     }
@@ -1088,15 +1088,23 @@ fn run(
             Some((listener, (token, generated), n, join_timeout)) => {
                 let ctl = crate::distributed::controller::Controller::new(n, token.clone());
                 let server = tokio::net::TcpListener::from_std(listener).and_then(|l| {
-                    crate::server::Server::start("controller", l, crate::distributed::controller::router(ctl.clone()), None)
+                    crate::server::Server::start(
+                        "controller",
+                        l,
+                        crate::distributed::controller::router(ctl.clone()),
+                        None,
+                    )
                 });
                 match server {
                     Ok(s) => {
                         ctl.served_at(s.addr().to_string());
-                        // Said even with -q: the workers need it.
+                        // With -q only when the token was made here: the workers need it.
+                        let tell = !quiet || generated;
                         let addr = s.addr();
                         let workers = if n == 1 { "1 load worker".to_string() } else { format!("{n} load workers") };
-                        eprintln!("controller: listening on {addr}, waiting for {workers}");
+                        if tell {
+                            eprintln!("controller: listening on {addr}, waiting for {workers}");
+                        }
                         // The URL as workers elsewhere reach it: this machine's name when
                         // it listens on every address.
                         let host = if addr.ip().is_unspecified() {
@@ -1110,14 +1118,18 @@ fn run(
                         } else {
                             addr.ip().to_string()
                         };
-                        let token_arg = if generated { token.clone() } else { "\"$STAGEGATE_WORKER_TOKEN\"".into() };
+                        let token_arg = if generated { token.clone() } else { "TOKEN".into() };
                         let index = if n == 1 { "0".to_string() } else { format!("I    (I = 0 to {})", n - 1) };
-                        eprintln!(
-                            "  start each: stagegate worker --controller http://{host}:{} --token={token_arg} --index {index}",
-                            addr.port()
-                        );
-                        if addr.ip().is_unspecified() {
+                        let port = addr.port();
+                        let command = format!("stagegate worker --controller http://{host}:{port} --token={token_arg}");
+                        if tell {
+                            eprintln!("  start each: {command} --index {index}");
+                        }
+                        if tell && addr.ip().is_unspecified() {
                             eprintln!("  ({host}: this machine as the workers reach it; its name or an address of it)");
+                        }
+                        if tell && !generated {
+                            eprintln!("  (TOKEN: the one given with --worker-token or STAGEGATE_WORKER_TOKEN)");
                         }
                         (Some((ctl, join_timeout)), Some(s))
                     }

@@ -329,9 +329,14 @@ fn forged_completions_and_foreign_posts_do_not_count() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = [0u8; 64];
     let n = s.read(&mut answer).unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer[..n]));
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
 
-    // Worker 0 is real; "worker 1" joins, then says at once that its share is done.
+    // Worker 0 is real; "worker 1" joins, then says at once that its share is done (and,
+    // to excuse it, that it reached the most requests a stage may send).
     let real = worker(&url, 0);
     let join = format!(
         r#"{{"index":1,"host":"forger","protocol":1,"stagegate_version":"{}","clock_offset_ms":0,"rtt_ms":1}}"#,
@@ -346,7 +351,7 @@ fn forged_completions_and_foreign_posts_do_not_count() {
     let foreign = r#"{"worker":0,"session":"not-its-session","stage":0,"seq":0,"sent":[],"ended":[],"interval":null,"finished":null}"#;
     assert!(api(&url, "POST", "/v1/batch", Some(foreign)).contains("session"));
     let done = format!(
-        r#"{{"worker":1,"session":"{session}","stage":0,"seq":0,"sent":[],"ended":[],"interval":null,"finished":{{"completed":true,"dropped":0,"held_back":0,"capped":false,"length_us":{},"overflowed":false}}}}"#,
+        r#"{{"worker":1,"session":"{session}","stage":0,"seq":0,"sent":[],"ended":[],"interval":null,"finished":{{"completed":true,"dropped":0,"held_back":0,"capped":true,"length_us":{},"overflowed":false}}}}"#,
         next["end_us"]
     );
     let reply = api(&url, "POST", "/v1/batch", Some(&done));
@@ -358,7 +363,10 @@ fn forged_completions_and_foreign_posts_do_not_count() {
     assert_eq!(code, Some(3), "{stderr}");
     let doc = report(&dir);
     let why = doc["stages"][0]["workers_incomplete"].as_str().unwrap();
-    assert!(why.contains("worker 1 said its share of stage `only` was complete after") && why.contains("of the"), "{why}");
+    assert!(
+        why.contains("worker 1 said its share of stage `only` was complete after") && why.contains("of the"),
+        "{why}"
+    );
     // The real worker's share counted whole.
     assert!(doc["distributed"]["workers"][0]["stages"][0]["lost"].is_null());
 }

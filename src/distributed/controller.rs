@@ -475,11 +475,21 @@ impl Controller {
                         f.dropped = done.dropped + done.held_back;
                         // A share said to be complete must be: as long as the stage, and
                         // (open model) every send of its share made or counted as dropped.
-                        if done.completed && completed && !capped && !done.capped {
+                        // A cap is reached by sending, not by saying so.
+                        let truly_capped = done.capped && f.sent as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE;
+                        if done.completed && completed && !capped && !truly_capped {
                             let short = Duration::from_micros(done.length_us) + Duration::from_millis(1) < end_seen;
                             let owed = share_of(arrival, end_seen, w as u64, n as u64);
                             let accounted = f.sent + done.dropped + done.held_back;
-                            if short || owed.is_some_and(|owed| accounted + 2 + owed / 1000 < owed) {
+                            if let Some(owed) = owed
+                                && done.dropped > 10 + owed / 100
+                            {
+                                // Its own lateness: a worker that cannot keep its schedule.
+                                lost[w] = Some(format!(
+                                    "worker {w} could not keep its schedule in stage `{name}`: it dropped {} of the {owed} sends it owed",
+                                    done.dropped
+                                ));
+                            } else if short || owed.is_some_and(|owed| accounted + 2 + owed / 1000 < owed) {
                                 lost[w] = Some(format!(
                                     "worker {w} said its share of stage `{name}` was complete after {:.1}s and {accounted} sends{}",
                                     done.length_us as f64 / 1e6,
@@ -553,6 +563,25 @@ impl Controller {
         }
         // Batches still on their way for this stage are refused from here on.
         self.state().inbox = None;
+        // A closed model owes no set number of sends; a worker that sent far fewer than
+        // the others did over the same stage did not send its share.
+        if completed && matches!(arrival, crate::workload::Arrival::Closed { .. }) {
+            for w in 0..n {
+                if lost[w].is_some() || finished[w].is_none() {
+                    continue;
+                }
+                let mut others: Vec<u64> =
+                    (0..n).filter(|&o| o != w && lost[o].is_none()).map(|o| figures[o].sent).collect();
+                others.sort_unstable();
+                let Some(&median) = others.get(others.len() / 2) else { continue };
+                if median >= 50 && figures[w].sent * 2 < median {
+                    lost[w] = Some(format!(
+                        "worker {w} sent {} records in stage `{name}` while the others sent about {median} each: its share looks incomplete",
+                        figures[w].sent
+                    ));
+                }
+            }
+        }
         let drives: Vec<&Finished> = finished.iter().flatten().collect();
         let length = if completed { stage_end.get() } else { start.elapsed().min(stage_end.get()) };
         // A worker that stopped early is a lost worker (said above), not a stopped stage.
