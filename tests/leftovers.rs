@@ -142,8 +142,22 @@ fn sigkill_at_random_moments_of_start_up_restarts_and_teardown_leaves_nothing_af
                 let mut failures = Vec::new();
                 for (i, after_ms) in chunk {
                     let dir = tempfile::tempdir().unwrap();
+                    // Redis rewrites its environment for its process title, marker
+                    // included; working in the trial's folder, it is found by that.
+                    let cache = format!(
+                        "dependencies.cache.process.command=[redis-server, --port, \"{{{{ port }}}}\", --save, \"\", --appendonly, \"no\", --dir, {}]",
+                        dir.path().display()
+                    );
                     let run = Running::start(
-                        &["run", "-q", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/leftovers.yaml"],
+                        &[
+                            "run",
+                            "-q",
+                            "--report-dir",
+                            dir.path().to_str().unwrap(),
+                            "tests/scenarios/leftovers.yaml",
+                            "--set",
+                            &cache,
+                        ],
                         &[],
                     );
                     std::thread::sleep(Duration::from_millis(after_ms));

@@ -8,8 +8,9 @@
 //! - each recorded process group is stopped if its leader is still the process the run
 //!   started (same start time, and the run's marker in its environment); a pid now held
 //!   by anything else is left alone and said so;
-//! - every process whose environment carries the run's marker ([`MARKER`]) is stopped:
-//!   this finds a process spawned just before stagegate died, before its pid was written;
+//! - every process that carries the run's marks (the [`MARKER`] in its environment, or
+//!   the run's marker file open: [`runfile::Marks`]) is stopped: this finds a process
+//!   spawned just before stagegate died, before its pid was written;
 //! - every process recorded as having left the run's groups while the run lived
 //!   (`escaped`: a new session, a cleared environment) is stopped if its pid still has
 //!   the recorded start time;
@@ -22,7 +23,7 @@ use std::path::Path;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use super::runfile::{self, LABEL, RunRecord};
+use super::runfile::{self, LABEL, Marks, RunRecord};
 
 /// What a cleanup did, line by line.
 #[derive(Debug, Default)]
@@ -98,10 +99,11 @@ pub async fn cleanup(report_root: &Path) -> Cleaned {
 
 async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
     let here = folder.display();
+    let marks = Marks::of_folder(folder, &record.run);
     // A record can be copied or edited; the processes cannot. One that carries this
     // run's marker under a live stagegate (which adopts everything its run starts)
     // belongs to a run still alive somewhere: nothing of it is touched.
-    if let Some((pid, owner)) = marked_processes(&record.run).into_iter().find_map(|p| live_owner(p).map(|o| (p, o))) {
+    if let Some((pid, owner)) = marked_processes(&marks).into_iter().find_map(|p| live_owner(p).map(|o| (p, o))) {
         out.lines.push(format!(
             "{here}: left alone: process {pid} of this run still runs under stagegate (pid {owner}): the run is alive"
         ));
@@ -112,7 +114,7 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
         let Some(pgid) = p.pgid.filter(|g| *g > 1) else { continue };
         match (p.started, runfile::start_time(pgid)) {
             (_, None) => {}
-            (Some(recorded), Some(now)) if recorded == now && !runfile::carries_marker(pgid, &record.run) => {
+            (Some(recorded), Some(now)) if recorded == now && !marks.carried_by(pgid) => {
                 out.lines.push(format!(
                     "{here}: left alone: pid {pgid} (recorded for `{}`) does not carry this run's marker",
                     p.name
@@ -137,7 +139,7 @@ async fn clean_run(folder: &Path, record: &RunRecord, out: &mut Cleaned) {
     }
     // A member of a group just stopped may not be gone yet: it is not counted again.
     let mut stopped_pids = Vec::new();
-    for pid in marked_processes(&record.run) {
+    for pid in marked_processes(&marks) {
         if group_of(pid).is_some_and(|g| stopped_groups.contains(&g)) {
             continue;
         }
@@ -236,14 +238,14 @@ fn is_stagegate(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Every live process whose environment holds `STAGEGATE_RUN=<run>`, but this one.
-pub fn marked_processes(run: &str) -> Vec<i32> {
+/// Every live process that carries the run's marks, but this one.
+pub fn marked_processes(marks: &Marks) -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| *pid != me && runfile::carries_marker(*pid, run) && runfile::is_alive(*pid))
+        .filter(|pid| *pid != me && marks.carried_by(*pid) && runfile::is_alive(*pid))
         .collect()
 }
 

@@ -218,7 +218,7 @@ impl ManagedProcess {
             .current_dir(&self.def.cwd)
             .kill_on_drop(true)
             .process_group(0);
-        cmd.stdin(std::process::Stdio::null());
+        cmd.stdin(self.run.stdin());
         let (out, err) = log_files(self.log.as_deref());
         cmd.stdout(out).stderr(err);
         // Written down before it exists: a SIGKILL between spawn and the next write still

@@ -8,7 +8,9 @@
 //! pid that was reused by an unrelated process is never mistaken for ours. Each container
 //! entry carries the container's name and the run's label, set on it at creation. Every
 //! process stagegate starts also carries the run's id in its environment
-//! ([`MARKER`]), which finds what was spawned between two writes of the file.
+//! ([`MARKER`]), which finds what was spawned between two writes of the file, and holds
+//! the run's empty [`MARKER_FILE`] open as its standard input: a server that rewrites
+//! its environment for its process title (Redis does) still carries that.
 //!
 //! Not here: stopping anything (the teardown guard and `cleanup` do that).
 
@@ -19,6 +21,53 @@ use serde::{Deserialize, Serialize};
 
 /// The environment variable every process stagegate starts carries: the run's id.
 pub const MARKER: &str = "STAGEGATE_RUN";
+
+/// The empty file next to `run.json` that every process the run starts holds open as its
+/// standard input (it reads as at end of file at once, as `/dev/null` does).
+pub const MARKER_FILE: &str = "run.marker";
+
+/// How a process is known to belong to one run: the marker in its environment, or the
+/// run's [`MARKER_FILE`] among its open files (found by device and inode, so a forger
+/// cannot point at it by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marks {
+    run: String,
+    file: Option<(u64, u64)>,
+}
+
+impl Marks {
+    /// The marks of run `run` whose folder is `dir` (the file one only if it is there).
+    pub fn of_folder(dir: &Path, run: &str) -> Marks {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::symlink_metadata(dir.join(MARKER_FILE))
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| (m.dev(), m.ino()));
+        Marks { run: run.to_string(), file }
+    }
+
+    /// The run's id.
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// Whether process `pid` carries either mark.
+    pub fn carried_by(&self, pid: i32) -> bool {
+        carries_marker(pid, &self.run) || self.file.is_some_and(|id| holds_file(pid, id))
+    }
+}
+
+/// Whether process `pid` has the file `(device, inode)` open.
+fn holds_file(pid: i32, (dev, ino): (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().take(100_000).any(|fd| {
+        // Only links that name a marker file are looked at closer (a stat follows the
+        // link to the open file itself, renamed or deleted).
+        std::fs::read_link(fd.path()).is_ok_and(|to| to.to_string_lossy().contains(MARKER_FILE))
+            && std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    })
+}
 
 /// The Docker label every container stagegate starts carries: the run's id.
 pub const LABEL: &str = "stagegate.run";
@@ -112,6 +161,8 @@ pub struct ContainerEntry {
 #[derive(Debug)]
 pub struct RunFile {
     path: Option<PathBuf>,
+    /// [`MARKER_FILE`], when the run has a folder.
+    marker: Option<PathBuf>,
     record: Mutex<RunRecord>,
     /// `run.lock`, held locked for as long as this stagegate lives: `cleanup` tells a
     /// live run from a dead one by it, whatever pid namespace either runs in.
@@ -135,7 +186,16 @@ impl RunFile {
         };
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
         lock.try_lock().map_err(|e| std::io::Error::other(format!("{LOCK} is locked by another run: {e}")))?;
-        let file = RunFile { path: Some(dir.join("run.json")), record: Mutex::new(record), _lock: Some(lock) };
+        // Created afresh (a stale one is replaced, never followed), read-only and empty.
+        let marker = dir.join(MARKER_FILE);
+        let _ = std::fs::remove_file(&marker);
+        std::fs::OpenOptions::new().create_new(true).write(true).open(&marker)?;
+        let file = RunFile {
+            path: Some(dir.join("run.json")),
+            marker: Some(marker),
+            record: Mutex::new(record),
+            _lock: Some(lock),
+        };
         file.write(&file.lock())?;
         Ok(Arc::new(file))
     }
@@ -144,6 +204,7 @@ impl RunFile {
     pub fn detached(run: &str) -> Arc<RunFile> {
         Arc::new(RunFile {
             path: None,
+            marker: None,
             record: Mutex::new(RunRecord { run: run.to_string(), ..Default::default() }),
             _lock: None,
         })
@@ -152,6 +213,23 @@ impl RunFile {
     /// The run's id.
     pub fn run_id(&self) -> String {
         self.lock().run.clone()
+    }
+
+    /// How this run's processes are known ([`Marks`]).
+    pub fn marks(&self) -> Marks {
+        match self.marker.as_deref().and_then(Path::parent) {
+            Some(dir) => Marks::of_folder(dir, &self.run_id()),
+            None => Marks { run: self.run_id(), file: None },
+        }
+    }
+
+    /// The standard input for a process the run starts: the run's [`MARKER_FILE`]
+    /// (empty, so it reads as `/dev/null` does), or `/dev/null` without a folder.
+    pub fn stdin(&self) -> std::process::Stdio {
+        self.marker
+            .as_deref()
+            .and_then(|m| std::fs::File::open(m).ok())
+            .map_or_else(std::process::Stdio::null, std::process::Stdio::from)
     }
 
     /// A copy of the record as it stands.
@@ -239,13 +317,13 @@ impl RunFile {
     /// groups (still alive ones kept, new ones added); written only on a change.
     pub fn note_escaped(&self) {
         let groups: Vec<i32> = self.lock().processes.iter().filter_map(|p| p.pgid).collect();
-        let run = self.run_id();
+        let marks = self.marks();
         // A process the run has just spawned is not in the record yet (its group is
         // written right after the spawn), but it carries the run's marker, which
         // `cleanup` follows anyway: only what has neither is an escape.
         let found: Vec<EscapedEntry> = escaped_descendants(std::process::id() as i32, &groups)
             .into_iter()
-            .filter(|e| !carries_marker(e.pid, &run))
+            .filter(|e| !marks.carried_by(e.pid))
             .collect();
         let mut record = self.lock();
         let mut list: Vec<EscapedEntry> =
@@ -320,7 +398,7 @@ pub fn is_locked(dir: &Path) -> Option<bool> {
 }
 
 /// Whether process `pid` carries run `run`'s marker in its environment.
-pub fn carries_marker(pid: i32, run: &str) -> bool {
+fn carries_marker(pid: i32, run: &str) -> bool {
     let needle = format!("{MARKER}={run}");
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
@@ -420,6 +498,30 @@ mod tests {
         assert!(on_disk.finished && !on_disk.processes[0].running);
         assert_eq!(on_disk.containers[0].id.as_deref(), Some("abc"));
         assert_eq!(on_disk.stagegate_started, start_time(std::process::id() as i32));
+    }
+
+    /// Regression: Redis rewrites its environment for its process title, so a run's
+    /// Redis killed with stagegate lost its marker and `cleanup` left it running.
+    #[test]
+    fn a_process_that_wiped_its_environment_still_carries_the_run_marker_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RunFile::create(dir.path(), "r1").unwrap();
+        let mut wiped = std::process::Command::new("sleep").arg("30").env_clear().stdin(file.stdin()).spawn().unwrap();
+        // Another run's marker file, even under the same name, is not this run's.
+        let other = tempfile::tempdir().unwrap();
+        let other_file = RunFile::create(other.path(), "r1").unwrap();
+        let mut bystander =
+            std::process::Command::new("sleep").arg("30").env_clear().stdin(other_file.stdin()).spawn().unwrap();
+        let mut plain = std::process::Command::new("sleep").arg("30").env_clear().spawn().unwrap();
+        let marks = file.marks();
+        assert!(marks.carried_by(wiped.id() as i32), "the run's own process, environment wiped");
+        assert!(!marks.carried_by(bystander.id() as i32), "another run's process");
+        assert!(!marks.carried_by(plain.id() as i32), "an unrelated process");
+        assert_eq!(Marks::of_folder(dir.path(), "r1"), marks, "cleanup finds the same marks from the folder");
+        for child in [&mut wiped, &mut bystander, &mut plain] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub async fn on_verdict(
         .env(MARKER, run.run_id())
         .process_group(0)
         .kill_on_drop(true)
-        .stdin(Stdio::null())
+        .stdin(run.stdin())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(r) = report_dir {

@@ -519,7 +519,7 @@ fn sweep(run: &Arc<RunFile>) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let orphans = adopted_children();
-    for pid in crate::deps::cleanup::marked_processes(&run.run_id()).into_iter().chain(orphans.iter().copied()) {
+    for pid in crate::deps::cleanup::marked_processes(&run.marks()).into_iter().chain(orphans.iter().copied()) {
         tracing::warn!(pid, "a process this run started outlived its group; stopping it");
         let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -246,9 +246,28 @@ pub fn containers_of_run(run: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
 }
 
-/// What every run under `dir` left behind: processes and containers still there.
+/// Live processes working in `dir` or below (found whatever they did to their
+/// environment).
+pub fn processes_working_in(dir: &Path) -> Vec<i32> {
+    let Ok(dir) = dir.canonicalize() else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let inside = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z");
+        if inside && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// What every run under `dir` left behind: processes and containers still there, and
+/// any process working in `dir`.
 pub fn leftovers(dir: &Path) -> Vec<String> {
-    let mut left = Vec::new();
+    let mut left: Vec<String> =
+        processes_working_in(dir).into_iter().map(|p| format!("process {p} working in {}", dir.display())).collect();
     for run in run_ids(dir) {
         left.extend(processes_of_run(&run).into_iter().map(|p| format!("process {p} of {run}")));
         left.extend(containers_of_run(&run).into_iter().map(|c| format!("container {c} of {run}")));
