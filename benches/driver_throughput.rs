@@ -28,7 +28,7 @@ struct Count {
 }
 
 impl Sink for Count {
-    fn sent(&mut self, _: Duration, _: &str, _: &Map<String, Value>, _: bool) {}
+    fn sent(&mut self, _: Duration, _: u64, _: &str, _: &Map<String, Value>, _: bool) {}
     fn sample(&mut self, s: Sample) {
         self.ok += (s.outcome == Outcome::Acked) as u64;
         self.recorder.record(s.offset, s.latency, s.outcome, None);

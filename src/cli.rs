@@ -1102,7 +1102,9 @@ fn run(
                         let tell = !quiet || generated;
                         let addr = s.addr();
                         let workers = if n == 1 { "1 load worker".to_string() } else { format!("{n} load workers") };
-                        if tell {
+                        // With -q and a token made here, only the command to start a worker
+                        // (which holds the address and the token) is said.
+                        if !quiet {
                             eprintln!("controller: listening on {addr}, waiting for {workers}");
                         }
                         // The URL as workers elsewhere reach it: this machine's name when

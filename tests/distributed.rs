@@ -244,6 +244,36 @@ fn a_worker_killed_mid_stage_makes_that_stage_inconclusive_and_the_report_is_wri
     assert!(w[0]["stages"][0]["lost"].is_null() && w[2]["stages"][0]["lost"].is_null(), "{w}");
 }
 
+/// Regression: in a closed model whose concurrency does not divide evenly among the
+/// workers, the one with fewer connections sent fewer records and was named lost; one
+/// with none (concurrency under the number of workers) made every run INCONCLUSIVE.
+#[test]
+fn honest_workers_with_uneven_shares_of_a_closed_model_are_not_named_lost() {
+    for (concurrency, n) in [(5u32, 3u32), (1, 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let sut = Service::start();
+        let dir = tmp.path().join("run");
+        let base = format!("target.http.base_url={}", sut.url());
+        let arrival = format!("workload.arrival={{concurrency: {concurrency}}}");
+        let (run, url) = controller(
+            &["--set", &base, "--set", &arrival, "--set", "stages=[{name: only}]", "--out", dir.to_str().unwrap()],
+            n,
+        );
+        let workers: Vec<Child> = (0..n).map(|i| worker(&url, i)).collect();
+        let (code, stdout, stderr, _) = run.finish(Duration::from_secs(120));
+        for (c, err) in wait_all(workers) {
+            assert_eq!(c, Some(0), "{err}");
+        }
+        let doc = report(&dir);
+        assert!(
+            doc["stages"][0]["workers_incomplete"].is_null(),
+            "concurrency {concurrency} over {n}: {}",
+            doc["stages"][0]
+        );
+        assert_eq!(code, Some(0), "concurrency {concurrency} over {n}:\n{stdout}\n{stderr}");
+    }
+}
+
 #[test]
 fn workers_that_never_come_or_bring_the_wrong_token_stop_the_run_before_any_stage() {
     let tmp = tempfile::tempdir().unwrap();
@@ -310,6 +340,52 @@ fn api(url: &str, method: &str, path: &str, body: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A run with worker 0 real and "worker 1" a forger holding the token: `forge` makes
+/// the forger's batches from its session, the stage's length in µs and a batch number
+/// (it is asked for one a second until it gives one that finishes the stage). Gives the
+/// stage's `workers_incomplete`, after checking that the forgery stopped the verdict.
+fn forged_stage(forge: impl Fn(&str, u64, u64) -> (String, bool)) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let sut = Service::start();
+    let dir = tmp.path().join("run");
+    let base = format!("target.http.base_url={}", sut.url());
+    let (run, url) = controller(&["--set", &base, "--set", "stages=[{name: only}]", "--out", dir.to_str().unwrap()], 2);
+    let real = worker(&url, 0);
+    let join = format!(
+        r#"{{"index":1,"host":"forger","protocol":2,"stagegate_version":"{}","clock_offset_ms":0,"rtt_ms":1}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    let assignment: Value = serde_json::from_str(&api(&url, "POST", "/v1/join", Some(&join))).unwrap();
+    let session = assignment["session"].as_str().unwrap();
+    let next: Value = serde_json::from_str(&api(&url, "GET", "/v1/next?worker=1&from=0", None)).unwrap();
+    assert_eq!(next["next"], "stage", "{next}");
+    let end_us = next["end_us"].as_u64().unwrap();
+    for seq in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        let (batch, last) = forge(session, end_us, seq);
+        let reply = api(&url, "POST", "/v1/batch", Some(&batch));
+        if last || reply.contains("stop\":true") {
+            break;
+        }
+    }
+    let (code, _, stderr, _) = run.finish(Duration::from_secs(120));
+    for (c, err) in wait_all(vec![real]) {
+        assert_eq!(c, Some(0), "{err}");
+    }
+    assert_eq!(code, Some(3), "{stderr}");
+    let doc = report(&dir);
+    // The real worker's share counted whole.
+    assert!(doc["distributed"]["workers"][0]["stages"][0]["lost"].is_null());
+    doc["stages"][0]["workers_incomplete"].as_str().unwrap().to_string()
+}
+
+/// A batch of worker 1's: `sent` and `ended` as JSON lists, `finished` as JSON or `null`.
+fn batch(session: &str, seq: u64, sent: &str, ended: &str, finished: &str) -> String {
+    format!(
+        r#"{{"worker":1,"session":"{session}","stage":0,"seq":{seq},"sent":{sent},"ended":{ended},"interval":null,"finished":{finished}}}"#
+    )
+}
+
 /// A worker holding the token but claiming its share done without sending it cannot turn
 /// a partial stage into a verdict; one without the token is refused before its body is
 /// read; and no one but the worker that joined posts as it.
@@ -339,7 +415,7 @@ fn forged_completions_and_foreign_posts_do_not_count() {
     // to excuse it, that it reached the most requests a stage may send).
     let real = worker(&url, 0);
     let join = format!(
-        r#"{{"index":1,"host":"forger","protocol":1,"stagegate_version":"{}","clock_offset_ms":0,"rtt_ms":1}}"#,
+        r#"{{"index":1,"host":"forger","protocol":2,"stagegate_version":"{}","clock_offset_ms":0,"rtt_ms":1}}"#,
         env!("CARGO_PKG_VERSION")
     );
     let assignment: Value = serde_json::from_str(&api(&url, "POST", "/v1/join", Some(&join))).unwrap();
@@ -361,6 +437,7 @@ fn forged_completions_and_foreign_posts_do_not_count() {
         assert_eq!(c, Some(0), "{err}");
     }
     assert_eq!(code, Some(3), "{stderr}");
+    assert!(!stderr.contains("stopped sending at"), "a forged cap is not the run's cap:\n{stderr}");
     let doc = report(&dir);
     let why = doc["stages"][0]["workers_incomplete"].as_str().unwrap();
     assert!(
@@ -369,4 +446,53 @@ fn forged_completions_and_foreign_posts_do_not_count() {
     );
     // The real worker's share counted whole.
     assert!(doc["distributed"]["workers"][0]["stages"][0]["lost"].is_null());
+}
+
+/// Regression (re-check of the controller's checks): a forger that reports every send of
+/// its share "held back by the target" (having sent none), or that makes up sends said to
+/// be malformed on purpose and rejected, in a stage that breaks no record, is named lost:
+/// both had passed every check and got a PROMOTE on half the load.
+#[test]
+fn made_up_held_back_sends_and_made_up_malformed_records_are_named() {
+    // The stage's 5 s (its end_us) are over by batch 7; a batch a second until then.
+    let why = forged_stage(|session, end_us, seq| {
+        let over = (seq + 1) * 1_000_000 > end_us + 1_500_000;
+        let finished = if over {
+            format!(
+                r#"{{"completed":true,"dropped":0,"held_back":375,"capped":false,"length_us":{end_us},"overflowed":false}}"#
+            )
+        } else {
+            "null".into()
+        };
+        (batch(session, seq, "[]", "[]", &finished), over)
+    });
+    assert!(why.contains("worker 1 said the target held back 375 of its sends"), "{why}");
+
+    let why = forged_stage(|session, end_us, seq| {
+        let over = (seq + 1) * 1_000_000 > end_us + 1_500_000;
+        // 75 made-up sends a second, in worker 1's slots (the odd ones), all "rejected".
+        let slots: Vec<u64> = (seq * 75..(seq + 1) * 75).map(|i| 2 * i + 1).collect();
+        let sent: Vec<String> = slots
+            .iter()
+            .map(|s| format!(r#"{{"offset_us":{},"slot":{s},"key":"made-up-{s}","digest":{{"fields":[],"pii":[]}},"invalid":true}}"#, s * 3333))
+            .collect();
+        let ended: Vec<String> = slots
+            .iter()
+            .map(|s| {
+                format!(
+                    r#"{{"offset_us":{},"latency_us":900,"outcome":"r","key":"made-up-{s}","send_lag_us":0}}"#,
+                    s * 3333
+                )
+            })
+            .collect();
+        let finished = if over {
+            format!(
+                r#"{{"completed":true,"dropped":0,"held_back":0,"capped":false,"length_us":{end_us},"overflowed":false}}"#
+            )
+        } else {
+            "null".into()
+        };
+        (batch(session, seq, &format!("[{}]", sent.join(",")), &format!("[{}]", ended.join(",")), &finished), over)
+    });
+    assert!(why.contains("worker 1 said it sent a malformed record in slot 1 of stage `only`"), "{why}");
 }

@@ -51,6 +51,9 @@ pub const FINISH_GRACE: Duration = Duration::from_secs(5);
 pub const LEAD: Duration = Duration::from_millis(750);
 /// Batches queued for a stage at most; past it a worker's post waits.
 const INBOX: usize = 16;
+/// How much before the stage's end on the controller's clock a worker may say it has
+/// finished it (the clocks' measured offsets are well under this).
+const EARLY_FINISH: Duration = Duration::from_secs(1);
 /// The largest batch body accepted (a worker's batches hold at most 40,000 items, a
 /// few MiB).
 pub const MAX_BATCH: usize = 32 * 1024 * 1024;
@@ -332,18 +335,24 @@ impl Controller {
     #[allow(clippy::too_many_arguments)]
     pub async fn drive(
         &self,
-        index: usize,
         name: &str,
         start: Instant,
         mut inbox: mpsc::Receiver<Batch>,
-        arrival: &crate::workload::Arrival,
-        warmup: Duration,
+        workload: &crate::workload::Workload,
+        input: &crate::workload::driver::InputFaults,
         timeout: Duration,
         cancel: &CancellationToken,
         stage_end: &mut StageEnd,
         sink: &mut (dyn Sink + Send),
     ) -> (Drive, Option<String>) {
         let n = self.workers as usize;
+        let arrival = &workload.arrival;
+        let key_field = &workload.schema.key;
+        let fields: Vec<&str> =
+            workload.schema.fields.iter().map(|f| f.name.as_str()).filter(|f| f != key_field).collect();
+        // The slots each worker said it sent a malformed record in: each at most once.
+        let mut malformed_slots: Vec<std::collections::HashSet<u64>> = vec![Default::default(); n];
+        let mut truly_capped = vec![false; n];
         let mut figures: Vec<WorkerStage> =
             (0..n).map(|_| WorkerStage { stage: name.to_string(), ..WorkerStage::default() }).collect();
         let mut histograms: Vec<Histogram<u64>> = (0..n).map(|_| crate::measure::new_histogram()).collect();
@@ -413,6 +422,27 @@ impl Controller {
                         lost[w] = Some(format!("worker {w} sent records no schema makes (too many fields, or a key over 4 KiB)"));
                         continue;
                     }
+                    // A record said to be malformed on purpose must be one the stage's
+                    // record faults break, in a slot of this worker's share, said once: a
+                    // made-up send the target "rejected" would otherwise pass every check.
+                    let share = crate::workload::driver::Share { index: w as u64, of: n as u64 };
+                    let most_slot = match share_of(arrival, end_seen, 0, 1) {
+                        Some(planned) => planned.saturating_add(n as u64),
+                        None => (figures[w].sent + batch.sent.len() as u64 + 1).saturating_mul(n as u64),
+                    };
+                    if let Some(s) = batch.sent.iter().find(|s| {
+                        s.invalid
+                            && (!share.owns(s.slot)
+                                || s.slot >= most_slot
+                                || input.records.decide(Duration::from_micros(s.offset_us), s.slot, &fields).malformed.is_none()
+                                || !malformed_slots[w].insert(s.slot))
+                    }) {
+                        lost[w] = Some(format!(
+                            "worker {w} said it sent a malformed record in slot {} of stage `{name}`, which no record fault of the stage breaks (or it said so twice)",
+                            s.slot
+                        ));
+                        continue;
+                    }
                     let f = &mut figures[w];
                     f.batches += 1;
                     for s in batch.sent {
@@ -472,28 +502,45 @@ impl Controller {
                         }
                     }
                     if let Some(done) = batch.finished {
-                        f.dropped = done.dropped + done.held_back;
+                        f.dropped = done.dropped.saturating_add(done.held_back);
                         // A share said to be complete must be: as long as the stage, and
                         // (open model) every send of its share made or counted as dropped.
                         // A cap is reached by sending, not by saying so.
-                        let truly_capped = done.capped && f.sent as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE;
-                        if done.completed && completed && !capped && !truly_capped {
+                        truly_capped[w] = done.capped && f.sent as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE;
+                        if done.completed && completed && !capped && !truly_capped[w] {
                             let short = Duration::from_micros(done.length_us) + Duration::from_millis(1) < end_seen;
+                            // Its stage is over on the controller's clock too (give or
+                            // take the clocks' measured offset, well under a second).
+                            let early = start + end_seen > Instant::now() + EARLY_FINISH;
                             let owed = share_of(arrival, end_seen, w as u64, n as u64);
-                            let accounted = f.sent + done.dropped + done.held_back;
+                            let accounted = f.sent.saturating_add(done.dropped).saturating_add(done.held_back);
                             if let Some(owed) = owed
-                                && done.dropped > 10 + owed / 100
+                                && done.dropped.saturating_mul(100) > owed
                             {
                                 // Its own lateness: a worker that cannot keep its schedule.
                                 lost[w] = Some(format!(
                                     "worker {w} could not keep its schedule in stage `{name}`: it dropped {} of the {owed} sends it owed",
                                     done.dropped
                                 ));
-                            } else if short || owed.is_some_and(|owed| accounted + 2 + owed / 1000 < owed) {
+                            } else if done.held_back > 0 && f.sent < crate::workload::driver::MAX_IN_FLIGHT as u64 {
+                                // The target holds sends back only once it holds the most
+                                // requests a driver keeps in flight.
                                 lost[w] = Some(format!(
-                                    "worker {w} said its share of stage `{name}` was complete after {:.1}s and {accounted} sends{}",
-                                    done.length_us as f64 / 1e6,
-                                    owed.map_or(String::new(), |o| format!(" of the {o} it owed"))
+                                    "worker {w} said the target held back {} of its sends in stage `{name}`, but it sent only {} (the target holds sends back once {} are in flight)",
+                                    done.held_back,
+                                    f.sent,
+                                    crate::workload::driver::MAX_IN_FLIGHT
+                                ));
+                            } else if early
+                                || short
+                                || owed.is_some_and(|owed| accounted.saturating_add(2 + owed / 1000) < owed || accounted > owed.saturating_mul(2))
+                            {
+                                lost[w] = Some(format!(
+                                    "worker {w} said its share of stage `{name}` was complete after {:.1}s (at {:.1}s on this clock) and {} sends{}",
+                                    Duration::from_micros(done.length_us).min(Duration::from_secs(1 << 40)).as_secs_f64(),
+                                    at(Instant::now()),
+                                    f.sent,
+                                    owed.map_or(String::new(), |o| format!(" of the {o} it owed (it counted {accounted} with the ones it did not send)"))
                                 ));
                             }
                         }
@@ -563,21 +610,28 @@ impl Controller {
         }
         // Batches still on their way for this stage are refused from here on.
         self.state().inbox = None;
-        // A closed model owes no set number of sends; a worker that sent far fewer than
-        // the others did over the same stage did not send its share.
-        if completed && matches!(arrival, crate::workload::Arrival::Closed { .. }) {
+        // A closed model owes no set number of sends; a worker that sent, per connection of
+        // its share, far fewer than the others did over the same stage did not send its
+        // share. (The first workers hold one connection more when the concurrency does
+        // not divide evenly; a worker with none owes nothing.)
+        if let (true, crate::workload::Arrival::Closed { concurrency }) = (completed, arrival) {
+            let connections = |w: usize| {
+                u64::from(crate::workload::driver::Share { index: w as u64, of: n as u64 }.concurrency(*concurrency))
+            };
+            let per_connection = |w: usize| figures[w].sent / connections(w).max(1);
             for w in 0..n {
-                if lost[w].is_some() || finished[w].is_none() {
+                if lost[w].is_some() || finished[w].is_none() || connections(w) == 0 {
                     continue;
                 }
                 let mut others: Vec<u64> =
-                    (0..n).filter(|&o| o != w && lost[o].is_none()).map(|o| figures[o].sent).collect();
+                    (0..n).filter(|&o| o != w && lost[o].is_none() && connections(o) > 0).map(per_connection).collect();
                 others.sort_unstable();
                 let Some(&median) = others.get(others.len() / 2) else { continue };
-                if median >= 50 && figures[w].sent * 2 < median {
+                if median >= 50 && per_connection(w) * 2 < median {
                     lost[w] = Some(format!(
-                        "worker {w} sent {} records in stage `{name}` while the others sent about {median} each: its share looks incomplete",
-                        figures[w].sent
+                        "worker {w} sent {} records over its {} connection(s) in stage `{name}` while the others sent about {median} per connection: its share looks incomplete",
+                        figures[w].sent,
+                        connections(w)
                     ));
                 }
             }
@@ -588,11 +642,10 @@ impl Controller {
         let drive = Drive {
             completed,
             dropped: drives.iter().map(|d| d.dropped).sum(),
-            capped: capped || drives.iter().any(|d| d.capped),
+            capped: capped || truly_capped.iter().any(|c| *c),
             held_back: drives.iter().map(|d| d.held_back).sum(),
             length,
         };
-        let _ = warmup;
         let mut s = self.state();
         for (w, (mut f, h)) in figures.into_iter().zip(histograms).enumerate() {
             f.judged_requests = h.len();
@@ -614,7 +667,6 @@ impl Controller {
         }
         let lost: Vec<String> = lost.into_iter().flatten().collect();
         let incomplete = (!lost.is_empty()).then(|| lost.join("; "));
-        let _ = index;
         (drive, incomplete)
     }
 }

@@ -22,7 +22,7 @@ use crate::sut::RequestTemplate;
 use crate::workload::Arrival;
 
 /// The protocol's version: a worker of another version is refused at join.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// A worker asks to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +169,9 @@ pub enum Next {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sent {
     pub offset_us: u64,
+    /// Its slot of the stage's schedule (the controller checks a record said to be
+    /// malformed on purpose against the stage's record faults by it).
+    pub slot: u64,
     pub key: String,
     pub digest: Digest,
     pub invalid: bool,

@@ -403,11 +403,12 @@ impl Sink for Outbox {
         crate::flags::provider::header_text(&values).map(|v| vec![(name, v)]).unwrap_or_default()
     }
 
-    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
+    fn sent(&mut self, offset: Duration, slot: u64, key: &str, record: &Map<String, Value>, invalid: bool) {
         let d = digest(record, &self.pii);
         let mut p = self.pending();
         p.items.push(Item::Sent(Sent {
             offset_us: offset.as_micros() as u64,
+            slot,
             key: key.to_string(),
             digest: d,
             invalid,

@@ -207,21 +207,8 @@ pub async fn run(cx: &Context<'_>, index: usize) -> Result<StageOutcome, StageEr
         let d = match (cx.workers, inbox) {
             (Some(ctl), Some(inbox)) => {
                 let timeout = plan.workload.timeout;
-                let warmup = plan.workload.warmup;
-                let arrival = &workload.arrival;
-                ctl.drive(
-                    index,
-                    &stage.name,
-                    start,
-                    inbox,
-                    arrival,
-                    warmup,
-                    timeout,
-                    &stop,
-                    &mut stage_end,
-                    &mut accounts,
-                )
-                .await
+                ctl.drive(&stage.name, start, inbox, &workload, &input, timeout, &stop, &mut stage_end, &mut accounts)
+                    .await
             }
             _ => {
                 let share = driver::Share::WHOLE;
@@ -703,7 +690,7 @@ impl Sink for Accounts<'_> {
         self.provider.header(&self.flag_values(key)).into_iter().collect()
     }
 
-    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool) {
+    fn sent(&mut self, offset: Duration, _slot: u64, key: &str, record: &Map<String, Value>, invalid: bool) {
         let digest = crate::quality::digest(record, self.ledger().pii_fields());
         self.sent_digest(offset, key, digest, invalid);
     }

@@ -26,7 +26,7 @@ use tracing::warn;
 
 /// Requests in flight at most; past this the driver waits (and latency still counts
 /// from the intended time, so the wait shows).
-const MAX_IN_FLIGHT: usize = 4096;
+pub const MAX_IN_FLIGHT: usize = 4096;
 
 const JSON: reqwest::header::HeaderValue = reqwest::header::HeaderValue::from_static("application/json");
 
@@ -54,9 +54,9 @@ pub struct Sample {
 
 /// What the driver tells its caller while it runs.
 pub trait Sink {
-    /// A record is about to be sent, intended at `offset` into the stage; `invalid` when a
-    /// `malformed` fault broke it on purpose.
-    fn sent(&mut self, offset: Duration, key: &str, record: &Map<String, Value>, invalid: bool);
+    /// A record is about to be sent in slot `slot` of the stage's schedule, intended at
+    /// `offset` into the stage; `invalid` when a `malformed` fault broke it on purpose.
+    fn sent(&mut self, offset: Duration, slot: u64, key: &str, record: &Map<String, Value>, invalid: bool);
     /// A record was sent by a load worker, which made its ledger [`Digest`] (the record
     /// itself stays there). Sinks that keep no ledger need not care.
     ///
@@ -114,7 +114,7 @@ impl Share {
     pub const WHOLE: Share = Share { index: 0, of: 1 };
 
     /// Whether send slot `slot` of the schedule is this share's.
-    fn owns(self, slot: u64) -> bool {
+    pub fn owns(self, slot: u64) -> bool {
         slot % self.of.max(1) == self.index
     }
 
@@ -306,7 +306,7 @@ pub async fn drive(
             Some(how) => Some(malform(&record, how)),
             None => rendered.body.clone(),
         };
-        sink.sent(offset, &key, &record, fate.malformed.is_some());
+        sink.sent(offset, slot, &key, &record, fate.malformed.is_some());
         let mut headers = rendered.headers.clone();
         headers.extend(sink.headers(&key));
         // Most writes go to one path: its URL is parsed once, not per request.
