@@ -55,7 +55,7 @@ fn main() {
                 timeout: Duration::from_secs(2),
             };
             let write = HttpWrite {
-                client: reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap(),
+                client: stagegate::http_client::builder().pool_max_idle_per_host(1024).build().unwrap(),
                 base_url: format!("http://{addr}"),
                 template: Arc::new(
                     WriteTemplate::compile(

@@ -88,6 +88,27 @@ pub fn chain_is_own_exhaustion(e: &(dyn std::error::Error + 'static)) -> Option<
     None
 }
 
+/// The TLS error in an error's cause chain, said as stagegate's own failure to talk to
+/// the target: a certificate it does not trust is a setting of the run (the CA to trust),
+/// not a behaviour of the release, so it is no evidence either way.
+pub fn chain_is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(format!(
+                "TLS with the target failed ({tls}); if its certificate is signed by a private CA, give that CA in SSL_CERT_FILE"
+            ));
+        }
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && let Some(found) = chain_is_tls_refusal(inner)
+        {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Raises this process's open-file limit to its hard limit: a load generator and its
 /// proxies hold many sockets, and the default soft limit (often 1024) is low for that.
 pub fn raise_file_limit() {

@@ -31,6 +31,7 @@ pub mod exit;
 pub mod fault;
 pub mod flags;
 pub mod health;
+pub mod http_client;
 pub mod limits;
 pub mod measure;
 pub mod quality;

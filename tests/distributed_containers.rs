@@ -71,7 +71,14 @@ async fn service(net: &Net, n: u32) -> ContainerAsync<GenericImage> {
 /// Every stored order's id, listed through the service's host port.
 async fn stored(sut: &ContainerAsync<GenericImage>) -> Vec<String> {
     let port = sut.get_host_port_ipv4(8080).await.unwrap();
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/orders.jsonl")).await.unwrap().text().await.unwrap();
+    let text = stagegate::http_client::client()
+        .get(format!("http://127.0.0.1:{port}/orders.jsonl"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["order_id"].as_str().unwrap().to_string())

@@ -204,7 +204,7 @@ impl ManagedContainer {
     }
 
     async fn wait_ready(&self, cancel: &CancellationToken) -> Result<(), ContainerError> {
-        let client = reqwest::Client::new();
+        let client = super::process::probe_client();
         let address = self.address();
         let path = self.def.ready_http.clone();
         match wait_until_ready(self.def.ready_timeout, cancel, || None, || answers(&client, address, path.as_deref()))

@@ -140,16 +140,31 @@ pub enum Readiness {
 }
 
 /// Whether `address` answers: an HTTP GET of `path` with a 2xx, or a TCP connection.
+///
+/// `client` is a [`probe_client`]: a process that serves only HTTPS answers through it
+/// too (its certificate is not checked: this only asks whether it answers yet).
 pub async fn answers(client: &reqwest::Client, address: SocketAddr, http_path: Option<&str>) -> bool {
+    let get = |scheme: &str, path: &str| {
+        client.get(format!("{scheme}://{address}{path}")).timeout(Duration::from_millis(500)).send()
+    };
     match http_path {
-        Some(path) => client
-            .get(format!("http://{address}{path}"))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success()),
+        Some(path) => match get("http", path).await {
+            Ok(r) => r.status().is_success(),
+            Err(e) if e.is_connect() || e.is_timeout() => false,
+            // It took the connection but did not speak plain HTTP: perhaps HTTPS.
+            Err(_) => get("https", path).await.is_ok_and(|r| r.status().is_success()),
+        },
         None => tokio::net::TcpStream::connect(address).await.is_ok(),
     }
+}
+
+/// The client readiness probes use: it accepts any certificate (a process on loopback
+/// that serves HTTPS with its own is ready when it answers).
+pub fn probe_client() -> reqwest::Client {
+    crate::http_client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap_or_else(|_| crate::http_client::client())
 }
 
 impl ManagedProcess {
@@ -249,7 +264,7 @@ impl ManagedProcess {
     }
 
     async fn wait_ready(&self, cancel: &CancellationToken) -> Result<(), ProcessError> {
-        let client = reqwest::Client::new();
+        let client = probe_client();
         let address = self.address();
         let path = self.def.ready_http.clone();
         let readiness = wait_until_ready(

@@ -171,7 +171,7 @@ pub async fn work(args: Args, stop: Shutdown) -> i32 {
 }
 
 async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
-    let client = reqwest::Client::builder()
+    let client = crate::http_client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| stopped(exit::RUN_BROKEN, format!("cannot build the HTTP client: {e}")))?;
@@ -345,7 +345,7 @@ impl Kit {
         })?;
         let write = WriteTemplate::compile(&a.write, &a.write_headers, a.default_body.as_deref())
             .map_err(|e| stopped(exit::RUN_BROKEN, format!("the assignment's write request does not compile: {e}")))?;
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(5))
             .build()

@@ -107,7 +107,7 @@ impl HttpProxy {
         let hold_overrun = LagBook::default();
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder()
+            client: crate::http_client::builder()
                 .pool_max_idle_per_host(64)
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build()

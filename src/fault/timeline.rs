@@ -400,7 +400,7 @@ mod tests {
         let run = CancellationToken::new();
         let seed_of = |n: u64| n;
         let stage = StageFaults { name: "s", index: 0, faults: &faults, duration: ms(500), seed_of: &seed_of };
-        let client = reqwest::Client::new();
+        let client = crate::http_client::client();
         let url = format!("http://{}/", checker.addr());
         let driver = async {
             let mut failed = 0;

@@ -416,7 +416,7 @@ mod tests {
     async fn serves_single_and_bulk_with_etag() {
         let server = OfrepServer::start(None).await.unwrap();
         let g = server.set(BTreeMap::from([("new-enricher".to_string(), FlagState::Fixed(json!(true)))]));
-        let client = reqwest::Client::new();
+        let client = crate::http_client::client();
         let one: Value = client
             .post(format!("{}/ofrep/v1/evaluate/flags/new-enricher", server.url()))
             .json(&json!({"context": {}}))
@@ -450,7 +450,7 @@ mod tests {
     async fn a_request_that_is_not_an_evaluation_is_refused_and_not_kept() {
         let server = OfrepServer::start(None).await.unwrap();
         server.set(BTreeMap::from([("f".to_string(), FlagState::Fixed(json!(true)))]));
-        let client = reqwest::Client::new();
+        let client = crate::http_client::client();
         let url = format!("{}/ofrep/v1/evaluate/flags/f", server.url());
         let status = |body: &'static str| {
             let (client, url) = (client.clone(), url.clone());
@@ -520,7 +520,7 @@ mod tests {
         let server = OfrepServer::start(None).await.unwrap();
         let state = FlagState::Split { variants: vec![(json!(true), 0.5)], rest: json!(false) };
         server.set(BTreeMap::from([("f".to_string(), state.clone())]));
-        let client = reqwest::Client::new();
+        let client = crate::http_client::client();
         for key in ["a", "b", "c", "d", "e"] {
             let v: Value = client
                 .post(format!("{}/ofrep/v1/evaluate/flags/f", server.url()))

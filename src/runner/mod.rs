@@ -112,7 +112,7 @@ pub async fn run(plan: &Plan, out: Output, stop: Shutdown, events: UnboundedSend
     // The system's metrics server is asked first: a server that does not answer, or a
     // query it refuses, would leave every `prom.` criterion unknown after the whole run.
     if let Some(source) = &plan.metrics {
-        let client = reqwest::Client::builder().build().map_err(|e| e.to_string());
+        let client = crate::http_client::builder().build().map_err(|e| e.to_string());
         let checked = match client {
             Ok(c) => tokio::select! {
                 r = crate::measure::prom::preflight(source, &c) => r,
@@ -392,7 +392,7 @@ async fn run_stages(
     // idle for a while are closed, so a burst of concurrency does not keep its
     // connections (and their buffers) for the rest of the run.
     let client =
-        reqwest::Client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(5)).build();
+        crate::http_client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(5)).build();
     let client = match client {
         Ok(c) => c,
         Err(e) => {

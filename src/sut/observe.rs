@@ -232,7 +232,7 @@ impl ReadObserver {
         limit: Duration,
         trouble: Trouble,
     ) -> Result<ReadObserver, String> {
-        let client = reqwest::Client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
+        let client = crate::http_client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
         Ok(ReadObserver { client, base_url: base_url.to_string(), read, limit, trouble, current: Current::default() })
     }
 
@@ -393,7 +393,7 @@ impl ScanObserver {
         freshness_wanted: bool,
         trouble: Trouble,
     ) -> Result<ScanObserver, String> {
-        let client = reqwest::Client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
+        let client = crate::http_client::builder().timeout(timeout).build().map_err(|e| e.to_string())?;
         let every = scan.every.or(freshness_wanted.then_some(Duration::from_millis(500)));
         Ok(ScanObserver {
             client,

@@ -312,7 +312,7 @@ impl Pipeline {
             store: Arc::new(StoreClient { addr: store, idle: Mutex::new(Vec::new()), trouble: trouble.clone() }),
             new_enricher: Arc::new(AtomicU8::new(FLAG_OFF)),
             ofrep_url: Arc::from(ofrep_url.as_str()),
-            http: reqwest::Client::builder().timeout(STORE_TIMEOUT).build().map_err(std::io::Error::other)?,
+            http: crate::http_client::builder().timeout(STORE_TIMEOUT).build().map_err(std::io::Error::other)?,
             candidate_load: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 0))),
         };
         let router = Router::new()
@@ -355,7 +355,7 @@ impl crate::teardown::Resource for Pipeline {
 
 /// Polls the bulk OFREP endpoint every 50 ms, as an OpenFeature provider would.
 async fn poll_flags(url: String, flag: Arc<AtomicU8>, cancel: CancellationToken) {
-    let client = reqwest::Client::new();
+    let client = crate::http_client::client();
     let mut etag: Option<String> = None;
     loop {
         let mut request = client

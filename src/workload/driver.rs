@@ -365,6 +365,7 @@ pub async fn drive(
                         // A request that cannot even be built (a URL the rendered
                         // settings made invalid) never reached the target.
                         own_failure = crate::health::chain_is_own_exhaustion(&e)
+                            .or_else(|| crate::health::chain_is_tls_refusal(&e))
                             .or_else(|| e.is_builder().then(|| format!("the request could not be built ({e})")));
                         Outcome::Failed
                     }

@@ -21,6 +21,7 @@ Known-bad variants, for tests that check stagegate counts them exactly:
   --host ADDR      listen on ADDR (default 127.0.0.1; 0.0.0.0 in a container)
   --check URL      before storing an order, GET URL (an HTTP dependency, on a fresh
                    connection); when it fails or answers other than 2xx, answer 503
+  --tls CERT KEY   serve HTTPS with this certificate and key (PEM files)
 Usage: python3 orders_service.py --port PORT [--bad KIND] [--crash-after N] [--flagd FILE]
                                  [--check URL] [--sink URL] [--delay MS] [--rename A=B]
 """
@@ -45,6 +46,7 @@ parser.add_argument("--check")
 parser.add_argument("--sink")
 parser.add_argument("--delay", type=float, default=0)
 parser.add_argument("--rename")
+parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
 args = parser.parse_args()
 
 store = {}
@@ -190,6 +192,12 @@ class Handler(BaseHTTPRequestHandler):
 if args.sink:
     threading.Thread(target=push, daemon=True).start()
 server = ThreadingHTTPServer((args.host, args.port), Handler)
+if args.tls:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*args.tls)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 server.daemon_threads = True
 print("orders service on port", args.port, "bad:", args.bad, flush=True)
 server.serve_forever()
