@@ -7,7 +7,10 @@
 //! on. Stamping at arrival keeps a latency fault from compounding when chunks queue up.
 //!
 //! The active faults arrive through a `watch` channel ([`Proxy::set_active`]); an empty
-//! set is a clean pass-through. A `refuse` fault closes the listener while a bound socket
+//! set is a clean pass-through. While the set is empty, each direction moves its bytes
+//! with `splice` through a pipe (no copy through user space, no hand-off between a
+//! reader and a writer); the first fault that starts moves the connection to the
+//! reader and writer above, for the rest of its life. A `refuse` fault closes the listener while a bound socket
 //! keeps the port, so no other program can take it meanwhile; if the proxy still cannot
 //! listen again, that is stagegate's failure (reported to [`Trouble`]), never the
 //! dependency's. [`Proxy::stop`] ends the listener and every connection within a deadline.
@@ -290,6 +293,16 @@ struct Connection {
     stats: Arc<Stats>,
 }
 
+/// How [`Connection::pass_through`] ended.
+enum Passed {
+    Done,
+    Faulted,
+    Unavailable,
+}
+
+/// The pipe a clean pass-through splices through, per direction.
+const PIPE_SIZE: usize = 1024 * 1024;
+
 enum Chunk {
     Data(Bytes, Instant),
     Eof,
@@ -371,9 +384,93 @@ impl Connection {
         }
     }
 
+    /// Moves bytes one way with `splice` while no fault is active on this proxy. Says
+    /// how it ended: the stream is over, or a fault started (with nothing left in the
+    /// pipe), or the kernel cannot splice these sockets (before any byte moved).
+    async fn pass_through(&self, from: &OwnedReadHalf, to: &mut OwnedWriteHalf) -> Passed {
+        use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+        use tokio::io::Interest;
+        let Ok((pipe_out, pipe_in)) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) else {
+            return Passed::Unavailable;
+        };
+        // A larger pipe moves more per call; the default (64 KiB) serves when refused.
+        let _ = fcntl(&pipe_in, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        let (reader, writer): (&TcpStream, &TcpStream) = (from.as_ref(), to.as_ref());
+        let mut watch = self.active.clone();
+        let mut moved_any = false;
+        loop {
+            if !watch.borrow_and_update().is_empty() {
+                return Passed::Faulted;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Passed::Done,
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        return Passed::Done;
+                    }
+                    continue;
+                }
+                ready = reader.readable() => if ready.is_err() { return Passed::Done },
+            }
+            let filled = reader.try_io(Interest::READABLE, || {
+                splice(reader, None, &pipe_in, None, PIPE_SIZE, flags).map_err(Into::into)
+            });
+            let mut in_pipe = match filled {
+                Ok(0) => {
+                    let _ = to.shutdown().await;
+                    return Passed::Done;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if !moved_any && e.raw_os_error() == Some(nix::libc::EINVAL) => return Passed::Unavailable,
+                Err(_) => {
+                    // As the reader below does: a failed read ends this direction.
+                    let _ = to.shutdown().await;
+                    return Passed::Done;
+                }
+            };
+            moved_any = true;
+            while in_pipe > 0 {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Passed::Done,
+                    ready = writer.writable() => if ready.is_err() { self.cancel.cancel(); return Passed::Done },
+                }
+                let drained = writer.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_out, None, writer, None, in_pipe, flags).map_err(Into::into)
+                });
+                match drained {
+                    Ok(n) => in_pipe -= n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        self.cancel.cancel();
+                        return Passed::Done;
+                    }
+                }
+            }
+        }
+    }
+
     /// Moves bytes one way; `fds` are the client's and the server's sockets, both reset
     /// together when a reset fault fires.
-    async fn pump(&self, flow_dir: Direction, mut from: OwnedReadHalf, mut to: OwnedWriteHalf, fds: [RawFd; 2]) {
+    async fn pump(&self, flow_dir: Direction, from: OwnedReadHalf, mut to: OwnedWriteHalf, fds: [RawFd; 2]) {
+        if !matches!(self.pass_through(&from, &mut to).await, Passed::Done) {
+            self.pump_faulted(flow_dir, from, &mut to, fds).await;
+        }
+        if self.reset.load(Ordering::Relaxed) {
+            // Dropping a write half sends FIN first; a reset connection must only RST.
+            to.forget();
+        }
+    }
+
+    /// [`Self::pump`] with faults: a reader and a writer joined by a channel.
+    async fn pump_faulted(
+        &self,
+        flow_dir: Direction,
+        mut from: OwnedReadHalf,
+        to: &mut OwnedWriteHalf,
+        fds: [RawFd; 2],
+    ) {
         let (tx, mut rx) = mpsc::channel::<Chunk>(64);
         let reader = async {
             // Large reads keep syscalls and hand-offs few on a busy stream; a small
@@ -529,10 +626,6 @@ impl Connection {
             }
         };
         tokio::join!(reader, writer);
-        if self.reset.load(Ordering::Relaxed) {
-            // Dropping a write half sends FIN first; a reset connection must only RST.
-            to.forget();
-        }
     }
 }
 
