@@ -95,9 +95,19 @@ pub fn chain_is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<Str
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(format!(
-                "TLS with the target failed ({tls}); if its certificate is signed by a private CA, give that CA in SSL_CERT_FILE"
-            ));
+            use rustls::{CertificateError as C, Error as E};
+            let hint = match tls {
+                E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+                    "; its certificate is signed by a CA stagegate does not trust: give that CA in SSL_CERT_FILE (a PEM file)"
+                }
+                E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    "; its certificate is not for the host named in base_url"
+                }
+                E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "; its certificate has expired",
+                E::InvalidMessage(_) => "; the target does not answer TLS at that address (is it `http://`?)",
+                _ => "",
+            };
+            return Some(format!("TLS with the target failed ({tls}){hint}"));
         }
         if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
             && let Some(found) = chain_is_tls_refusal(inner)

@@ -112,3 +112,42 @@ fn a_target_certificate_that_is_not_trusted_is_no_evidence_against_the_release()
     assert_eq!(code, Some(4), "{said}");
     assert!(said.contains("SSL_CERT_FILE"), "the reason names the way out:\n{said}");
 }
+
+/// Regression: with no certificate store at all (the `FROM scratch` image), no HTTP
+/// client could be built, and even a plain-HTTP run broke ("builder error").
+#[test]
+fn a_plain_http_run_needs_no_certificate_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    let missing = dir.path().join("none");
+    let out = Command::new(common::bin())
+        .current_dir(common::root())
+        .env("SSL_CERT_FILE", &missing)
+        .env("SSL_CERT_DIR", &missing)
+        .args(["run", "-q", "--report-dir", reports.to_str().unwrap(), "tests/scenarios/http-service.yaml"])
+        .output()
+        .expect("the binary runs");
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn https_toward_a_plain_http_target_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    let out = Command::new(common::bin())
+        .current_dir(common::root())
+        .args([
+            "run",
+            "--report-dir",
+            reports.to_str().unwrap(),
+            "tests/scenarios/http-service.yaml",
+            "--set",
+            "target.http.base_url=https://127.0.0.1:{{ port }}",
+        ])
+        .output()
+        .expect("the binary runs");
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stdout}\n{stderr}");
+    assert!(stdout.contains("is it `http://`?") || stderr.contains("is it `http://`?"), "{stdout}\n{stderr}");
+}
