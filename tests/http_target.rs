@@ -279,3 +279,19 @@ fn renamed_fields_are_compared_under_their_sent_names() {
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     assert_eq!(freshness_and_data(&dir).1["corrupted"], 0);
 }
+
+/// Regression: a target address that takes no connection at all (wrong port, service
+/// down) gave a ROLLBACK on a 100% error rate without ever saying why; no stage, the
+/// baseline included, measured the release, so the run breaks and says so.
+#[test]
+fn a_target_that_takes_no_connection_breaks_the_run_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // Its base_url is 127.0.0.1:1, where nothing listens.
+    let out =
+        common::stagegate(&["run", "--report-dir", dir.path().to_str().unwrap(), "tests/scenarios/distributed.yaml"]);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stdout}\n{stderr}");
+    let said = format!("{stdout}\n{stderr}");
+    assert!(said.contains("the target at http://127.0.0.1:1 takes no connection"), "{said}");
+    assert!(!said.contains("stage 1 `baseline` started"), "nothing ran:\n{said}");
+}

@@ -140,9 +140,13 @@ impl TerminalReporter {
         total: u64,
         sent: u64,
         errors: u64,
+        rejected: u64,
         acked: u64,
         p99: Option<f64>,
     ) {
+        // Errors as the final count and `errors.rate` mean them (failed requests); answers
+        // the target refused (4xx) are rejections, said apart when there are any.
+        let rejected = if rejected > 0 { format!("  rejected {rejected}") } else { String::new() };
         let rate = match self.last_tick {
             Some((t, n)) if elapsed > t => (sent.saturating_sub(n)) as f64 / (elapsed - t) as f64,
             _ if elapsed > 0 => sent as f64 / elapsed as f64,
@@ -154,13 +158,13 @@ impl TerminalReporter {
         match self.display {
             Display::Live => {
                 let message =
-                    self.secrets.mask(&format!("{rate:.0}/s  p99 {p99}  errors {errors}  faults: {faults}"));
+                    self.secrets.mask(&format!("{rate:.0}/s  p99 {p99}  errors {errors}{rejected}  faults: {faults}"));
                 let bar = self.live_line(total);
                 bar.set_position(elapsed.min(total));
                 bar.set_message(message);
             }
             Display::Lines => self.say(format!(
-                "  {stage} {elapsed:>3}/{total}s  sent {sent}  acked {acked}  errors {errors}  rate {rate:.0}/s  p99 {p99}  faults: {faults}"
+                "  {stage} {elapsed:>3}/{total}s  sent {sent}  acked {acked}  errors {errors}{rejected}  rate {rate:.0}/s  p99 {p99}  faults: {faults}"
             )),
             Display::Quiet => {}
         }
@@ -205,7 +209,7 @@ impl Reporter for TerminalReporter {
                 self.stage_started(*index, name);
             }
             Event::Progress { stage, elapsed_secs, total_secs, sent, acked, rejected, failed, p99_ms, .. } => {
-                self.progress(stage, *elapsed_secs, *total_secs, *sent, rejected + failed, *acked, *p99_ms);
+                self.progress(stage, *elapsed_secs, *total_secs, *sent, *failed, *rejected, *acked, *p99_ms);
             }
             Event::Note { message } => self.say(format!("  {message}")),
             Event::Interim { .. } => {}

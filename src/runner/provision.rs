@@ -149,6 +149,9 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
             let base = render(&h.base_url, &minijinja::Value::from(minijinja::value::Serde(values)))
                 .map_err(|e| format!("target.http.base_url: {e}"))?;
             let base = base.trim_end_matches('/').to_string();
+            if process.is_none() {
+                reachable(&base, cx.cancel).await?;
+            }
             let write = WriteTemplate::compile(&h.write, &h.headers, Some(RECORD_JSON))
                 .map_err(|e| format!("target.http.write: {e}"))?;
             let wants_freshness = plan
@@ -188,6 +191,40 @@ pub async fn provision(plan: &Plan, cx: &Context<'_>) -> Result<Provisioned, Str
         target.gate = Some(gate);
     }
     Ok(Provisioned { flags, deps, target, observer })
+}
+
+/// How long a target stagegate does not start has to take a connection before the run.
+const REACH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks that a target stagegate does not start takes TCP connections at all: one that
+/// refuses every connection from the start leaves nothing to rehearse (no stage, the
+/// baseline included, would measure the release), so the run breaks and says why
+/// rather than judging a release on an address that is wrong or down.
+async fn reachable(base: &str, cancel: &CancellationToken) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(base).map_err(|e| format!("target base URL `{base}`: {e}"))?;
+    let host = parsed.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let connect = async {
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + REACH;
+        // A target coming up as the run starts gets the whole deadline.
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => break,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Err(last.unwrap_or_else(|| "no answer".into()))
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => Ok(()),
+        r = connect => r.map_err(|e| format!(
+            "the target at {base} takes no connection ({e}, for {}s): nothing to rehearse against; is it running, and is target.http.base_url right?",
+            REACH.as_secs()
+        )),
+    }
 }
 
 /// The fault proxies in front of the target at `base`.
