@@ -188,6 +188,69 @@ def proxy_figures():
     }
 
 
+def crate_of(symbol):
+    """Where a profiled symbol belongs: `kernel`, a Rust crate (its path's first
+    segment), `mimalloc`, or `libc` for the rest of the C code (memcpy and the like)."""
+    if symbol.startswith("[k]"):
+        return "kernel"
+    name = symbol[3:].strip() if symbol.startswith("[.]") else symbol.strip()
+    name = name.lstrip("<&*( ")
+    if "::" in name:
+        first = name.split("::", 1)[0].split("<")[-1].strip()
+        return "std/core/alloc" if first in ("core", "alloc", "std") else first
+    if name.startswith(("mi_", "_mi_")):
+        return "mimalloc"
+    return "libc"
+
+
+def profile(cmd, seconds, label):
+    """Runs cmd under `perf record` (sampling, no call graphs) and gives the symbols and
+    crates that took the most of its CPU, as text; None without perf."""
+    if not shutil.which("perf"):
+        return None
+    data = os.path.join(tmp, "perf.data")
+    rec = subprocess.run(["perf", "record", "-F", "999", "-q", "-o", data, "--", *cmd], cwd=ROOT,
+                         capture_output=True, text=True, timeout=seconds + 120)
+    # The command's own exit code passes through perf (a verdict, or 130 when stopped).
+    if not os.path.exists(data) or os.path.getsize(data) == 0:
+        return f"{label}: perf record failed: {rec.stderr.strip()[:200]}"
+    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym",
+                          "--percent-limit", "0.3"], capture_output=True, text=True, timeout=300)
+    rows = []
+    for line in rep.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\[[k.]\].*)", line)
+        if m:
+            rows.append((float(m.group(1)), m.group(2).strip()))
+    crates = {}
+    for pct, sym in rows:
+        crates[crate_of(sym)] = crates.get(crate_of(sym), 0) + pct
+    out = [f"{label} (perf record -F 999, share of the process's samples; symbols over 0.3%):"]
+    out.append("  by crate: " + ", ".join(f"{c} {p:.0f}%" for c, p in sorted(crates.items(), key=lambda x: -x[1])[:8]))
+    out += [f"  {pct:5.1f}%  {sym[:110]}" for pct, sym in rows[:12]]
+    return "\n".join(out)
+
+
+def proxy_profile():
+    """The fault proxy with no fault under iperf3 (5 s), profiled."""
+    if not shutil.which("perf"):
+        return None
+    server, api, via = free_port(), free_port(), free_port()
+    config = os.path.join(tmp, "proxy.json")
+    with open(config, "w") as f:
+        json.dump([{"name": "iperf", "listen": f"127.0.0.1:{via}", "upstream": f"127.0.0.1:{server}"}], f)
+    srv = subprocess.Popen(["iperf3", "-s", "-p", str(server)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children.append(srv)
+    time.sleep(0.5)
+    client = subprocess.Popen(["bash", "-c", f"sleep 1; iperf3 -c 127.0.0.1 -p {via} -t 5 >/dev/null 2>&1; sleep 0.5"])
+    children.append(client)
+    # The proxy stops by itself when the timeout ends it (SIGINT: lifts and exits).
+    text = profile(["timeout", "-s", "INT", "7", STAGEGATE, "proxy", "--listen", f"127.0.0.1:{api}",
+                    "--config", config], 7, "the fault proxy, no fault, under iperf3")
+    client.wait()
+    srv.terminate()
+    return text
+
+
 def memory_run(url, rate, minutes):
     """A run of `minutes` one-minute stages at `rate`: RSS every 10 s, and the records
     sent in the first stage (its ledger's growth per record)."""
@@ -338,6 +401,24 @@ def main():
     print(line(head, "met"))
     for r in rows:
         print(line(r[:5], "-" if r[5] is None else ("yes" if r[5] else "MISSED")))
+
+    # For each goal missed, the profile that shows where the time goes.
+    missed = {r[0] for r in rows if r[5] is False}
+    why = []
+    if any("CPU per request" in m or "p99 vs closed-loop" in m for m in missed):
+        cmd = [STAGEGATE, "run", "benches/compare.yaml", "-q", "--out", os.path.join(tmp, "profiled"),
+               "--set", f"target.http.base_url={url}", "--set", f"workload.arrival={{concurrency: {n}}}",
+               "--set", f"workload.duration={secs}s"]
+        why.append(profile(cmd, secs, "the load generator, closed loop (the open model's p99 at the top rate is"
+                                      " the same work on the same two cores)"))
+    if any(m.startswith("proxy") for m in missed):
+        why.append(proxy_profile())
+    why = [w for w in why if w]
+    if why:
+        print()
+        print("\n\n".join(why))
+    elif missed:
+        print("\n(perf is not installed: apt-get install linux-perf for the profile of each goal missed)")
 
 
 try:

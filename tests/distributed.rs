@@ -277,8 +277,10 @@ fn honest_workers_with_uneven_shares_of_a_closed_model_are_not_named_lost() {
 #[test]
 fn workers_that_never_come_or_bring_the_wrong_token_stop_the_run_before_any_stage() {
     let tmp = tempfile::tempdir().unwrap();
+    let sut = Service::start();
     let dir = tmp.path().join("run");
-    let (run, url) = controller(&["--join-timeout", "3s", "--out", dir.to_str().unwrap()], 2);
+    let base = format!("target.http.base_url={}", sut.url());
+    let (run, url) = controller(&["--set", &base, "--join-timeout", "3s", "--out", dir.to_str().unwrap()], 2);
     let wrong = Command::new(bin())
         .args(["worker", "--controller", &url, "--token", "not-the-token-0000000", "--index", "0"])
         .output()

@@ -63,6 +63,8 @@ const BODY_DEADLINE: Duration = Duration::from_secs(30);
 const MAX_DIGEST_FIELDS: usize = 1024;
 /// Interval histograms kept for the workers' log, at most.
 const MAX_INTERVALS: usize = 200_000;
+/// The most bytes of encoded intervals kept for `workers.hlog`.
+const MAX_INTERVAL_BYTES: usize = 256 * 1024 * 1024;
 
 /// One worker as it joined.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -153,6 +155,8 @@ struct Shared {
     stages: Vec<Vec<WorkerStage>>,
     intervals: Vec<Interval>,
     intervals_dropped: usize,
+    /// The bytes `intervals` holds.
+    interval_bytes: usize,
 }
 
 /// The controller of a distributed run.
@@ -448,7 +452,10 @@ impl Controller {
                     for s in batch.sent {
                         f.sent += 1;
                         total_sent += 1;
-                        sink.sent_digest(Duration::from_micros(s.offset_us), &s.key, s.digest, s.invalid);
+                        // Past the cap (the workers are told to stop), the ledger grows no more.
+                        if (total_sent as f64) <= crate::limits::MAX_REQUESTS_PER_STAGE {
+                            sink.sent_digest(Duration::from_micros(s.offset_us), &s.key, s.digest, s.invalid);
+                        }
                     }
                     // All workers together send no more than one process may in a stage.
                     if total_sent as f64 >= crate::limits::MAX_REQUESTS_PER_STAGE && !capped {
@@ -483,8 +490,19 @@ impl Controller {
                         match crate::report::hlog::decode(&encoded) {
                             Ok(h) => {
                                 let _ = histograms[w].add(&h);
+                                // Kept as the histogram encodes, not as posted: bytes after
+                                // it (a forger's padding) are not kept to the run's end.
+                                let mut bytes = Vec::new();
+                                let encoded = match V2DeflateSerializer::new().serialize(&h, &mut bytes) {
+                                    Ok(_) => base64::engine::general_purpose::STANDARD.encode(bytes),
+                                    Err(_) => String::new(),
+                                };
                                 let mut s = self.state();
-                                if s.intervals.len() < MAX_INTERVALS {
+                                if s.intervals.len() < MAX_INTERVALS
+                                    && s.interval_bytes + encoded.len() <= MAX_INTERVAL_BYTES
+                                    && !encoded.is_empty()
+                                {
+                                    s.interval_bytes += encoded.len();
                                     s.intervals.push(Interval {
                                         worker: w as u32,
                                         stage: name.to_string(),

@@ -112,7 +112,6 @@ impl Api {
             req = req.header("content-type", "application/json").body(b);
         }
         let resp = req.send().await.map_err(|e| CallError::Unreachable(chain(&e)))?;
-        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let status = resp.status();
         // Answers are small, but read with a bound all the same.
         let bytes = read_bounded(resp, 64 * 1024 * 1024).await.map_err(CallError::Unreachable)?;
@@ -123,8 +122,12 @@ impl Api {
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
             return Err(CallError::Refused(status.as_u16(), message));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CallError::Refused(status.as_u16(), format!("unreadable answer: {e}")))
+        let answer = serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::Refused(status.as_u16(), format!("unreadable answer: {e}")))?;
+        // Only an answer that makes sense counts as hearing from the controller: one that
+        // fails, or cannot be read, again and again ends in "lost the controller".
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        Ok(answer)
     }
 }
 
@@ -229,7 +232,9 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
     };
     let body = serde_json::to_vec(&join).unwrap_or_default();
     let assignment: Assignment = loop {
-        let call = api.call(reqwest::Method::POST, "/v1/join", Some(body.clone()), Duration::from_secs(30));
+        // No single call outlasts the join deadline by more than a second.
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let call = api.call(reqwest::Method::POST, "/v1/join", Some(body.clone()), Duration::from_secs(30).min(left));
         let answer = tokio::select! {
             a = call => a,
             _ = cancel.cancelled() => return Err(stopped(exit::INTERRUPTED, "stopped before joining")),

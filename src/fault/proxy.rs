@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -36,8 +36,11 @@ use crate::health::Trouble;
 
 type ActiveSet = Arc<Vec<Activation>>;
 
-/// Bytes asked for by one read from a socket.
+/// Bytes asked for by one read from a socket, at most.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// Bytes asked for by one read from a socket, at least.
+const MIN_READ: usize = 16 * 1024;
 
 /// A running fault proxy.
 pub struct Proxy {
@@ -224,6 +227,8 @@ async fn serve(
 ) {
     let listen = place.listen;
     let mut listener = Some(listener);
+    let room = Arc::new(tokio::sync::Semaphore::new(most_connections()));
+    let mut said_full = false;
     // The socket that keeps the port while a refuse fault has the listener closed.
     let mut holder: Option<socket2::Socket> = None;
     loop {
@@ -261,13 +266,32 @@ async fn serve(
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = active.changed() => if changed.is_err() { return },
-            accepted = async { listener.as_ref().expect("listening when not refusing").accept().await }, if listener.is_some() => {
+            accepted = async {
+                // At its most connections, the proxy takes no more until one ends: the
+                // rest wait in the listen queue, then their SYNs go unanswered, as a
+                // blackholed network's would (a blackhole keeps every connection open).
+                let room = match room.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        if !said_full {
+                            said_full = true;
+                            warn!(proxy = %place.name, most = most_connections(), "the proxy holds its most connections; new ones wait until one ends");
+                        }
+                        room.clone().acquire_owned().await.expect("the semaphore is never closed")
+                    }
+                };
+                (listener.as_ref().expect("listening when not refusing").accept().await, room)
+            }, if listener.is_some() => {
+                let (accepted, room) = accepted;
                 match accepted {
                     Ok((client, _)) => {
                         let id = stats.connections.fetch_add(1, Ordering::Relaxed);
                         let conn = Connection { id, reset: Default::default(), active: active.clone(), cancel: cancel.child_token(), stats: stats.clone() };
                         let to = *upstream.lock().unwrap_or_else(|p| p.into_inner());
-                        tokio::spawn(conn.run(client, to));
+                        tokio::spawn(async move {
+                            conn.run(client, to).await;
+                            drop(room);
+                        });
                     }
                     Err(e) => {
                         if crate::health::is_own_exhaustion(&e) {
@@ -300,8 +324,51 @@ enum Passed {
     Unavailable,
 }
 
-/// The pipe a clean pass-through splices through, per direction.
+/// The most connections one proxy holds at once: a quarter of the process's open-file
+/// limit (each takes two), so that a long blackhole, which keeps every connection the
+/// system under test gives up on, cannot use up stagegate's descriptors.
+fn most_connections() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(4096, |(soft, _)| soft);
+    (limit / 4).clamp(256, 65_536) as usize
+}
+
+/// What one splice moves at most (the pipes are asked for this size).
 const PIPE_SIZE: usize = 1024 * 1024;
+
+/// Empty pipes kept for the next splice, shared by every proxy of the process.
+static PIPES: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
+
+/// How many empty pipes [`PIPES`] keeps at most (more are closed when given back).
+const IDLE_PIPES: usize = 64;
+
+/// A pipe a clean pass-through splices through.
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Pipe {
+    /// An empty pipe: a kept one, or a new one (`None` when none can be made).
+    fn borrow() -> Option<Pipe> {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        if let Some(p) = PIPES.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(p);
+        }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+        // A larger pipe moves more per call; the default (64 KiB) serves when refused.
+        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        Some(Pipe { read, write })
+    }
+
+    /// Keeps this pipe, empty, for the next splice.
+    fn give_back(self) {
+        let mut idle = PIPES.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_PIPES {
+            idle.push(self);
+        }
+    }
+}
 
 enum Chunk {
     Data(Bytes, Instant),
@@ -387,14 +454,13 @@ impl Connection {
     /// Moves bytes one way with `splice` while no fault is active on this proxy. Says
     /// how it ended: the stream is over, or a fault started (with nothing left in the
     /// pipe), or the kernel cannot splice these sockets (before any byte moved).
+    ///
+    /// A pipe is borrowed from [`PIPES`] only while bytes are in it (each read is
+    /// written out whole before the next), so an idle connection holds none: file
+    /// descriptors stay two per connection, as without splicing.
     async fn pass_through(&self, from: &OwnedReadHalf, to: &mut OwnedWriteHalf) -> Passed {
-        use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+        use nix::fcntl::{SpliceFFlags, splice};
         use tokio::io::Interest;
-        let Ok((pipe_out, pipe_in)) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) else {
-            return Passed::Unavailable;
-        };
-        // A larger pipe moves more per call; the default (64 KiB) serves when refused.
-        let _ = fcntl(&pipe_in, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         let (reader, writer): (&TcpStream, &TcpStream) = (from.as_ref(), to.as_ref());
         let mut watch = self.active.clone();
@@ -413,31 +479,45 @@ impl Connection {
                 }
                 ready = reader.readable() => if ready.is_err() { return Passed::Done },
             }
+            let Some(pipe) = Pipe::borrow() else {
+                return if moved_any { Passed::Faulted } else { Passed::Unavailable };
+            };
             let filled = reader.try_io(Interest::READABLE, || {
-                splice(reader, None, &pipe_in, None, PIPE_SIZE, flags).map_err(Into::into)
+                splice(reader, None, &pipe.write, None, PIPE_SIZE, flags).map_err(Into::into)
             });
             let mut in_pipe = match filled {
                 Ok(0) => {
+                    pipe.give_back();
                     let _ = to.shutdown().await;
                     return Passed::Done;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) if !moved_any && e.raw_os_error() == Some(nix::libc::EINVAL) => return Passed::Unavailable,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    pipe.give_back();
+                    continue;
+                }
+                Err(e) if !moved_any && e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    pipe.give_back();
+                    return Passed::Unavailable;
+                }
                 Err(_) => {
-                    // As the reader below does: a failed read ends this direction.
+                    // As the faulting reader does: a failed read ends this direction.
+                    pipe.give_back();
                     let _ = to.shutdown().await;
                     return Passed::Done;
                 }
             };
             moved_any = true;
+            // Bytes in the pipe arrived before any fault: they go on whole. A pipe
+            // left with bytes in it (the connection ended meanwhile) is closed, not
+            // given back.
             while in_pipe > 0 {
                 tokio::select! {
                     _ = self.cancel.cancelled() => return Passed::Done,
                     ready = writer.writable() => if ready.is_err() { self.cancel.cancel(); return Passed::Done },
                 }
                 let drained = writer.try_io(Interest::WRITABLE, || {
-                    splice(&pipe_out, None, writer, None, in_pipe, flags).map_err(Into::into)
+                    splice(&pipe.read, None, writer, None, in_pipe, flags).map_err(Into::into)
                 });
                 match drained {
                     Ok(n) => in_pipe -= n,
@@ -448,6 +528,7 @@ impl Connection {
                     }
                 }
             }
+            pipe.give_back();
         }
     }
 
@@ -464,29 +545,32 @@ impl Connection {
     }
 
     /// [`Self::pump`] with faults: a reader and a writer joined by a channel.
-    async fn pump_faulted(
-        &self,
-        flow_dir: Direction,
-        mut from: OwnedReadHalf,
-        to: &mut OwnedWriteHalf,
-        fds: [RawFd; 2],
-    ) {
+    async fn pump_faulted(&self, flow_dir: Direction, from: OwnedReadHalf, to: &mut OwnedWriteHalf, fds: [RawFd; 2]) {
         let (tx, mut rx) = mpsc::channel::<Chunk>(64);
         let reader = async {
-            // Large reads keep syscalls and hand-offs few on a busy stream; a small
-            // request still goes on at once with whatever one read returned.
-            let mut buf = BytesMut::new();
+            // A buffer is taken only once bytes are there to read, so a connection held
+            // idle by a fault (a blackhole keeps thousands) holds none; it grows while
+            // reads fill it (a busy stream: few syscalls and hand-offs) and shrinks back.
+            let mut size = MIN_READ;
             loop {
-                if buf.capacity() < READ_BUFFER / 4 {
-                    buf.reserve(READ_BUFFER);
-                }
-                let read = tokio::select! {
+                let ready = tokio::select! {
                     _ = self.cancel.cancelled() => return,
-                    r = from.read_buf(&mut buf) => r,
+                    r = from.as_ref().readable() => r,
+                };
+                let mut buf = BytesMut::with_capacity(size);
+                let read = match ready {
+                    Ok(()) => match from.as_ref().try_read_buf(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        r => r,
+                    },
+                    Err(e) => Err(e),
                 };
                 let chunk = match read {
                     Ok(0) | Err(_) => Chunk::Eof,
-                    Ok(_) => Chunk::Data(buf.split().freeze(), Instant::now()),
+                    Ok(n) => {
+                        size = if n == size { (size * 2).min(READ_BUFFER) } else { (size / 2).max(MIN_READ) };
+                        Chunk::Data(buf.freeze(), Instant::now())
+                    }
                 };
                 let eof = matches!(chunk, Chunk::Eof);
                 if tx.send(chunk).await.is_err() || eof {
@@ -633,6 +717,7 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::fault::{Fault, Place, Schedule};
+    use tokio::io::AsyncReadExt;
 
     async fn echo_server() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -677,6 +762,29 @@ mod tests {
         let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
         let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         assert_eq!(round_trip(proxy.addr(), &payload).await.unwrap(), payload);
+        proxy.stop().await;
+    }
+
+    /// Regression: splicing took a pipe (two descriptors) per direction for each
+    /// connection's whole life, tripling what a proxy holding many connections needs.
+    /// Each connection here holds four: the client's, the proxy's two, the server's.
+    #[tokio::test]
+    async fn idle_connections_hold_no_pipe() {
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let proxy = Proxy::start("echo", echo_server().await).await.unwrap();
+        let before = open_fds();
+        let mut held = Vec::new();
+        for i in 0..100u32 {
+            let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+            // Bytes through each, so every direction has spliced.
+            s.write_all(&i.to_be_bytes()).await.unwrap();
+            let mut back = [0u8; 4];
+            s.read_exact(&mut back).await.unwrap();
+            held.push(s);
+        }
+        let per_connection = (open_fds() - before) as f64 / 100.0;
+        assert!(per_connection <= 4.2, "{per_connection} descriptors per idle connection");
+        drop(held);
         proxy.stop().await;
     }
 

@@ -137,8 +137,9 @@ pub fn make_late(record: &mut Map<String, Value>, fields: &[String], by: Duratio
         if let Some(Value::String(text)) = record.get_mut(f)
             && let Ok(t) = chrono::DateTime::parse_from_rfc3339(text)
             && let Ok(delta) = chrono::TimeDelta::from_std(by)
+            && let Some(late) = t.with_timezone(&chrono::Utc).checked_sub_signed(delta)
         {
-            *text = (t.with_timezone(&chrono::Utc) - delta).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            *text = late.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         }
     }
 }

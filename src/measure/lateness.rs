@@ -291,18 +291,32 @@ impl StageHealth {
         if self.dropped > limits.dropped {
             why.push(format!("{} scheduled sends dropped", self.dropped));
         }
+        // Sends held back at stagegate's own cap of requests in flight: the planned load
+        // was not offered, and the latencies measured include the wait for a free slot.
+        // What the target would do with all of them in flight is not known.
+        let held = (self.held_back_by_target > limits.dropped).then(|| {
+            format!(
+                "{} scheduled sends never left: the target held {} requests at once, the most stagegate keeps in flight, so the planned load was not offered and latencies include the wait for a free slot (a lower rate, or the load spread over workers, keeps under it)",
+                self.held_back_by_target,
+                crate::workload::driver::MAX_IN_FLIGHT
+            )
+        });
         if why.is_empty() {
-            return None;
+            return held;
         }
         let busy = self
             .cpu
             .filter(|c| c.machine_busy >= 0.8)
             .map(|c| format!(" (the machine was {:.0}% busy)", c.machine_busy * 100.0))
             .unwrap_or_default();
-        Some(format!(
+        let behind = format!(
             "stagegate fell behind its schedule: {}{busy}; the machine, not the release, is the bottleneck",
             why.join(", ")
-        ))
+        );
+        Some(match held {
+            Some(held) => format!("{behind}; and {held}"),
+            None => behind,
+        })
     }
 
     /// One line for the terminal.
@@ -485,6 +499,10 @@ mod tests {
         assert!(why.contains("send lag p99 38.0ms"), "{why}");
         assert!(why.contains("3 scheduled sends dropped"), "{why}");
         assert!(why.contains("the machine, not the release, is the bottleneck"), "{why}");
+        // Sends held back at the in-flight cap: the planned load was not offered.
+        let held = StageHealth { held_back_by_target: 3660, ..fine.clone() };
+        let why = held.behind(&limits).expect("held back sends are not a judged stage");
+        assert!(why.contains("3660 scheduled sends never left") && !why.contains("machine"), "{why}");
         let relaxed = HealthLimits { send_lag_p99: Duration::from_millis(50), dropped: 5, ..limits };
         assert_eq!(late.behind(&relaxed), None);
     }

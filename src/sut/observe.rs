@@ -216,10 +216,19 @@ pub struct ReadObserver {
 /// A request of stagegate's that failed: the other end's doing, or stagegate running
 /// out of its own resources (then the run is broken, not the output unseen).
 fn failed(e: &reqwest::Error, what: &str, trouble: &Trouble) -> String {
-    if let Some(why) = crate::health::chain_is_own_exhaustion(e) {
+    // Running out of its own resources, or a certificate it cannot trust (the run's
+    // setting, not the target's behaviour), is stagegate's failure: the run breaks.
+    if let Some(why) = crate::health::chain_is_own_exhaustion(e).or_else(|| crate::health::chain_is_tls_refusal(e)) {
         trouble.fail(format!("stagegate could not {what}: {why}"));
     }
-    format!("{what}: {e}")
+    // With its causes: "error sending request" alone says nothing of why.
+    let mut text = format!("{what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 impl ReadObserver {

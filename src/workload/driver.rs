@@ -428,7 +428,9 @@ impl Numbering {
     fn take(&mut self, reorder: Option<u32>, seed: u64, slot: u64) -> u64 {
         match reorder {
             Some(window) => {
-                while self.ahead.len() < window as usize {
+                // A window of at least one record (a scenario says at least 2; a
+                // worker's assignment is not trusted to).
+                while self.ahead.len() < window.max(1) as usize {
                     let n = self.fresh();
                     self.ahead.push_back(n);
                 }

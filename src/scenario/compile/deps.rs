@@ -26,11 +26,12 @@ pub(super) fn compile_dependencies(ctx: &mut Ctx, root: &Map<String, Value>) -> 
             continue;
         }
         if name.is_empty()
+            || name.len() > 100
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             || name.starts_with('.')
         {
             ctx.error(&at, format!("invalid dependency name `{name}`")).hint = Some(
-                "use letters, digits, `-`, `_` and `.` (not first): it names the dependency's log file and container"
+                "use up to 100 letters, digits, `-`, `_` and `.` (not first): it names the dependency's log file and container"
                     .into(),
             );
             continue;

@@ -201,12 +201,20 @@ fn build(ctx: &mut Ctx, root: &Map<String, Value>, options: &LoadOptions, secret
         ctx.error("version", format!("unsupported format version {v}")).hint =
             Some("this stagegate reads `version: 1`".into());
     }
+    // Report folders are NAME-TIME, and file names hold at most 255 bytes.
+    const MAX_NAME: usize = 100;
     let name: Option<String> = top(ctx, root, "name", true);
     if let Some(n) = &name
-        && (n.is_empty() || n.starts_with('.') || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && (n.is_empty()
+            || n.starts_with('.')
+            || n.len() > MAX_NAME
+            || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
     {
-        ctx.error("name", format!("invalid name `{n}`")).hint =
-            Some("use letters, digits, `-`, `_` and `.` (not first): it names the report folder".into());
+        let shown: String = n.chars().take(40).collect();
+        let more = if n.chars().count() > 40 { "..." } else { "" };
+        ctx.error("name", format!("invalid name `{shown}{more}`")).hint = Some(format!(
+            "use up to {MAX_NAME} letters, digits, `-`, `_` and `.` (not first): it names the report folder"
+        ));
     }
     let description: Option<String> = top(ctx, root, "description", false);
     let file_seed: Option<u64> = top(ctx, root, "seed", false);
