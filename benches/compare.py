@@ -419,6 +419,28 @@ def main():
         print("\n\n".join(why))
     elif missed:
         print("\n(perf is not installed: apt-get install linux-perf for the profile of each goal missed)")
+    # What each goal missed would take, read off those profiles.
+    takes = {
+        "closed loop: CPU per request":
+            "the HTTP client's per-request work (reqwest's request builder, header map, timeout and pool "
+            "layers over hyper), a task and a channel message per request, and the allocator; it would take "
+            "driving hyper's HTTP/1 connections directly, one task per connection, requests written from a "
+            "reused buffer",
+        "p99 vs closed-loop":
+            "the same per-request CPU: at the top rate the generator and nginx share two cores, so sends queue "
+            "(see the send lag); the same client work as above, or the load spread over workers",
+        "proxy throughput vs socat":
+            "on two shared cores the proxy competes with iperf3's client and server; its own CPU per byte "
+            "(splice, no copy) is no longer what limits it, so the ratio moves with socat's share of the cores",
+        "proxy throughput vs direct":
+            "as above: the cores iperf3 needs are shared with the proxy",
+        "proxy added round trip":
+            "two wake-ups of the runtime per round trip; a proxy thread of its own polling its sockets",
+    }
+    for m in sorted(missed):
+        for key, text in takes.items():
+            if key in m:
+                print(f"\nmissed, {m}: {text}.")
 
 
 try:
