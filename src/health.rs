@@ -104,6 +104,9 @@ pub fn chain_is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<Str
                     "; its certificate is not for the host named in base_url"
                 }
                 E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "; its certificate has expired",
+                E::InvalidCertificate(C::Other(other)) if other.to_string().contains("CaUsedAsEndEntity") => {
+                    "; it presents a CA certificate as its own (self-signed with CA:TRUE, as `openssl req -x509` makes by default): give it a server certificate signed by a CA, and that CA in SSL_CERT_FILE"
+                }
                 E::InvalidMessage(_) => "; the target does not answer TLS at that address (is it `http://`?)",
                 _ => "",
             };

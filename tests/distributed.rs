@@ -497,4 +497,15 @@ fn made_up_held_back_sends_and_made_up_malformed_records_are_named() {
         (batch(session, seq, &format!("[{}]", sent.join(",")), &format!("[{}]", ended.join(",")), &finished), over)
     });
     assert!(why.contains("worker 1 said it sent a malformed record in slot 1 of stage `only`"), "{why}");
+
+    // Records whose digests carry names the schema does not have (a forger's padding:
+    // the controller kept every such name to the run's end).
+    let why = forged_stage(|session, _, seq| {
+        let padded = format!(r#"[["{}",1]]"#, "x".repeat(1000));
+        let sent = format!(
+            r#"[{{"offset_us":1000,"slot":1,"key":"k-{seq}","digest":{{"fields":{padded},"pii":[]}},"invalid":false}}]"#
+        );
+        (batch(session, seq, &sent, "[]", "null"), true)
+    });
+    assert!(why.contains("worker 1 sent records the scenario's schema does not make"), "{why}");
 }

@@ -354,6 +354,8 @@ impl Controller {
         let key_field = &workload.schema.key;
         let fields: Vec<&str> =
             workload.schema.fields.iter().map(|f| f.name.as_str()).filter(|f| f != key_field).collect();
+        // The names a record's digest may hold: the schema's, no other.
+        let known: std::collections::HashSet<&str> = workload.schema.fields.iter().map(|f| f.name.as_str()).collect();
         // The slots each worker said it sent a malformed record in: each at most once.
         let mut malformed_slots: Vec<std::collections::HashSet<u64>> = vec![Default::default(); n];
         let mut truly_capped = vec![false; n];
@@ -422,8 +424,14 @@ impl Controller {
                     let received = SystemTime::now();
                     let from = std::mem::replace(&mut interval_from[w], received);
                     // A digest no schema makes is not counted: the worker is broken or forged.
-                    if batch.sent.iter().any(|s| s.digest.fields.len() > MAX_DIGEST_FIELDS || s.key.len() > 4096) {
-                        lost[w] = Some(format!("worker {w} sent records no schema makes (too many fields, or a key over 4 KiB)"));
+                    if batch.sent.iter().any(|s| {
+                        s.digest.fields.len() > MAX_DIGEST_FIELDS
+                            || s.key.len() > 4096
+                            || s.digest.fields.iter().any(|(name, _)| !known.contains(name.as_str()))
+                    }) {
+                        lost[w] = Some(format!(
+                            "worker {w} sent records the scenario's schema does not make (a field it does not have, too many fields, or a key over 4 KiB)"
+                        ));
                         continue;
                     }
                     // A record said to be malformed on purpose must be one the stage's

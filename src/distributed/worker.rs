@@ -83,6 +83,8 @@ struct Api {
     /// When the controller last answered: every wait for it ends [`CONTROLLER_SILENCE`]
     /// after that, however the waits add up.
     heard: std::sync::Mutex<Instant>,
+    /// The last answer that could not be used, for the message when it is lost.
+    last_refusal: std::sync::Mutex<Option<String>>,
 }
 
 /// How a call went wrong: the controller could not be reached (try again), or it
@@ -93,6 +95,18 @@ enum CallError {
 }
 
 impl Api {
+    /// Why the controller counts as lost, in words.
+    fn lost(&self) -> String {
+        let last = self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match last {
+            Some(why) => format!(
+                "lost the controller: no answer it could use for {}s (the last: {why})",
+                CONTROLLER_SILENCE.as_secs()
+            ),
+            None => format!("lost the controller: nothing from it for {}s", CONTROLLER_SILENCE.as_secs()),
+        }
+    }
+
     /// How long until the controller counts as lost.
     fn patience(&self) -> Duration {
         let heard = *self.heard.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,13 +134,18 @@ impl Api {
                 .ok()
                 .and_then(|v| v["error"].as_str().map(String::from))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
+            *self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{} {}", status.as_u16(), message.chars().take(200).collect::<String>()));
             return Err(CallError::Refused(status.as_u16(), message));
         }
-        let answer = serde_json::from_slice(&bytes)
-            .map_err(|e| CallError::Refused(status.as_u16(), format!("unreadable answer: {e}")))?;
+        let answer = serde_json::from_slice(&bytes).map_err(|e| {
+            *self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("an unreadable answer: {e}"));
+            CallError::Refused(status.as_u16(), format!("unreadable answer: {e}"))
+        })?;
         // Only an answer that makes sense counts as hearing from the controller: one that
         // fails, or cannot be read, again and again ends in "lost the controller".
         *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(answer)
     }
 }
@@ -183,6 +202,7 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
         base: args.controller.trim_end_matches('/').to_string(),
         token: args.token.clone(),
         heard: std::sync::Mutex::new(Instant::now()),
+        last_refusal: std::sync::Mutex::new(None),
     };
     let cancel = &stop.cancel;
     let deadline = Instant::now() + args.join_timeout;
@@ -262,10 +282,7 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
     let mut from = 0u32;
     loop {
         if api.patience().is_zero() {
-            return Err(stopped(
-                exit::RUN_BROKEN,
-                format!("lost the controller: nothing from it for {}s", CONTROLLER_SILENCE.as_secs()),
-            ));
+            return Err(stopped(exit::RUN_BROKEN, api.lost()));
         }
         let path = format!("/v1/next?worker={}&from={from}", assignment.worker);
         let call = api.call::<Next>(
@@ -298,10 +315,7 @@ async fn serve(args: Args, stop: &Shutdown) -> Result<(String, i32), Stopped> {
             }
             Err(CallError::Refused(_, m) | CallError::Unreachable(m)) => {
                 if api.patience().is_zero() {
-                    return Err(stopped(
-                        exit::RUN_BROKEN,
-                        format!("lost the controller: nothing from it for {}s ({m})", CONTROLLER_SILENCE.as_secs()),
-                    ));
+                    return Err(stopped(exit::RUN_BROKEN, format!("{} ({m})", api.lost())));
                 }
                 wait(Duration::from_secs(1), cancel).await?;
             }

@@ -273,7 +273,10 @@ pub struct StageHealth {
 
 impl StageHealth {
     /// Why stagegate fell behind beyond `limits`, in words; `None` when it kept up.
-    pub fn behind(&self, limits: &HealthLimits) -> Option<String> {
+    /// `target_failing`: most requests that ended failed, so sends held back at the
+    /// in-flight cap are the failing target's doing (it holds what it never answers),
+    /// and no reason not to judge it.
+    pub fn behind(&self, limits: &HealthLimits, target_failing: bool) -> Option<String> {
         let mut why = Vec::new();
         let over = |lag: &Option<Lag>, limit: Duration| lag.filter(|l| l.exceeds(limit));
         if let Some(l) = over(&self.send_lag, limits.send_lag_p99) {
@@ -294,7 +297,7 @@ impl StageHealth {
         // Sends held back at stagegate's own cap of requests in flight: the planned load
         // was not offered, and the latencies measured include the wait for a free slot.
         // What the target would do with all of them in flight is not known.
-        let held = (self.held_back_by_target > limits.dropped).then(|| {
+        let held = (self.held_back_by_target > limits.dropped && !target_failing).then(|| {
             format!(
                 "{} scheduled sends never left: the target held {} requests at once, the most stagegate keeps in flight, so the planned load was not offered and latencies include the wait for a free slot (a lower rate, or the load spread over workers, keeps under it)",
                 self.held_back_by_target,
@@ -493,18 +496,20 @@ mod tests {
         let lag = |p99: f64| Some(Lag { samples: 100, p50_ms: 0.1, p99_ms: p99, max_ms: p99, third_max_ms: p99 });
         let limits = HealthLimits::default();
         let fine = StageHealth { send_lag: lag(1.0), timer_lag: lag(2.0), ..Default::default() };
-        assert_eq!(fine.behind(&limits), None);
+        assert_eq!(fine.behind(&limits, false), None);
         let late = StageHealth { send_lag: lag(38.0), dropped: 3, ..fine.clone() };
-        let why = late.behind(&limits).unwrap();
+        let why = late.behind(&limits, false).unwrap();
         assert!(why.contains("send lag p99 38.0ms"), "{why}");
         assert!(why.contains("3 scheduled sends dropped"), "{why}");
         assert!(why.contains("the machine, not the release, is the bottleneck"), "{why}");
         // Sends held back at the in-flight cap: the planned load was not offered.
         let held = StageHealth { held_back_by_target: 3660, ..fine.clone() };
-        let why = held.behind(&limits).expect("held back sends are not a judged stage");
+        let why = held.behind(&limits, false).expect("held back sends are not a judged stage");
         assert!(why.contains("3660 scheduled sends never left") && !why.contains("machine"), "{why}");
+        // A target that fails what it answers holds its sends back itself: judged.
+        assert_eq!(held.behind(&limits, true), None);
         let relaxed = HealthLimits { send_lag_p99: Duration::from_millis(50), dropped: 5, ..limits };
-        assert_eq!(late.behind(&relaxed), None);
+        assert_eq!(late.behind(&relaxed, false), None);
     }
 
     #[test]
