@@ -470,6 +470,7 @@ impl Connection {
                 return Passed::Faulted;
             }
             tokio::select! {
+                biased;
                 _ = self.cancel.cancelled() => return Passed::Done,
                 changed = watch.changed() => {
                     if changed.is_err() {
@@ -478,6 +479,11 @@ impl Connection {
                     continue;
                 }
                 ready = reader.readable() => if ready.is_err() { return Passed::Done },
+            }
+            // A fault that started while the bytes arrived applies to them: they stay
+            // in the socket for the faulting pump.
+            if watch.has_changed().unwrap_or(true) {
+                continue;
             }
             let Some(pipe) = Pipe::borrow() else {
                 return if moved_any { Passed::Faulted } else { Passed::Unavailable };
